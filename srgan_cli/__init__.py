@@ -1,0 +1,3 @@
+"""srgan-cli: image super-resolution with SRGAN."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""Batch upscaling: turn inputs (files, folders, globs) into jobs, and run one job safely."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ImageError, SrganError
+from .imageio import READABLE_SUFFIXES, WRITE_FORMATS, format_for_suffix, read_image, suffix_for_format, write_image
+from .runtime.base import Upscaler, upscale_image
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    from_folder: bool  # found by scanning a folder or glob (then an existing output is skipped by default)
+
+
+@dataclass
+class JobResult:
+    src: Path
+    dst: Path | None
+    status: str  # "ok", "skipped" or "failed"
+    error: str | None = None
+    hint: str | None = None
+    seconds: float = 0.0
+    in_size: tuple[int, int] | None = None  # (width, height)
+    out_size: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "input": str(self.src),
+            "output": str(self.dst) if self.dst else None,
+            "status": self.status,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+            "input_size": list(self.in_size) if self.in_size else None,
+            "output_size": list(self.out_size) if self.out_size else None,
+        }
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    failed: list[JobResult] = field(default_factory=list)  # inputs that matched nothing, collisions
+
+
+@dataclass
+class OutputOptions:
+    output: Path | None = None  # a file (single input) or a folder; None = beside each input
+    suffix: str | None = None  # added to the stem; default "_x{scale}" beside inputs, "" in a folder
+    fmt: str = "auto"  # auto (keep the input's format when writable, else png), png, jpg, webp, tiff
+    quality: int = 95
+    overwrite: bool = False
+    skip_existing: bool | None = None  # None: skip for inputs found in folders, fail for named files
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard: outputs keep the layout below it."""
+    parts: list[str] = []
+    for part in Path(os.path.expanduser(pattern)).parts:
+        if _GLOB_CHARS & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _scan(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | None]], list[JobResult]]:
+    """(file, folder it was found under or None for a named file) for each input, plus misses."""
+    found: list[tuple[Path, Path | None]] = []
+    missing: list[JobResult] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_file():
+            found.append((path, None))
+        elif path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+            if not files:
+                hint = None if recursive else "add --recursive to look in subfolders"
+                missing.append(JobResult(path, None, "failed", "folder holds no image files", hint))
+            found.extend((f, path) for f in files)
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in READABLE_SUFFIXES]
+            if not files:
+                missing.append(JobResult(path, None, "failed", "no image files match this pattern"))
+            found.extend((f, _glob_root(text)) for f in files)
+        else:
+            missing.append(JobResult(path, None, "failed", "no such file or folder"))
+    return found, missing
+
+
+def _out_format(src: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    own = format_for_suffix(src)
+    return own if own in WRITE_FORMATS else "png"
+
+
+def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursive: bool = False) -> Plan:
+    """Decide every output path before any work starts, so collisions are found up front."""
+    if options.fmt != "auto" and options.fmt not in WRITE_FORMATS:
+        raise SrganError(f"unknown output format {options.fmt!r}: use auto, {', '.join(WRITE_FORMATS)}")
+    found, failed = _scan(inputs, recursive)
+    plan = Plan(failed=failed)
+    out = options.output
+    single_file_out = (
+        out is not None
+        and len(found) == 1
+        and found[0][1] is None
+        and not out.is_dir()
+        and format_for_suffix(out) is not None
+    )
+    if out is not None and not single_file_out and format_for_suffix(out) is not None and not out.is_dir():
+        if len(found) > 1:
+            raise SrganError(
+                f"-o {out} looks like a file name, but there are {len(found)} inputs",
+                hint="give a folder to -o when upscaling several images",
+            )
+    claimed: dict[Path, Path] = {}
+    for src, base in found:
+        if single_file_out:
+            assert out is not None
+            dst = out
+        else:
+            fmt = _out_format(src, options.fmt)
+            in_folder = out is not None
+            suffix = options.suffix if options.suffix is not None else ("" if in_folder else f"_x{scale}")
+            name = f"{src.stem}{suffix}{suffix_for_format(fmt)}"
+            if out is None:
+                dst = src.with_name(name)
+            elif base is not None:
+                dst = out / src.parent.relative_to(base) / name if src.is_relative_to(base) else out / name
+            else:
+                dst = out / name
+        key = dst.resolve()
+        if key == src.resolve():
+            plan.failed.append(
+                JobResult(src, dst, "failed", "the output would overwrite the input", "use -o or --suffix")
+            )
+            continue
+        if key in claimed:
+            plan.failed.append(
+                JobResult(src, dst, "failed", f"output name collides with that of {claimed[key]}", "use --suffix")
+            )
+            continue
+        claimed[key] = src
+        plan.jobs.append(Job(src, dst, base is not None))
+    return plan
+
+
+def run_job(
+    upscaler: Upscaler,
+    job: Job,
+    options: OutputOptions,
+    *,
+    outscale: float | None = None,
+    max_pixels: int | None = None,
+) -> JobResult:
+    """Read, upscale and atomically write one image; any failure is returned, never raised."""
+    start = time.perf_counter()
+    result = JobResult(job.src, job.dst, "ok")
+    if job.dst.exists() and not options.overwrite:
+        skip = options.skip_existing if options.skip_existing is not None else job.from_folder
+        if skip:
+            result.status = "skipped"
+            return result
+        result.status, result.error = "failed", "output already exists"
+        result.hint = "pass --overwrite to replace it, or --skip-existing to skip it"
+        return result
+    try:
+        image = read_image(job.src) if max_pixels is None else read_image(job.src, max_pixels=max_pixels)
+        result.in_size = (image.width, image.height)
+        out = upscale_image(upscaler, image, outscale)
+        write_image(job.dst, out, fmt=format_for_suffix(job.dst), quality=options.quality, overwrite=True)
+        result.out_size = (out.width, out.height)
+    except ImageError as exc:
+        result.status, result.error, result.hint = "failed", exc.reason, exc.hint
+    except SrganError as exc:
+        result.status, result.error, result.hint = "failed", exc.message, exc.hint
+    except MemoryError:
+        result.status, result.error = "failed", "out of memory"
+        result.hint = "try a smaller --tile"
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,43 @@
+"""The `srgan` command: a thin Typer shell over the library, one module per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import evaluate, models, train, upscale
+
+app = typer.Typer(
+    name="srgan",
+    help="Image super-resolution with SRGAN: upscale photos, train and evaluate models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"srgan-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Image super-resolution with SRGAN."""
+
+
+app.command("upscale", no_args_is_help=True)(upscale.upscale)
+app.command("models")(models.models)
+app.command("train", no_args_is_help=True)(train.train)
+app.command("eval", no_args_is_help=True)(evaluate.evaluate)
+
+
+def main() -> None:
+    app()

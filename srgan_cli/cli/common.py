@@ -1,0 +1,79 @@
+"""Options shared by several commands, the console, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..errors import SrganError
+
+# Progress, tables and errors go to stderr so that `--json` output on stdout stays parseable.
+console = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N.")
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option("--precision", help="auto = fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+
+
+def parse_tile(value: str) -> int | None:
+    """'auto' -> None (pick from free memory); an integer >= 0 (0 = whole image when it fits)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        tile = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not 'auto' or a whole number") from None
+    if tile < 0 or 0 < tile < 16:
+        raise typer.BadParameter("use 0 (whole image), auto, or a tile of at least 16 pixels")
+    return tile
+
+
+TileOpt = Annotated[
+    str,
+    typer.Option(
+        "--tile",
+        help="LR tile side in pixels: auto (from free memory), 0 (whole image, smaller tiles if it "
+        "does not fit), or N.",
+    ),
+]
+TilePadOpt = Annotated[
+    int, typer.Option("--tile-pad", min=0, help="Overlap in LR pixels around each tile (hides seams).")
+]
+
+
+def report_error(exc: SrganError) -> None:
+    console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        console.print(f"[yellow]hint:[/] {exc.hint}")
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn a library error into one red line (plus a hint) and the error's exit code."""
+    try:
+        yield
+    except SrganError as exc:
+        report_error(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None

@@ -1,0 +1,151 @@
+"""`srgan upscale`: files, folders and globs through a model, with progress and a summary."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .. import weights
+from ..batch import JobResult, OutputOptions, plan_jobs, run_job
+from ..devices import resolve_device, resolve_precision
+from ..imageio import DEFAULT_MAX_PIXELS
+from ..runtime.torch_backend import TorchUpscaler
+from .common import DeviceOpt, JsonOpt, Precision, PrecisionOpt, TileOpt, TilePadOpt, console, guard, parse_tile, stdout
+
+
+class OutFormat(str, Enum):
+    auto = "auto"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+
+
+def _megapixels(path: Path) -> float:
+    """Header-only size for the progress bar; unreadable files count as 0 (they fail later)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[0] * im.size[1] / 1e6
+    except Exception:
+        return 0.0
+
+
+def upscale(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Shipped weights name or a .safetensors/.pth path.")
+    ] = weights.DEFAULT_MODEL,
+    outscale: Annotated[
+        float | None,
+        typer.Option("-s", "--outscale", min=0.01, help="Final scale; the model's output is resampled to it."),
+    ] = None,
+    suffix: Annotated[
+        str | None,
+        typer.Option("--suffix", help="Added to output names. Default: _x4 beside the input, none in -o folders."),
+    ] = None,
+    fmt: Annotated[
+        OutFormat, typer.Option("--format", help="Output format; auto keeps the input's format.")
+    ] = OutFormat.auto,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Look in subfolders of folder inputs.")] = False,
+    skip_existing: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-existing/--no-skip-existing",
+            help="Skip inputs whose output exists. Default: on for folders and globs, off for named files.",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.auto,
+    tile: TileOpt = "auto",
+    tile_pad: TilePadOpt = 32,
+    max_megapixels: Annotated[
+        float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
+    ] = DEFAULT_MAX_PIXELS / 1e6,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upscale images with a super-resolution model (default: the shipped x4 weights)."""
+    tile_size = parse_tile(tile)
+    options = OutputOptions(output, suffix, fmt.value, quality, overwrite, skip_existing)
+    with guard():
+        loaded = weights.load(model)
+        scale = loaded.info.scale
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision.value, dev)
+        plan = plan_jobs(inputs, options, scale, recursive=recursive)
+        upscaler = TorchUpscaler(loaded.model, device=dev, dtype=dtype, tile=tile_size, tile_pad=tile_pad)
+
+        results: list[JobResult] = list(plan.failed)
+        sizes = [_megapixels(job.src) for job in plan.jobs]
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[mp]:.1f}/{task.fields[mp_total]:.1f} MP"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, disable=as_json or not plan.jobs, transient=False) as progress:
+            task = progress.add_task("upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes))
+            done_mp = 0.0
+            for job, mp in zip(plan.jobs, sizes, strict=True):
+                progress.update(task, description=f"[cyan]{job.src.name}")
+                result = run_job(upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6))
+                results.append(result)
+                if result.status == "failed" and not as_json:
+                    progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
+                done_mp += mp
+                progress.update(task, completed=done_mp if sum(sizes) else len(results), mp=done_mp)
+            progress.update(task, description="done")
+
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+    if as_json:
+        summary = {
+            "model": loaded.info.name,
+            "scale": scale,
+            "outscale": outscale,
+            "backend": upscaler.backend,
+            "device": str(dev),
+            "precision": str(dtype).removeprefix("torch."),
+            **counts,
+            "results": [r.to_dict() for r in results],
+        }
+        stdout.print(json.dumps(summary, indent=2), markup=False, highlight=False)
+    else:
+        _print_summary(results, counts)
+    raise typer.Exit(1 if counts["failed"] else 0)
+
+
+def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
+    shown = [r for r in results if r.status == "failed"] + [r for r in results if r.status != "failed"]
+    table = Table(title=None, show_edge=False, header_style="bold")
+    for col in ("input", "output", "size", "time", "status"):
+        table.add_column(col)
+    for r in shown[:40]:
+        size = f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}" if r.in_size and r.out_size else ""
+        status = {"ok": "[green]ok", "skipped": "[yellow]skipped (exists)"}.get(r.status, f"[red]{r.error}")
+        if r.status == "failed" and r.hint:
+            status += f" [dim]({r.hint})"
+        table.add_row(str(r.src), str(r.dst or ""), size, f"{r.seconds:.1f}s" if r.seconds else "", status)
+    if len(shown) > 40:
+        table.caption = f"... {len(shown) - 40} more rows (use --json for all)"
+    console.print(table)
+    colour = "red" if counts["failed"] else "green"
+    console.print(
+        f"[{colour}]{counts['ok']} upscaled, {counts['skipped']} skipped, {counts['failed']} failed[/]"
+    )

@@ -1,0 +1,75 @@
+"""Typed errors the library raises; the CLI turns each into one red line and an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SrganError(Exception):
+    """Base class: a message for the user, an optional hint, and the process exit code."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SrganError):
+    """Options that contradict each other or cannot work on this machine."""
+
+    exit_code = 2
+
+
+class DeviceError(UsageError):
+    """A device or precision that is not available (e.g. fp16 on CPU, cuda without a GPU)."""
+
+
+class WeightsError(SrganError):
+    """Weights that cannot be found, read, or matched to an architecture."""
+
+    exit_code = 2
+
+
+class WeightsNotFound(WeightsError):
+    pass
+
+
+class WeightsFormatError(WeightsError):
+    """Not a weights file, truncated or corrupt, or refused (pickled code)."""
+
+
+class WeightsMismatch(WeightsError):
+    """The tensors in the file do not fit the architecture config, or the scale is wrong."""
+
+
+class ImageError(SrganError):
+    """A problem with one image file; a batch reports it and goes on."""
+
+    def __init__(self, path: str | Path, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}", hint=hint)
+        self.path = Path(path)
+        self.reason = reason
+
+
+class ImageReadError(ImageError):
+    pass
+
+
+class ImageWriteError(ImageError):
+    pass
+
+
+class OutOfMemory(SrganError):
+    """The model did not fit in memory even with the smallest tile."""
+
+    def __init__(self, message: str, *, hint: str | None = "try a smaller --tile, e.g. --tile 128") -> None:
+        super().__init__(message, hint=hint)
+
+
+class TrainingError(SrganError):
+    """A training run that cannot start or had to stop (bad data folder, NaN loss, ...)."""

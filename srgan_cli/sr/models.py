@@ -1,0 +1,158 @@
+"""SRGAN networks (Ledig et al., 2017): the SRResNet generator and the 8-conv discriminator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SRResNetConfig:
+    scale: int = 4  # upscaling factor: 2, 4 or 8 (one x2 sub-pixel stage per factor of 2)
+    n_blocks: int = 16  # residual blocks B; the paper uses 16
+    n_feats: int = 64  # feature channels in every block; the paper uses 64
+    in_channels: int = 3  # RGB
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 4, 8):
+            raise ValueError(f"scale must be 2, 4 or 8, not {self.scale}")
+        if self.n_blocks < 1 or self.n_feats < 1:
+            raise ValueError("n_blocks and n_feats must be positive")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-PReLU-conv3x3-BN plus identity skip (the paper's Figure 4, generator)."""
+
+    def __init__(self, n_feats: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            nn.BatchNorm2d(n_feats),
+            nn.PReLU(n_feats),
+            nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            nn.BatchNorm2d(n_feats),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class UpsampleBlock(nn.Module):
+    """x2 sub-pixel convolution (Shi et al., 2016): conv to 4*C channels, PixelShuffle(2), PReLU."""
+
+    def __init__(self, n_feats: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(n_feats, n_feats * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = nn.PReLU(n_feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shuffle(self.conv(x)))
+
+
+class SRResNet(nn.Module):
+    """The SRGAN generator. Input (N, 3, H, W) in [0, 1] -> output (N, 3, sH, sW), about [0, 1].
+
+    The paper feeds LR images in [0, 1] and trains against HR in [-1, 1]; we keep [0, 1] at both
+    ends of the public interface and do the [-1, 1] mapping on the output side inside the network,
+    so callers never see it.
+    """
+
+    arch = "srresnet"
+
+    def __init__(self, config: SRResNetConfig | None = None, **overrides: int) -> None:
+        super().__init__()
+        if config is None:
+            config = SRResNetConfig(**overrides)
+        elif overrides:
+            raise TypeError("pass either a config or keyword overrides, not both")
+        self.config = config
+        c, f = config.in_channels, config.n_feats
+        self.head = nn.Sequential(nn.Conv2d(c, f, 9, padding=4), nn.PReLU(f))
+        self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.n_blocks)])
+        self.body_tail = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.BatchNorm2d(f))
+        self.upsample = nn.Sequential(*[UpsampleBlock(f) for _ in range(int(math.log2(config.scale)))])
+        self.tail = nn.Conv2d(f, c, 9, padding=4)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @staticmethod
+    def receptive_radius(config: SRResNetConfig) -> int:
+        """How many LR pixels on each side can influence one output pixel (for tile padding)."""
+        lr = 4 + 2 * config.n_blocks + 1 + 1  # head 9x9, two 3x3 per block, body tail, first upsample conv
+        hr = 0.0
+        factor = 1
+        for _ in range(int(math.log2(config.scale)) - 1):  # later upsample convs run at 2x, 4x, ...
+            factor *= 2
+            hr += 1 / factor
+        hr += 4 / config.scale  # 9x9 tail at full resolution
+        return lr + math.ceil(hr)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.head(x)  # (N, F, H, W)
+        feat = feat + self.body_tail(self.body(feat))  # long skip over all residual blocks
+        out = self.tail(self.upsample(feat))  # (N, 3, sH, sW), in the paper's [-1, 1] range
+        return out * 0.5 + 0.5
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    n_feats: int = 64  # channels of the first conv; doubled every second conv up to 8x
+    fc_feats: int = 1024  # width of the dense layer before the logit
+    in_channels: int = 3
+    pool_size: int = 6  # the features are pooled to pool_size^2 so any crop size works (96 -> 6)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Discriminator(nn.Module):
+    """The SRGAN discriminator: 8 conv layers, dense 1024, dense 1 (a logit, no sigmoid).
+
+    Input (N, 3, H, W) in [0, 1]. Channels go 64, 64, 128, 128, 256, 256, 512, 512 with stride 2 on
+    every second conv. The paper flattens the 6x6 map of a 96x96 crop; adaptive average pooling
+    to the same 6x6 keeps the paper's shape at 96 and lets other crop sizes through unchanged.
+    """
+
+    arch = "srgan_discriminator"
+
+    def __init__(self, config: DiscriminatorConfig | None = None, **overrides: int) -> None:
+        super().__init__()
+        if config is None:
+            config = DiscriminatorConfig(**overrides)
+        self.config = config
+        f = config.n_feats
+        layers: list[nn.Module] = []
+        in_ch = config.in_channels
+        for i in range(8):
+            out_ch = f * 2 ** (i // 2)
+            stride = 2 if i % 2 == 1 else 1
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1))
+            if i > 0:  # no BN after the first conv, as in the paper
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(config.pool_size)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_ch * config.pool_size**2, config.fc_feats),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(config.fc_feats, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.pool(self.features(x * 2 - 1))  # (N, 8F, 6, 6)
+        return self.classifier(feat)  # (N, 1) logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,328 @@
+"""Named weights: safetensors files that carry their architecture config, found by name or path."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
+
+FORMAT_VERSION = "1"
+DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
+ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), searched first
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped_dirs() -> list[Path]:
+    """Where shipped weights live: inside the installed package, or the repo's weights/ folder."""
+    candidates = [_PACKAGE_DIR / "weights", _PACKAGE_DIR.parent / "weights"]
+    return [d for d in candidates if d.is_dir()]
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p).expanduser() for p in os.environ.get(ENV_DIR, "").split(os.pathsep) if p.strip()]
+    return extra + shipped_dirs()
+
+
+@dataclass
+class WeightsInfo:
+    """What a weights file says about itself (read from the safetensors header only)."""
+
+    name: str
+    path: Path
+    arch: str
+    config: dict[str, Any]
+    scale: int
+    trained_on: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    n_params: int = 0
+
+
+def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
+    # imported here so that reading a header never pays for building every model module
+    from .sr.models import SRResNet, SRResNetConfig
+
+    return {"srresnet": (SRResNet, SRResNetConfig)}
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    archs = _architectures()
+    if arch not in archs:
+        raise WeightsMismatch(f"unknown architecture {arch!r}; this version knows: {', '.join(sorted(archs))}")
+    cls, config_cls = archs[arch]
+    try:
+        return cls(config_cls(**config))
+    except (TypeError, ValueError) as exc:
+        raise WeightsMismatch(f"invalid {arch} config {config}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving a name or path
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    """A path that exists, or a name (with or without .safetensors) found in the search folders."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise WeightsFormatError(f"{path} is not a file")
+    looks_like_path = os.sep in text or "/" in text or path.suffix in (".safetensors", ".pth", ".pt")
+    if not looks_like_path or path.suffix == ".safetensors":
+        stem = path.name.removesuffix(".safetensors")
+        for folder in search_dirs():
+            cand = folder / f"{stem}.safetensors"
+            if cand.is_file():
+                return cand
+    if looks_like_path:
+        raise WeightsNotFound(f"weights file not found: {path}")
+    available = ", ".join(info.name for info in list_models()) or "none"
+    raise WeightsNotFound(
+        f"no weights named {text!r} (available: {available})",
+        hint=f"pass a path to a .safetensors file, or add a folder to {ENV_DIR}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check a safetensors header ourselves, to give precise errors."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise WeightsFormatError(f"{path}: not a weights file ({size} bytes, too short)")
+            (n,) = struct.unpack("<Q", head)
+            first = fh.read(1)
+            if first != b"{" or n > 100_000_000:
+                raise WeightsFormatError(f"{path}: not a safetensors weights file")
+            if 8 + n > size:
+                raise WeightsFormatError(f"{path}: truncated weights file (header runs past the end)")
+            header = json.loads(first + fh.read(n - 1))
+    except OSError as exc:
+        raise WeightsFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsFormatError(f"{path}: corrupt weights file (bad header)") from exc
+    if not isinstance(header, dict):
+        raise WeightsFormatError(f"{path}: corrupt weights file (bad header)")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise WeightsFormatError(f"{path}: corrupt weights file (bad tensor entry {key!r})") from exc
+    if 8 + n + end > size:
+        raise WeightsFormatError(
+            f"{path}: truncated weights file ({size} bytes, the header describes {8 + n + end})",
+            hint="download or copy it again",
+        )
+    return header
+
+
+def _info_from_metadata(path: Path, meta: dict[str, str], n_params: int) -> WeightsInfo:
+    if "arch" not in meta or "config" not in meta:
+        raise WeightsFormatError(
+            f"{path}: safetensors file without srgan-cli metadata (arch/config)",
+            hint="weights made elsewhere can be loaded as a state dict with `srgan_cli.weights.load_state_dict`",
+        )
+    try:
+        config = json.loads(meta["config"])
+        scale = int(meta.get("scale", config.get("scale", 0)))
+        provenance = json.loads(meta.get("provenance", "{}"))
+        metrics = json.loads(meta.get("metrics", "{}"))
+    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        raise WeightsFormatError(f"{path}: corrupt srgan-cli metadata: {exc}") from exc
+    return WeightsInfo(
+        name=path.name.removesuffix(".safetensors"),
+        path=path,
+        arch=meta["arch"],
+        config=config,
+        scale=scale,
+        trained_on=meta.get("trained_on", ""),
+        provenance=provenance,
+        metrics=metrics,
+        n_params=n_params,
+    )
+
+
+def read_info(name_or_path: str | os.PathLike[str]) -> WeightsInfo:
+    path = resolve(name_or_path)
+    if path.suffix in (".pth", ".pt"):
+        state = _torch_load(path)
+        arch, config = infer_srresnet_config(state, path)
+        n = sum(t.numel() for t in state.values())
+        return WeightsInfo(path.stem, path, arch, config, int(config["scale"]), "unknown (.pth)", n_params=n)
+    header = _read_header(path)
+    n_params = 0
+    for key, entry in header.items():
+        if key != "__metadata__":
+            count = 1
+            for d in entry.get("shape", []):
+                count *= int(d)
+            n_params += count
+    return _info_from_metadata(path, header.get("__metadata__") or {}, n_params)
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """A .pth/.pt state dict, loaded without ever unpickling code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise WeightsFormatError(
+            f"{path}: cannot load as a plain state dict ({type(exc).__name__}); files that need "
+            "arbitrary pickled code are refused",
+            hint="convert it to .safetensors where it was made",
+        ) from exc
+    # common wrappers: {"state_dict": ...}, {"params_ema": ...}, {"model": ...}, {"generator": ...}
+    for key in ("params_ema", "ema", "state_dict", "params", "model", "generator"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFormatError(f"{path}: does not contain a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def infer_srresnet_config(state: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, int]]:
+    """Recover SRResNet's config from its tensor names and shapes (for .pth files without metadata)."""
+    try:
+        n_feats = int(state["head.0.weight"].shape[0])
+        in_channels = int(state["head.0.weight"].shape[1])
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("body.")}
+        ups = {int(k.split(".")[1]) for k in state if k.startswith("upsample.")}
+    except (KeyError, IndexError, ValueError) as exc:
+        raise WeightsMismatch(
+            f"{path}: tensor names do not match srgan-cli's SRResNet (e.g. 'head.0.weight' missing)"
+        ) from exc
+    return "srresnet", {
+        "scale": 2 ** len(ups),
+        "n_blocks": len(blocks),
+        "n_feats": n_feats,
+        "in_channels": in_channels,
+    }
+
+
+@dataclass
+class LoadedWeights:
+    model: nn.Module
+    info: WeightsInfo
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    *,
+    expect_arch: str | None = None,
+    expect_scale: int | None = None,
+) -> LoadedWeights:
+    """Build the model described by a weights file and load its tensors (CPU, eval mode)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = read_info(name_or_path)
+    if expect_arch is not None and info.arch != expect_arch:
+        raise WeightsMismatch(f"{info.path}: holds a {info.arch!r} model, but a {expect_arch!r} is needed here")
+    if expect_scale is not None and info.scale != expect_scale:
+        raise WeightsMismatch(
+            f"{info.path}: is a x{info.scale} model, but x{expect_scale} was requested",
+            hint="pick weights of the requested scale (`srgan models` lists them)",
+        )
+    if info.path.suffix in (".pth", ".pt"):
+        state = _torch_load(info.path)
+    else:
+        try:
+            state = load_file(str(info.path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsFormatError(f"{info.path}: corrupt weights file: {exc}") from exc
+    model = build_model(info.arch, info.config)
+    load_state_dict(model, state, info.path)
+    model.eval()
+    return LoadedWeights(model, info)
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<state>") -> None:
+    """Strict load with a readable summary of what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+        raise WeightsMismatch(f"{path}: weights do not match the architecture config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def save(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    trained_on: str = "",
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` (which must have `.arch` and `.config`) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
+    meta = {
+        "format": f"srgan-cli/{FORMAT_VERSION}",
+        "arch": str(model.arch),
+        "config": json.dumps(config, sort_keys=True),
+        "scale": str(config.get("scale", "")),
+        "trained_on": trained_on,
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+    }
+    state = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def list_models() -> list[WeightsInfo]:
+    """Every readable weights file in the search folders (first one wins for a repeated name)."""
+    seen: dict[str, WeightsInfo] = {}
+    for folder in search_dirs():
+        for file in sorted(folder.glob("*.safetensors")):
+            name = file.name.removesuffix(".safetensors")
+            if name in seen:
+                continue
+            try:
+                seen[name] = read_info(file)
+            except (WeightsFormatError, WeightsMismatch):
+                continue  # a broken file in a user folder must not break the listing
+    return list(seen.values())

@@ -1,0 +1,74 @@
+"""The pixel-loss training stage: a short run that checkpoints, resumes exactly, and validates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from srgan_cli import weights
+from srgan_cli.errors import TrainingError
+from srgan_cli.sr.train import CHECKPOINT, TrainConfig, train
+
+
+def _config(photo_dir: Path, out: Path, steps: int, **kw: object) -> TrainConfig:
+    base = dict(
+        data=str(photo_dir), val=str(photo_dir), out=str(out), scale=2, n_blocks=1, n_feats=8, crop=16,
+        batch_size=2, steps=steps, val_every=10, checkpoint_every=5, log_every=5, device="cpu", seed=3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_twenty_steps_resume_exactly(photo_dir: Path, tmp_path: Path) -> None:
+    straight = train(_config(photo_dir, tmp_path / "a", 20))
+    assert straight.steps == 20 and straight.val is not None
+
+    first = train(_config(photo_dir, tmp_path / "b", 10))
+    assert first.steps == 10
+    resumed = train(_config(photo_dir, tmp_path / "b", 20), resume=True)
+    assert resumed.steps == 20
+
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6)
+    for key in a["ema"]:
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=1e-6)
+
+    loaded = weights.load(straight.weights)  # the final weights are in the shipped format
+    assert loaded.info.scale == 2 and loaded.info.provenance["steps"] == 20
+    assert "val_psnr_y" in loaded.info.metrics
+    events = [json.loads(line)["event"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert events.count("val") == 2 and events[-1] == "done"
+
+
+def test_existing_run_is_not_clobbered(photo_dir: Path, tmp_path: Path) -> None:
+    train(_config(photo_dir, tmp_path / "r", 5, val=None))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(photo_dir, tmp_path / "r", 5, val=None))
+    with pytest.raises(TrainingError, match="different settings"):
+        train(_config(photo_dir, tmp_path / "r", 10, val=None, n_feats=4), resume=True)
+    with pytest.raises(TrainingError, match="already finished"):
+        train(_config(photo_dir, tmp_path / "r", 5, val=None), resume=True)
+
+
+def test_diverging_loss_stops_clearly(photo_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(photo_dir, tmp_path / "nan", 10, val=None, lr=1e30, log_every=1, ema=0.0)
+    with pytest.raises(TrainingError, match="loss became|non-finite"):
+        train(cfg)
+
+
+def test_empty_or_missing_data_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainingError, match="no images"):
+        train(_config(tmp_path / "empty", tmp_path / "o", 2))
+    with pytest.raises(TrainingError, match="not found"):
+        train(_config(tmp_path / "missing", tmp_path / "o", 2))
+
+
+def test_images_smaller_than_the_crop_are_skipped(photo_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no usable training images"):
+        train(_config(photo_dir, tmp_path / "o", 2, crop=512, val=None))

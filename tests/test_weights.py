@@ -1,0 +1,151 @@
+"""Weights: safetensors round trip with config metadata, lookup by name, and every error case."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from srgan_cli import weights
+from srgan_cli.errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
+
+from .conftest import tiny_model
+
+
+def _rewrite_metadata(src: Path, dst: Path, **changes: str) -> None:
+    raw = src.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"].update(changes)
+    new = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def test_round_trip_keeps_config_and_outputs(tmp_path: Path) -> None:
+    model = tiny_model(4)
+    path = weights.save(tmp_path / "m.safetensors", model, trained_on="photos", metrics={"val_psnr_y": 27.5})
+    loaded = weights.load(path)
+    assert loaded.info.arch == "srresnet"
+    assert loaded.info.scale == 4
+    assert loaded.info.config == model.config.to_dict()
+    assert loaded.info.metrics == {"val_psnr_y": 27.5}
+    assert loaded.info.n_params == sum(t.numel() for t in model.state_dict().values())
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+def test_lookup_by_name_in_env_folder(weights_dir: Path) -> None:
+    assert weights.resolve("tiny_x4") == weights_dir / "tiny_x4.safetensors"
+    assert weights.resolve("tiny_x2.safetensors") == weights_dir / "tiny_x2.safetensors"
+    names = {i.name for i in weights.list_models()}
+    assert {"tiny_x4", "tiny_x2"} <= names
+
+
+def test_shipped_default_weights_load() -> None:
+    loaded = weights.load(weights.DEFAULT_MODEL)
+    assert loaded.info.scale == 4
+    assert loaded.info.metrics.get("val_psnr_y")
+    with torch.no_grad():
+        assert loaded.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+
+def test_missing_file_and_unknown_name(weights_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(WeightsNotFound, match="not found") as err:
+        weights.load(tmp_path / "nope.safetensors")
+    assert err.value.exit_code == 2
+    with pytest.raises(WeightsNotFound, match="tiny_x4"):  # the message lists what exists
+        weights.load("no_such_model")
+
+
+def test_not_a_weights_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"this is just some text, not tensors at all")
+    with pytest.raises(WeightsFormatError, match="not a safetensors"):
+        weights.load(bad)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsFormatError, match="too short"):
+        weights.load(empty)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = weights.save(tmp_path / "m.safetensors", tiny_model(4))
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(WeightsFormatError, match="truncated"):
+        weights.load(cut)
+    cut.write_bytes(raw[:20])
+    with pytest.raises(WeightsFormatError, match="truncated"):
+        weights.load(cut)
+
+
+def test_corrupt_header(tmp_path: Path) -> None:
+    path = weights.save(tmp_path / "m.safetensors", tiny_model(4))
+    raw = bytearray(path.read_bytes())
+    raw[12:20] = b"\xff\xfe\x00garbl"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(WeightsFormatError, match="corrupt"):
+        weights.load(bad)
+
+
+def test_safetensors_without_metadata(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    with pytest.raises(WeightsFormatError, match="metadata"):
+        weights.load(path)
+
+
+def test_config_mismatch(tmp_path: Path) -> None:
+    path = weights.save(tmp_path / "m.safetensors", tiny_model(4))
+    wrong = tmp_path / "wrong.safetensors"
+    _rewrite_metadata(path, wrong, config=json.dumps({"scale": 4, "n_blocks": 1, "n_feats": 16, "in_channels": 3}))
+    with pytest.raises(WeightsMismatch, match="shape mismatch"):
+        weights.load(wrong)
+    _rewrite_metadata(path, wrong, config=json.dumps({"scale": 4, "n_blocks": 3, "n_feats": 8, "in_channels": 3}))
+    with pytest.raises(WeightsMismatch, match="missing"):
+        weights.load(wrong)
+    _rewrite_metadata(path, wrong, arch="transformer")
+    with pytest.raises(WeightsMismatch, match="unknown architecture"):
+        weights.load(wrong)
+
+
+def test_wrong_scale_requested(tmp_path: Path) -> None:
+    path = weights.save(tmp_path / "m.safetensors", tiny_model(2))
+    with pytest.raises(WeightsMismatch, match="x2 model, but x4"):
+        weights.load(path, expect_scale=4)
+
+
+def test_pth_state_dict_is_accepted(tmp_path: Path) -> None:
+    model = tiny_model(2)
+    path = tmp_path / "m.pth"
+    torch.save({"params_ema": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    loaded = weights.load(path)
+    assert loaded.info.scale == 2
+    assert loaded.info.config["n_feats"] == 8
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious checkpoint would do on unpickling
+        return (print, ("this must never run",))
+
+
+def test_pth_with_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload()}, path)
+    with pytest.raises(WeightsFormatError, match="refused"):
+        weights.load(path)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsFormatError):
+        weights.load(garbage)
