@@ -8,8 +8,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ImageError, SrganError
-from .imageio import READABLE_SUFFIXES, WRITE_FORMATS, format_for_suffix, read_image, suffix_for_format, write_image
+from .errors import ImageError, SrganError, UsageError
+from .imageio import (
+    READABLE_SUFFIXES,
+    WRITE_FORMATS,
+    format_for_suffix,
+    read_image,
+    suffix_for_format,
+    write_image,
+)
 from .runtime.base import Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
@@ -81,7 +88,9 @@ def _scan(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | N
             found.append((path, None))
         elif path.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+            files = sorted(
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES
+            )
             if not files:
                 hint = None if recursive else "add --recursive to look in subfolders"
                 missing.append(JobResult(path, None, "failed", "folder holds no image files", hint))
@@ -107,23 +116,17 @@ def _out_format(src: Path, fmt: str) -> str:
 def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursive: bool = False) -> Plan:
     """Decide every output path before any work starts, so collisions are found up front."""
     if options.fmt != "auto" and options.fmt not in WRITE_FORMATS:
-        raise SrganError(f"unknown output format {options.fmt!r}: use auto, {', '.join(WRITE_FORMATS)}")
+        raise UsageError(f"unknown output format {options.fmt!r}: use auto, {', '.join(WRITE_FORMATS)}")
     found, failed = _scan(inputs, recursive)
     plan = Plan(failed=failed)
     out = options.output
-    single_file_out = (
-        out is not None
-        and len(found) == 1
-        and found[0][1] is None
-        and not out.is_dir()
-        and format_for_suffix(out) is not None
-    )
-    if out is not None and not single_file_out and format_for_suffix(out) is not None and not out.is_dir():
-        if len(found) > 1:
-            raise SrganError(
-                f"-o {out} looks like a file name, but there are {len(found)} inputs",
-                hint="give a folder to -o when upscaling several images",
-            )
+    out_is_file = out is not None and not out.is_dir() and format_for_suffix(out) is not None
+    if out_is_file and len(found) > 1:
+        raise UsageError(
+            f"-o {out} looks like a file name, but there are {len(found)} inputs",
+            hint="give a folder to -o when upscaling several images",
+        )
+    single_file_out = out_is_file and len(found) == 1
     claimed: dict[Path, Path] = {}
     for src, base in found:
         if single_file_out:
@@ -148,7 +151,9 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
             continue
         if key in claimed:
             plan.failed.append(
-                JobResult(src, dst, "failed", f"output name collides with that of {claimed[key]}", "use --suffix")
+                JobResult(
+                    src, dst, "failed", f"output name collides with that of {claimed[key]}", "use --suffix"
+                )
             )
             continue
         claimed[key] = src

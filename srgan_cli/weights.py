@@ -57,7 +57,9 @@ def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
     archs = _architectures()
     if arch not in archs:
-        raise WeightsMismatch(f"unknown architecture {arch!r}; this version knows: {', '.join(sorted(archs))}")
+        raise WeightsMismatch(
+            f"unknown architecture {arch!r}; this version knows: {', '.join(sorted(archs))}"
+        )
     cls, config_cls = archs[arch]
     try:
         return cls(config_cls(**config))
@@ -138,7 +140,7 @@ def _info_from_metadata(path: Path, meta: dict[str, str], n_params: int) -> Weig
     if "arch" not in meta or "config" not in meta:
         raise WeightsFormatError(
             f"{path}: safetensors file without srgan-cli metadata (arch/config)",
-            hint="weights made elsewhere can be loaded as a state dict with `srgan_cli.weights.load_state_dict`",
+            hint="weights made elsewhere: load the tensors yourself and use weights.load_state_dict",
         )
     try:
         config = json.loads(meta["config"])
@@ -235,7 +237,9 @@ def load(
 
     info = read_info(name_or_path)
     if expect_arch is not None and info.arch != expect_arch:
-        raise WeightsMismatch(f"{info.path}: holds a {info.arch!r} model, but a {expect_arch!r} is needed here")
+        raise WeightsMismatch(
+            f"{info.path}: holds a {info.arch!r} model, but a {expect_arch!r} is needed here"
+        )
     if expect_scale is not None and info.scale != expect_scale:
         raise WeightsMismatch(
             f"{info.path}: is a x{info.scale} model, but x{expect_scale} was requested",
@@ -264,7 +268,8 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path
         parts = []
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            shapes = f"file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: {shapes}")
         if missing:
             parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
         if unexpected:

@@ -45,7 +45,9 @@ def tiny_model(scale: int = 4, seed: int = 0) -> SRResNet:
 def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A SRGAN_WEIGHTS_DIR holding tiny_x4 and tiny_x2."""
     folder = tmp_path / "weights"
-    weights.save(folder / "tiny_x4.safetensors", tiny_model(4), trained_on="nothing", metrics={"val_psnr_y": 1.0})
+    weights.save(
+        folder / "tiny_x4.safetensors", tiny_model(4), trained_on="nothing", metrics={"val_psnr_y": 1.0}
+    )
     weights.save(folder / "tiny_x2.safetensors", tiny_model(2), trained_on="nothing")
     monkeypatch.setenv(weights.ENV_DIR, str(folder))
     return folder

@@ -15,8 +15,20 @@ from srgan_cli.sr.train import CHECKPOINT, TrainConfig, train
 
 def _config(photo_dir: Path, out: Path, steps: int, **kw: object) -> TrainConfig:
     base = dict(
-        data=str(photo_dir), val=str(photo_dir), out=str(out), scale=2, n_blocks=1, n_feats=8, crop=16,
-        batch_size=2, steps=steps, val_every=10, checkpoint_every=5, log_every=5, device="cpu", seed=3,
+        data=str(photo_dir),
+        val=str(photo_dir),
+        out=str(out),
+        scale=2,
+        n_blocks=1,
+        n_feats=8,
+        crop=16,
+        batch_size=2,
+        steps=steps,
+        val_every=10,
+        checkpoint_every=5,
+        log_every=5,
+        device="cpu",
+        seed=3,
     )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -47,7 +59,7 @@ def test_twenty_steps_resume_exactly(photo_dir: Path, tmp_path: Path) -> None:
 
 def test_existing_run_is_not_clobbered(photo_dir: Path, tmp_path: Path) -> None:
     train(_config(photo_dir, tmp_path / "r", 5, val=None))
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(TrainingError, match="already holds a training run"):
         train(_config(photo_dir, tmp_path / "r", 5, val=None))
     with pytest.raises(TrainingError, match="different settings"):
         train(_config(photo_dir, tmp_path / "r", 10, val=None, n_feats=4), resume=True)

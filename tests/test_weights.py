@@ -106,10 +106,14 @@ def test_safetensors_without_metadata(tmp_path: Path) -> None:
 def test_config_mismatch(tmp_path: Path) -> None:
     path = weights.save(tmp_path / "m.safetensors", tiny_model(4))
     wrong = tmp_path / "wrong.safetensors"
-    _rewrite_metadata(path, wrong, config=json.dumps({"scale": 4, "n_blocks": 1, "n_feats": 16, "in_channels": 3}))
+    _rewrite_metadata(
+        path, wrong, config=json.dumps({"scale": 4, "n_blocks": 1, "n_feats": 16, "in_channels": 3})
+    )
     with pytest.raises(WeightsMismatch, match="shape mismatch"):
         weights.load(wrong)
-    _rewrite_metadata(path, wrong, config=json.dumps({"scale": 4, "n_blocks": 3, "n_feats": 8, "in_channels": 3}))
+    _rewrite_metadata(
+        path, wrong, config=json.dumps({"scale": 4, "n_blocks": 3, "n_feats": 8, "in_channels": 3})
+    )
     with pytest.raises(WeightsMismatch, match="missing"):
         weights.load(wrong)
     _rewrite_metadata(path, wrong, arch="transformer")

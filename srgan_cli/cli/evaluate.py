@@ -14,12 +14,16 @@ from ..devices import resolve_device, resolve_precision
 from ..runtime.torch_backend import TorchUpscaler
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import evaluate as run_eval
-from .common import DeviceOpt, JsonOpt, Precision, PrecisionOpt, TileOpt, console, guard, parse_tile, stdout
+from .common import DeviceOpt, JsonOpt, Precision, TileOpt, console, guard, parse_tile, stdout
 
 
 def evaluate(
-    data: Annotated[Path, typer.Option("--data", help="Folder of HR photos; LR is made by bicubic downscaling.")],
-    model: Annotated[str, typer.Option("-m", "--model", help="Weights name or path.")] = weights.DEFAULT_MODEL,
+    data: Annotated[
+        Path, typer.Option("--data", help="Folder of HR photos; LR is made by bicubic downscaling.")
+    ],
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Weights name or path.")
+    ] = weights.DEFAULT_MODEL,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Use at most this many photos (0 = all).")] = 0,
     device: DeviceOpt = "auto",
     precision: Annotated[
@@ -35,7 +39,11 @@ def evaluate(
         scale = loaded.info.scale
         dev = resolve_device(device)
         upscaler = TorchUpscaler(
-            loaded.model, device=dev, dtype=resolve_precision(precision.value, dev), tile=tile_size, tile_pad=32
+            loaded.model,
+            device=dev,
+            dtype=resolve_precision(precision.value, dev),
+            tile=tile_size,
+            tile_pad=32,
         )
         pairs = load_eval_pairs(data, scale, limit=limit or None)
         with console.status(f"evaluating {loaded.info.name} on {len(pairs)} image(s)"):
@@ -43,11 +51,15 @@ def evaluate(
             ours = run_eval(pairs, scale, upscaler, loaded.info.name)
     if as_json:
         stdout.print(
-            json.dumps({"data": str(data), "scale": scale, "results": [bicubic.to_dict(), ours.to_dict()]}, indent=2),
+            json.dumps(
+                {"data": str(data), "scale": scale, "results": [bicubic.to_dict(), ours.to_dict()]}, indent=2
+            ),
             markup=False,
         )
         return
-    table = Table(show_edge=False, header_style="bold", title=f"x{scale} on {data} (Y channel, border {scale})")
+    table = Table(
+        show_edge=False, header_style="bold", title=f"x{scale} on {data} (Y channel, border {scale})"
+    )
     table.add_column("image")
     for col in ("bicubic PSNR", "bicubic SSIM", f"{loaded.info.name} PSNR", f"{loaded.info.name} SSIM"):
         table.add_column(col, justify="right")

@@ -32,7 +32,9 @@ def models(as_json: JsonOpt = False) -> None:
         stdout.print(json.dumps(rows, indent=2), markup=False, highlight=False)
         return
     if not infos:
-        console.print(f"no weights found (searched: {', '.join(map(str, weights.search_dirs())) or 'nothing'})")
+        console.print(
+            f"no weights found (searched: {', '.join(map(str, weights.search_dirs())) or 'nothing'})"
+        )
         return
     table = Table(show_edge=False, header_style="bold")
     for col in ("name", "arch", "scale", "params", "val PSNR-Y", "val SSIM-Y", "trained on", "path"):

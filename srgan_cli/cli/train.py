@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ..sr.train import TrainConfig, read_checkpoint_config
 from ..sr.train import train as run_training
@@ -37,29 +44,46 @@ class Amp(str, Enum):
 
 
 def train(
-    data: Annotated[Path | None, typer.Option("--data", help="Folder of HR training photos (recursive).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Folder of HR training photos (recursive).")
+    ] = None,
     val: Annotated[Path | None, typer.Option("--val", help="Folder of HR validation photos.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder: checkpoint, log, weights.")] = None,
-    stage: Annotated[Stage | None, typer.Option("--stage", help="pretrain: SRResNet with a pixel loss.")] = None,
+    stage: Annotated[
+        Stage | None, typer.Option("--stage", help="pretrain: SRResNet with a pixel loss.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
     scale: Annotated[int | None, typer.Option("--scale", help="2, 4 or 8. [default: 4]")] = None,
-    n_blocks: Annotated[int | None, typer.Option("--n-blocks", min=1, help="Residual blocks. [default: 16]")] = None,
+    n_blocks: Annotated[
+        int | None, typer.Option("--n-blocks", min=1, help="Residual blocks. [default: 16]")
+    ] = None,
     n_feats: Annotated[int | None, typer.Option("--n-feats", min=1, help="Channels. [default: 64]")] = None,
     crop: Annotated[int | None, typer.Option("--crop", min=8, help="HR crop side. [default: 96]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="[default: 16]")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Total steps. [default: 100000]")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Total steps. [default: 100000]")
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate. [default: 1e-4]")] = None,
     schedule: Annotated[Schedule | None, typer.Option("--schedule", help="[default: constant]")] = None,
     loss: Annotated[Loss | None, typer.Option("--loss", help="Pixel loss. [default: mse]")] = None,
-    ema: Annotated[float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off. [default: 0.999]")] = None,
+    ema: Annotated[
+        float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off. [default: 0.999]")
+    ] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", show_default=False)] = None,
     cache_images: Annotated[
-        bool | None, typer.Option("--cache/--no-cache", help="Keep decoded photos in memory.", show_default=False)
+        bool | None,
+        typer.Option("--cache/--no-cache", help="Keep decoded photos in memory.", show_default=False),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Data loader processes, -1 = auto.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Data loader processes, -1 = auto.")
+    ] = None,
     val_every: Annotated[int | None, typer.Option("--val-every", min=1, help="[default: 1000]")] = None,
-    val_limit: Annotated[int | None, typer.Option("--val-limit", min=0, help="Validate on at most N photos.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1, help="[default: 500]")] = None,
+    val_limit: Annotated[
+        int | None, typer.Option("--val-limit", min=0, help="Validate on at most N photos.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", min=1, help="[default: 500]")
+    ] = None,
     log_every: Annotated[int | None, typer.Option("--log-every", min=1, help="[default: 20]")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
@@ -122,4 +146,6 @@ def _run(config: TrainConfig, resume: bool) -> None:
                 progress.update(task, completed=data["step"])
 
         result = run_training(config, resume=resume, on_event=on_event)
-    console.print(f"[green]done[/]: {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}")
+    console.print(
+        f"[green]done[/]: {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}"
+    )

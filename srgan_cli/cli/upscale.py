@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .. import weights
@@ -16,7 +23,18 @@ from ..batch import JobResult, OutputOptions, plan_jobs, run_job
 from ..devices import resolve_device, resolve_precision
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..runtime.torch_backend import TorchUpscaler
-from .common import DeviceOpt, JsonOpt, Precision, PrecisionOpt, TileOpt, TilePadOpt, console, guard, parse_tile, stdout
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    Precision,
+    PrecisionOpt,
+    TileOpt,
+    TilePadOpt,
+    console,
+    guard,
+    parse_tile,
+    stdout,
+)
 
 
 class OutFormat(str, Enum):
@@ -29,17 +47,23 @@ class OutFormat(str, Enum):
 
 def _megapixels(path: Path) -> float:
     """Header-only size for the progress bar; unreadable files count as 0 (they fail later)."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.size[0] * im.size[1] / 1e6
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # oversized headers are reported by the job itself
+            with Image.open(path) as im:
+                return im.size[0] * im.size[1] / 1e6
     except Exception:
         return 0.0
 
 
 def upscale(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
+    ],
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
@@ -49,17 +73,23 @@ def upscale(
     ] = weights.DEFAULT_MODEL,
     outscale: Annotated[
         float | None,
-        typer.Option("-s", "--outscale", min=0.01, help="Final scale; the model's output is resampled to it."),
+        typer.Option(
+            "-s", "--outscale", min=0.01, help="Final scale; the model's output is resampled to it."
+        ),
     ] = None,
     suffix: Annotated[
         str | None,
-        typer.Option("--suffix", help="Added to output names. Default: _x4 beside the input, none in -o folders."),
+        typer.Option(
+            "--suffix", help="Added to output names. Default: _x4 beside the input, none in -o folders."
+        ),
     ] = None,
     fmt: Annotated[
         OutFormat, typer.Option("--format", help="Output format; auto keeps the input's format.")
     ] = OutFormat.auto,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
-    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Look in subfolders of folder inputs.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Look in subfolders of folder inputs.")
+    ] = False,
     skip_existing: Annotated[
         bool | None,
         typer.Option(
@@ -100,12 +130,18 @@ def upscale(
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=console, disable=as_json or not plan.jobs, transient=False) as progress:
-            task = progress.add_task("upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes))
+        with Progress(
+            *columns, console=console, disable=as_json or not plan.jobs, transient=False
+        ) as progress:
+            task = progress.add_task(
+                "upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes)
+            )
             done_mp = 0.0
             for job, mp in zip(plan.jobs, sizes, strict=True):
                 progress.update(task, description=f"[cyan]{job.src.name}")
-                result = run_job(upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6))
+                result = run_job(
+                    upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6)
+                )
                 results.append(result)
                 if result.status == "failed" and not as_json:
                     progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
@@ -137,7 +173,11 @@ def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
     for col in ("input", "output", "size", "time", "status"):
         table.add_column(col)
     for r in shown[:40]:
-        size = f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}" if r.in_size and r.out_size else ""
+        size = (
+            f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}"
+            if r.in_size and r.out_size
+            else ""
+        )
         status = {"ok": "[green]ok", "skipped": "[yellow]skipped (exists)"}.get(r.status, f"[red]{r.error}")
         if r.status == "failed" and r.hint:
             status += f" [dim]({r.hint})"

@@ -30,7 +30,18 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 
 # Fields that define the run: a resumed run must agree with its checkpoint on these.
-_RUN_FIELDS = ("stage", "scale", "n_blocks", "n_feats", "crop", "batch_size", "loss", "seed", "ema", "augment")
+_RUN_FIELDS = (
+    "stage",
+    "scale",
+    "n_blocks",
+    "n_feats",
+    "crop",
+    "batch_size",
+    "loss",
+    "seed",
+    "ema",
+    "augment",
+)
 
 
 @dataclass
@@ -216,10 +227,18 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
     out.mkdir(parents=True, exist_ok=True)
 
     dataset = TrainCrops(
-        files, scale=config.scale, crop=config.crop, augment=config.augment, seed=config.seed,
+        files,
+        scale=config.scale,
+        crop=config.crop,
+        augment=config.augment,
+        seed=config.seed,
         cache=config.cache_images,
     )
-    workers = config.workers if config.workers >= 0 else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    workers = (
+        config.workers
+        if config.workers >= 0
+        else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    )
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -228,7 +247,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
-    val_pairs = load_eval_pairs(config.val, config.scale, limit=config.val_limit or None) if config.val else []
+    val_pairs = (
+        load_eval_pairs(config.val, config.scale, limit=config.val_limit or None) if config.val else []
+    )
     criterion = F.mse_loss if config.loss == "mse" else F.l1_loss
     emit(
         "start",
@@ -254,7 +275,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
 
     def interim_weights() -> Path:
         net = ema if ema is not None else model
-        metrics = {"val_psnr_y": round(last_val.psnr, 3), "val_ssim_y": round(last_val.ssim, 4)} if last_val else {}
+        metrics = (
+            {"val_psnr_y": round(last_val.psnr, 3), "val_ssim_y": round(last_val.ssim, 4)} if last_val else {}
+        )
         return weights_mod.save(
             out / f"srresnet_x{config.scale}.safetensors",
             net,
@@ -349,7 +372,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
                 interim_weights()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 if not all(torch.isfinite(p).all() for p in model.parameters()):
-                    raise TrainingError(f"weights became non-finite at step {step}; the last checkpoint is kept")
+                    raise TrainingError(
+                        f"weights became non-finite at step {step}; the last checkpoint is kept"
+                    )
                 elapsed += time.perf_counter() - t_seg
                 t_seg = time.perf_counter()
                 save_checkpoint()
