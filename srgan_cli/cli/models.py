@@ -37,7 +37,7 @@ def models(as_json: JsonOpt = False) -> None:
         )
         return
     table = Table(show_edge=False, header_style="bold")
-    for col in ("name", "arch", "scale", "params", "val PSNR-Y", "val SSIM-Y", "trained on", "path"):
+    for col in ("name", "arch", "scale", "params", "val PSNR-Y", "val SSIM-Y", "trained on"):
         table.add_column(col, justify="right" if col in ("scale", "params") else "left")
     for i in infos:
         name = f"{i.name} [green](default)[/]" if i.name == weights.DEFAULT_MODEL else i.name
@@ -51,6 +51,6 @@ def models(as_json: JsonOpt = False) -> None:
             f"{psnr:.2f} dB" if psnr is not None else "-",
             f"{ssim:.4f}" if ssim is not None else "-",
             i.trained_on or "-",
-            str(i.path),
         )
     console.print(table)
+    console.print("[dim]paths and training details: srgan models --json[/]")

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -124,7 +123,7 @@ def upscale(
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn(f"{{task.fields[files]}}/{len(plan.jobs)} files"),
             TextColumn("{task.fields[mp]:.1f}/{task.fields[mp_total]:.1f} MP"),
             TimeElapsedColumn(),
             TextColumn("eta"),
@@ -134,7 +133,7 @@ def upscale(
             *columns, console=console, disable=as_json or not plan.jobs, transient=False
         ) as progress:
             task = progress.add_task(
-                "upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes)
+                "upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes), files=0
             )
             done_mp = 0.0
             for job, mp in zip(plan.jobs, sizes, strict=True):
@@ -146,7 +145,10 @@ def upscale(
                 if result.status == "failed" and not as_json:
                     progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
                 done_mp += mp
-                progress.update(task, completed=done_mp if sum(sizes) else len(results), mp=done_mp)
+                done_files = len(results) - len(plan.failed)
+                progress.update(
+                    task, completed=done_mp if sum(sizes) else done_files, mp=done_mp, files=done_files
+                )
             progress.update(task, description="done")
 
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
@@ -168,23 +170,23 @@ def upscale(
 
 
 def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
-    shown = [r for r in results if r.status == "failed"] + [r for r in results if r.status != "failed"]
-    table = Table(title=None, show_edge=False, header_style="bold")
-    for col in ("input", "output", "size", "time", "status"):
-        table.add_column(col)
-    for r in shown[:40]:
-        size = (
-            f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}"
-            if r.in_size and r.out_size
-            else ""
-        )
-        status = {"ok": "[green]ok", "skipped": "[yellow]skipped (exists)"}.get(r.status, f"[red]{r.error}")
-        if r.status == "failed" and r.hint:
-            status += f" [dim]({r.hint})"
-        table.add_row(str(r.src), str(r.dst or ""), size, f"{r.seconds:.1f}s" if r.seconds else "", status)
-    if len(shown) > 40:
-        table.caption = f"... {len(shown) - 40} more rows (use --json for all)"
-    console.print(table)
+    # small batches list every file; large ones only the failures (all of them are in --json)
+    rows = results if len(results) <= 20 else [r for r in results if r.status == "failed"]
+    if rows:
+        table = Table(show_edge=False, header_style="bold", expand=False)
+        table.add_column("input", overflow="fold")
+        table.add_column("result", overflow="fold")
+        for r in rows:
+            if r.status == "ok":
+                assert r.in_size is not None and r.out_size is not None
+                size = f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}"
+                text = f"[green]{r.dst}[/] ({size}, {r.seconds:.1f}s)"
+            elif r.status == "skipped":
+                text = f"[yellow]skipped[/], {r.dst} exists"
+            else:
+                text = f"[red]{r.error}[/]" + (f" [dim]({r.hint})[/]" if r.hint else "")
+            table.add_row(str(r.src), text)
+        console.print(table)
     colour = "red" if counts["failed"] else "green"
     console.print(
         f"[{colour}]{counts['ok']} upscaled, {counts['skipped']} skipped, {counts['failed']} failed[/]"
