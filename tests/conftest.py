@@ -30,9 +30,9 @@ def make_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def tiny_model(scale: int = 4, seed: int = 0) -> SRResNet:
+def tiny_model(scale: int = 4, seed: int = 0, global_skip: bool = False) -> SRResNet:
     torch.manual_seed(seed)
-    model = SRResNet(SRResNetConfig(scale=scale, n_blocks=1, n_feats=8))
+    model = SRResNet(SRResNetConfig(scale=scale, n_blocks=1, n_feats=8, global_skip=global_skip))
     # non-trivial BN statistics so eval mode is not an identity
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -24,6 +24,16 @@ def test_srresnet_paper_size() -> None:
     assert sum(isinstance(m, torch.nn.PixelShuffle) for m in model.modules()) == 2
 
 
+def test_global_skip_starts_at_bicubic() -> None:
+    model = SRResNet(SRResNetConfig(scale=2, n_blocks=1, n_feats=8, global_skip=True)).eval()
+    torch.nn.init.zeros_(model.tail.weight)
+    torch.nn.init.zeros_(model.tail.bias)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(model(x), expected)
+
+
 def test_bad_scale_is_refused() -> None:
     with pytest.raises(ValueError, match="scale"):
         SRResNetConfig(scale=3)

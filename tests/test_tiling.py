@@ -13,9 +13,12 @@ from srgan_cli.tiling import pick_tile, tile_grid, tiled_apply
 from .conftest import tiny_model
 
 
-@pytest.mark.parametrize(("height", "width", "tile"), [(37, 53, 16), (31, 29, 7), (40, 40, 20), (9, 50, 16)])
-def test_tiled_equals_untiled(height: int, width: int, tile: int) -> None:
-    model = tiny_model(4)
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "skip"),
+    [(37, 53, 16, False), (31, 29, 7, False), (40, 40, 20, True), (9, 50, 16, True)],
+)
+def test_tiled_equals_untiled(height: int, width: int, tile: int, skip: bool) -> None:
+    model = tiny_model(4, global_skip=skip)
     pad = SRResNet.receptive_radius(model.config)
     x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height * width))
     with torch.no_grad():

@@ -58,6 +58,14 @@ def train(
         int | None, typer.Option("--n-blocks", min=1, help="Residual blocks. [default: 16]")
     ] = None,
     n_feats: Annotated[int | None, typer.Option("--n-feats", min=1, help="Channels. [default: 64]")] = None,
+    global_skip: Annotated[
+        bool | None,
+        typer.Option(
+            "--global-skip/--no-global-skip",
+            help="Learn a residual over bicubic upscaling (not in the paper; converges much faster).",
+            show_default=False,
+        ),
+    ] = None,
     crop: Annotated[int | None, typer.Option("--crop", min=8, help="HR crop side. [default: 96]")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="[default: 16]")] = None,
     steps: Annotated[

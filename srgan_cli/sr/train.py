@@ -53,6 +53,7 @@ class TrainConfig:
     scale: int = 4  # 2, 4 or 8
     n_blocks: int = 16  # residual blocks (paper: 16)
     n_feats: int = 64  # channels per block (paper: 64)
+    global_skip: bool = False  # learn a residual over bicubic upscaling (not in the paper)
     crop: int = 96  # HR crop side; LR crops are crop/scale (paper: 96)
     batch_size: int = 16  # paper: 16
     steps: int = 100_000  # total optimiser steps (paper: 10^6 for SRResNet on ImageNet)
@@ -195,7 +196,9 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model = SRResNet(SRResNetConfig(config.scale, config.n_blocks, config.n_feats))
+    model = SRResNet(
+        SRResNetConfig(config.scale, config.n_blocks, config.n_feats, global_skip=config.global_skip)
+    )
     if config.init and not resume:
         init = weights_mod.load(config.init, expect_arch="srresnet", expect_scale=config.scale)
         weights_mod.load_state_dict(model, init.model.state_dict(), init.info.path)
