@@ -124,7 +124,7 @@ def upscale(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             TextColumn(f"{{task.fields[files]}}/{len(plan.jobs)} files"),
-            TextColumn("{task.fields[mp]:.1f}/{task.fields[mp_total]:.1f} MP"),
+            TextColumn("{task.fields[mp]:.2f}/{task.fields[mp_total]:.2f} MP"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
