@@ -113,6 +113,21 @@ def _out_format(src: Path, fmt: str) -> str:
     return own if own in WRITE_FORMATS else "png"
 
 
+def _output_path(src: Path, base: Path | None, options: OutputOptions, scale: int, single_file: bool) -> Path:
+    out = options.output
+    if single_file:
+        assert out is not None
+        return out
+    fmt = _out_format(src, options.fmt)
+    suffix = options.suffix if options.suffix is not None else ("" if out is not None else f"_x{scale}")
+    name = f"{src.stem}{suffix}{suffix_for_format(fmt)}"
+    if out is None:
+        return src.with_name(name)
+    if base is not None and src.is_relative_to(base):
+        return out / src.parent.relative_to(base) / name
+    return out / name
+
+
 def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursive: bool = False) -> Plan:
     """Decide every output path before any work starts, so collisions are found up front."""
     if options.fmt != "auto" and options.fmt not in WRITE_FORMATS:
@@ -127,23 +142,15 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
             hint="give a folder to -o when upscaling several images",
         )
     single_file_out = out_is_file and len(found) == 1
+    planned = [(src, base, _output_path(src, base, options, scale, single_file_out)) for src, base in found]
+    # Outputs written beside their inputs by an earlier run are found again by a folder scan;
+    # they are this run's outputs, not new inputs (no photo_x4_x4.png on a rerun).
+    outputs = {dst.resolve() for _src, _base, dst in planned}
     claimed: dict[Path, Path] = {}
-    for src, base in found:
-        if single_file_out:
-            assert out is not None
-            dst = out
-        else:
-            fmt = _out_format(src, options.fmt)
-            in_folder = out is not None
-            suffix = options.suffix if options.suffix is not None else ("" if in_folder else f"_x{scale}")
-            name = f"{src.stem}{suffix}{suffix_for_format(fmt)}"
-            if out is None:
-                dst = src.with_name(name)
-            elif base is not None:
-                dst = out / src.parent.relative_to(base) / name if src.is_relative_to(base) else out / name
-            else:
-                dst = out / name
+    for src, base, dst in planned:
         key = dst.resolve()
+        if base is not None and src.resolve() in outputs:
+            continue
         if key == src.resolve():
             plan.failed.append(
                 JobResult(src, dst, "failed", "the output would overwrite the input", "use -o or --suffix")

@@ -85,6 +85,16 @@ def test_upscale_folder_recursive_json_and_resume(weights_dir: Path, tmp_path: P
     assert summary["ok"] == 1
 
 
+def test_outputs_beside_inputs_are_not_upscaled_again(weights_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(make_photo(12, 12)).save(src / "a.png")
+    assert json.loads(run("upscale", src, "-m", "tiny_x4", "--json")[1])["ok"] == 1
+    summary = json.loads(run("upscale", src, "-m", "tiny_x4", "--json")[1])
+    assert summary["skipped"] == 1 and summary["ok"] == 0
+    assert sorted(p.name for p in src.iterdir()) == ["a.png", "a_x4.png"]
+
+
 def test_glob_input(weights_dir: Path, tmp_path: Path) -> None:
     for i in range(2):
         Image.fromarray(make_photo(12, 12, i)).save(tmp_path / f"g{i}.png")
