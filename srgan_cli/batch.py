@@ -145,11 +145,11 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
     planned = [(src, base, _output_path(src, base, options, scale, single_file_out)) for src, base in found]
     # Outputs written beside their inputs by an earlier run are found again by a folder scan;
     # they are this run's outputs, not new inputs (no photo_x4_x4.png on a rerun).
-    outputs = {dst.resolve() for _src, _base, dst in planned}
+    output_of = {dst.resolve(): src.resolve() for src, _base, dst in planned}
     claimed: dict[Path, Path] = {}
     for src, base, dst in planned:
         key = dst.resolve()
-        if base is not None and src.resolve() in outputs:
+        if base is not None and output_of.get(src.resolve(), src.resolve()) != src.resolve():
             continue
         if key == src.resolve():
             plan.failed.append(

@@ -93,6 +93,9 @@ def test_outputs_beside_inputs_are_not_upscaled_again(weights_dir: Path, tmp_pat
     summary = json.loads(run("upscale", src, "-m", "tiny_x4", "--json")[1])
     assert summary["skipped"] == 1 and summary["ok"] == 0
     assert sorted(p.name for p in src.iterdir()) == ["a.png", "a_x4.png"]
+    # writing into the input folder without a suffix would replace the inputs: refused per file
+    code, text = run("upscale", src, "-o", src, "-m", "tiny_x4", "--json")
+    assert code == 1 and "overwrite the input" in text
 
 
 def test_glob_input(weights_dir: Path, tmp_path: Path) -> None:
