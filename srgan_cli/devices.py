@@ -49,6 +49,11 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bf16', the spelling the options use."""
+    return next((name for name, d in _DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
+
+
 def free_memory_bytes(device: torch.device) -> int:
     """Memory an inference call may use now: free GPU memory, or available system RAM."""
     if device.type == "cuda":

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .. import weights
 from ..batch import JobResult, OutputOptions, plan_jobs, run_job
-from ..devices import resolve_device, resolve_precision
+from ..devices import precision_name, resolve_device, resolve_precision
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..runtime.torch_backend import TorchUpscaler
 from .common import (
@@ -159,7 +159,7 @@ def upscale(
             "outscale": outscale,
             "backend": upscaler.backend,
             "device": str(dev),
-            "precision": str(dtype).removeprefix("torch."),
+            "precision": precision_name(dtype),
             **counts,
             "results": [r.to_dict() for r in results],
         }
