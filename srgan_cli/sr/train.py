@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .. import weights as weights_mod
-from ..devices import resolve_device
+from ..devices import precision_name, resolve_device
 from ..errors import TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from .data import StepSampler, TrainCrops, list_images, load_eval_pairs
@@ -260,7 +260,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
             "step": step,
             "steps": config.steps,
             "device": str(device),
-            "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
+            "amp": precision_name(amp_dtype) if amp_dtype else "off",
             "params": count_parameters(model),
             "images": len(dataset.files),
             "skipped": [f"{p}: {why}" for p, why in dataset.skipped],
