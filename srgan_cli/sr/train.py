@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -388,13 +387,3 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
     finally:
         log_file.close()
     return TrainResult(final, step, elapsed, last_val)
-
-
-def bicubic_report(val: str, scale: int, limit: int | None = None) -> EvalReport:
-    return evaluate(load_eval_pairs(val, scale, limit=limit), scale, None, "bicubic")
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
