@@ -291,7 +291,7 @@ def save(
     metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (which must have `.arch` and `.config`) as safetensors, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
 
     path = Path(path)
     config = model.config.to_dict()  # type: ignore[union-attr, operator]
@@ -311,7 +311,11 @@ def save(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(state, str(tmp), metadata=meta)
+        # written with open() rather than save_file so the file gets the usual umask permissions
+        with open(tmp, "wb") as fh:
+            fh.write(to_bytes(state, metadata=meta))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

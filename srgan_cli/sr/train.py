@@ -294,6 +294,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
                 "ema": config.ema,
                 "train_seconds": round(elapsed, 1),
                 "device": str(device),
+                "train_config": asdict(config),
             },
             metrics=metrics,
         )
