@@ -79,8 +79,9 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
         return path
     if path.exists():
         raise WeightsFormatError(f"{path} is not a file")
-    looks_like_path = os.sep in text or "/" in text or path.suffix in (".safetensors", ".pth", ".pt")
-    if not looks_like_path or path.suffix == ".safetensors":
+    has_folder = os.sep in text or "/" in text
+    looks_like_path = has_folder or path.suffix in (".safetensors", ".pth", ".pt")
+    if not has_folder and path.suffix in ("", ".safetensors"):  # a bare name: search the folders
         stem = path.name.removesuffix(".safetensors")
         for folder in search_dirs():
             cand = folder / f"{stem}.safetensors"

@@ -59,6 +59,9 @@ def test_missing_file_and_unknown_name(weights_dir: Path, tmp_path: Path) -> Non
     assert err.value.exit_code == 2
     with pytest.raises(WeightsNotFound, match="tiny_x4"):  # the message lists what exists
         weights.load("no_such_model")
+    # a missing path is an error even when a shipped model has the same name
+    with pytest.raises(WeightsNotFound, match="not found"):
+        weights.load(tmp_path / "elsewhere" / "tiny_x4.safetensors")
 
 
 def test_not_a_weights_file(tmp_path: Path) -> None:
