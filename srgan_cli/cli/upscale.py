@@ -120,6 +120,7 @@ def upscale(
 
         results: list[JobResult] = list(plan.failed)
         sizes = [_megapixels(job.src) for job in plan.jobs]
+        total_mp = sum(sizes)
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -133,7 +134,7 @@ def upscale(
             *columns, console=console, disable=as_json or not plan.jobs, transient=False
         ) as progress:
             task = progress.add_task(
-                "upscaling", total=sum(sizes) or len(plan.jobs), mp=0.0, mp_total=sum(sizes), files=0
+                "upscaling", total=total_mp or len(plan.jobs), mp=0.0, mp_total=total_mp, files=0
             )
             done_mp = 0.0
             for job, mp in zip(plan.jobs, sizes, strict=True):
@@ -147,7 +148,7 @@ def upscale(
                 done_mp += mp
                 done_files = len(results) - len(plan.failed)
                 progress.update(
-                    task, completed=done_mp if sum(sizes) else done_files, mp=done_mp, files=done_files
+                    task, completed=done_mp if total_mp else done_files, mp=done_mp, files=done_files
                 )
             progress.update(task, description="done")
 

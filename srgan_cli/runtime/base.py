@@ -47,14 +47,15 @@ def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None =
     """
     rgb = np.repeat(image.pixels, 3, axis=2) if image.is_gray else image.pixels
     alpha = image.alpha
-    if alpha is not None and float(alpha.min()) < 1.0:
+    opaque = alpha is None or float(alpha.min()) >= 1.0
+    if alpha is not None and not opaque:
         rgb = fill_transparent(rgb, alpha)
     out = upscaler(rgb)
     if image.is_gray:
         out = out.mean(axis=2, keepdims=True)
     out_alpha = None
     if alpha is not None:
-        if float(alpha.min()) >= 1.0:  # fully opaque: nothing to upscale
+        if opaque:  # fully opaque: nothing to upscale
             out_alpha = np.ones(out.shape[:2], dtype=np.float32)
         else:
             out_alpha = upscaler(np.repeat(alpha[..., None], 3, axis=2)).mean(axis=2)

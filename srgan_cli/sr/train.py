@@ -34,6 +34,7 @@ _RUN_FIELDS = (
     "scale",
     "n_blocks",
     "n_feats",
+    "global_skip",
     "crop",
     "batch_size",
     "loss",
