@@ -47,6 +47,10 @@ class WeightsMismatch(WeightsError):
     """The tensors in the file do not fit the architecture config, or the scale is wrong."""
 
 
+class PerceptualWeightsError(WeightsError):
+    """Pretrained VGG or LPIPS weights that cannot be found or do not fit (never replaced by random ones)."""
+
+
 class ImageError(SrganError):
     """A problem with one image file; a batch reports it and goes on."""
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from srgan_cli import weights
+from srgan_cli.sr import lpips as lpips_mod
 from srgan_cli.sr.models import SRResNet, SRResNetConfig
 
 
@@ -60,3 +61,71 @@ def photo_dir(tmp_path: Path) -> Path:
     for i in range(3):
         Image.fromarray(make_photo(40 + 8 * i, 48, seed=i)).save(folder / f"p{i}.png")
     return folder
+
+
+def lpips_state(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Random but well-formed LPIPS-alex weights: (AlexNet features, lin heads) state dicts."""
+    g = torch.Generator().manual_seed(seed)
+    feats: dict[str, torch.Tensor] = {}
+    # torchvision alexnet().features conv index -> (out channels, in channels, kernel)
+    convs = {0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3), 8: (256, 384, 3), 10: (256, 256, 3)}
+    for i, (out_c, in_c, k) in convs.items():
+        # He-scaled so activations neither vanish nor blow up through the five layers
+        feats[f"{i}.weight"] = torch.randn(out_c, in_c, k, k, generator=g) * (2 / (in_c * k * k)) ** 0.5
+        feats[f"{i}.bias"] = torch.randn(out_c, generator=g) * 0.01
+    # the real heads are non-negative, which makes every distance >= 0; keep that property
+    lins = {
+        f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) * 0.1
+        for i, c in enumerate((64, 192, 384, 256, 256))
+    }
+    return feats, lins
+
+
+def write_lpips_weights(folder: Path, *, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    """A folder laid out like tools/perceptual_weights.py's output, with random LPIPS-alex weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    feats, lins = lpips_state(seed)
+    save_file({k: v.to(dtype) for k, v in feats.items()}, str(folder / lpips_mod.FEATURES_FILE))
+    save_file({k: v.to(dtype) for k, v in lins.items()}, str(folder / lpips_mod.LIN_FILE))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_lpips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LPIPS weights come only from what a test sets up: not the user's env, not an installed lpips."""
+    monkeypatch.delenv(lpips_mod.ENV_VAR, raising=False)
+    monkeypatch.setattr(lpips_mod, "_lpips_package_head", lambda: None)
+
+
+@pytest.fixture
+def lpips_dir(tmp_path: Path) -> Path:
+    return write_lpips_weights(tmp_path / "lpips")
+
+
+def make_vgg_prefix(path: Path, convs: int = 4, seed: int = 0) -> Path:
+    """A random stand-in for VGG19's first `convs` convs (torchvision layer names) as safetensors:
+    enough for the vgg22 content layer; tests never download real weights."""
+    from safetensors.torch import save_file
+
+    from srgan_cli.sr.losses import _features
+
+    torch.manual_seed(seed)
+    body = _features("vgg19", 100)
+    state = {}
+    n = 0
+    for key, value in body.state_dict().items():
+        if key.endswith(".weight"):
+            n += 1
+        if n > convs:
+            break
+        state[key] = value.clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+@pytest.fixture
+def vgg_file(tmp_path: Path) -> Path:
+    return make_vgg_prefix(tmp_path / "vgg" / "vgg19_prefix.safetensors")

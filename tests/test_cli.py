@@ -202,9 +202,9 @@ def test_models_lists_weights(weights_dir: Path) -> None:
 
 
 def test_eval_json(weights_dir: Path, photo_dir: Path) -> None:
-    code, text = run("eval", "-m", "tiny_x2", "--data", photo_dir, "--json")
-    assert code == 0, text
-    report = json.loads(text)
+    result = runner.invoke(app, ["eval", "-m", "tiny_x2", "--data", str(photo_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stderr may carry a note (e.g. LPIPS skipped)
     methods = [r["method"] for r in report["results"]]
     assert methods == ["bicubic", "tiny_x2"]
     assert len(report["results"][0]["images"]) == 3

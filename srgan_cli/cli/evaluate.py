@@ -1,4 +1,4 @@
-"""`srgan eval`: PSNR/SSIM of a model next to bicubic on a folder of HR photos."""
+"""`srgan eval`: PSNR/SSIM (and LPIPS when its weights are found) of models next to bicubic."""
 
 from __future__ import annotations
 
@@ -7,14 +7,44 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from .. import weights
 from ..devices import resolve_device, resolve_precision
+from ..errors import PerceptualWeightsError, UsageError
 from ..runtime.torch_backend import TorchUpscaler
 from ..sr.data import load_eval_pairs
+from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
+from ..sr.lpips import ENV_VAR as LPIPS_ENV
+from ..sr.lpips import LPIPS, load_lpips
 from .common import DeviceOpt, JsonOpt, Precision, TileOpt, console, guard, parse_tile, stdout
+
+
+def _labels(requested: list[str], names: list[str]) -> list[str]:
+    """Column labels: the weights' names; where names collide, the shortest path tails that differ."""
+    labels = list(names)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        if len(idx) < 2:
+            continue
+        parts = [Path(requested[i]).with_suffix("").parts or (requested[i],) for i in idx]
+        for k in range(1, max(len(p) for p in parts) + 1):
+            tails = ["/".join(p[-k:]) for p in parts]
+            if len(set(tails)) == len(tails):
+                break
+        if len(set(tails)) < len(tails):  # the same file twice: number them
+            tails = [f"{name}#{j + 1}" for j in range(len(idx))]
+        for i, tail in zip(idx, tails, strict=True):
+            labels[i] = tail
+    return labels
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def evaluate(
@@ -22,8 +52,25 @@ def evaluate(
         Path, typer.Option("--data", help="Folder of HR photos; LR is made by bicubic downscaling.")
     ],
     model: Annotated[
-        str, typer.Option("-m", "--model", help="Weights name or path.")
-    ] = weights.DEFAULT_MODEL,
+        list[str] | None,
+        typer.Option(
+            "-m",
+            "--model",
+            metavar="NAME|PATH",
+            help=f"Weights name or path; repeat to compare several models of one scale "
+            f"(default: {weights.DEFAULT_MODEL}).",
+            show_default=False,
+        ),
+    ] = None,
+    lpips_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--lpips-weights",
+            metavar="DIR",
+            help=f"Folder with alexnet_features.safetensors and lpips_alex_lin.safetensors. Default: "
+            f"${LPIPS_ENV}, then the `lpips` package; LPIPS is skipped (with a note) if none is found.",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Use at most this many photos (0 = all).")] = 0,
     device: DeviceOpt = "auto",
     precision: Annotated[
@@ -32,44 +79,72 @@ def evaluate(
     tile: TileOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a model against bicubic: Y-channel PSNR/SSIM, `scale` pixels of border removed."""
+    """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
     tile_size = parse_tile(tile)
+    requested = list(model) if model else [weights.DEFAULT_MODEL]
     with guard():
-        loaded = weights.load(model)
-        scale = loaded.info.scale
+        loaded = [weights.load(m) for m in requested]
+        scales = {w.info.scale for w in loaded}
+        if len(scales) > 1:
+            listing = ", ".join(f"{r} (x{w.info.scale})" for r, w in zip(requested, loaded, strict=True))
+            raise UsageError(
+                f"models of different scales cannot be compared on one table: {listing}",
+                hint="run `srgan eval` once per scale",
+            )
+        scale = loaded[0].info.scale
+        labels = _labels(requested, [w.info.name for w in loaded])
         dev = resolve_device(device)
-        upscaler = TorchUpscaler(
-            loaded.model,
-            device=dev,
-            dtype=resolve_precision(precision.value, dev),
-            tile=tile_size,
-            tile_pad=32,
-        )
+        dtype = resolve_precision(precision.value, dev)
+        lpips: LPIPS | None = None
+        if lpips_weights is not None:
+            lpips = load_lpips(lpips_weights, device=dev)  # asked for explicitly: a bad folder is an error
+        else:
+            try:
+                lpips = load_lpips(None, device=dev)
+            except PerceptualWeightsError as exc:
+                hint = f" To enable it: {exc.hint}." if exc.hint else ""
+                console.print(
+                    f"[yellow]note: LPIPS skipped: {escape(exc.message)}.{escape(hint)}[/]", soft_wrap=True
+                )
         pairs = load_eval_pairs(data, scale, limit=limit or None)
-        with console.status(f"evaluating {loaded.info.name} on {len(pairs)} image(s)"):
-            bicubic = run_eval(pairs, scale, None, "bicubic")
-            ours = run_eval(pairs, scale, upscaler, loaded.info.name)
+        reports: list[EvalReport] = []
+        with console.status(f"evaluating {', '.join(labels)} on {len(pairs)} image(s)"):
+            reports.append(run_eval(pairs, scale, None, "bicubic", lpips=lpips))
+            for label, w in zip(labels, loaded, strict=True):
+                upscaler = TorchUpscaler(w.model, device=dev, dtype=dtype, tile=tile_size, tile_pad=32)
+                reports.append(run_eval(pairs, scale, upscaler, label, lpips=lpips))
     if as_json:
-        stdout.print(
-            json.dumps(
-                {"data": str(data), "scale": scale, "results": [bicubic.to_dict(), ours.to_dict()]}, indent=2
-            ),
-            markup=False,
-        )
+        payload = {
+            "data": str(data),
+            "scale": scale,
+            "lpips": lpips is not None,
+            "results": [r.to_dict() for r in reports],
+        }
+        stdout.print(json.dumps(payload, indent=2), markup=False)
         return
-    table = Table(
-        show_edge=False, header_style="bold", title=f"x{scale} on {data} (Y channel, border {scale})"
-    )
-    table.add_column("image")
-    for col in ("bicubic PSNR", "bicubic SSIM", f"{loaded.info.name} PSNR", f"{loaded.info.name} SSIM"):
-        table.add_column(col, justify="right")
-    for b, o in zip(bicubic.images, ours.images, strict=True):
-        table.add_row(b.name, f"{b.psnr:.2f}", f"{b.ssim:.4f}", f"{o.psnr:.2f}", f"{o.ssim:.4f}")
-    table.add_row(
-        "[bold]mean",
-        f"[bold]{bicubic.psnr:.2f}",
-        f"[bold]{bicubic.ssim:.4f}",
-        f"[bold]{ours.psnr:.2f}",
-        f"[bold]{ours.ssim:.4f}",
-    )
-    console.print(table)
+    title = f"x{scale} on {data}: PSNR/SSIM on Y, border {scale}"
+    title += "; LPIPS on RGB, lower is better" if lpips is not None else ""
+    table = Table(show_edge=False, header_style="bold", title=escape(title))
+    table.add_column("image", no_wrap=True)
+    metrics = ("PSNR", "SSIM", "LPIPS↓") if lpips is not None else ("PSNR", "SSIM")
+    for r in reports:
+        for m in metrics:
+            # two-line header (method over metric) keeps the columns as narrow as the numbers
+            table.add_column(f"{escape(r.method)}\n{m}", justify="right")
+
+    def cells(values: list[tuple[float, float, float | None]], bold: bool = False) -> list[str]:
+        out = []
+        for p, s, lp in values:
+            out += [f"{p:.2f}", f"{s:.4f}"] + ([_fmt(lp, 4)] if lpips is not None else [])
+        return [f"[bold]{c}" for c in out] if bold else out
+
+    for i, first in enumerate(reports[0].images):
+        row = [(r.images[i].psnr, r.images[i].ssim, r.images[i].lpips) for r in reports]
+        table.add_row(escape(first.name), *cells(row))
+    table.add_row("[bold]mean", *cells([(r.psnr, r.ssim, r.lpips) for r in reports], bold=True))
+    # many models make a wide table: never squeeze numbers into "0.7…"; let the terminal wrap instead
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+    else:
+        Console(stderr=True, highlight=False, width=natural).print(table, crop=False)

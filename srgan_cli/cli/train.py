@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,13 +16,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..sr.train import TrainConfig, read_checkpoint_config
+from ..distributed import world_from_env
+from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
 from .common import console, guard
 
 
 class Stage(str, Enum):
     pretrain = "pretrain"
+    gan = "gan"
 
 
 class Loss(str, Enum):
@@ -34,6 +35,7 @@ class Loss(str, Enum):
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
+    step = "step"
 
 
 class Amp(str, Enum):
@@ -43,112 +45,245 @@ class Amp(str, Enum):
     fp16 = "fp16"
 
 
+class ContentLayer(str, Enum):
+    vgg54 = "vgg54"
+    vgg22 = "vgg22"
+    vgg16_53 = "vgg16_53"
+    vgg16_22 = "vgg16_22"
+
+
+class VggInput(str, Enum):
+    auto = "auto"
+    torchvision = "torchvision"
+    caffe = "caffe"
+
+
+class GanLoss(str, Enum):
+    standard = "standard"
+    ragan = "ragan"
+
+
+_GAN = "GAN stage"
+_RUN = "Run"
+_MODEL = "Model"
+_OPT = "Optimisation"
+_MACHINE = "Machine"
+
+
+def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=panel, **kw)
+
+
 def train(
     data: Annotated[
-        Path | None, typer.Option("--data", help="Folder of HR training photos (recursive).")
+        Path | None, _opt("--data", panel=_RUN, help="Folder of HR training photos (recursive).")
     ] = None,
-    val: Annotated[Path | None, typer.Option("--val", help="Folder of HR validation photos.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder: checkpoint, log, weights.")] = None,
+    val: Annotated[Path | None, _opt("--val", panel=_RUN, help="Folder of HR validation photos.")] = None,
+    out: Annotated[
+        Path | None,
+        _opt("--out", panel=_RUN, help="Run folder. [default: runs/srresnet_x4 or runs/srgan_x4]"),
+    ] = None,
     stage: Annotated[
-        Stage | None, typer.Option("--stage", help="pretrain: SRResNet with a pixel loss.")
+        Stage | None,
+        _opt("--stage", panel=_RUN, help="pretrain: SRResNet, pixel loss. gan: SRGAN from SRResNet weights."),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly.")] = False,
-    scale: Annotated[int | None, typer.Option("--scale", help="2, 4 or 8. [default: 4]")] = None,
+    config_file: Annotated[
+        Path | None,
+        _opt("--config", panel=_RUN, help="TOML file of options (same names); options given here win."),
+    ] = None,
+    resume: Annotated[bool, _opt("--resume", panel=_RUN, help="Continue the run in --out exactly.")] = False,
+    init: Annotated[
+        str | None,
+        _opt("--init", panel=_RUN, help="Start G from these weights. [default for gan: srresnet_x<scale>]"),
+    ] = None,
+    scale: Annotated[int | None, _opt("--scale", panel=_MODEL, help="2, 4 or 8. [default: 4]")] = None,
     n_blocks: Annotated[
-        int | None, typer.Option("--n-blocks", min=1, help="Residual blocks. [default: 16]")
+        int | None, _opt("--n-blocks", panel=_MODEL, min=1, help="Residual blocks. [default: 16]")
     ] = None,
-    n_feats: Annotated[int | None, typer.Option("--n-feats", min=1, help="Channels. [default: 64]")] = None,
+    n_feats: Annotated[
+        int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Channels. [default: 64]")
+    ] = None,
     global_skip: Annotated[
         bool | None,
-        typer.Option(
+        _opt(
             "--global-skip/--no-global-skip",
+            panel=_MODEL,
             help="Learn a residual over bicubic upscaling (not in the paper; converges much faster).",
             show_default=False,
         ),
     ] = None,
-    crop: Annotated[int | None, typer.Option("--crop", min=8, help="HR crop side. [default: 96]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="[default: 16]")] = None,
+    d_feats: Annotated[
+        int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width. [default: 64]")
+    ] = None,
+    crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side. [default: 96]")] = None,
+    batch_size: Annotated[
+        int | None, _opt("--batch-size", min=1, help="Crops per step and process. [default: 16]")
+    ] = None,
     steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="Total steps. [default: 100000]")
+        int | None, _opt("--steps", min=1, help="Total steps. [default: 100000; gan 200000]")
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate. [default: 1e-4]")] = None,
-    schedule: Annotated[Schedule | None, typer.Option("--schedule", help="[default: constant]")] = None,
-    loss: Annotated[Loss | None, typer.Option("--loss", help="Pixel loss. [default: mse]")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Adam learning rate of G. [default: 1e-4]")] = None,
+    d_lr: Annotated[float | None, _opt("--d-lr", help="Adam learning rate of D. [default: --lr]")] = None,
+    schedule: Annotated[
+        Schedule | None, _opt("--schedule", help="[default: constant; gan: step (x0.1 halfway)]")
+    ] = None,
+    lr_min: Annotated[
+        float | None, _opt("--lr-min", help="Floor of the cosine schedule. [default: 1e-6]")
+    ] = None,
+    lr_step_at: Annotated[
+        float | None, _opt("--lr-step-at", help="Step schedule: fraction of steps. [default: 0.5]")
+    ] = None,
+    lr_gamma: Annotated[
+        float | None, _opt("--lr-gamma", help="Step schedule: factor. [default: 0.1]")
+    ] = None,
+    beta1: Annotated[float | None, _opt("--beta1", help="Adam beta1. [default: 0.9]")] = None,
+    loss: Annotated[Loss | None, _opt("--loss", help="Pixel loss. [default: mse]")] = None,
     ema: Annotated[
-        float | None, typer.Option("--ema", help="EMA decay of the weights, 0 = off. [default: 0.999]")
+        float | None, _opt("--ema", help="EMA decay of G's weights, 0 = off. [default: 0.999]")
     ] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", show_default=False)] = None,
-    cache_images: Annotated[
-        bool | None,
-        typer.Option("--cache/--no-cache", help="Keep decoded photos in memory.", show_default=False),
+    augment: Annotated[
+        bool | None, _opt("--augment/--no-augment", help="Flips and rotations.", show_default=False)
     ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Data loader processes, -1 = auto.")
+    pixel_weight: Annotated[
+        float | None, _opt("--pixel-weight", panel=_GAN, help="Weight of the pixel loss. [default: 0]")
     ] = None,
-    val_every: Annotated[int | None, typer.Option("--val-every", min=1, help="[default: 1000]")] = None,
+    content_layer: Annotated[
+        ContentLayer | None, _opt("--content-layer", panel=_GAN, help="VGG layer. [default: vgg54]")
+    ] = None,
+    content_weight: Annotated[float | None, _opt("--content-weight", panel=_GAN, help="[default: 1]")] = None,
+    vgg_weights: Annotated[
+        str | None,
+        _opt(
+            "--vgg-weights", panel=_GAN, help="VGG weights file. [default: $SRGAN_VGG_WEIGHTS, else download]"
+        ),
+    ] = None,
+    vgg_input: Annotated[
+        VggInput | None,
+        _opt("--vgg-input", panel=_GAN, help="Input convention of those weights. [default: auto]"),
+    ] = None,
+    content_scale: Annotated[
+        float | None, _opt("--content-scale", panel=_GAN, help="VGG feature rescale. [default: paper's]")
+    ] = None,
+    adv_weight: Annotated[float | None, _opt("--adv-weight", panel=_GAN, help="[default: 1e-3]")] = None,
+    gan_loss: Annotated[
+        GanLoss | None, _opt("--gan-loss", panel=_GAN, help="standard (paper) or ragan. [default: standard]")
+    ] = None,
+    r1_gamma: Annotated[
+        float | None, _opt("--r1-gamma", panel=_GAN, help="R1 penalty on D, 0 = off. [default: 0]")
+    ] = None,
+    tv_weight: Annotated[float | None, _opt("--tv-weight", panel=_GAN, help="[default: 2e-8]")] = None,
+    val_every: Annotated[
+        int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save. [default: 1000]")
+    ] = None,
     val_limit: Annotated[
-        int | None, typer.Option("--val-limit", min=0, help="Validate on at most N photos.")
+        int | None, _opt("--val-limit", panel=_RUN, min=0, help="Validate on at most N photos.")
+    ] = None,
+    lpips_weights: Annotated[
+        str | None,
+        _opt("--lpips-weights", panel=_RUN, help="LPIPS weights folder. [default: $SRGAN_LPIPS_WEIGHTS]"),
+    ] = None,
+    samples: Annotated[
+        int | None, _opt("--samples", panel=_RUN, min=0, help="Crops in each sample grid. [default: 4]")
     ] = None,
     checkpoint_every: Annotated[
-        int | None, typer.Option("--checkpoint-every", min=1, help="[default: 500]")
+        int | None, _opt("--checkpoint-every", panel=_RUN, min=1, help="[default: 500]")
     ] = None,
-    log_every: Annotated[int | None, typer.Option("--log-every", min=1, help="[default: 20]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = None,
-    amp: Annotated[Amp | None, typer.Option("--amp", help="Mixed precision on CUDA. [default: auto]")] = None,
-    init: Annotated[str | None, typer.Option("--init", help="Start from these generator weights.")] = None,
+    log_every: Annotated[int | None, _opt("--log-every", panel=_RUN, min=1, help="[default: 20]")] = None,
+    tensorboard: Annotated[
+        bool | None, _opt("--tensorboard", panel=_RUN, help="Write TensorBoard events to <out>/tb.")
+    ] = None,
+    seed: Annotated[int | None, _opt("--seed", panel=_MACHINE)] = None,
+    device: Annotated[str | None, _opt("--device", panel=_MACHINE, help="auto, cpu, cuda, cuda:N.")] = None,
+    data_device: Annotated[
+        str | None,
+        _opt("--data-device", panel=_MACHINE, help="Where decoded photos live: auto, cpu or a device."),
+    ] = None,
+    amp: Annotated[
+        Amp | None, _opt("--amp", panel=_MACHINE, help="Mixed precision on CUDA. [default: auto]")
+    ] = None,
+    compile_: Annotated[
+        bool | None, _opt("--compile", panel=_MACHINE, help="torch.compile the networks (GPU).")
+    ] = None,
 ) -> None:
     """Train a super-resolution model on your own photos (resumable; see docs/training.md)."""
     params = dict(locals())  # taken first: only the options themselves
     given: dict[str, Any] = {
-        k: (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v)
+        ("compile" if k == "compile_" else k): (
+            v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+        )
         for k, v in params.items()
-        if k != "resume" and v is not None
+        if k not in ("resume", "config_file") and v is not None
     }
     with guard():
+        from_file = load_toml(config_file) if config_file else {}
+        options = {**from_file, **given}
         if resume:
-            base = read_checkpoint_config(out or TrainConfig.out)
+            base = read_checkpoint_config(
+                options.get("out") or TrainConfig(stage=options.get("stage", "pretrain")).run_dir
+            )
         else:
-            if data is None:
+            if "data" not in options:
                 raise typer.BadParameter("--data is required (a folder of photos)", param_hint="--data")
-            base = TrainConfig()
-        known = {f.name for f in fields(TrainConfig)}
-        config = TrainConfig.from_dict({**{k: getattr(base, k) for k in known}, **given})
+            base = TrainConfig.for_stage(options.get("stage", "pretrain"))
+        config = TrainConfig.from_dict({**base.to_dict(), **options})
+        if not resume:
+            config = apply_init_arch(config, set(options))
         _run(config, resume)
 
 
+def _stats(data: dict[str, Any]) -> str:
+    """The live line: the paper's quantities for the gan stage, the pixel loss for pretrain."""
+    if "D(x)" in data:
+        parts = [
+            f"D(x) {data['D(x)']:.3f}",
+            f"D(G(z)) {data['D(G(z))']:.3f}",
+            f"content {data['content']:.4g}",
+            f"adv {data['adversarial']:.3f}",
+            f"d_loss {data['d_loss']:.3f}",
+        ]
+        if data.get("r1"):
+            parts.append(f"r1 {data['r1']:.3g}")
+    else:
+        parts = [f"loss {data['loss']:.4f}"]
+    return "  ".join(parts + [f"{data['images_per_s']:.1f} img/s"])
+
+
 def _run(config: TrainConfig, resume: bool) -> None:
+    if not world_from_env().is_main:  # under torchrun only rank 0 talks
+        run_training(config, resume=resume)
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[speed]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[stats]}  val {task.fields[val]}"),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(config.stage, total=config.steps, loss="-", val="-", speed="")
+        task = progress.add_task(config.stage, total=config.steps, stats="", val="-")
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if kind == "start":
                 progress.update(task, completed=data["step"])
+                d_params = f" + D {data['d_params'] / 1e6:.2f}M" if data["d_params"] else ""
+                procs = f" x {data['world_size']} processes" if data["world_size"] > 1 else ""
                 progress.console.print(
-                    f"training on {data['images']} photos, {data['params'] / 1e6:.2f}M params, "
-                    f"device {data['device']}, amp {data['amp']}, from step {data['step']}"
+                    f"{data['stage']}: {data['images']} photos ({data['pool']}), "
+                    f"G {data['params'] / 1e6:.2f}M params{d_params}, device {data['device']}{procs}, "
+                    f"amp {data['amp']}, from step {data['step']}"
                 )
                 for line in data["skipped"]:
                     progress.console.print(f"[yellow]skipped[/] {line}")
+                if data["note"]:
+                    progress.console.print(f"[yellow]note:[/] {data['note']}")
             elif kind == "log":
-                progress.update(
-                    task,
-                    completed=data["step"],
-                    loss=f"{data['loss']:.4f}",
-                    speed=f"{data['images_per_s']:.1f} img/s",
-                )
+                progress.update(task, completed=data["step"], stats=_stats(data))
             elif kind == "val":
-                progress.update(task, val=f"{data['psnr']:.2f} dB / {data['ssim']:.4f}")
+                lp = f", LPIPS {data['lpips']:.4f}" if data.get("lpips") is not None else ""
+                progress.update(task, val=f"{data['psnr']:.2f} dB{lp}")
                 progress.console.print(
-                    f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, SSIM-Y {data['ssim']:.4f}"
+                    f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, SSIM-Y {data['ssim']:.4f}{lp}"
                 )
             elif kind == "done":
                 progress.update(task, completed=data["step"])

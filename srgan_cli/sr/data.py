@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
 
 from ..errors import ImageError, TrainingError
 from ..imageio import READABLE_SUFFIXES, read_image
@@ -48,90 +47,120 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
 
 
-def _augment(img: np.ndarray, code: int) -> np.ndarray:
-    """One of the 8 dihedral transforms: code bit 0 flips, bits 1-2 rotate by 90 degrees."""
-    if code & 1:
-        img = img[:, ::-1]
-    return np.rot90(img, k=code >> 1)
+class CropPool:
+    """Every training photo decoded once into one uint8 buffer on `device` (GPU memory when it fits);
+    batches of random HR crops and their LR images are then cut there with index arithmetic, with
+    no per-crop Python, no worker processes and no host-device copy.
 
-
-class TrainCrops(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Random (LR, HR) crop pairs. Item i is a pure function of (seed, i), so a run resumed at
-    step k sees exactly the batches it would have seen, whatever the number of workers."""
+    Randomness comes only from `generator`, so a run that saves its state resumes exactly."""
 
     def __init__(
         self,
+        images: list[np.ndarray],
+        *,
+        scale: int,
+        crop: int,
+        augment: bool = True,
+        device: torch.device | str = "cpu",
+        files: list[Path] | None = None,
+        skipped: list[tuple[Path, str]] | None = None,
+    ) -> None:
+        """`images`: (H, W, 3) uint8 arrays, each at least `crop` on both sides."""
+        if crop % scale:
+            raise TrainingError(f"crop size {crop} must be a multiple of the scale {scale}")
+        if not images:
+            raise TrainingError("no training images")
+        self.scale, self.crop, self.augment = scale, crop, augment
+        self.device = torch.device(device)
+        self.files = files if files is not None else [Path(f"<array {i}>") for i in range(len(images))]
+        self.skipped = skipped or []
+        sizes = [img.shape[:2] for img in images]
+        if min(min(hw) for hw in sizes) < crop:
+            raise TrainingError(f"every training image must be at least {crop}x{crop} (the crop)")
+        chunks = [torch.from_numpy(np.ascontiguousarray(img).reshape(-1, 3)) for img in images]
+        self.pixels = torch.cat(chunks).to(self.device)  # (P, 3) uint8, every photo row-major
+        hw = torch.tensor(sizes, dtype=torch.int64)
+        offsets = torch.cumsum(hw[:, 0] * hw[:, 1], 0) - hw[:, 0] * hw[:, 1]
+        self.offsets, self.heights, self.widths = (t.to(self.device) for t in (offsets, hw[:, 0], hw[:, 1]))
+        self._grid = torch.arange(crop, device=self.device)
+
+    @classmethod
+    def from_files(
+        cls,
         files: list[Path],
         *,
         scale: int,
         crop: int,
         augment: bool = True,
-        seed: int = 0,
-        cache: bool = True,
-    ) -> None:
-        if crop % scale:
-            raise TrainingError(f"crop size {crop} must be a multiple of the scale {scale}")
-        self.scale, self.crop, self.augment, self.seed, self.cache = scale, crop, augment, seed, cache
-        self.files: list[Path] = []
-        self.skipped: list[tuple[Path, str]] = []
-        self._images: dict[int, np.ndarray] = {}
+        device: torch.device | str = "cpu",
+    ) -> CropPool:
+        """Decode each photo once; unreadable ones and ones smaller than the crop are skipped."""
+        images, kept, skipped = [], [], []
         for path in files:
             try:
-                if cache:
-                    img = load_rgb_uint8(path)
-                    h, w = img.shape[:2]
-                else:
-                    with Image.open(path) as im:
-                        w, h = im.size
+                img = load_rgb_uint8(path)
             except (ImageError, OSError) as exc:
-                self.skipped.append((path, str(exc)))
+                skipped.append((path, str(exc)))
                 continue
+            h, w = img.shape[:2]
             if h < crop or w < crop:
-                self.skipped.append((path, f"smaller than the {crop}px crop ({w}x{h})"))
+                skipped.append((path, f"smaller than the {crop}px crop ({w}x{h})"))
                 continue
-            if cache:
-                self._images[len(self.files)] = img
-            self.files.append(path)
-        if not self.files:
+            images.append(img)
+            kept.append(path)
+        if not images:
             raise TrainingError(
-                f"no usable training images ({len(self.skipped)} skipped)",
+                f"no usable training images ({len(skipped)} skipped)",
                 hint="the data folder needs photos at least as large as --crop",
             )
+        return cls(
+            images, scale=scale, crop=crop, augment=augment, device=device, files=kept, skipped=skipped
+        )
 
-    def __len__(self) -> int:
-        return 2**62  # an endless stream; the sampler decides which indices are drawn
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
 
-    def _image(self, k: int) -> np.ndarray:
-        if k in self._images:
-            return self._images[k]
-        return load_rgb_uint8(self.files[k])
+    @staticmethod
+    def nbytes_needed(files: list[Path]) -> int:
+        """Bytes the pool will take, read from the image headers (for choosing its device)."""
+        total = 0
+        for path in files:
+            try:
+                with Image.open(path) as im:
+                    total += im.size[0] * im.size[1] * 3
+            except OSError:
+                continue
+        return total
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, index])
-        k = int(rng.integers(len(self.files)))
-        img = self._image(k)
-        h, w = img.shape[:2]
-        top = int(rng.integers(h - self.crop + 1))
-        left = int(rng.integers(w - self.crop + 1))
-        hr = img[top : top + self.crop, left : left + self.crop]
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LR (n, 3, c/s, c/s), HR (n, 3, c, c)) float32 in [0, 1] on the pool's device; LR is the
+        antialiased bicubic downscale of HR, rounded to 8 bit like a real LR image."""
+        c, dev = self.crop, self.device
+        u = torch.rand(n, 4, generator=generator, device=dev)  # image, top, left, dihedral code
+        k = (u[:, 0] * len(self.files)).long().clamp_(max=len(self.files) - 1)
+        h, w = self.heights[k], self.widths[k]
+        top = (u[:, 1] * (h - c + 1)).long()
+        left = (u[:, 2] * (w - c + 1)).long()
+        i = self._grid.view(1, c, 1).expand(n, c, c)  # output row
+        j = self._grid.view(1, 1, c).expand(n, c, c)  # output column
         if self.augment:
-            hr = _augment(hr, int(rng.integers(8)))
-        hr = np.ascontiguousarray(hr)
-        lr = bicubic_downscale(hr, self.scale)
-        return to_tensor(lr), to_tensor(hr)
-
-
-class StepSampler(Sampler[int]):
-    """Indices start*batch, start*batch+1, ... for `steps` batches: resumable by construction."""
-
-    def __init__(self, start_step: int, steps: int, batch_size: int) -> None:
-        self.start, self.stop = start_step * batch_size, steps * batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+            # one of the 8 dihedral transforms per crop: bit 0 transposes, bits 1/2 flip rows/columns
+            code = (u[:, 3] * 8).long().view(n, 1, 1)
+            transpose = (code & 1).bool()
+            i, j = torch.where(transpose, j, i), torch.where(transpose, i, j)
+            i = torch.where((code & 2).bool(), c - 1 - i, i)
+            j = torch.where((code & 4).bool(), c - 1 - j, j)
+        index = (
+            self.offsets[k].view(n, 1, 1) + (top.view(n, 1, 1) + i) * w.view(n, 1, 1) + left.view(n, 1, 1) + j
+        )  # (n, c, c)
+        hr = self.pixels[index].permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, c, c)
+        lr = F.interpolate(hr, size=(c // self.scale, c // self.scale), mode="bicubic", antialias=True)
+        lr = lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # (n, 3, c/s, c/s)
+        return lr.contiguous(), hr
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""`srgan eval`: PSNR/SSIM of a model and of bicubic on a folder of HR photos, per image and mean."""
+"""`srgan eval`: PSNR/SSIM (and LPIPS) of a model or bicubic on a folder of HR photos, per image and mean."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,12 +12,16 @@ import torch
 from .data import EvalPair, bicubic_upscale, to_tensor
 from .metrics import psnr_y, ssim_y
 
+if TYPE_CHECKING:
+    from .lpips import LPIPS
+
 
 @dataclass
 class ImageScores:
     name: str
     psnr: float
     ssim: float
+    lpips: float | None = None  # None when no LPIPS network was given
 
 
 @dataclass
@@ -33,12 +38,20 @@ class EvalReport:
     def ssim(self) -> float:
         return float(np.mean([s.ssim for s in self.images])) if self.images else float("nan")
 
+    @property
+    def lpips(self) -> float | None:
+        """Mean LPIPS over the images that have one; None when it was not computed."""
+        values = [s.lpips for s in self.images if s.lpips is not None]
+        return float(np.mean(values)) if values else None
+
     def to_dict(self) -> dict[str, object]:
+        lp = self.lpips
         return {
             "method": self.method,
             "scale": self.scale,
             "psnr": round(self.psnr, 4),
             "ssim": round(self.ssim, 5),
+            "lpips": None if lp is None else round(lp, 5),
             "images": [asdict(s) for s in self.images],
         }
 
@@ -50,13 +63,33 @@ def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
     return psnr_y(a, b, border=scale), ssim_y(a, b, border=scale)
 
 
+def lpips_score(sr: np.ndarray, hr: np.ndarray, scale: int, lpips: LPIPS) -> float:
+    """LPIPS of two (H, W, 3) arrays (uint8, or float in [0, 1]) on RGB, `scale` px border off.
+
+    The SR image is quantised to 8 bit first, as PSNR/SSIM do, so all three see the same pixels.
+    """
+    device = next(lpips.parameters()).device
+    a = to_tensor(sr) if sr.dtype == np.uint8 else torch.from_numpy(np.ascontiguousarray(sr)).permute(2, 0, 1)
+    a = torch.round(a.float().clamp(0, 1) * 255) / 255  # (3, H, W)
+    b = to_tensor(hr)
+    if scale > 0:
+        a, b = a[:, scale:-scale, scale:-scale], b[:, scale:-scale, scale:-scale]
+    with torch.inference_mode():
+        return float(lpips(a[None].to(device), b[None].to(device))[0])
+
+
 def evaluate(
     pairs: list[EvalPair],
     scale: int,
     upscale: Callable[[np.ndarray], np.ndarray] | None,
     method: str,
+    *,
+    lpips: LPIPS | None = None,
 ) -> EvalReport:
-    """Score `upscale` ((h, w, 3) float32 -> (sh, sw, 3) float32), or bicubic when it is None."""
+    """Score `upscale` ((h, w, 3) float32 -> (sh, sw, 3) float32), or bicubic when it is None.
+
+    With `lpips`, each image also gets an LPIPS distance (on the LPIPS module's device).
+    """
     report = EvalReport(method, scale)
     for pair in pairs:
         if upscale is None:
@@ -64,5 +97,6 @@ def evaluate(
         else:
             sr = upscale(pair.lr.astype(np.float32) / 255.0)
         p, s = score(sr, pair.hr, scale)
-        report.images.append(ImageScores(pair.name, round(p, 4), round(s, 5)))
+        lp = None if lpips is None else round(lpips_score(sr, pair.hr, scale, lpips), 5)
+        report.images.append(ImageScores(pair.name, round(p, 4), round(s, 5), lp))
     return report

@@ -1,0 +1,87 @@
+"""`srgan eval`: several models in one table, LPIPS from --lpips-weights or skipped with a note."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from srgan_cli import weights
+from srgan_cli.cli.app import app
+from srgan_cli.sr import lpips as lpips_mod
+
+from .conftest import tiny_model
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def two_x4(weights_dir: Path) -> Path:
+    """weights_dir plus a second, different x4 model."""
+    weights.save(weights_dir / "other_x4.safetensors", tiny_model(4, seed=1), trained_on="nothing")
+    return weights_dir
+
+
+def invoke(*args: object) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["eval", *(str(a) for a in args)], env={"COLUMNS": "200"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_two_models_json_with_lpips(two_x4: Path, photo_dir: Path, lpips_dir: Path) -> None:
+    code, out, err = invoke(
+        "-m", "tiny_x4", "-m", "other_x4", "--data", photo_dir, "--lpips-weights", lpips_dir, "--json"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["scale"] == 4 and report["lpips"] is True
+    assert [r["method"] for r in report["results"]] == ["bicubic", "tiny_x4", "other_x4"]
+    for r in report["results"]:
+        assert len(r["images"]) == 3 and all(im["lpips"] > 0 for im in r["images"])
+        assert r["lpips"] == pytest.approx(sum(im["lpips"] for im in r["images"]) / 3, abs=1e-4)
+    # two different models give two different sets of numbers
+    assert report["results"][1]["images"] != report["results"][2]["images"]
+    assert "skipped" not in err
+
+
+def test_table_has_lpips_columns(two_x4: Path, photo_dir: Path, lpips_dir: Path) -> None:
+    code, _, err = invoke(
+        "-m", "tiny_x4", "-m", "other_x4", "--data", photo_dir, "--lpips-weights", lpips_dir
+    )
+    assert code == 0, err
+    assert "lower is better" in err and err.count("LPIPS") >= 3
+    assert "other_x4" in err and "mean" in err and "p2" in err
+
+
+def test_lpips_from_env(weights_dir: Path, photo_dir: Path, lpips_dir: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["eval", "-m", "tiny_x4", "--data", str(photo_dir), "--json"],
+        env={lpips_mod.ENV_VAR: str(lpips_dir)},
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["lpips"] is True
+
+
+def test_lpips_skipped_with_note(weights_dir: Path, photo_dir: Path) -> None:
+    code, out, err = invoke("-m", "tiny_x4", "--data", photo_dir, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["lpips"] is False and all(r["lpips"] is None for r in report["results"])
+    assert "LPIPS skipped" in err and "--lpips-weights" in err
+    code, _, err = invoke("-m", "tiny_x4", "--data", photo_dir)
+    assert code == 0 and "LPIPS skipped" in err and "PSNR" in err and "LPIPS↓" not in err
+
+
+def test_bad_explicit_lpips_weights_is_an_error(weights_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out, err = invoke("-m", "tiny_x4", "--data", photo_dir, "--lpips-weights", tmp_path / "empty")
+    assert code == 2 and out == ""
+    assert "alexnet_features.safetensors" in err and "--lpips-weights" in err
+
+
+def test_models_of_different_scales_are_refused(weights_dir: Path, photo_dir: Path) -> None:
+    code, _, err = invoke("-m", "tiny_x4", "-m", "tiny_x2", "--data", photo_dir)
+    assert code == 2
+    assert "different scales" in err and "tiny_x2 (x2)" in err

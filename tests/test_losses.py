@@ -1,0 +1,153 @@
+"""The perceptual loss terms: VGG content loss (layers, input conventions, weights), TV, GAN losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srgan_cli.errors import PerceptualWeightsError
+from srgan_cli.sr import losses
+from srgan_cli.sr.losses import (
+    CONTENT_LAYERS,
+    ContentLoss,
+    VGGFeatures,
+    discriminator_loss,
+    generator_adv_loss,
+    load_vgg,
+    r1_penalty,
+    tv_loss,
+)
+
+from .conftest import make_vgg_prefix
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach torchvision's download; no user setting may leak in."""
+
+    def refuse(arch: str) -> dict[str, torch.Tensor]:
+        raise ConnectionError("downloads are disabled in tests")
+
+    monkeypatch.setattr(losses, "_download", refuse)
+    monkeypatch.delenv(losses.ENV_VGG, raising=False)
+
+
+def test_tv_is_zero_on_a_constant_image_and_grows_with_noise() -> None:
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    assert tv_loss(flat).item() == pytest.approx(0.0, abs=1e-3)
+    g = torch.Generator().manual_seed(0)
+    little = tv_loss(flat + 0.01 * torch.randn(flat.shape, generator=g))
+    more = tv_loss(flat + 0.1 * torch.randn(flat.shape, generator=g))
+    assert 0 < little < more
+    # a horizontal ramp of slope 1/15 per pixel in [0, 1] is 2/15 in the paper's [-1, 1] units
+    ramp = torch.linspace(0, 1, 16).expand(1, 1, 16, 16)
+    assert tv_loss(ramp).item() == pytest.approx(2 / 15, rel=1e-3)
+
+
+def test_layer_slicing_ends_at_the_named_relu() -> None:
+    expected = {"vgg54": (36, 16), "vgg22": (9, 4), "vgg16_53": (30, 13), "vgg16_22": (9, 4)}
+    for name, (end, convs) in expected.items():
+        layer = CONTENT_LAYERS[name]
+        body = losses._features(layer.arch, layer.end)
+        assert layer.end == end
+        assert isinstance(body[-1], torch.nn.ReLU)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in body) == convs
+    # relu5_4 of VGG19 is at index 35 in torchvision's vgg19().features, relu5_3 of VGG16 at 29
+    import torchvision
+
+    tv19 = torchvision.models.vgg19(weights=None).features
+    tv16 = torchvision.models.vgg16(weights=None).features
+    assert [type(m) for m in tv19[:36]] == [type(m) for m in losses._features("vgg19", 36)]
+    assert [type(m) for m in tv16[:30]] == [type(m) for m in losses._features("vgg16", 30)]
+
+
+def test_both_input_conventions(vgg_file: Path) -> None:
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    tv = load_vgg("vgg22", vgg_file, convention="torchvision")
+    caffe = load_vgg("vgg22", vgg_file, convention="caffe")
+    body = tv.body
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(tv(x), body((x - mean) / std))
+    bgr = x[:, [2, 1, 0]] * 255 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+    torch.testing.assert_close(caffe(x), body(bgr), rtol=1e-4, atol=1e-3)
+    # auto picks caffe from the file name, torchvision otherwise
+    named = make_vgg_prefix(vgg_file.parent / "my_vgg19_caffe.safetensors")
+    assert load_vgg("vgg22", named).convention == "caffe"
+    assert load_vgg("vgg22", vgg_file).convention == "torchvision"
+
+
+def test_content_loss_is_zero_for_identical_images_and_frozen(vgg_file: Path) -> None:
+    loss = ContentLoss(load_vgg("vgg22", vgg_file))
+    x = torch.rand(2, 3, 16, 16)
+    assert loss(x, x).item() == 0.0
+    y = x.clone().requires_grad_(True)
+    value = loss(y + 0.05, x)
+    value.backward()
+    assert value.item() > 0 and y.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in loss.vgg.parameters())
+    loss.train()
+    assert not loss.vgg.training  # stays in eval mode
+
+
+def test_vgg_weights_from_a_whole_torchvision_state_dict(tmp_path: Path) -> None:
+    import torchvision
+
+    net = torchvision.models.vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(net.state_dict(), path)  # "features.N.weight" and "classifier..." keys
+    feats = load_vgg("vgg16_22", path)
+    torch.testing.assert_close(feats.body[0].weight, net.features[0].weight)
+    with pytest.raises(PerceptualWeightsError, match="vgg16 weights, but content layer vgg54 needs vgg19"):
+        load_vgg("vgg54", path)
+
+
+def test_vgg_weights_from_the_environment(vgg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(losses.ENV_VGG, str(vgg_file))
+    assert isinstance(load_vgg("vgg22"), VGGFeatures)
+
+
+def test_no_vgg_weights_is_a_clear_error(tmp_path: Path, vgg_file: Path) -> None:
+    with pytest.raises(PerceptualWeightsError, match="download failed") as info:
+        load_vgg("vgg54")
+    assert "--vgg-weights" in (info.value.hint or "") and "docs/" in (info.value.hint or "")
+    with pytest.raises(PerceptualWeightsError, match="not found"):
+        load_vgg("vgg54", tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    with pytest.raises(PerceptualWeightsError, match="cannot read"):
+        load_vgg("vgg22", tmp_path / "junk.safetensors")
+    with pytest.raises(PerceptualWeightsError, match="lack"):  # a 4-conv prefix cannot give relu5_4
+        load_vgg("vgg54", vgg_file)
+    with pytest.raises(PerceptualWeightsError, match="unknown content layer"):
+        load_vgg("vgg99", vgg_file)
+
+
+def test_adversarial_losses_match_their_definitions() -> None:
+    real = torch.tensor([[2.0], [0.5], [-1.0]])
+    fake = torch.tensor([[-3.0], [0.1], [1.0]])
+    ones, zeros = torch.ones_like(real), torch.zeros_like(real)
+    # G: -log D(G(z)); D: BCE on both
+    torch.testing.assert_close(
+        generator_adv_loss(fake, None, "standard"), -torch.log(torch.sigmoid(fake)).mean()
+    )
+    expected_d = F.binary_cross_entropy_with_logits(real, ones) + F.binary_cross_entropy_with_logits(
+        fake, zeros
+    )
+    torch.testing.assert_close(discriminator_loss(real, fake, "standard"), expected_d)
+    # numerically stable where a naive log(sigmoid) would give inf
+    assert torch.isfinite(generator_adv_loss(torch.tensor([[-200.0]]), None, "standard"))
+    # RaGAN: D's loss of (real, fake) is G's loss with the roles of real and fake swapped
+    torch.testing.assert_close(
+        discriminator_loss(real, fake, "ragan"), generator_adv_loss(real, fake, "ragan")
+    )
+    assert discriminator_loss(real + 10, fake, "ragan") < discriminator_loss(real, fake, "ragan")
+
+
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm() -> None:
+    w = torch.tensor([1.0, -2.0, 0.5])
+    x = torch.rand(4, 3, requires_grad=True)
+    logits = (x * w).sum(1, keepdim=True)
+    assert r1_penalty(logits, x).item() == pytest.approx(float((w * w).sum()))

@@ -1,0 +1,234 @@
+"""The SRGAN stage: a few steps that checkpoint and resume bit-exactly, configs, init, two-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from typer.testing import CliRunner
+
+from srgan_cli import weights
+from srgan_cli.cli.app import app
+from srgan_cli.errors import PerceptualWeightsError, TrainingError
+from srgan_cli.sr import losses
+from srgan_cli.sr.train import CHECKPOINT, SAMPLES, TrainConfig, apply_init_arch, load_toml, train
+
+from .conftest import tiny_model
+
+
+@pytest.fixture
+def init_weights(tmp_path: Path) -> Path:
+    """A tiny x2 SRResNet standing in for the shipped pretrain weights."""
+    return weights.save(tmp_path / "init" / "tiny_x2.safetensors", tiny_model(2, seed=5), trained_on="test")
+
+
+def _gan(photo_dir: Path, out: Path, init: Path, vgg: Path, steps: int, **kw: object) -> TrainConfig:
+    base = dict(
+        data=str(photo_dir),
+        val=str(photo_dir),
+        out=str(out),
+        stage="gan",
+        init=str(init),
+        scale=2,
+        n_blocks=1,
+        n_feats=8,
+        d_feats=4,
+        crop=16,
+        batch_size=2,
+        steps=steps,
+        content_layer="vgg22",
+        vgg_weights=str(vgg),
+        val_every=6,
+        checkpoint_every=3,
+        log_every=3,
+        samples=2,
+        device="cpu",
+        seed=7,
+        schedule="step",
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_gan_stage_resumes_bit_exactly(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    straight = train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 6))
+    assert straight.steps == 6
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_checkpoint(kind: str, data: dict[str, object]) -> None:
+        if kind == "checkpoint":  # as if the process died right after writing it
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(
+            _gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6), on_event=kill_after_first_checkpoint
+        )
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    train(_gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for part in ("generator", "ema", "discriminator"):
+        _assert_same(a[part], b[part])
+    assert a["d_optimizer"]["state"].keys() == b["d_optimizer"]["state"].keys()
+
+    # the run started from the init weights, not from random ones
+    start = weights.load(init_weights).model.state_dict()
+    assert not torch.equal(a["generator"]["head.0.weight"], start["head.0.weight"])  # it trained
+    assert (a["generator"]["head.0.weight"] - start["head.0.weight"]).abs().max() < 0.05  # from init
+
+    events = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    logs = [e for e in events if e["event"] == "log"]
+    assert {"D(x)", "D(G(z))", "content", "adversarial", "tv", "d_loss", "images_per_s"} <= logs[0].keys()
+    assert 0 < logs[0]["D(x)"] < 1 and logs[0]["content"] > 0
+    assert (tmp_path / "a" / SAMPLES / "step_0000006.png").is_file()
+
+    info = weights.read_info(straight.weights)  # srgan_x2.safetensors, in the shipped format
+    assert straight.weights.name == "srgan_x2.safetensors"
+    assert info.provenance["stage"] == "gan" and info.provenance["init"] == str(init_weights)
+    assert info.provenance["train_config"]["content_layer"] == "vgg22"
+    assert "val_psnr_y" in info.metrics
+
+
+def test_ragan_r1_and_pixel_terms_train(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    cfg = _gan(
+        photo_dir,
+        tmp_path / "r",
+        init_weights,
+        vgg_file,
+        3,
+        gan_loss="ragan",
+        r1_gamma=1.0,
+        pixel_weight=1.0,
+        val=None,
+    )
+    result = train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    stats = next(e for e in log if e["event"] == "log")
+    assert stats["r1"] > 0 and stats["pixel"] > 0
+    assert result.discriminator is not None
+
+
+def test_gan_stage_without_vgg_weights_stops_clearly(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(losses, "_download", lambda arch: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.delenv(losses.ENV_VGG, raising=False)
+    cfg = _gan(photo_dir, tmp_path / "n", init_weights, Path("x"), 2, vgg_weights=None)
+    with pytest.raises(PerceptualWeightsError, match="no VGG weights"):
+        train(cfg)
+    assert not (tmp_path / "n" / CHECKPOINT).exists()
+
+
+def test_generator_shape_comes_from_init(init_weights: Path) -> None:
+    cfg = TrainConfig.for_stage("gan")
+    cfg.init = str(init_weights)
+    shaped = apply_init_arch(cfg, given=set())
+    assert (shaped.scale, shaped.n_blocks, shaped.n_feats) == (2, 1, 8)
+    assert (shaped.steps, shaped.schedule, shaped.name) == (200_000, "step", "srgan_x2")
+    cfg.n_blocks = 5
+    with pytest.raises(TrainingError, match="n_blocks: 5 \\(given\\) vs 1"):
+        apply_init_arch(cfg, given={"n_blocks"})
+
+
+def test_toml_config(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'stage = "gan"\nsteps = 50\n[gan]\nadv-weight = 0.005\ngan_loss = "ragan"\n[run]\nlr = 1\n'
+    )
+    assert load_toml(path) == {
+        "stage": "gan",
+        "steps": 50,
+        "adv_weight": 0.005,
+        "gan_loss": "ragan",
+        "lr": 1.0,
+    }
+    path.write_text("stepz = 3\n")
+    with pytest.raises(TrainingError, match="unknown option\\(s\\): stepz"):
+        load_toml(path)
+    path.write_text('steps = "many"\n')
+    with pytest.raises(TrainingError, match="steps should be a int"):
+        load_toml(path)
+    path.write_text("steps = \n")
+    with pytest.raises(TrainingError, match="not valid TOML"):
+        load_toml(path)
+    with pytest.raises(TrainingError, match="not found"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_cli_config_file_with_overrides(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    out = tmp_path / "cli"
+    cfg = tmp_path / "gan.toml"
+    cfg.write_text(
+        f'stage = "gan"\ninit = "{init_weights}"\nsteps = 100\ncrop = 16\nbatch_size = 2\nd_feats = 4\n'
+        f'content_layer = "vgg22"\nvgg_weights = "{vgg_file}"\ndevice = "cpu"\nlog_every = 1\n'
+    )
+    args = ["train", "--config", str(cfg), "--data", str(photo_dir), "--out", str(out), "--steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    saved = torch.load(out / CHECKPOINT, weights_only=True)["config"]
+    assert saved["steps"] == 2 and saved["adv_weight"] == 1e-3 and saved["n_feats"] == 8  # from --init
+    assert "D(G(z))" in result.output
+    again = CliRunner().invoke(app, ["train", "--resume", "--out", str(out), "--steps", "3"])
+    assert again.exit_code == 0, again.output
+    assert torch.load(out / CHECKPOINT, weights_only=True)["step"] == 3
+    bad = CliRunner().invoke(
+        app, [*args[:-2], "--steps", "2", "--n-blocks", "3", "--out", str(tmp_path / "x")]
+    )
+    assert bad.exit_code == 1 and "disagrees" in bad.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    result = train(cfg)
+    assert result.generator is not None and result.discriminator is not None
+    torch.save(
+        {"g": result.generator.state_dict(), "d": result.discriminator.state_dict()}, f"{dump}/rank{rank}.pt"
+    )
+
+
+def test_two_gloo_processes_end_with_identical_weights(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    cfg = _gan(photo_dir, tmp_path / "ddp", init_weights, vgg_file, 4, val=None, checkpoint_every=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    _assert_same(r0["g"], r1["g"])
+    _assert_same(r0["d"], r1["d"])
+    ckpt = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)
+    assert ckpt["world_size"] == 2 and len(ckpt["data_rng"]) == 2
+    assert not torch.equal(ckpt["data_rng"][0], ckpt["data_rng"][1])  # each rank its own stream
+    lines = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["event"] == "done" for line in lines) == 1  # rank 0 alone logs
