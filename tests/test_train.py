@@ -86,3 +86,53 @@ def test_empty_or_missing_data_folder(tmp_path: Path) -> None:
 def test_images_smaller_than_the_crop_are_skipped(photo_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="no usable training images"):
         train(_config(photo_dir, tmp_path / "o", 2, crop=512, val=None))
+
+
+def test_validation_lpips_samples_and_tensorboard(photo_dir: Path, tmp_path: Path, lpips_dir: Path) -> None:
+    out = tmp_path / "tb_run"
+    result = train(_config(photo_dir, out, 10, lpips_weights=str(lpips_dir), tensorboard=True, samples=2))
+    assert result.val is not None and result.val.lpips is not None and result.val.lpips >= 0
+    vals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"val"' in x]
+    assert vals and vals[-1]["lpips"] == pytest.approx(result.val.lpips)
+    grid = out / "samples" / "step_0000010.png"
+    from PIL import Image
+
+    with Image.open(grid) as im:  # the photos are too small for 64 px centre crops: 2 training crops
+        assert im.size == (3 * 16, 2 * 16)  # rows of bicubic | model | original
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert weights.read_info(result.weights).metrics["val_lpips"] == pytest.approx(result.val.lpips, abs=1e-4)
+
+
+def test_crop_pool_matches_the_pil_protocol_and_is_deterministic() -> None:
+    import numpy as np
+
+    from srgan_cli.sr.data import CropPool, bicubic_downscale
+
+    from .conftest import make_photo
+
+    images = [make_photo(40, 56, seed=1), make_photo(64, 48, seed=2)]
+    pool = CropPool(images, scale=4, crop=32, augment=True)
+    lr, hr = pool.batch(6, pool.generator(3))
+    lr2, hr2 = pool.batch(6, pool.generator(3))
+    assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
+    assert lr.shape == (6, 3, 8, 8) and hr.shape == (6, 3, 32, 32)
+    for i in range(6):  # LR is PIL's antialiased bicubic of HR, within one 8-bit level
+        hr8 = (hr[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        lr8 = (lr[i].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+        assert np.abs(bicubic_downscale(hr8, 4).astype(np.int16) - lr8).max() <= 1
+    # every crop is one of the 8 dihedral transforms of a window of one of the photos
+    for i in range(6):
+        crop = (hr[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        found = False
+        for k in range(8):
+            c = np.rot90(crop, k % 4)
+            c = c[:, ::-1] if k >= 4 else c
+            for img in images:
+                h, w = img.shape[:2]
+                for t in range(h - 31):
+                    for s in range(w - 31):
+                        if np.array_equal(img[t : t + 32, s : s + 32], c):
+                            found = True
+        assert found
+    with pytest.raises(TrainingError, match="at least 48x48"):
+        CropPool(images, scale=4, crop=48)

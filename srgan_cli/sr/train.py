@@ -28,6 +28,7 @@ from .evaluate import EvalReport, evaluate
 from .losses import (
     CONTENT_LAYERS,
     ContentLoss,
+    VGGFeatures,
     discriminator_loss,
     generator_adv_loss,
     load_vgg,
@@ -335,7 +336,14 @@ class Trainer:
     """The networks, optimisers and the two step functions of both stages (also used by
     `srgan benchmark train`, so the benchmark times exactly the training step)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, world: World | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        world: World | None = None,
+        *,
+        vgg: VGGFeatures | None = None,  # the content loss's network; None = load_vgg(config...)
+    ) -> None:
         self.config, self.device, self.world = config, device, world or World()
         self.amp = amp_dtype(config.amp, device)
         self.channels_last = device.type == "cuda"
@@ -357,7 +365,8 @@ class Trainer:
             )
             self.d_scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
             if config.content_weight > 0:
-                vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
+                if vgg is None:
+                    vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
                 self.content = ContentLoss(vgg.to(device, memory_format=fmt), config.content_scale)
         self.pixel_loss = F.mse_loss if config.loss == "mse" else F.l1_loss
 

@@ -1,0 +1,213 @@
+"""`srgan benchmark`: throughput of the real training step, next to the machine's own conv speed."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import precision_name
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_flops(model: nn.Module, *inputs: torch.Tensor) -> float:
+    """Multiply-adds x 2 of every Conv2d and Linear in one forward pass of `inputs`, per sample."""
+    total = 0.0
+
+    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+        total += 2.0 * k * out.numel()
+
+    def linear_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += 2.0 * m.in_features * out.numel()
+
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)  # type: ignore[arg-type]
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total / inputs[0].shape[0]
+
+
+def time_runs(fn: Callable[[], object], device: torch.device, *, warmup: int, runs: int) -> list[float]:
+    """Seconds per call of `fn`, one number per run, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def conv_reference(device: torch.device, dtype: torch.dtype, *, runs: int = 5) -> float:
+    """The machine's own speed at the work these models are made of: GFLOP/s of a 64->64 3x3
+    convolution (forward) on a 96x96 map, in the given precision and channels_last on GPUs."""
+    batch = 64 if device.type == "cuda" else 4
+    conv = nn.Conv2d(64, 64, 3, padding=1).to(device, dtype)
+    x = torch.randn(batch, 64, 96, 96, device=device, dtype=dtype)
+    if device.type == "cuda":
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    flops = 2.0 * 9 * 64 * 64 * 96 * 96 * batch
+    with torch.inference_mode():
+        seconds = time_runs(lambda: conv(x), device, warmup=2, runs=runs)
+    return flops / statistics.median(seconds) / 1e9
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def synthetic_photos(n: int = 8, size: int = 384, seed: int = 0) -> list[np.ndarray]:
+    """Smooth gradients, edges and noise: photo-like enough that timings do not depend on content."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = []
+    for i in range(n):
+        img = np.stack([np.sin(xx / (7 + i) + yy / 11), np.cos(yy / 5 - xx / 13), (xx + yy) / (2 * size)], -1)
+        img = 0.5 + 0.4 * img + rng.normal(0, 0.05, img.shape)
+        out.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return out
+
+
+@dataclass
+class TrainBenchmark:
+    stage: str
+    device: str
+    amp: str
+    compile: bool
+    batch_size: int
+    crop: int
+    model: str  # e.g. "srresnet 16x64 x4"
+    vgg: str  # where the VGG weights came from ("random (speed only)" when none were given)
+    steps: int
+    ms_per_step: float  # median over the timed steps
+    ms_per_step_spread: tuple[float, float]  # min, max
+    crops_per_s: float  # HR crops (crop x crop) trained per second, median step
+    gflop_per_crop: float  # approximate: backward counted as 2x forward
+    achieved_gflops: float
+    reference_gflops: float  # the machine's 3x3 conv throughput in the same process
+    fraction_of_reference: float
+    peak_memory_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def benchmark_train(
+    config: Any,
+    *,
+    steps: int = 10,
+    warmup: int = 3,
+    data: str | Path | None = None,
+    random_vgg: bool = True,
+) -> TrainBenchmark:
+    """Time `steps` real training steps (Trainer.step on CropPool batches) of `config`'s stage.
+
+    The GAN stage needs VGG weights for its content loss; speed does not depend on their values,
+    so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used."""
+    from .devices import resolve_device
+    from .sr import losses
+    from .sr.data import CropPool, list_images
+    from .sr.train import Trainer
+
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(config.seed)
+    vgg = None
+    vgg_source = "none"
+    if config.stage == "gan" and config.content_weight > 0:
+        vgg_source = str(config.vgg_weights or os.environ.get(losses.ENV_VGG) or "")
+        if not vgg_source:
+            if not random_vgg:
+                vgg_source = "torchvision download"
+            else:
+                layer = losses.CONTENT_LAYERS[config.content_layer]
+                random_state = losses._features(layer.arch, layer.end).state_dict()
+                vgg = losses.VGGFeatures(layer, random_state, "torchvision")
+                vgg_source = "random (speed only)"
+    trainer = Trainer(config, device, vgg=vgg)
+
+    if data:
+        pool = CropPool.from_files(list_images(data), scale=config.scale, crop=config.crop, device=device)
+    else:
+        pool = CropPool(synthetic_photos(), scale=config.scale, crop=config.crop, device=device)
+    generator = pool.generator(config.seed)
+    trainer.g.train()
+    state = {"step": 0}
+
+    def one_step() -> None:
+        lr_img, hr_img = pool.batch(config.batch_size, generator)
+        trainer.set_lr(state["step"])
+        trainer.step(lr_img, hr_img, state["step"])
+        state["step"] += 1
+
+    seconds = time_runs(one_step, device, warmup=warmup, runs=steps)
+    median = statistics.median(seconds)
+
+    # FLOPs per crop: every pass that needs gradients costs ~3x its forward (forward + 2x backward)
+    lr_probe, hr_probe = pool.batch(2, pool.generator(1))
+    lr_probe, hr_probe = lr_probe.to(device), hr_probe.to(device)
+    f_g = conv_flops(trainer.g, lr_probe)
+    flops = 3 * f_g
+    if config.stage == "gan" and trainer.d is not None:
+        f_d = conv_flops(trainer.d, hr_probe)
+        flops += 3 * f_d + 3 * f_d + 2 * f_d  # D step on real and fake, G step through D to its input
+        if trainer.content is not None:
+            flops += 3 * conv_flops(trainer.content.vgg, hr_probe)  # HR forward, SR forward + backward
+    amp = trainer.amp
+    reference = conv_reference(device, amp or torch.float32)
+    crops_per_s = config.batch_size / median
+    achieved = flops * crops_per_s / 1e9
+    g_cfg = trainer.g.config
+    return TrainBenchmark(
+        stage=config.stage,
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        amp=precision_name(amp) if amp else "off",
+        compile=bool(config.compile),
+        batch_size=config.batch_size,
+        crop=config.crop,
+        model=f"srresnet {g_cfg.n_blocks}x{g_cfg.n_feats} x{g_cfg.scale}",
+        vgg=vgg_source,
+        steps=steps,
+        ms_per_step=round(median * 1000, 2),
+        ms_per_step_spread=(round(min(seconds) * 1000, 2), round(max(seconds) * 1000, 2)),
+        crops_per_s=round(crops_per_s, 2),
+        gflop_per_crop=round(flops / 1e9, 3),
+        achieved_gflops=round(achieved, 1),
+        reference_gflops=round(reference, 1),
+        fraction_of_reference=round(achieved / reference, 3),
+        peak_memory_mb=round(peak_memory_mb(device), 1),
+    )
+
+
+def with_stage(config: Any, stage: str) -> Any:
+    """The same benchmark settings for another stage (its losses, not its schedule)."""
+    return replace(config, stage=stage)
