@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..benchmark import benchmark_train, with_stage
 from ..sr.train import TrainConfig
-from .common import DeviceOpt, JsonOpt, console, guard, stdout
+from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
 from .train import Amp, ContentLayer
 
 app = typer.Typer(help="Measure throughput on this machine (see docs/benchmarks.md).", no_args_is_help=True)
@@ -104,6 +104,6 @@ def train(
             f"{r.fraction_of_reference:.0%} of {r.reference_gflops:,.0f}",
             f"{r.peak_memory_mb:,.0f}",
         )
-    console.print(table)
+    print_table(table)
     if any(r.vgg == "random (speed only)" for r in results):
         console.print("[dim]gan stage timed with a randomly initialised VGG (same shape, same speed)[/]")

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 
 from ..errors import SrganError
 
@@ -58,6 +60,16 @@ TileOpt = Annotated[
 TilePadOpt = Annotated[
     int, typer.Option("--tile-pad", min=0, help="Overlap in LR pixels around each tile (hides seams).")
 ]
+
+
+def print_table(table: Table) -> None:
+    """A wide table is never squeezed into "0.7…" cells: it is printed at its natural width and the
+    terminal wraps it instead."""
+    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+    else:
+        Console(stderr=True, highlight=False, width=natural).print(table, crop=False)
 
 
 def report_error(exc: SrganError) -> None:

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
 from .. import weights
@@ -21,7 +19,7 @@ from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
 from ..sr.lpips import ENV_VAR as LPIPS_ENV
 from ..sr.lpips import LPIPS, load_lpips
-from .common import DeviceOpt, JsonOpt, Precision, TileOpt, console, guard, parse_tile, stdout
+from .common import DeviceOpt, JsonOpt, Precision, TileOpt, console, guard, parse_tile, print_table, stdout
 
 
 def _labels(requested: list[str], names: list[str]) -> list[str]:
@@ -142,9 +140,4 @@ def evaluate(
         row = [(r.images[i].psnr, r.images[i].ssim, r.images[i].lpips) for r in reports]
         table.add_row(escape(first.name), *cells(row))
     table.add_row("[bold]mean", *cells([(r.psnr, r.ssim, r.lpips) for r in reports], bold=True))
-    # many models make a wide table: never squeeze numbers into "0.7…"; let the terminal wrap instead
-    natural = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    if natural <= console.width:
-        console.print(table)
-    else:
-        Console(stderr=True, highlight=False, width=natural).print(table, crop=False)
+    print_table(table)
