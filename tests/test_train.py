@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,55 @@ def test_crop_pool_matches_the_pil_protocol_and_is_deterministic() -> None:
         assert found
     with pytest.raises(TrainingError, match="at least 48x48"):
         CropPool(images, scale=4, crop=48)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(step: int):  # noqa: ANN202
+    def on_event(kind: str, data: dict[str, object]) -> None:
+        if kind == "checkpoint" and data["step"] == step:
+            raise _Stop
+
+    return on_event
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(photo_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    killed = tmp_path / "killed"
+    opts = dict(scale=2, n_blocks=1, n_feats=8, crop=16, batch_size=2, steps=100_000, checkpoint_every=5)
+    args = [sys.executable, "-m", "srgan_cli", "train", "--data", str(photo_dir), "--out", str(killed)]
+    for key, value in {**opts, "log_every": 5, "device": "cpu", "seed": 3}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            path = killed / CHECKPOINT
+            if path.exists() and torch.load(path, weights_only=True)["step"] >= 10:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    finally:
+        proc.wait(30)
+    step = torch.load(killed / CHECKPOINT, weights_only=True)["step"]
+    assert step >= 10 and step % 5 == 0  # what survives is a whole checkpoint
+
+    config = TrainConfig(data=str(photo_dir), out=str(killed), device="cpu", seed=3, log_every=5, **opts)
+    with pytest.raises(_Stop):
+        train(config, resume=True, on_event=_stop_at(step + 5))
+    assert not list(killed.glob(".*tmp*"))  # no half-written file left behind
+    straight = replace(config, out=str(tmp_path / "straight"))
+    with pytest.raises(_Stop):
+        train(straight, on_event=_stop_at(step + 5))
+    a = torch.load(killed / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    assert a["step"] == b["step"] == step + 5
+    for part in ("generator", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=key)

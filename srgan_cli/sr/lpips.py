@@ -225,8 +225,8 @@ def _from_lpips_package(head: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 def load_lpips(source: str | os.PathLike[str] | None = None, *, device: str | torch.device = "cpu") -> LPIPS:
     """LPIPS-alex from `source` (a folder), else $SRGAN_LPIPS_WEIGHTS, else the `lpips` package.
 
-    A folder holds alexnet_features.safetensors and lpips_alex_lin.safetensors, as written by
-    a folder made as docs/usage.md describes. Raises PerceptualWeightsError when none of these works; random
+    A folder holds alexnet_features.safetensors and lpips_alex_lin.safetensors (docs/usage.md says
+    how to make one). Raises PerceptualWeightsError when none of these works; random
     weights are never used.
     """
     if source is not None and str(source) != "":

@@ -21,7 +21,7 @@ from torch import nn
 from .. import weights as weights_mod
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
-from ..errors import TrainingError
+from ..errors import PerceptualWeightsError, TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from .data import CropPool, EvalPair, bicubic_upscale, list_images, load_eval_pairs
 from .evaluate import EvalReport, evaluate
@@ -708,6 +708,8 @@ def _train(
             )
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # a checkpoint write cut short by a kill
+            stale.unlink(missing_ok=True)
 
     val_pairs = (
         load_eval_pairs(config.val, config.scale, limit=config.val_limit or None)
@@ -719,11 +721,13 @@ def _train(
     if main and val_pairs:
         from .lpips import load_lpips
 
-        source = config.lpips_weights or os.environ.get("SRGAN_LPIPS_WEIGHTS")
-        if source:
-            lpips_net = load_lpips(source, device=device)
+        if config.lpips_weights:
+            lpips_net = load_lpips(config.lpips_weights, device=device)  # asked for: errors are fatal
         else:
-            lpips_note = "no LPIPS weights (--lpips-weights DIR or SRGAN_LPIPS_WEIGHTS): LPIPS not reported"
+            try:  # $SRGAN_LPIPS_WEIGHTS, then the lpips package
+                lpips_net = load_lpips(None, device=device)
+            except PerceptualWeightsError as exc:
+                lpips_note = f"LPIPS not reported: {exc.message} (give --lpips-weights DIR)"
     crops = _sample_crops(val_pairs, pool, config.samples, config.scale) if main else []
     tb = _TensorBoard(out / "tb") if config.tensorboard and main else None
 
