@@ -799,11 +799,14 @@ def _train(
                 ckpt_path,
             )
 
-    def validate() -> EvalReport:
+    def validate() -> EvalReport | None:
+        """Scores on --val (if given) and a sample grid, with the weights that will be shipped."""
         net = trainer.generator
         net.eval()
         upscaler = TorchUpscaler(net, device=device, tile=None)
-        report = evaluate(val_pairs, config.scale, upscaler, config.name, lpips=lpips_net)
+        report = (
+            evaluate(val_pairs, config.scale, upscaler, config.name, lpips=lpips_net) if val_pairs else None
+        )
         if crops:
             grid = _sample_grid(crops, upscaler, config.scale)
             _save_png(out / SAMPLES / f"step_{step:07d}.png", grid)
@@ -845,12 +848,16 @@ def _train(
                     tb.scalars(step, {**means, "lr": lr_now, "images_per_s": speed}, "train")
                 sums, steps_since_log, t_log = {}, 0, now
 
-            if val_pairs and (step % config.val_every == 0 or step == config.steps):
-                last_val = validate()
-                val = {"step": step, "psnr": last_val.psnr, "ssim": last_val.ssim, "lpips": last_val.lpips}
-                log("val", val)
-                if tb is not None:
-                    tb.scalars(step, {k: v for k, v in val.items() if k != "step" and v is not None}, "val")
+            if (val_pairs or crops) and (step % config.val_every == 0 or step == config.steps):
+                report = validate()
+                if report is not None:
+                    last_val = report
+                    val = {"step": step, "psnr": report.psnr, "ssim": report.ssim, "lpips": report.lpips}
+                    log("val", val)
+                    if tb is not None:
+                        tb.scalars(
+                            step, {k: v for k, v in val.items() if k != "step" and v is not None}, "val"
+                        )
                 elapsed += time.perf_counter() - t_seg
                 t_seg = time.perf_counter()
                 save_weights()
