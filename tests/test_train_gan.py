@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str, resume: bool = False) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -211,7 +212,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str) -
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    result = train(cfg)
+    result = train(cfg, resume=resume)
     assert result.generator is not None and result.discriminator is not None
     torch.save(
         {"g": result.generator.state_dict(), "d": result.discriminator.state_dict()}, f"{dump}/rank{rank}.pt"
@@ -221,7 +222,16 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str) -
 def test_two_gloo_processes_end_with_identical_weights(
     photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
 ) -> None:
-    cfg = _gan(photo_dir, tmp_path / "ddp", init_weights, vgg_file, 4, val=None, checkpoint_every=2)
+    cfg = _gan(
+        photo_dir,
+        tmp_path / "ddp",
+        init_weights,
+        vgg_file,
+        4,
+        val=None,
+        checkpoint_every=2,
+        schedule="constant",
+    )
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -232,3 +242,13 @@ def test_two_gloo_processes_end_with_identical_weights(
     assert not torch.equal(ckpt["data_rng"][0], ckpt["data_rng"][1])  # each rank its own stream
     lines = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
     assert sum(json.loads(line)["event"] == "done" for line in lines) == 1  # rank 0 alone logs
+
+    # a distributed run resumes too: every process continues its own stream, in step again
+    longer = replace(cfg, steps=6)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), longer, str(tmp_path), True), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    _assert_same(r0["g"], r1["g"])
+    assert torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)["step"] == 6
+    with pytest.raises(TrainingError, match="trained by 2 process"):
+        train(replace(cfg, steps=8), resume=True)  # one process cannot continue a two-process run
