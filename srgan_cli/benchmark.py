@@ -7,7 +7,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +206,3 @@ def benchmark_train(
         fraction_of_reference=round(achieved / reference, 3),
         peak_memory_mb=round(peak_memory_mb(device), 1),
     )
-
-
-def with_stage(config: Any, stage: str) -> Any:
-    """The same benchmark settings for another stage (its losses, not its schedule)."""
-    return replace(config, stage=stage)

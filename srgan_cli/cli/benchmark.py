@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..benchmark import benchmark_train, with_stage
+from ..benchmark import benchmark_train
 from ..sr.train import TrainConfig
 from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
 from .train import Amp, ContentLayer
@@ -72,7 +73,9 @@ def train(
         base.validate()
         for name in stages:
             with console.status(f"timing {steps} {name} steps of batch {batch_size}"):
-                results.append(benchmark_train(with_stage(base, name), steps=steps, warmup=warmup, data=data))
+                results.append(
+                    benchmark_train(replace(base, stage=name), steps=steps, warmup=warmup, data=data)
+                )
     if as_json:
         stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
         return

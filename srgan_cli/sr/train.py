@@ -572,10 +572,11 @@ def _sample_crops(pairs: list[EvalPair], pool: CropPool, n: int, scale: int) -> 
         hr = pair.hr[top * scale : (top + side) * scale, left * scale : (left + side) * scale]
         out.append(EvalPair(pair.name, np.ascontiguousarray(lr), np.ascontiguousarray(hr)))
     if not out and n > 0:
-        lr_t, hr_t = pool.batch(n, pool.generator(12345))
-        for i in range(n):
-            to8 = lambda t: (t.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)  # noqa: E731
-            out.append(EvalPair(f"crop{i}", to8(lr_t[i]), to8(hr_t[i])))
+        lr_t, hr_t = (
+            (t.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            for t in pool.batch(n, pool.generator(12345))
+        )
+        out += [EvalPair(f"crop{i}", lr_t[i], hr_t[i]) for i in range(n)]
     return out
 
 
