@@ -77,3 +77,7 @@ class OutOfMemory(SrganError):
 
 class TrainingError(SrganError):
     """A training run that cannot start or had to stop (bad data folder, NaN loss, ...)."""
+
+
+class OnnxError(SrganError):
+    """An ONNX export that fails the checker or its verification, or a model ONNX Runtime cannot run."""

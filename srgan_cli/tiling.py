@@ -31,12 +31,24 @@ def _zeros_like(sample: Array, shape: tuple[int, ...]) -> Array:
     return sample.new_zeros(shape)  # type: ignore[attr-defined]
 
 
+def _concat(parts: list[Array]) -> Array:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=0)  # type: ignore[return-value]
+    import torch
+
+    return torch.cat(parts, dim=0)  # type: ignore[return-value, arg-type]
+
+
 def tiled_apply(
     x: Array,
     fn: Callable[[Array], Array],
     scale: int,
     tile: int = 0,
     pad: int = 16,
+    *,
+    batch: int = 1,
 ) -> Array:
     """Apply an upscaling `fn` ((N, C, h, w) -> (N, C', s*h, s*w)) to `x` tile by tile.
 
@@ -44,23 +56,71 @@ def tiled_apply(
     get the model's own zero padding, exactly as in an untiled pass), upscaled, and the padded
     margin is cropped away before the tile is pasted into the output. When `pad` is at least the
     model's receptive radius, the result equals the untiled result up to float rounding.
+
+    Padded tiles of the same shape (all interior tiles, usually) go through `fn` together, up to
+    `batch` at a time, stacked along N: fewer, larger calls for a GPU.
     """
     n, _c, height, width = x.shape  # type: ignore[attr-defined]
     grid = tile_grid(height, width, tile)
     if len(grid) == 1:
         return fn(x)
-    out = None
+    groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
     for y0, y1, x0, x1 in grid:
         py0, py1 = max(y0 - pad, 0), min(y1 + pad, height)
         px0, px1 = max(x0 - pad, 0), min(x1 + pad, width)
-        result = fn(x[:, :, py0:py1, px0:px1])  # type: ignore[index]
-        if out is None:
-            out = _zeros_like(result, (n, result.shape[1], height * scale, width * scale))  # type: ignore[attr-defined]
-        oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-        out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[  # type: ignore[index]
-            :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-        ]
+        groups.setdefault((py1 - py0, px1 - px0), []).append((y0, y1, x0, x1, py0, py1, px0, px1))
+    out = None
+    for items in groups.values():
+        for i in range(0, len(items), max(1, batch)):
+            chunk = items[i : i + max(1, batch)]
+            result = fn(_concat([x[:, :, t[4] : t[5], t[6] : t[7]] for t in chunk]))  # type: ignore[index]
+            if out is None:
+                out = _zeros_like(result, (n, result.shape[1], height * scale, width * scale))  # type: ignore[attr-defined]
+            for j, (y0, y1, x0, x1, py0, _py1, px0, _px1) in enumerate(chunk):
+                oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+                out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[  # type: ignore[index]
+                    j * n : (j + 1) * n, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+                ]
     return out  # type: ignore[return-value]
+
+
+def fixed_window_apply(
+    x: np.ndarray,
+    fn: Callable[[np.ndarray], np.ndarray],
+    scale: int,
+    window: tuple[int, int],
+    pad: int = 16,
+) -> np.ndarray:
+    """`tiled_apply` for a model that only takes inputs of one shape `window` (H, W).
+
+    Every call of `fn` gets a full window cut from inside the image: a window that would cross an
+    image border is shifted inward instead of padded, so pixels at the image border still see the
+    model's own zero padding, as in an untiled pass. Only the central tile of each window (`pad`
+    pixels of context kept on inner sides) is used. An image smaller than the window is edge-padded
+    up to it first (the only approximation, and only for such small images).
+    """
+    n, _c, height, width = x.shape
+    wh, ww = window
+    ph, pw = max(0, wh - height), max(0, ww - width)
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+    full_h, full_w = x.shape[-2:]
+    pad = max(0, min(pad, (min(wh, ww) - 8) // 2))
+    th, tw = wh - 2 * pad, ww - 2 * pad
+    out = None
+    for y0, y1 in _spans(full_h, th) if full_h > wh else [(0, full_h)]:
+        for x0, x1 in _spans(full_w, tw) if full_w > ww else [(0, full_w)]:
+            wy = min(max(y0 - pad, 0), full_h - wh)
+            wx = min(max(x0 - pad, 0), full_w - ww)
+            result = fn(x[:, :, wy : wy + wh, wx : wx + ww])
+            if out is None:
+                out = np.zeros((n, result.shape[1], full_h * scale, full_w * scale), dtype=result.dtype)
+            oy, ox = (y0 - wy) * scale, (x0 - wx) * scale
+            out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
+                :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+            ]
+    assert out is not None
+    return out[:, :, : height * scale, : width * scale]
 
 
 def pick_tile(free_bytes: int, bytes_per_lr_pixel: float, *, budget: float = 0.5, minimum: int = 64) -> int:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
 
+from ..errors import OutOfMemory
 from ..imageio import ImageData, fill_transparent
+
+T = TypeVar("T")
+MIN_TILE = 32  # the smallest tile an out-of-memory retry goes down to
 
 
 class Upscaler(Protocol):
@@ -17,6 +22,38 @@ class Upscaler(Protocol):
     scale: int
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+def activation_bytes_per_lr_pixel(scale: int, n_feats: int, elem_bytes: int) -> float:
+    """Rough peak activation memory per LR pixel of an SRResNet forward pass, for sizing tiles.
+
+    The peak sits around the last x2 upsample: 4*F channels at (s/2)^2 pixels per LR pixel for the
+    conv output plus the next map of about the same size, with a 2x margin for the allocator.
+    """
+    return elem_bytes * n_feats * (4 * (scale / 2) ** 2 + scale**2) * 2.0
+
+
+def shrink_on_oom(
+    attempt: Callable[[int], T],
+    tile: int,
+    full_side: int,
+    is_oom: Callable[[BaseException], bool],
+    where: str,
+    cleanup: Callable[[], None] = lambda: None,
+) -> tuple[T, int]:
+    """Run `attempt(tile)`; on out-of-memory halve the tile (0 = whole image) and retry, down to
+    MIN_TILE. Returns the result and the tile side that worked."""
+    while True:
+        try:
+            return attempt(tile), tile
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            cleanup()
+            current = tile if tile > 0 else full_side
+            if current <= MIN_TILE:
+                raise OutOfMemory(f"out of memory on {where} even with {MIN_TILE}px tiles") from exc
+            tile = max(MIN_TILE, current // 2)
 
 
 def resample(pixels: np.ndarray, width: int, height: int) -> np.ndarray:

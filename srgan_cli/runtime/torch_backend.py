@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..devices import free_memory_bytes
-from ..errors import OutOfMemory
 from ..tiling import pick_tile, tiled_apply
-
-MIN_TILE = 32
+from .base import MIN_TILE, activation_bytes_per_lr_pixel, shrink_on_oom
+from .fused import fuse
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -28,8 +24,16 @@ def _is_oom(exc: BaseException) -> bool:
 class TorchUpscaler:
     """Upscale float32 (H, W, 3) arrays in [0, 1] with a torch model.
 
+    The fast path is the default: the model is rewritten into its fused inference form
+    (runtime/fused.py), cast to `dtype` (no autocast round trips), and run channels_last under
+    inference_mode with cudnn.benchmark on GPUs; tiles of one shape go through in batches of
+    `tile_batch`, and the output stays on the device until the whole image is done (no per-tile
+    host sync).
+
     tile: LR tile side in pixels; 0 runs the whole image at once, falling back to smaller tiles
     if it does not fit; None ("auto") picks a side from the free memory on the device.
+    compile: torch.compile the model; on CUDA with CUDA graphs ("reduce-overhead"), which pays off
+    for many inputs of one size (video frames, fixed tiles) and costs a recompile per new shape.
     """
 
     backend = "torch"
@@ -42,62 +46,54 @@ class TorchUpscaler:
         dtype: torch.dtype = torch.float32,
         tile: int | None = None,
         tile_pad: int = 24,
+        tile_batch: int | None = None,
+        compile: bool = False,
+        fused: bool = True,
     ) -> None:
-        self.model = model.to(device).eval()
         self.device, self.dtype = device, dtype
         self.scale = int(model.config.scale)  # type: ignore[union-attr]
+        self.n_feats = int(getattr(model.config, "n_feats", 64))  # type: ignore[union-attr]
+        net = fuse(model) if fused else model
+        self.model: nn.Module = net.to(device=device, dtype=dtype).eval()
+        self.model = self.model.to(memory_format=torch.channels_last)
         self.tile, self.tile_pad = tile, tile_pad
+        self.tile_batch = tile_batch if tile_batch is not None else (8 if device.type == "cuda" else 1)
         self.last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def _bytes_per_lr_pixel(self) -> float:
-        # peak activations sit around the last x2 upsample: about 4*F channels at (s/2)^2 pixels
-        # per LR pixel for the conv output plus F at s^2 for the shuffled result, in the compute dtype
-        feats = int(self.model.config.n_feats)  # type: ignore[union-attr]
-        elem = torch.finfo(self.dtype).bits // 8
-        return elem * feats * (4 * (self.scale / 2) ** 2 + self.scale**2) * 2.0
+        self._forward = self.model
+        if compile:
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            self._forward = torch.compile(self.model, mode=mode, dynamic=False)  # type: ignore[assignment]
 
     def _auto_tile(self, height: int, width: int) -> int:
-        side = pick_tile(free_memory_bytes(self.device), self._bytes_per_lr_pixel(), minimum=MIN_TILE)
+        elem = torch.finfo(self.dtype).bits // 8
+        per_pixel = activation_bytes_per_lr_pixel(self.scale, self.n_feats, elem)
+        side = pick_tile(free_memory_bytes(self.device), per_pixel, minimum=MIN_TILE)
         return 0 if max(height, width) <= side else side
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype)
-            if self.dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            y = self.model(x)
+        y = self._forward(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
         return y.float().clamp_(0, 1)
 
     def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [0, 1] on any device -> (N, 3, sH, sW) float32 on self.device."""
         x = x.to(self.device, torch.float32)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         height, width = x.shape[-2:]
         tile = self._auto_tile(height, width) if self.tile is None else self.tile
-        run: Callable[[torch.Tensor], torch.Tensor] = self._run
-        while True:
-            try:
-                with torch.inference_mode():
-                    out = tiled_apply(x, run, self.scale, tile, self.tile_pad)
-                self.last_tile = tile
-                return out
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                current = tile if tile > 0 else max(height, width)
-                if current <= MIN_TILE:
-                    raise OutOfMemory(
-                        f"out of memory on {self.device} even with {MIN_TILE}px tiles",
-                    ) from exc
-                tile = max(MIN_TILE, current // 2)
+
+        def attempt(side: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return tiled_apply(x, self._run, self.scale, side, self.tile_pad, batch=self.tile_batch)
+
+        def cleanup() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        out, self.last_tile = shrink_on_oom(
+            attempt, tile, max(height, width), _is_oom, str(self.device), cleanup
+        )
+        return out
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> (sH, sW, 3) float32 in [0, 1]."""

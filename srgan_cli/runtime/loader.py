@@ -1,0 +1,135 @@
+"""From a model name or path and a backend choice to a ready upscaler (torch or ONNX Runtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__, weights
+from ..devices import precision_name, resolve_device, resolve_precision
+from ..errors import UsageError
+from .base import Upscaler
+
+BACKENDS = ("auto", "torch", "onnx")
+ENV_CACHE = "SRGAN_CACHE_DIR"
+
+
+@dataclass
+class ReadyUpscaler:
+    upscaler: Upscaler
+    name: str  # weights name, or the .onnx file's stem
+    scale: int
+    backend: str  # torch or onnx
+    device: str  # e.g. "cpu", "cuda:0", "CPU (onnxruntime)"
+    precision: str  # fp32, fp16, bf16, int8
+    notes: list[str] = field(default_factory=list)  # one-liners for the user (fallbacks, exports)
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files are cached ($SRGAN_CACHE_DIR, else ~/.cache/srgan-cli)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "srgan-cli"
+
+
+def is_onnx_path(model: str) -> bool:
+    return model.lower().endswith(".onnx")
+
+
+def cached_onnx(model: str, precision: str) -> tuple[Path, bool]:
+    """The ONNX export of weights `model` in the cache, exported now if missing; (path, fresh)."""
+    from .onnx_export import DEFAULT_OPSET, export_onnx
+
+    loaded = weights.load(model)
+    digest = hashlib.sha256(loaded.info.path.read_bytes()).hexdigest()[:16]
+    path = cache_dir() / "onnx" / f"{loaded.info.name}-{digest}-{precision}-v{__version__}.onnx"
+    if path.is_file():
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = {"weights": loaded.info.name, "sha256": digest}
+    export_onnx(
+        loaded.model, path, opset=DEFAULT_OPSET, fp16=precision == "fp16", source=source, overwrite=True
+    )
+    return path, True
+
+
+def build_upscaler(
+    model: str,
+    *,
+    backend: str = "auto",
+    onnx: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int | None = None,
+    tile_pad: int = 32,
+    compile: bool = False,
+    tile_batch: int | None = None,
+    expect_scale: int | None = None,
+) -> ReadyUpscaler:
+    """One upscaler for `srgan upscale`, `srgan eval` and `srgan benchmark upscale`.
+
+    backend auto: ONNX Runtime for a .onnx model (or when --onnx is given), else torch.
+    backend onnx with weights (not a .onnx file): the weights are exported once into the cache
+    (fp16 when the GPU will run it, fp32 on the CPU) and that file is used.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    onnx_file = Path(onnx) if onnx is not None else (Path(model) if is_onnx_path(model) else None)
+    if backend == "torch" and onnx_file is not None:
+        raise UsageError(
+            f"{onnx_file} is an ONNX model; the torch backend needs weights (.safetensors)",
+            hint="use --backend onnx, or give weights with -m",
+        )
+    if backend == "auto":
+        backend = "onnx" if onnx_file is not None else "torch"
+
+    if backend == "torch":
+        loaded = weights.load(model, expect_scale=expect_scale)
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        from .torch_backend import TorchUpscaler
+
+        torch_up = TorchUpscaler(
+            loaded.model,
+            device=dev,
+            dtype=dtype,
+            tile=tile,
+            tile_pad=tile_pad,
+            compile=compile,
+            tile_batch=tile_batch,
+        )
+        return ReadyUpscaler(
+            torch_up, loaded.info.name, loaded.info.scale, "torch", str(dev), precision_name(dtype)
+        )
+
+    if compile:
+        raise UsageError("--compile applies to the torch backend only")
+    from .onnx_backend import OnnxUpscaler
+
+    notes: list[str] = []
+    given = onnx_file is not None
+    if onnx_file is None:  # weights given: use (or make) their cached export
+        import torch
+
+        gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        want = precision if precision != "auto" else ("fp16" if gpu else "fp32")
+        if want not in ("fp32", "fp16"):
+            raise UsageError(f"the ONNX backend runs fp32 or fp16 models, not {want}")
+        onnx_file, fresh = cached_onnx(model, want)
+        if fresh:
+            notes.append(f"exported {model} to {onnx_file} (cached for next time)")
+    onnx_up = OnnxUpscaler(onnx_file, device=device, tile=tile, tile_pad=tile_pad, tile_batch=tile_batch)
+    info = onnx_up.info
+    if given and precision not in ("auto", info.precision):
+        raise UsageError(
+            f"{onnx_file} is an {info.precision} model; its precision is fixed at export",
+            hint="export again (srgan export-onnx, --fp16 for half precision) or drop --precision",
+        )
+    if expect_scale is not None and info.scale != expect_scale:
+        raise UsageError(f"{onnx_file} is a x{info.scale} model, but x{expect_scale} was requested")
+    return ReadyUpscaler(
+        onnx_up, info.name, info.scale, "onnx", onnx_up.device_name, info.precision, notes + onnx_up.notes
+    )

@@ -1,0 +1,435 @@
+"""ONNX export of a super-resolution model: dynamic shapes, self-describing metadata, verification.
+
+The exported graph is the fused inference form (runtime/fused.py), so ONNX Runtime gets the same
+fast shapes as the torch backend. Its metadata (`srgan_cli.*` keys) says everything a deployment
+in another language needs: scale, input range and layout, precision, the architecture config and
+where the weights came from (docs/onnx.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import OnnxError, UsageError
+from .fused import fuse
+
+MIN_OPSET = 11  # Pad with edge mode and DepthToSpace CRD need 11
+DEFAULT_OPSET = 17
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+META_PREFIX = "srgan_cli."
+
+
+def max_opset() -> int:
+    """The newest opset this torch's exporter can write."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        return int(ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # pragma: no cover - very old or very new torch
+        return 17
+
+
+@dataclass
+class ExportReport:
+    path: str
+    opset: int
+    precision: str  # fp32, fp16 or int8
+    dynamic: bool  # batch, height and width dynamic (False: --static HxW)
+    input_shape: list[int | str]
+    verified_shapes: list[list[int]]  # input shapes run through ONNX Runtime against PyTorch
+    max_abs_diff: float  # over every verified shape; nan when verification was skipped
+    tolerance: float
+    size_mb: float
+    seconds: float
+    psnr_vs_fp32: float | None = None  # INT8 only: dB against the fp32 model on the calibration crops
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def onnx_metadata(
+    *, arch: str, config: dict[str, Any], scale: int, precision: str, source: dict[str, Any]
+) -> dict[str, str]:
+    """The `srgan_cli.*` metadata_props every exported model carries (all values are strings)."""
+    meta = {
+        "format": "srgan-cli-onnx/1",
+        "producer_version": __version__,
+        "arch": arch,
+        "config": json.dumps(config, sort_keys=True),
+        "scale": str(scale),
+        "precision": precision,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_layout": "NCHW",
+        "channel_order": "RGB",
+        "input_range": "0..1",
+        "output_range": "0..1 (clamp; values slightly outside occur)",
+        "input_dtype": "float16" if precision == "fp16" else "float32",
+        "output_shape": f"(N, 3, {scale}*H, {scale}*W)",
+        "source": json.dumps(source, sort_keys=True),
+    }
+    return {META_PREFIX + k: v for k, v in meta.items()}
+
+
+def parse_static(text: str) -> tuple[int, int]:
+    """'HxW' (e.g. 256x256) -> (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--static {text!r}: expected HEIGHTxWIDTH, e.g. 256x256") from None
+    if h < 8 or w < 8:
+        raise UsageError(f"--static {text!r}: height and width must be at least 8")
+    return h, w
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.suffix.lower() != ".onnx":
+        raise UsageError(f"{path}: the output file name must end in .onnx")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name ending in .onnx")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} exists", hint="pass --overwrite to replace it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise UsageError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def _trace(model: nn.Module, dummy: torch.Tensor, opset: int, dynamic: bool) -> bytes:
+    """torch -> ONNX bytes with the TorchScript exporter (fast, and needs no onnxscript)."""
+    axes = (
+        {
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+        }
+        if dynamic
+        else None
+    )
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buf,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def _finish(data: bytes, metadata: dict[str, str], doc: str) -> Any:
+    """Attach metadata, run the checker and shape inference; the ModelProto."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    proto.producer_name, proto.producer_version, proto.doc_string = "srgan-cli", __version__, doc
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxError(f"the exported model fails the ONNX checker: {exc}") from exc
+    return proto
+
+
+def to_fp16(proto: Any) -> Any:
+    """An fp32 ModelProto with every float tensor, input and output turned into float16.
+
+    Converting the graph is exact and quick; tracing the model in fp16 instead runs half-precision
+    convolutions on the CPU, which takes minutes for nothing. Our graphs hold only Conv, PRelu, Add,
+    Pad, DepthToSpace and constants, all of which have float16 kernels in ONNX Runtime.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    float_type, half_type = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def convert(tensor: Any) -> None:
+        if tensor.data_type == float_type:
+            half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+            tensor.CopyFrom(half)
+
+    for init in proto.graph.initializer:
+        convert(init)
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                convert(attr.t)
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == float_type:
+                attr.i = half_type
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        if value.type.tensor_type.elem_type == float_type:
+            value.type.tensor_type.elem_type = half_type
+    return proto
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def verify(
+    data: bytes | str | Path,
+    reference: nn.Module,
+    shapes: Iterable[tuple[int, int, int, int]],
+    *,
+    input_dtype: np.dtype,
+    seed: int = 0,
+) -> float:
+    """Largest |ONNX Runtime (CPU) - PyTorch fp32| over random images of the given shapes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        data if isinstance(data, bytes) else str(data), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    reference = reference.eval().float()
+    for shape in shapes:
+        x = rng.random(shape, dtype=np.float32)
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(x)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(input_dtype)})[0].astype(np.float32)
+        if got.shape != want.shape:
+            raise OnnxError(f"ONNX output shape {got.shape} != PyTorch {want.shape} for input {shape}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    static: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    source: dict[str, Any] | None = None,
+    check: bool = True,
+) -> ExportReport:
+    """Export an SRResNet-like model (with `.arch` and `.config`) to `path`, verified.
+
+    Dynamic batch, height and width unless `static` (H, W) is given. fp16 exports half-precision
+    weights and float16 input/output. Verification runs the exported file in ONNX Runtime (CPU) on
+    two random images of different shapes (one for a static model) and compares it with the
+    PyTorch model in fp32; above the tolerance (fp32 1e-4, fp16 1e-2) OnnxError is raised and
+    nothing is written. The file is written atomically.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise UsageError(
+            f"opset {opset} is not supported: use {MIN_OPSET} to {top} (default {DEFAULT_OPSET})"
+        )
+    _check_target(path, overwrite)
+    precision = "fp16" if fp16 else "fp32"
+    reference = model.eval().float()
+    h, w = static or (64, 64)
+    dummy = torch.rand(1, 3, h, w)
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
+    scale = int(config["scale"])
+    meta = onnx_metadata(
+        arch=str(model.arch), config=config, scale=scale, precision=precision, source=source or {}
+    )
+    doc = f"srgan-cli x{scale} super-resolution: input {INPUT_NAME} NCHW RGB in [0, 1]"
+    try:
+        raw = _trace(fuse(reference), dummy, opset, static is None)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:  # type: ignore[attr-defined]
+        raise OnnxError(f"export failed at opset {opset}: {str(exc).splitlines()[0]}") from exc
+    if fp16:
+        import onnx
+
+        raw = to_fp16(onnx.load_from_string(raw)).SerializeToString()
+    proto = _finish(raw, meta, doc)
+    data = proto.SerializeToString()
+
+    shapes = [(1, 3, h, w)] if static else [(1, 3, 40, 56), (2, 3, 27, 33)]
+    worst, tol = float("nan"), TOLERANCE[precision]
+    if check:
+        worst = verify(data, reference, shapes, input_dtype=np.dtype(np.float16 if fp16 else np.float32))
+        if not worst <= tol:
+            raise OnnxError(
+                f"verification failed: ONNX Runtime and PyTorch differ by {worst:.3g} (tolerance {tol:g}); "
+                f"{path} was not written",
+                hint="report this with the model and opset; a different --opset may help",
+            )
+    _write_atomic(path, data)
+    input_shape: list[int | str] = [1, 3, h, w] if static else ["batch", 3, "height", "width"]
+    return ExportReport(
+        path=str(path),
+        opset=opset,
+        precision=precision,
+        dynamic=static is None,
+        input_shape=input_shape,
+        verified_shapes=[list(s) for s in shapes] if check else [],
+        max_abs_diff=worst,
+        tolerance=tol,
+        size_mb=round(len(data) / 2**20, 3),
+        seconds=round(time.perf_counter() - start, 2),
+    )
+
+
+def calibration_crops(
+    images: Iterable[np.ndarray], *, size: int = 128, limit: int = 32, seed: int = 0
+) -> list[np.ndarray]:
+    """(1, 3, size, size) float32 crops of (H, W, 3) images in [0, 1], at seeded random positions:
+    the inputs an INT8 model's activation ranges are measured on."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for img in images:
+        h, w = img.shape[:2]
+        ch, cw = min(size, h), min(size, w)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crops.append(
+            np.ascontiguousarray(img[y : y + ch, x : x + cw].transpose(2, 0, 1)[None], dtype=np.float32)
+        )
+        if len(crops) >= limit:
+            break
+    return crops
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
+
+
+INT8_MIN_PSNR = 30.0  # dB against the fp32 model on the calibration crops: below this it is broken
+
+
+def quantize_int8(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    calibration: list[np.ndarray],
+    *,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    source: dict[str, Any] | None = None,
+) -> ExportReport:
+    """Static INT8 quantisation with ONNX Runtime's tools, for fast CPU inference.
+
+    The fp32 export is quantised in QDQ form: weights per channel as int8, activations as uint8 with
+    ranges measured on `calibration` ((1, 3, h, w) float32 arrays, e.g. calibration_crops of the
+    user's photos). The verification is a PSNR of the INT8 output against the fp32 PyTorch output on
+    the calibration crops (reported as `max_abs_diff` too); under INT8_MIN_PSNR nothing is written.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    start = time.perf_counter()
+    path = Path(path)
+    if not calibration:
+        raise UsageError(
+            "INT8 calibration needs at least one image", hint="give --calibrate a folder of photos"
+        )
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise UsageError(
+            f"opset {opset} is not supported: use {MIN_OPSET} to {top} (default {DEFAULT_OPSET})"
+        )
+    _check_target(path, overwrite)
+    reference = model.eval().float()
+    raw = _trace(fuse(reference), torch.rand(1, 3, 64, 64), opset, True)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self.items, None)
+            return None if item is None else {INPUT_NAME: item}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="srgan-int8-") as tmp:
+        fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        fp32_file.write_bytes(raw)
+        quantize_static(
+            str(fp32_file),
+            str(int8_file),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        quantized = int8_file.read_bytes()
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
+    scale = int(config["scale"])
+    meta = onnx_metadata(
+        arch=str(model.arch), config=config, scale=scale, precision="int8", source=source or {}
+    )
+    doc = f"srgan-cli x{scale} super-resolution (INT8 QDQ): input {INPUT_NAME} NCHW RGB in [0, 1]"
+    data = _finish(quantized, meta, doc).SerializeToString()
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    worst, psnrs = 0.0, []
+    for crop in calibration[:8]:
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(crop)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: crop})[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+        psnrs.append(_psnr(got, want))
+    psnr = float(np.mean(psnrs))
+    if psnr < INT8_MIN_PSNR:
+        raise OnnxError(
+            f"INT8 verification failed: {psnr:.1f} dB against fp32 on the calibration crops "
+            f"(at least {INT8_MIN_PSNR:g} needed); {path} was not written",
+            hint="calibrate on more, and more typical, photos",
+        )
+    _write_atomic(path, data)
+    return ExportReport(
+        path=str(path),
+        opset=opset,
+        precision="int8",
+        dynamic=True,
+        input_shape=["batch", 3, "height", "width"],
+        verified_shapes=[list(c.shape) for c in calibration[:8]],
+        max_abs_diff=worst,
+        tolerance=float("nan"),
+        size_mb=round(len(data) / 2**20, 3),
+        seconds=round(time.perf_counter() - start, 2),
+        psnr_vs_fp32=round(psnr, 2),
+    )
