@@ -1,4 +1,4 @@
-"""`srgan benchmark`: throughput of the real training step, next to the machine's own conv speed."""
+"""`srgan benchmark`: throughput of training and upscaling, next to the machine's own conv speed."""
 
 from __future__ import annotations
 
@@ -66,16 +66,21 @@ def time_runs(fn: Callable[[], object], device: torch.device, *, warmup: int, ru
 
 def conv_reference(device: torch.device, dtype: torch.dtype, *, runs: int = 5) -> float:
     """The machine's own speed at the work these models are made of: GFLOP/s of a 64->64 3x3
-    convolution (forward) on a 96x96 map, in the given precision and channels_last on GPUs."""
+    convolution (forward) on a 96x96 map in the given precision, the faster of the NCHW and
+    channels_last layouts (channels_last only on GPUs, where NCHW is never the faster)."""
     batch = 64 if device.type == "cuda" else 4
-    conv = nn.Conv2d(64, 64, 3, padding=1).to(device, dtype)
-    x = torch.randn(batch, 64, 96, 96, device=device, dtype=dtype)
-    if device.type == "cuda":
-        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     flops = 2.0 * 9 * 64 * 64 * 96 * 96 * batch
-    with torch.inference_mode():
-        seconds = time_runs(lambda: conv(x), device, warmup=2, runs=runs)
-    return flops / statistics.median(seconds) / 1e9
+    best = 0.0
+    layouts = (
+        [torch.channels_last] if device.type == "cuda" else [torch.contiguous_format, torch.channels_last]
+    )
+    for layout in layouts:
+        conv = nn.Conv2d(64, 64, 3, padding=1).to(device, dtype).to(memory_format=layout)
+        x = torch.randn(batch, 64, 96, 96, device=device, dtype=dtype).contiguous(memory_format=layout)
+        with torch.inference_mode():
+            seconds = time_runs(lambda conv=conv, x=x: conv(x), device, warmup=2, runs=runs)
+        best = max(best, flops / statistics.median(seconds) / 1e9)
+    return best
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -205,4 +210,103 @@ def benchmark_train(
         reference_gflops=round(reference, 1),
         fraction_of_reference=round(achieved / reference, 3),
         peak_memory_mb=round(peak_memory_mb(device), 1),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# upscaling
+
+
+@dataclass
+class UpscaleBenchmark:
+    model: str
+    backend: str  # torch or onnx
+    device: str
+    precision: str
+    compile: bool
+    input_size: tuple[int, int]  # (width, height) of the LR image
+    output_size: tuple[int, int]
+    tile: int  # LR tile side used (0 = whole image)
+    runs: int
+    ms_per_image: float  # median over the runs, numpy image in, numpy image out
+    ms_per_image_spread: tuple[float, float]  # min, max
+    images_per_s: float  # frames per second for video-like use
+    input_mp_per_s: float
+    output_mp_per_s: float
+    ms_on_device: float | None  # torch on a GPU: tensor already on the device, result left there
+    gflop_per_output_mp: float | None  # the model's conv work (paper architecture), None if unknown
+    achieved_gflops: float | None
+    reference_gflops: float  # the machine's 3x3 conv throughput, same process and precision
+    fraction_of_reference: float | None
+    peak_memory_mb: float  # CUDA: peak allocated by torch; CPU: the process's peak RSS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_gflop_per_output_mp(model: nn.Module) -> float:
+    """Conv GFLOP per output megapixel (conv work grows linearly with pixels)."""
+    scale = int(model.config.scale)  # type: ignore[union-attr]
+    probe = torch.rand(1, 3, 32, 32)
+    return conv_flops(model.eval(), probe) / (32 * scale) ** 2 * 1e6 / 1e9
+
+
+def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] with photo-like structure, for timing."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([np.sin(xx / 9 + yy / 13), np.cos(yy / 7 - xx / 11), (xx + yy) / (width + height)], -1)
+    img = 0.5 + 0.4 * img + rng.normal(0, 0.03, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def benchmark_upscale(
+    ready: Any,
+    size: tuple[int, int],
+    *,
+    runs: int = 5,
+    warmup: int = 2,
+    gflop_per_output_mp: float | None = None,
+    reference_gflops: float | None = None,
+) -> UpscaleBenchmark:
+    """Time `ready.upscaler` (a runtime.loader.ReadyUpscaler) on a synthetic (width, height) image."""
+    width, height = size
+    upscaler = ready.upscaler
+    pixels = synthetic_image(width, height)
+    torch_device = getattr(upscaler, "device", torch.device("cpu"))
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    seconds = time_runs(lambda: upscaler(pixels), torch_device, warmup=warmup, runs=runs)
+    median = statistics.median(seconds)
+    on_device = None
+    if ready.backend == "torch" and torch_device.type == "cuda":
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(torch_device)
+        device_seconds = time_runs(lambda: upscaler.upscale_tensor(x), torch_device, warmup=1, runs=runs)
+        on_device = round(statistics.median(device_seconds) * 1000, 2)
+    if reference_gflops is None:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(ready.precision, torch.float32)
+        reference_gflops = conv_reference(torch_device, dtype)
+    out_w, out_h = width * ready.scale, height * ready.scale
+    achieved = None if gflop_per_output_mp is None else gflop_per_output_mp * out_w * out_h / 1e6 / median
+    return UpscaleBenchmark(
+        model=ready.name,
+        backend=ready.backend,
+        device=ready.device if torch_device.type != "cuda" else torch.cuda.get_device_name(torch_device),
+        precision=ready.precision,
+        compile=bool(getattr(upscaler, "compiled", False)),
+        input_size=(width, height),
+        output_size=(out_w, out_h),
+        tile=int(getattr(upscaler, "last_tile", 0)),
+        runs=runs,
+        ms_per_image=round(median * 1000, 2),
+        ms_per_image_spread=(round(min(seconds) * 1000, 2), round(max(seconds) * 1000, 2)),
+        images_per_s=round(1 / median, 3),
+        input_mp_per_s=round(width * height / 1e6 / median, 4),
+        output_mp_per_s=round(out_w * out_h / 1e6 / median, 3),
+        ms_on_device=on_device,
+        gflop_per_output_mp=None if gflop_per_output_mp is None else round(gflop_per_output_mp, 2),
+        achieved_gflops=None if achieved is None else round(achieved, 1),
+        reference_gflops=round(reference_gflops, 1),
+        fraction_of_reference=None if achieved is None else round(achieved / reference_gflops, 3),
+        peak_memory_mb=round(peak_memory_mb(torch_device), 1),
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import benchmark, evaluate, models, train, upscale
+from . import benchmark, evaluate, export, models, train, upscale
 
 app = typer.Typer(
     name="srgan",
@@ -37,6 +37,7 @@ app.command("upscale", no_args_is_help=True)(upscale.upscale)
 app.command("models")(models.models)
 app.command("train", no_args_is_help=True)(train.train)
 app.command("eval", no_args_is_help=True)(evaluate.evaluate)
+app.command("export-onnx")(export.export_onnx_cmd)
 app.add_typer(benchmark.app, name="benchmark")
 
 

@@ -11,12 +11,31 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..benchmark import benchmark_train
+from .. import weights
+from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
+from ..runtime.loader import build_upscaler, is_onnx_path
 from ..sr.train import TrainConfig
-from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    Precision,
+    PrecisionOpt,
+    TileOpt,
+    console,
+    guard,
+    parse_tile,
+    print_table,
+    stdout,
+)
 from .train import Amp, ContentLayer
 
 app = typer.Typer(help="Measure throughput on this machine (see docs/benchmarks.md).", no_args_is_help=True)
+
+
+class BenchBackend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    all = "all"
 
 
 class BenchStage(str, Enum):
@@ -110,3 +129,141 @@ def train(
     print_table(table)
     if any(r.vgg == "random (speed only)" for r in results):
         console.print("[dim]gan stage timed with a randomly initialised VGG (same shape, same speed)[/]")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected WIDTHxHEIGHT, e.g. 256x256") from None
+    if w < 8 or h < 8:
+        raise typer.BadParameter(f"{text!r}: width and height must be at least 8")
+    return w, h
+
+
+@app.command("upscale")
+def upscale(
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Weights name or path, or an .onnx file.")
+    ] = weights.DEFAULT_MODEL,
+    backend: Annotated[
+        BenchBackend, typer.Option("--backend", help="Which backend(s) to time; all = torch and onnx.")
+    ] = BenchBackend.all,
+    size: Annotated[
+        list[str] | None,
+        typer.Option("--size", metavar="WxH", help="LR input size; repeat for several. Default: 256x256."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.auto,
+    tile: TileOpt = "0",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile (torch backend).")] = False,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per size.")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upscaling throughput (ms per image, input/output MP/s, peak memory) per backend and size,
+    with the model's GFLOP per output MP and the machine's 3x3-conv GFLOP/s from the same process."""
+    sizes = [_parse_size(s) for s in (size or ["256x256"])]
+    tile_size = parse_tile(tile)
+    names = ["torch", "onnx"] if backend == BenchBackend.all else [backend.value]
+    if is_onnx_path(model) and "torch" in names:
+        if backend == BenchBackend.torch:
+            raise typer.BadParameter("an .onnx model runs on the onnx backend only")
+        names = ["onnx"]
+    results = []
+    with guard():
+        gflop = _model_gflop(model)
+        references: dict[tuple[str, str], float] = {}
+        for name in names:
+            ready = build_upscaler(
+                model,
+                backend=name,
+                device=device,
+                precision=precision.value,
+                tile=tile_size,
+                compile=compile_ and name == "torch",
+            )
+            if not as_json:
+                for note in ready.notes:
+                    console.print(f"[yellow]note:[/] {note}")
+            key = (str(getattr(ready.upscaler, "device", "cpu")), ready.precision)
+            for wh in sizes:
+                with console.status(f"timing {name} on {wh[0]}x{wh[1]} ({runs} runs)"):
+                    r = benchmark_upscale(
+                        ready,
+                        wh,
+                        runs=runs,
+                        warmup=warmup,
+                        gflop_per_output_mp=gflop,
+                        reference_gflops=references.get(key),
+                    )
+                references[key] = r.reference_gflops
+                results.append(r)
+    if as_json:
+        stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
+        return
+    table = Table(show_edge=False, header_style="bold", title=f"upscaling throughput: {results[0].model}")
+    for col in (
+        "backend",
+        "device",
+        "prec",
+        "input",
+        "ms/image (min-max)",
+        "img/s",
+        "out MP/s",
+        "of conv ref",
+        "peak MB",
+    ):
+        table.add_column(col, justify="left" if col in ("backend", "device", "prec") else "right")
+    for r in results:
+        lo, hi = r.ms_per_image_spread
+        frac = (
+            "-"
+            if r.fraction_of_reference is None
+            else f"{r.fraction_of_reference:.0%} of {r.reference_gflops:,.0f}"
+        )
+        ms = f"{r.ms_per_image:,.1f} ({lo:,.1f}-{hi:,.1f})"
+        if r.ms_on_device is not None:
+            ms += f"; {r.ms_on_device:,.1f} on device"
+        table.add_row(
+            r.backend,
+            r.device,
+            r.precision,
+            f"{r.input_size[0]}x{r.input_size[1]}",
+            ms,
+            f"{r.images_per_s:,.2f}",
+            f"{r.output_mp_per_s:,.2f}",
+            frac,
+            f"{r.peak_memory_mb:,.0f}",
+        )
+    print_table(table)
+    if gflop is not None:
+        console.print(
+            f"[dim]model: {gflop:.1f} GFLOP per output megapixel; reference: 3x3 conv, 64 channels[/]"
+        )
+    by_size: dict[tuple[int, int], dict[str, float]] = {}
+    for r in results:
+        by_size.setdefault(r.input_size, {})[r.backend] = r.ms_per_image
+    for wh, ms in by_size.items():
+        if "torch" in ms and "onnx" in ms:
+            console.print(f"{wh[0]}x{wh[1]}: onnx / torch time = {ms['onnx'] / ms['torch']:.2f}")
+
+
+def _model_gflop(model: str) -> float | None:
+    """GFLOP per output MP of the model's architecture (from weights, or from an .onnx's metadata)."""
+    if is_onnx_path(model):
+        from ..runtime.onnx_export import META_PREFIX
+
+        try:
+            import onnx
+
+            proto = onnx.load(model, load_external_data=False)
+        except Exception:
+            return None  # the upscaler reports unreadable files itself
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if META_PREFIX + "arch" not in meta:
+            return None
+        net = weights.build_model(meta[META_PREFIX + "arch"], json.loads(meta[META_PREFIX + "config"]))
+    else:
+        net = weights.load(model).model
+    return model_gflop_per_output_mp(net)

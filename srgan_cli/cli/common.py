@@ -26,6 +26,20 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        help="auto: ONNX Runtime for .onnx models, else PyTorch. onnx with weights exports them "
+        "once to a cache.",
+    ),
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N.")
 ]

@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import weights
-from ..devices import resolve_device, resolve_precision
+from ..devices import resolve_device
 from ..errors import PerceptualWeightsError, UsageError
-from ..runtime.torch_backend import TorchUpscaler
+from ..runtime.loader import build_upscaler, is_onnx_path
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
@@ -55,7 +55,7 @@ def evaluate(
             "-m",
             "--model",
             metavar="NAME|PATH",
-            help=f"Weights name or path; repeat to compare several models of one scale "
+            help=f"Weights name or path, or an .onnx file; repeat to compare several models of one scale "
             f"(default: {weights.DEFAULT_MODEL}).",
             show_default=False,
         ),
@@ -81,18 +81,29 @@ def evaluate(
     tile_size = parse_tile(tile)
     requested = list(model) if model else [weights.DEFAULT_MODEL]
     with guard():
-        loaded = [weights.load(m) for m in requested]
-        scales = {w.info.scale for w in loaded}
+        dev = resolve_device(device)
+        loaded = [
+            build_upscaler(
+                m,
+                device=device,
+                precision="auto" if is_onnx_path(m) else precision.value,
+                tile=tile_size,
+                tile_pad=32,
+            )
+            for m in requested
+        ]
+        for ready in loaded:
+            for note in ready.notes:
+                console.print(f"[yellow]note:[/] {escape(note)}")
+        scales = {w.scale for w in loaded}
         if len(scales) > 1:
-            listing = ", ".join(f"{r} (x{w.info.scale})" for r, w in zip(requested, loaded, strict=True))
+            listing = ", ".join(f"{r} (x{w.scale})" for r, w in zip(requested, loaded, strict=True))
             raise UsageError(
                 f"models of different scales cannot be compared on one table: {listing}",
                 hint="run `srgan eval` once per scale",
             )
-        scale = loaded[0].info.scale
-        labels = _labels(requested, [w.info.name for w in loaded])
-        dev = resolve_device(device)
-        dtype = resolve_precision(precision.value, dev)
+        scale = loaded[0].scale
+        labels = _labels(requested, [w.name for w in loaded])
         lpips: LPIPS | None = None
         if lpips_weights is not None:
             lpips = load_lpips(lpips_weights, device=dev)  # asked for explicitly: a bad folder is an error
@@ -109,8 +120,7 @@ def evaluate(
         with console.status(f"evaluating {', '.join(labels)} on {len(pairs)} image(s)"):
             reports.append(run_eval(pairs, scale, None, "bicubic", lpips=lpips))
             for label, w in zip(labels, loaded, strict=True):
-                upscaler = TorchUpscaler(w.model, device=dev, dtype=dtype, tile=tile_size, tile_pad=32)
-                reports.append(run_eval(pairs, scale, upscaler, label, lpips=lpips))
+                reports.append(run_eval(pairs, scale, w.upscaler, label, lpips=lpips))
     if as_json:
         payload = {
             "data": str(data),

@@ -19,10 +19,12 @@ from rich.table import Table
 
 from .. import weights
 from ..batch import JobResult, OutputOptions, plan_jobs, run_job
-from ..devices import precision_name, resolve_device, resolve_precision
+from ..distributed import World, gather_objects, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
-from ..runtime.torch_backend import TorchUpscaler
+from ..runtime.loader import build_upscaler
 from .common import (
+    Backend,
+    BackendOpt,
     DeviceOpt,
     JsonOpt,
     Precision,
@@ -68,7 +70,10 @@ def upscale(
         typer.Option("-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
     ] = None,
     model: Annotated[
-        str, typer.Option("-m", "--model", help="Shipped weights name or a .safetensors/.pth path.")
+        str,
+        typer.Option(
+            "-m", "--model", help="Shipped weights name, a .safetensors/.pth path, or an .onnx file."
+        ),
     ] = weights.DEFAULT_MODEL,
     outscale: Annotated[
         float | None,
@@ -100,6 +105,21 @@ def upscale(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
+    backend: BackendOpt = Backend.auto,
+    onnx: Annotated[
+        Path | None,
+        typer.Option(
+            "--onnx", metavar="FILE", help="Run this exported .onnx model (implies --backend onnx)."
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the model (CUDA graphs on GPUs): for many images of one size; "
+            "each new size compiles again.",
+        ),
+    ] = False,
     tile: TileOpt = "auto",
     tile_pad: TilePadOpt = 32,
     max_megapixels: Annotated[
@@ -107,60 +127,83 @@ def upscale(
     ] = DEFAULT_MAX_PIXELS / 1e6,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upscale images with a super-resolution model (default: the shipped x4 weights)."""
+    """Upscale images with a super-resolution model (default: the shipped x4 weights).
+
+    Under `torchrun --nproc-per-node N -m srgan_cli upscale ...` each process takes every N-th
+    file (and GPU LOCAL_RANK); a rerun skips finished outputs, so a crashed share can be redone.
+    """
     tile_size = parse_tile(tile)
     options = OutputOptions(output, suffix, fmt.value, quality, overwrite, skip_existing)
+    world = world_from_env()
+    quiet = as_json or not world.is_main
     with guard():
-        loaded = weights.load(model)
-        scale = loaded.info.scale
-        dev = resolve_device(device)
-        dtype = resolve_precision(precision.value, dev)
-        plan = plan_jobs(inputs, options, scale, recursive=recursive)
-        upscaler = TorchUpscaler(loaded.model, device=dev, dtype=dtype, tile=tile_size, tile_pad=tile_pad)
+        if world.distributed and device in ("auto", "cuda"):
+            import torch
 
-        results: list[JobResult] = list(plan.failed)
-        sizes = [_megapixels(job.src) for job in plan.jobs]
+            if torch.cuda.is_available():
+                device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
+        ready = build_upscaler(
+            model,
+            backend=backend.value,
+            onnx=onnx,
+            device=device,
+            precision=precision.value,
+            tile=tile_size,
+            tile_pad=tile_pad,
+            compile=compile_,
+        )
+        if not quiet:
+            for note in ready.notes:
+                console.print(f"[yellow]note:[/] {note}")
+        plan = plan_jobs(inputs, options, ready.scale, recursive=recursive)
+        jobs = plan.jobs[world.rank :: world.size]  # this process's share (all of it when alone)
+        results: list[JobResult] = list(plan.failed) if world.is_main else []
+        sizes = [_megapixels(job.src) for job in jobs]
         total_mp = sum(sizes)
+        share = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
-            TextColumn(f"{{task.fields[files]}}/{len(plan.jobs)} files"),
+            TextColumn(f"{{task.fields[files]}}/{len(jobs)} files{share}"),
             TextColumn("{task.fields[mp]:.2f}/{task.fields[mp_total]:.2f} MP"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
-        with Progress(
-            *columns, console=console, disable=as_json or not plan.jobs, transient=False
-        ) as progress:
+        n_failed_plan = len(results)
+        with Progress(*columns, console=console, disable=quiet or not jobs, transient=False) as progress:
             task = progress.add_task(
-                "upscaling", total=total_mp or len(plan.jobs), mp=0.0, mp_total=total_mp, files=0
+                "upscaling", total=total_mp or len(jobs), mp=0.0, mp_total=total_mp, files=0
             )
             done_mp = 0.0
-            for job, mp in zip(plan.jobs, sizes, strict=True):
+            for job, mp in zip(jobs, sizes, strict=True):
                 progress.update(task, description=f"[cyan]{job.src.name}")
                 result = run_job(
-                    upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6)
+                    ready.upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6)
                 )
                 results.append(result)
                 if result.status == "failed" and not as_json:
                     progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
                 done_mp += mp
-                done_files = len(results) - len(plan.failed)
+                done_files = len(results) - n_failed_plan
                 progress.update(
                     task, completed=done_mp if total_mp else done_files, mp=done_mp, files=done_files
                 )
             progress.update(task, description="done")
+        results = _gather(results, world)
 
+    if not world.is_main:
+        raise typer.Exit(0)  # the main process reports for everyone
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     if as_json:
         summary = {
-            "model": loaded.info.name,
-            "scale": scale,
+            "model": ready.name,
+            "scale": ready.scale,
             "outscale": outscale,
-            "backend": upscaler.backend,
-            "device": str(dev),
-            "precision": precision_name(dtype),
+            "backend": ready.backend,
+            "device": ready.device,
+            "precision": ready.precision,
+            "processes": world.size,
             **counts,
             "results": [r.to_dict() for r in results],
         }
@@ -168,6 +211,21 @@ def upscale(
     else:
         _print_summary(results, counts)
     raise typer.Exit(1 if counts["failed"] else 0)
+
+
+def _gather(results: list[JobResult], world: World) -> list[JobResult]:
+    """Under torchrun: every process's results, in rank order, on the main process (gloo, CPU)."""
+    if not world.distributed:
+        return results
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    try:
+        parts = gather_objects(results, world)
+    finally:
+        dist.destroy_process_group()
+    return [r for part in parts for r in part]
 
 
 def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:

@@ -114,7 +114,8 @@ def build_upscaler(
     if onnx_file is None:  # weights given: use (or make) their cached export
         import torch
 
-        gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        # fp16 only where the GPU will run it (ONNX Runtime's fp16 CPU kernels are slow)
+        gpu = device != "cpu" and torch.cuda.is_available()
         want = precision if precision != "auto" else ("fp16" if gpu else "fp32")
         if want not in ("fp32", "fp16"):
             raise UsageError(f"the ONNX backend runs fp32 or fp16 models, not {want}")

@@ -62,6 +62,7 @@ class TorchUpscaler:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._forward = self.model
+        self.compiled = compile
         if compile:
             mode = "reduce-overhead" if device.type == "cuda" else "default"
             self._forward = torch.compile(self.model, mode=mode, dynamic=False)  # type: ignore[assignment]
