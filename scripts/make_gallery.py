@@ -2,7 +2,7 @@
 
 usage:
   python scripts/make_gallery.py HR_IMAGE_OR_FOLDER ... -o OUT [-m MODEL ...] [--box X Y SIZE]
-         [--size N] [--zoom Z] [--lpips-weights DIR] [--markdown FILE]
+         [--size N] [--zoom Z] [--lpips-weights DIR] [--markdown FILE [--note TEXT]]
 
 Each HR photo is cropped to a multiple of the scale and downscaled with antialiased bicubic (the
 evaluation protocol); the LR image is upscaled by bicubic and by every model, and the same box of
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--zoom", type=int, default=2)
     parser.add_argument("--lpips-weights", type=Path, help="add LPIPS (lower is better) to the labels")
     parser.add_argument("--markdown", type=Path, help="also write a page showing the images")
+    parser.add_argument("--note", default="", help="a paragraph for the page, after the command")
     args = parser.parse_args()
 
     device = resolve_device("auto")
@@ -124,16 +125,28 @@ def main() -> None:
         rows.append((photo.stem, target, numbers))
         print(f"wrote {target}")
     if args.markdown:
-        write_markdown(args.markdown, rows, scale, lpips is not None)
+        write_markdown(args.markdown, rows, scale, lpips is not None, args.note)
         print(f"wrote {args.markdown}")
 
 
 def write_markdown(
-    path: Path, rows: list[tuple[str, Path, list[dict[str, float]]]], scale: int, lp: bool
+    path: Path, rows: list[tuple[str, Path, list[dict[str, float]]]], scale: int, lp: bool, note: str = ""
 ) -> None:
     import os
+    import shlex
+    import sys
 
+    command = "python scripts/make_gallery.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
+        "# Gallery",
+        "",
+        "Made by the tool itself; rerun it with (paths as on the machine that made it):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        *([note, ""] if note else []),
         f"Each row: the photo downscaled x{scale} (antialiased bicubic), brought back by each method; the",
         "crop is the window with the most fine detail, enlarged with nearest neighbour. Numbers are for",
         "the whole photo: PSNR on Y (higher is better)" + (", LPIPS (lower is better)." if lp else "."),

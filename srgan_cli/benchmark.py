@@ -279,7 +279,7 @@ def benchmark_upscale(
     seconds = time_runs(lambda: upscaler(pixels), torch_device, warmup=warmup, runs=runs)
     median = statistics.median(seconds)
     on_device = None
-    if ready.backend == "torch" and torch_device.type == "cuda":
+    if hasattr(upscaler, "upscale_tensor") and torch_device.type == "cuda":
         x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(torch_device)
         device_seconds = time_runs(lambda: upscaler.upscale_tensor(x), torch_device, warmup=1, runs=runs)
         on_device = round(statistics.median(device_seconds) * 1000, 2)

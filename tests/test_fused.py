@@ -65,7 +65,7 @@ def test_torch_upscaler_fast_path_matches_plain_model() -> None:
     model = tiny_model(4, global_skip=True)
     pixels = np.random.default_rng(0).random((21, 17, 3), dtype=np.float32)
     fast = TorchUpscaler(model, device=torch.device("cpu"), tile=0)(pixels)
-    plain = TorchUpscaler(model, device=torch.device("cpu"), tile=0, fused=False)(pixels)
+    plain = TorchUpscaler(model, device=torch.device("cpu"), tile=0, fast=False)(pixels)
     with torch.no_grad():
         direct = (
             model(torch.from_numpy(pixels).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()

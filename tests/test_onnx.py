@@ -256,3 +256,16 @@ def test_upscale_sharded_under_torchrun(weights_dir: Path, tmp_path: Path) -> No
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout[again.stdout.index("{") :])["skipped"] == 5
+
+
+def test_loader_fast_flag_reaches_the_torch_upscaler(weights_dir: Path) -> None:
+    fast = build_upscaler("tiny_x4", device="cpu").upscaler
+    plain = build_upscaler("tiny_x4", device="cpu", fast=False).upscaler
+    assert fast.fast and not plain.fast  # type: ignore[attr-defined]
+
+
+def test_int8_output_stage_stays_float(tmp_path: Path) -> None:
+    export_onnx(tiny_model(2, global_skip=True), tmp_path / "f.onnx")
+    stage = onnx_export.output_stage(onnx.load(str(tmp_path / "f.onnx")))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node if n.name in stage}
+    assert {"Add", "Conv", "DepthToSpace"} <= ops and "PRelu" not in ops

@@ -159,6 +159,13 @@ def upscale(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile (torch backend).")] = False,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per size.")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="Also time the torch backend without its fast path (the paper's graph, NCHW): the baseline.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Upscaling throughput (ms per image, input/output MP/s, peak memory) per backend and size,
@@ -170,6 +177,8 @@ def upscale(
         if backend == BenchBackend.torch:
             raise typer.BadParameter("an .onnx model runs on the onnx backend only")
         names = ["onnx"]
+    if plain and "torch" in names:
+        names.insert(names.index("torch") + 1, "torch-plain")
     results = []
     with guard():
         gflop = _model_gflop(model)
@@ -177,12 +186,14 @@ def upscale(
         for name in names:
             ready = build_upscaler(
                 model,
-                backend=name,
+                backend="torch" if name == "torch-plain" else name,
                 device=device,
                 precision=precision.value,
                 tile=tile_size,
                 compile=compile_ and name == "torch",
+                fast=name != "torch-plain",
             )
+            ready.backend = name
             if not as_json:
                 for note in ready.notes:
                     console.print(f"[yellow]note:[/] {note}")
@@ -245,8 +256,9 @@ def upscale(
     for r in results:
         by_size.setdefault(r.input_size, {})[r.backend] = r.ms_per_image
     for wh, ms in by_size.items():
-        if "torch" in ms and "onnx" in ms:
-            console.print(f"{wh[0]}x{wh[1]}: onnx / torch time = {ms['onnx'] / ms['torch']:.2f}")
+        for other in ("onnx", "torch-plain"):
+            if "torch" in ms and other in ms:
+                console.print(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
 
 
 def _model_gflop(model: str) -> float | None:

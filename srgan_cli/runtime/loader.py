@@ -68,12 +68,14 @@ def build_upscaler(
     compile: bool = False,
     tile_batch: int | None = None,
     expect_scale: int | None = None,
+    fast: bool = True,
 ) -> ReadyUpscaler:
     """One upscaler for `srgan upscale`, `srgan eval` and `srgan benchmark upscale`.
 
     backend auto: ONNX Runtime for a .onnx model (or when --onnx is given), else torch.
     backend onnx with weights (not a .onnx file): the weights are exported once into the cache
     (fp16 when the GPU will run it, fp32 on the CPU) and that file is used.
+    fast=False: the paper's graph in NCHW in the torch backend (the baseline for comparisons).
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -100,6 +102,7 @@ def build_upscaler(
             tile_pad=tile_pad,
             compile=compile,
             tile_batch=tile_batch,
+            fast=fast,
         )
         return ReadyUpscaler(
             torch_up, loaded.info.name, loaded.info.scale, "torch", str(dev), precision_name(dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -28,7 +30,8 @@ class TorchUpscaler:
     (runtime/fused.py), cast to `dtype` (no autocast round trips), and run channels_last under
     inference_mode with cudnn.benchmark on GPUs; tiles of one shape go through in batches of
     `tile_batch`, and the output stays on the device until the whole image is done (no per-tile
-    host sync).
+    host sync). fast=False runs the paper's graph in PyTorch's default NCHW layout: the baseline
+    that `srgan benchmark upscale --plain` compares with.
 
     tile: LR tile side in pixels; 0 runs the whole image at once, falling back to smaller tiles
     if it does not fit; None ("auto") picks a side from the free memory on the device.
@@ -48,14 +51,17 @@ class TorchUpscaler:
         tile_pad: int = 24,
         tile_batch: int | None = None,
         compile: bool = False,
-        fused: bool = True,
+        fast: bool = True,
     ) -> None:
         self.device, self.dtype = device, dtype
         self.scale = int(model.config.scale)  # type: ignore[union-attr]
         self.n_feats = int(getattr(model.config, "n_feats", 64))  # type: ignore[union-attr]
-        net = fuse(model) if fused else model
+        self.fast = fast
+        # never the caller's module: fuse() copies, and the plain path copies too
+        net = fuse(model) if fast else copy.deepcopy(model)
         self.model: nn.Module = net.to(device=device, dtype=dtype).eval()
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.layout = torch.channels_last if fast else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.layout)
         self.tile, self.tile_pad = tile, tile_pad
         self.tile_batch = tile_batch if tile_batch is not None else (8 if device.type == "cuda" else 1)
         self.last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
@@ -74,7 +80,7 @@ class TorchUpscaler:
         return 0 if max(height, width) <= side else side
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._forward(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
+        y = self._forward(x.to(self.dtype).contiguous(memory_format=self.layout))
         return y.float().clamp_(0, 1)
 
     def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
