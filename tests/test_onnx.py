@@ -228,6 +228,17 @@ def test_benchmark_upscale_json(weights_dir: Path) -> None:
         assert r["peak_memory_mb"] > 0 and r["precision"] == "fp32"
 
 
+def test_bad_onnx_files_exit_2(tmp_path: Path) -> None:
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(12, 14)).save(src)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, out = run("upscale", src, "-m", tmp_path / "junk.onnx", "-o", tmp_path / "o.png")
+    assert code == 2 and "cannot load this model" in " ".join(out.split())
+    code, out = run("upscale", src, "-m", tmp_path / "missing.onnx", "-o", tmp_path / "o.png")
+    assert code == 2 and "not found" in out
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_loader_refuses_mismatched_precision(tiny_onnx: Path) -> None:
     with pytest.raises(UsageError, match="precision is fixed"):
         build_upscaler(str(tiny_onnx), device="cpu", precision="fp16")

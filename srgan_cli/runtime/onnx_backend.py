@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..devices import free_memory_bytes
-from ..errors import OnnxError, UsageError
+from ..errors import OnnxError, UsageError, WeightsFormatError, WeightsNotFound
 from ..tiling import fixed_window_apply, pick_tile, tiled_apply
 from .base import MIN_TILE, activation_bytes_per_lr_pixel, shrink_on_oom
 from .onnx_export import META_PREFIX
@@ -137,7 +137,7 @@ class OnnxUpscaler:
         ort = _ort()
         self.path = Path(path)
         if not self.path.is_file():
-            raise OnnxError(f"ONNX model not found: {self.path}")
+            raise WeightsNotFound(f"ONNX model not found: {self.path}")
         self.notes: list[str] = []
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -154,7 +154,10 @@ class OnnxUpscaler:
             )
         except Exception as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise OnnxError(f"{self.path}: ONNX Runtime cannot load this model: {text}") from exc
+            raise WeightsFormatError(
+                f"{self.path}: ONNX Runtime cannot load this model: {text}",
+                hint="export it again with `srgan export-onnx`",
+            ) from exc
         finally:
             ort.set_default_logger_severity(2)
         got = list(self.session.get_providers())
