@@ -70,9 +70,10 @@ def tiled_apply(
         px0, px1 = max(x0 - pad, 0), min(x1 + pad, width)
         groups.setdefault((py1 - py0, px1 - px0), []).append((y0, y1, x0, x1, py0, py1, px0, px1))
     out = None
+    step = max(1, batch)
     for items in groups.values():
-        for i in range(0, len(items), max(1, batch)):
-            chunk = items[i : i + max(1, batch)]
+        for i in range(0, len(items), step):
+            chunk = items[i : i + step]
             result = fn(_concat([x[:, :, t[4] : t[5], t[6] : t[7]] for t in chunk]))  # type: ignore[index]
             if out is None:
                 out = _zeros_like(result, (n, result.shape[1], height * scale, width * scale))  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import weights
 from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
-from ..runtime.loader import build_upscaler, is_onnx_path
+from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.train import TrainConfig
 from .common import (
     DeviceOpt,
@@ -181,7 +181,7 @@ def upscale(
         names.insert(names.index("torch") + 1, "torch-plain")
     results = []
     with guard():
-        gflop = _model_gflop(model)
+        gflop: float | None = None
         references: dict[tuple[str, str], float] = {}
         for name in names:
             ready = build_upscaler(
@@ -194,6 +194,8 @@ def upscale(
                 fast=name != "torch-plain",
             )
             ready.backend = name
+            if gflop is None:
+                gflop = _model_gflop(ready)
             if not as_json:
                 for note in ready.notes:
                     console.print(f"[yellow]note:[/] {note}")
@@ -261,21 +263,9 @@ def upscale(
                 console.print(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
 
 
-def _model_gflop(model: str) -> float | None:
-    """GFLOP per output MP of the model's architecture (from weights, or from an .onnx's metadata)."""
-    if is_onnx_path(model):
-        from ..runtime.onnx_export import META_PREFIX
-
-        try:
-            import onnx
-
-            proto = onnx.load(model, load_external_data=False)
-        except Exception:
-            return None  # the upscaler reports unreadable files itself
-        meta = {p.key: p.value for p in proto.metadata_props}
-        if META_PREFIX + "arch" not in meta:
-            return None
-        net = weights.build_model(meta[META_PREFIX + "arch"], json.loads(meta[META_PREFIX + "config"]))
-    else:
-        net = weights.load(model).model
-    return model_gflop_per_output_mp(net)
+def _model_gflop(ready: ReadyUpscaler) -> float | None:
+    """GFLOP per output MP of the model's architecture (the paper's graph, not the fused one that
+    runs); None for an .onnx made elsewhere, whose architecture is unknown."""
+    if ready.arch == "unknown":
+        return None
+    return model_gflop_per_output_mp(weights.build_model(ready.arch, ready.config))

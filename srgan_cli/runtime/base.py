@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import OutOfMemory
 from ..imageio import ImageData, fill_transparent
+from ..tiling import pick_tile
 
 T = TypeVar("T")
 MIN_TILE = 32  # the smallest tile an out-of-memory retry goes down to
@@ -24,13 +25,16 @@ class Upscaler(Protocol):
     def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
-def activation_bytes_per_lr_pixel(scale: int, n_feats: int, elem_bytes: int) -> float:
-    """Rough peak activation memory per LR pixel of an SRResNet forward pass, for sizing tiles.
+def auto_tile(free_bytes: int, height: int, width: int, *, scale: int, n_feats: int, elem_bytes: int) -> int:
+    """The LR tile side for `--tile auto`: 0 (whole image) when it fits in half of `free_bytes`.
 
-    The peak sits around the last x2 upsample: 4*F channels at (s/2)^2 pixels per LR pixel for the
-    conv output plus the next map of about the same size, with a 2x margin for the allocator.
+    Peak activation memory per LR pixel of an SRResNet pass sits around the last x2 upsample:
+    4*F channels at (s/2)^2 pixels per LR pixel for the conv output plus the next map of about the
+    same size, with a 2x margin for the allocator.
     """
-    return elem_bytes * n_feats * (4 * (scale / 2) ** 2 + scale**2) * 2.0
+    per_pixel = elem_bytes * n_feats * (4 * (scale / 2) ** 2 + scale**2) * 2.0
+    side = pick_tile(free_bytes, per_pixel, minimum=MIN_TILE)
+    return 0 if max(height, width) <= side else side
 
 
 def shrink_on_oom(

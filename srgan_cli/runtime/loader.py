@@ -6,6 +6,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__, weights
 from ..devices import precision_name, resolve_device, resolve_precision
@@ -24,6 +25,8 @@ class ReadyUpscaler:
     backend: str  # torch or onnx
     device: str  # e.g. "cpu", "cuda:0", "CPU (onnxruntime)"
     precision: str  # fp32, fp16, bf16, int8
+    arch: str = "unknown"  # architecture and config the model was built from ("unknown" and {} for
+    config: dict[str, Any] = field(default_factory=dict)  # an .onnx made elsewhere)
     notes: list[str] = field(default_factory=list)  # one-liners for the user (fallbacks, exports)
 
 
@@ -43,16 +46,15 @@ def cached_onnx(model: str, precision: str) -> tuple[Path, bool]:
     """The ONNX export of weights `model` in the cache, exported now if missing; (path, fresh)."""
     from .onnx_export import DEFAULT_OPSET, export_onnx
 
-    loaded = weights.load(model)
-    digest = hashlib.sha256(loaded.info.path.read_bytes()).hexdigest()[:16]
-    path = cache_dir() / "onnx" / f"{loaded.info.name}-{digest}-{precision}-v{__version__}.onnx"
+    info = weights.read_info(model)  # the header only: a cache hit never builds the model
+    digest = hashlib.sha256(info.path.read_bytes()).hexdigest()[:16]
+    path = cache_dir() / "onnx" / f"{info.name}-{digest}-{precision}-v{__version__}.onnx"
     if path.is_file():
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = {"weights": loaded.info.name, "sha256": digest}
-    export_onnx(
-        loaded.model, path, opset=DEFAULT_OPSET, fp16=precision == "fp16", source=source, overwrite=True
-    )
+    source = {"weights": info.name, "sha256": digest}
+    net = weights.load(info.path).model
+    export_onnx(net, path, opset=DEFAULT_OPSET, fp16=precision == "fp16", source=source, overwrite=True)
     return path, True
 
 
@@ -105,7 +107,14 @@ def build_upscaler(
             fast=fast,
         )
         return ReadyUpscaler(
-            torch_up, loaded.info.name, loaded.info.scale, "torch", str(dev), precision_name(dtype)
+            torch_up,
+            loaded.info.name,
+            loaded.info.scale,
+            "torch",
+            str(dev),
+            precision_name(dtype),
+            loaded.info.arch,
+            loaded.info.config,
         )
 
     if compile:
@@ -135,5 +144,13 @@ def build_upscaler(
     if expect_scale is not None and info.scale != expect_scale:
         raise UsageError(f"{onnx_file} is a x{info.scale} model, but x{expect_scale} was requested")
     return ReadyUpscaler(
-        onnx_up, info.name, info.scale, "onnx", onnx_up.device_name, info.precision, notes + onnx_up.notes
+        onnx_up,
+        info.name,
+        info.scale,
+        "onnx",
+        onnx_up.device_name,
+        info.precision,
+        info.arch,
+        info.config,
+        notes + onnx_up.notes,
     )

@@ -14,8 +14,8 @@ import torch
 
 from ..devices import free_memory_bytes
 from ..errors import OnnxError, UsageError, WeightsFormatError, WeightsNotFound
-from ..tiling import fixed_window_apply, pick_tile, tiled_apply
-from .base import MIN_TILE, activation_bytes_per_lr_pixel, shrink_on_oom
+from ..tiling import fixed_window_apply, tiled_apply
+from .base import auto_tile, shrink_on_oom
 from .onnx_export import META_PREFIX
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -70,7 +70,7 @@ def _device_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
-def _wanted_providers(device: str, available: list[str], fp16: bool) -> list[tuple[str, dict[str, Any]]]:
+def _wanted_providers(device: str, available: list[str], path: Path) -> list[tuple[str, dict[str, Any]]]:
     """Providers to ask for, best first, for a --device string."""
     device = device.strip().lower()
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
@@ -86,7 +86,7 @@ def _wanted_providers(device: str, available: list[str], fp16: bool) -> list[tup
                     TENSORRT,
                     {
                         "device_id": index,
-                        "trt_fp16_enable": fp16,
+                        "trt_fp16_enable": _declares_fp16(path),
                         "trt_engine_cache_enable": True,
                         "trt_engine_cache_path": str(cache),
                     },
@@ -143,7 +143,7 @@ class OnnxUpscaler:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         options.intra_op_num_threads = max(1, threads if threads is not None else torch.get_num_threads())
-        wanted = _wanted_providers(device, list(ort.get_available_providers()), _declares_fp16(self.path))
+        wanted = _wanted_providers(device, list(ort.get_available_providers()), self.path)
         ort.set_default_logger_severity(4)  # a provider that fails to load is reported by us, once
         try:
             self.session = ort.InferenceSession(
@@ -170,6 +170,7 @@ class OnnxUpscaler:
         elif device.strip().lower().startswith("cuda") and not missing and len(wanted) == 1:
             self.notes.append("this onnxruntime build has no CUDA provider; falling back to the CPU")
         self.provider = got[0]
+        self.gpu_index = _device_index(device.strip().lower())
         self.info = read_onnx_info(self.path, self.session)
         self.scale = self.info.scale
         self.tile, self.tile_pad = tile, tile_pad
@@ -205,13 +206,6 @@ class OnnxUpscaler:
         """A fixed batch-1 model: one image of the batch at a time."""
         return np.concatenate([self._infer(x[i : i + 1]) for i in range(x.shape[0])], axis=0)
 
-    def _auto_tile(self, height: int, width: int) -> int:
-        free = free_memory_bytes(torch.device("cuda", 0) if self.on_gpu else torch.device("cpu"))
-        elem = 2 if self.info.input_dtype == np.float16 else 4
-        n_feats = int(self.info.config.get("n_feats", 64))
-        side = pick_tile(free, activation_bytes_per_lr_pixel(self.scale, n_feats, elem), minimum=MIN_TILE)
-        return 0 if max(height, width) <= side else side
-
     def upscale_array(self, x: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 in [0, 1] -> (N, 3, sH, sW) float32."""
         height, width = x.shape[-2:]
@@ -219,7 +213,14 @@ class OnnxUpscaler:
             self.last_tile = min(self.info.static)
             run_one = self._infer if not self.info.fixed_batch else self._infer_each
             return fixed_window_apply(x, run_one, self.scale, self.info.static, self.tile_pad)
-        tile = self._auto_tile(height, width) if self.tile is None else self.tile
+        tile = self.tile
+        if tile is None:
+            free = free_memory_bytes(
+                torch.device("cuda", self.gpu_index) if self.on_gpu else torch.device("cpu")
+            )
+            elem = 2 if self.info.input_dtype == np.float16 else 4
+            n_feats = int(self.info.config.get("n_feats", 64))
+            tile = auto_tile(free, height, width, scale=self.scale, n_feats=n_feats, elem_bytes=elem)
 
         def attempt(side: int) -> np.ndarray:
             return tiled_apply(x, self._infer, self.scale, side, self.tile_pad, batch=self.tile_batch)

@@ -96,6 +96,24 @@ def parse_static(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _check_opset(opset: int) -> None:
+    top = max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise UsageError(
+            f"opset {opset} is not supported: use {MIN_OPSET} to {top} (default {DEFAULT_OPSET})"
+        )
+
+
+def _cpu_session(data: bytes | str | Path) -> Any:
+    """An ONNX Runtime CPU session on model bytes or a file, quiet except for errors."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    model = data if isinstance(data, bytes) else str(data)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.suffix.lower() != ".onnx":
         raise UsageError(f"{path}: the output file name must end in .onnx")
@@ -207,13 +225,7 @@ def verify(
     seed: int = 0,
 ) -> float:
     """Largest |ONNX Runtime (CPU) - PyTorch fp32| over random images of the given shapes."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        data if isinstance(data, bytes) else str(data), options, providers=["CPUExecutionProvider"]
-    )
+    session = _cpu_session(data)
     rng = np.random.default_rng(seed)
     worst = 0.0
     reference = reference.eval().float()
@@ -249,11 +261,7 @@ def export_onnx(
     """
     start = time.perf_counter()
     path = Path(path)
-    top = max_opset()
-    if not MIN_OPSET <= opset <= top:
-        raise UsageError(
-            f"opset {opset} is not supported: use {MIN_OPSET} to {top} (default {DEFAULT_OPSET})"
-        )
+    _check_opset(opset)
     _check_target(path, overwrite)
     precision = "fp16" if fp16 else "fp32"
     reference = model.eval().float()
@@ -378,11 +386,7 @@ def quantize_int8(
         raise UsageError(
             "INT8 calibration needs at least one image", hint="give --calibrate a folder of photos"
         )
-    top = max_opset()
-    if not MIN_OPSET <= opset <= top:
-        raise UsageError(
-            f"opset {opset} is not supported: use {MIN_OPSET} to {top} (default {DEFAULT_OPSET})"
-        )
+    _check_opset(opset)
     _check_target(path, overwrite)
     reference = model.eval().float()
     raw = _trace(fuse(reference), torch.rand(1, 3, 64, 64), opset, True)
@@ -423,11 +427,7 @@ def quantize_int8(
     doc = f"srgan-cli x{scale} super-resolution (INT8 QDQ): input {INPUT_NAME} NCHW RGB in [0, 1]"
     data = _finish(quantized, meta, doc).SerializeToString()
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    session = _cpu_session(data)
     worst, psnrs = 0.0, []
     for crop in calibration[:8]:
         with torch.inference_mode():

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..devices import free_memory_bytes
-from ..tiling import pick_tile, tiled_apply
-from .base import MIN_TILE, activation_bytes_per_lr_pixel, shrink_on_oom
+from ..tiling import tiled_apply
+from .base import auto_tile, shrink_on_oom
 from .fused import fuse
 
 
@@ -73,12 +73,6 @@ class TorchUpscaler:
             mode = "reduce-overhead" if device.type == "cuda" else "default"
             self._forward = torch.compile(self.model, mode=mode, dynamic=False)  # type: ignore[assignment]
 
-    def _auto_tile(self, height: int, width: int) -> int:
-        elem = torch.finfo(self.dtype).bits // 8
-        per_pixel = activation_bytes_per_lr_pixel(self.scale, self.n_feats, elem)
-        side = pick_tile(free_memory_bytes(self.device), per_pixel, minimum=MIN_TILE)
-        return 0 if max(height, width) <= side else side
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = self._forward(x.to(self.dtype).contiguous(memory_format=self.layout))
         return y.float().clamp_(0, 1)
@@ -87,7 +81,11 @@ class TorchUpscaler:
         """(N, 3, H, W) float in [0, 1] on any device -> (N, 3, sH, sW) float32 on self.device."""
         x = x.to(self.device, torch.float32)
         height, width = x.shape[-2:]
-        tile = self._auto_tile(height, width) if self.tile is None else self.tile
+        tile = self.tile
+        if tile is None:
+            free = free_memory_bytes(self.device)
+            elem = torch.finfo(self.dtype).bits // 8
+            tile = auto_tile(free, height, width, scale=self.scale, n_feats=self.n_feats, elem_bytes=elem)
 
         def attempt(side: int) -> torch.Tensor:
             with torch.inference_mode():
