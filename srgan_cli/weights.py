@@ -18,6 +18,12 @@ FORMAT_VERSION = "1"
 DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
 ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), searched first
 
+# where each kind of model is used, for the hint when one is given to the wrong command
+ARCH_HINTS = {
+    "srresnet": "super-resolution weights are for `srgan upscale`, `srgan eval` and `srgan export-onnx`",
+    "lapgan": "LAPGAN models are for `srgan lapgan sample|eval` and `srgan upscale --mode lapgan`",
+}
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -49,9 +55,10 @@ class WeightsInfo:
 
 def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
     # imported here so that reading a header never pays for building every model module
+    from .lapgan.models import Lapgan, LapganConfig
     from .sr.models import SRResNet, SRResNetConfig
 
-    return {"srresnet": (SRResNet, SRResNetConfig)}
+    return {"srresnet": (SRResNet, SRResNetConfig), "lapgan": (Lapgan, LapganConfig)}
 
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
@@ -239,7 +246,8 @@ def load(
     info = read_info(name_or_path)
     if expect_arch is not None and info.arch != expect_arch:
         raise WeightsMismatch(
-            f"{info.path}: holds a {info.arch!r} model, but a {expect_arch!r} is needed here"
+            f"{info.path}: holds a {info.arch!r} model, but a {expect_arch!r} is needed here",
+            hint=ARCH_HINTS.get(info.arch),
         )
     if expect_scale is not None and info.scale != expect_scale:
         raise WeightsMismatch(
@@ -300,7 +308,7 @@ def save(
         "format": f"srgan-cli/{FORMAT_VERSION}",
         "arch": str(model.arch),
         "config": json.dumps(config, sort_keys=True),
-        "scale": str(config.get("scale", "")),
+        "scale": str(getattr(model, "scale", config.get("scale", ""))),
         "trained_on": trained_on,
         "provenance": json.dumps(provenance or {}, sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True),

@@ -40,6 +40,15 @@ BackendOpt = Annotated[
         "once to a cache.",
     ),
 ]
+LapganLevelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--lapgan-levels",
+        min=1,
+        help="LAPGAN models: how many conditional levels upscale (x2 each, the finest ones). Default: all.",
+        show_default=False,
+    ),
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N.")
 ]

@@ -19,7 +19,18 @@ from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
 from ..sr.lpips import ENV_VAR as LPIPS_ENV
 from ..sr.lpips import LPIPS, load_lpips
-from .common import DeviceOpt, JsonOpt, Precision, TileOpt, console, guard, parse_tile, print_table, stdout
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    LapganLevelsOpt,
+    Precision,
+    TileOpt,
+    console,
+    guard,
+    parse_tile,
+    print_table,
+    stdout,
+)
 
 
 def _labels(requested: list[str], names: list[str]) -> list[str]:
@@ -75,6 +86,7 @@ def evaluate(
         Precision, typer.Option("--precision", help="Inference precision; fp32 gives reference numbers.")
     ] = Precision.fp32,
     tile: TileOpt = "auto",
+    lapgan_levels: LapganLevelsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
@@ -89,6 +101,8 @@ def evaluate(
                 precision="auto" if is_onnx_path(m) else precision.value,
                 tile=tile_size,
                 tile_pad=32,
+                mode="auto",
+                lapgan_levels=lapgan_levels,
             )
             for m in requested
         ]

@@ -27,6 +27,7 @@ from .common import (
     BackendOpt,
     DeviceOpt,
     JsonOpt,
+    LapganLevelsOpt,
     Precision,
     PrecisionOpt,
     TileOpt,
@@ -36,6 +37,11 @@ from .common import (
     parse_tile,
     stdout,
 )
+
+
+class Mode(str, Enum):
+    sr = "sr"
+    lapgan = "lapgan"
 
 
 class OutFormat(str, Enum):
@@ -75,6 +81,15 @@ def upscale(
             "-m", "--model", help="Shipped weights name, a .safetensors/.pth path, or an .onnx file."
         ),
     ] = weights.DEFAULT_MODEL,
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            "--mode",
+            help="sr: a super-resolution model. lapgan: a LAPGAN model's conditional generators, "
+            "x2 per level.",
+        ),
+    ] = Mode.sr,
+    lapgan_levels: LapganLevelsOpt = None,
     outscale: Annotated[
         float | None,
         typer.Option(
@@ -151,6 +166,8 @@ def upscale(
             tile=tile_size,
             tile_pad=tile_pad,
             compile=compile_,
+            mode=mode.value,
+            lapgan_levels=lapgan_levels,
         )
         if not quiet:
             for note in ready.notes:

@@ -169,6 +169,97 @@ def _label_planes(labels: torch.Tensor | None, n_classes: int, like: torch.Tenso
     return [onehot.expand(-1, -1, *like.shape[-2:])]
 
 
+def coarse_noise(
+    config: LapganConfig,
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """z_0: (n, noise_dim) uniform in [-1, 1] (the paper draws uniform noise)."""
+    return _uniform((n, config.noise_dim), generator, device)
+
+
+def noise_plane(
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    *,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """z_k of a conditional level: one (n, 1, height, width) plane, uniform in [-1, 1]."""
+    return _uniform((n, 1, height, width), generator, device)
+
+
+def _uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str
+) -> torch.Tensor:
+    """Uniform [-1, 1] noise drawn where `generator` lives (a CPU generator also serves a GPU model)."""
+    where = generator.device if generator is not None else device
+    return (torch.rand(shape, generator=generator, device=where) * 2 - 1).to(device)
+
+
+class Lapgan(nn.Module):
+    """The generators of every level, as shipped: `generators[0]` is G_0, `generators[k]` is G_k.
+
+    The discriminators are only needed for training and live in the training checkpoints."""
+
+    arch = "lapgan"
+
+    def __init__(self, config: LapganConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.generators = nn.ModuleList(level_models(config, k)[0] for k in range(config.levels))
+
+    @property
+    def scale(self) -> int:
+        """How much the conditional levels enlarge together: base -> size (x2 per level)."""
+        return self.config.size // self.config.base
+
+    def refine(
+        self,
+        image: torch.Tensor,
+        level: int,
+        generator: torch.Generator | None = None,
+        labels: torch.Tensor | None = None,
+        noise: float = 1.0,
+    ) -> torch.Tensor:
+        """One conditional level on any (N, C, H, W) image in [0, 1]: l = expand(image) to
+        (2H, 2W), then l + G_level(z, l), clamped to [0, 1]. `noise` scales z (0 = the mean draw)."""
+        from .pyramid import expand
+
+        if not 1 <= level < self.config.levels:
+            raise ValueError(f"level {level} is not a conditional level (1..{self.config.levels - 1})")
+        h, w = image.shape[-2:]
+        coarse = expand(image, (2 * h, 2 * w))
+        z = noise_plane(image.shape[0], 2 * h, 2 * w, generator, device=image.device) * noise
+        return (coarse + self.generators[level](z.to(coarse.dtype), coarse, labels)).clamp(0, 1)
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        coarse: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Draw n images coarse to fine; returns every level [I_0 (base), ..., I_K (size)].
+
+        `coarse` (n, C, base, base) replaces the level-0 draw (the paper's Figure 4)."""
+        device = next(self.parameters()).device
+        if coarse is None:
+            z = coarse_noise(self.config, n, generator, device=device)
+            image = self.generators[0](z, labels)
+        else:
+            image = coarse.to(device)
+        levels = [image]
+        for k in range(1, self.config.levels):
+            image = self.refine(image, k, generator, labels)
+            levels.append(image)
+        return levels
+
+
 def level_models(config: LapganConfig, level: int) -> tuple[nn.Module, nn.Module]:
     """(G, D) of one level: 0 is the coarse level drawn from noise, 1.. the conditional ones."""
     if not 0 <= level < config.levels:

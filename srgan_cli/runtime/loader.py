@@ -14,6 +14,7 @@ from ..errors import UsageError
 from .base import Upscaler
 
 BACKENDS = ("auto", "torch", "onnx")
+MODES = ("sr", "lapgan", "auto")
 ENV_CACHE = "SRGAN_CACHE_DIR"
 
 
@@ -53,7 +54,7 @@ def cached_onnx(model: str, precision: str) -> tuple[Path, bool]:
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
     source = {"weights": info.name, "sha256": digest}
-    net = weights.load(info.path).model
+    net = weights.load(info.path, expect_arch="srresnet").model
     export_onnx(net, path, opset=DEFAULT_OPSET, fp16=precision == "fp16", source=source, overwrite=True)
     return path, True
 
@@ -71,6 +72,8 @@ def build_upscaler(
     tile_batch: int | None = None,
     expect_scale: int | None = None,
     fast: bool = True,
+    mode: str = "sr",
+    lapgan_levels: int | None = None,
 ) -> ReadyUpscaler:
     """One upscaler for `srgan upscale`, `srgan eval` and `srgan benchmark upscale`.
 
@@ -78,9 +81,22 @@ def build_upscaler(
     backend onnx with weights (not a .onnx file): the weights are exported once into the cache
     (fp16 when the GPU will run it, fp32 on the CPU) and that file is used.
     fast=False: the paper's graph in NCHW in the torch backend (the baseline for comparisons).
+    mode sr: a super-resolution model; lapgan: a LAPGAN's conditional levels, x2 each
+    (`lapgan_levels` of them, default all); auto: whichever the weights hold.
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+    chosen = mode
+    if mode == "auto":
+        mode = "lapgan" if not is_onnx_path(model) and weights.read_info(model).arch == "lapgan" else "sr"
+    if mode == "lapgan":
+        return _lapgan_upscaler(
+            model, backend, onnx, device, precision, tile, tile_pad, compile, lapgan_levels
+        )
+    if lapgan_levels is not None and chosen == "sr":
+        raise UsageError("--lapgan-levels applies to --mode lapgan only")
     onnx_file = Path(onnx) if onnx is not None else (Path(model) if is_onnx_path(model) else None)
     if backend == "torch" and onnx_file is not None:
         raise UsageError(
@@ -91,7 +107,7 @@ def build_upscaler(
         backend = "onnx" if onnx_file is not None else "torch"
 
     if backend == "torch":
-        loaded = weights.load(model, expect_scale=expect_scale)
+        loaded = weights.load(model, expect_arch="srresnet", expect_scale=expect_scale)
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
         from .torch_backend import TorchUpscaler
@@ -153,4 +169,42 @@ def build_upscaler(
         info.arch,
         info.config,
         notes + onnx_up.notes,
+    )
+
+
+def _lapgan_upscaler(
+    model: str,
+    backend: str,
+    onnx: str | os.PathLike[str] | None,
+    device: str,
+    precision: str,
+    tile: int | None,
+    tile_pad: int,
+    compile: bool,
+    levels: int | None,
+) -> ReadyUpscaler:
+    """A LAPGAN's conditional generators as an upscaler (PyTorch, fp32)."""
+    if backend == "onnx" or onnx is not None or is_onnx_path(model):
+        raise UsageError(
+            "--mode lapgan runs on the torch backend only (LAPGAN models are not exported to ONNX)"
+        )
+    if compile:
+        raise UsageError("--compile is not supported with --mode lapgan")
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"--mode lapgan runs in fp32, not {precision}")
+    from ..lapgan.sample import LapganUpscaler
+
+    loaded = weights.load(model, expect_arch="lapgan")
+    dev = resolve_device(device)
+    up = LapganUpscaler(loaded.model, device=dev, levels=levels, tile=tile, tile_pad=tile_pad)  # type: ignore[arg-type]
+    return ReadyUpscaler(
+        up,
+        loaded.info.name,
+        up.scale,
+        "torch",
+        str(dev),
+        "fp32",
+        loaded.info.arch,
+        loaded.info.config,
+        [f"LAPGAN upscaling with {up.levels} conditional level(s), x2 each (x{up.scale})"],
     )
