@@ -84,14 +84,14 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a LAPGAN on a folder of images, one level after the other (see docs/lapgan.md)."""
-    from ..lapgan.train import LapganTrainConfig, read_run_config
-
+    params = dict(locals())  # taken first: only the options themselves
     given = {
         k: str(v) if isinstance(v, Path) else v
-        for k, v in dict(locals()).items()
-        if k not in ("level", "resume", "overwrite", "LapganTrainConfig", "read_run_config", "train_lapgan")
-        and v is not None
+        for k, v in params.items()
+        if k not in ("level", "resume", "overwrite") and v is not None
     }
+    from ..lapgan.train import LapganTrainConfig, read_run_config
+
     with guard():
         saved = read_run_config(out)
         if saved is None and "data" not in given:
