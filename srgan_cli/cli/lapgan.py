@@ -225,8 +225,7 @@ def sample(
     import torch
 
     from ..imageio import read_image
-    from ..lapgan.sample import coarse_from_image, draw, level_strip
-    from ..lapgan.train import image_grid
+    from ..lapgan.sample import coarse_from_image, draw, image_grid, level_strip
 
     with guard():
         net, info, _dev = _load(model, device)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImageError, TrainingError
-from ..sr.data import list_images, load_rgb_uint8
+from ..errors import TrainingError
+from ..sr.data import list_images, read_photos
 
 
 def class_names(folder: Path, files: list[Path]) -> list[str]:
@@ -63,23 +63,8 @@ class CropSampler:
             raise TrainingError(f"no images found in {folder}")
         names = class_names(folder, files) if classes else []
         keep = keep_side or 4 * size
-        images: list[torch.Tensor] = []
-        labels: list[int] = []
-        kept: list[Path] = []
-        skipped: list[tuple[Path, str]] = []
-        for path in files:
-            try:
-                pixels = load_rgb_uint8(path)
-            except (ImageError, OSError) as exc:
-                skipped.append((path, str(exc)))
-                continue
-            h, w = pixels.shape[:2]
-            if min(h, w) < size:
-                skipped.append((path, f"smaller than the {size}px model size ({w}x{h})"))
-                continue
-            images.append(_shrink(pixels, keep))
-            labels.append(names.index(path.relative_to(folder).parts[0]) if names else 0)
-            kept.append(path)
+        images, kept, skipped = read_photos(files, size, "model size", lambda pixels: _shrink(pixels, keep))
+        labels = [names.index(path.relative_to(folder).parts[0]) if names else 0 for path in kept]
         if not images:
             raise TrainingError(
                 f"no usable images in {folder} ({len(skipped)} skipped)",

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import UsageError
+from ..sr.models import count_parameters
 from .models import Lapgan
 from .sample import draw
 
@@ -100,7 +101,7 @@ def parzen_eval(
     return ParzenReport(
         model=name,
         levels=model.config.levels,
-        g_params=sum(p.numel() for p in model.parameters()),
+        g_params=count_parameters(model),
         n_samples=n_samples,
         n_val=half,
         n_test=int(test.shape[0]),

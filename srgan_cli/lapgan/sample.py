@@ -3,12 +3,16 @@ image, and x2-per-level upscaling of real images with the conditional generators
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..devices import free_memory_bytes
 from ..errors import UsageError
+from ..runtime.base import auto_tile, shrink_on_oom
+from ..runtime.torch_backend import is_torch_oom
 from ..tiling import tiled_apply
 from .models import Lapgan
 from .pyramid import gaussian_pyramid
@@ -74,16 +78,33 @@ def draw(
     return [level.float().cpu() for level in levels]
 
 
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
+    return (x.detach().float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: torch.Tensor, columns: int, *, cell: int = 0, gap: int = 2) -> np.ndarray:
+    """(N, 3, h, w) -> one uint8 picture, `columns` wide, each image enlarged (nearest) to `cell`."""
+    n, _, h, w = images.shape
+    if cell and cell != h:
+        images = F.interpolate(images.float(), size=(cell, cell * w // h), mode="nearest")
+        h, w = images.shape[-2:]
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, np.uint8)
+    for i, img in enumerate(_to_uint8(images)):
+        r, c = divmod(i, columns)
+        y, x = gap + r * (h + gap), gap + c * (w + gap)
+        canvas[y : y + h, x : x + w] = img
+    return canvas
+
+
 def level_strip(levels: list[torch.Tensor], index: int, *, gap: int = 2) -> np.ndarray:
     """One sample's every level side by side, each enlarged (nearest) to the finest size:
     (size, L * (size + gap) - gap, 3) uint8, coarse on the left."""
     size = levels[-1].shape[-1]
     panels = [F.interpolate(level[index : index + 1], size=(size, size), mode="nearest") for level in levels]
-    strip = np.full((size, len(panels) * (size + gap) - gap, 3), 255, np.uint8)
-    for i, panel in enumerate(panels):
-        pixels = (panel[0].clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
-        strip[:, i * (size + gap) : i * (size + gap) + size] = pixels
-    return strip
+    # the grid of one row, without its outer margin
+    return image_grid(torch.cat(panels), len(panels), gap=gap)[gap:-gap, gap:-gap]
 
 
 class LapganUpscaler:
@@ -133,15 +154,26 @@ class LapganUpscaler:
     def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, 3, sH, sW) float32 on self.device."""
         x = x.to(self.device, torch.float32)
+        height, width = x.shape[-2:]
         tile = self.tile
-        if tile is None:  # about 2 * n_feats activations per output pixel, four times over per level
-            per_px = 4 * self.model.config.n_feats * 2 * self.scale**2 * 2
-            side = int((free_memory_bytes(self.device) * 0.5 / per_px) ** 0.5) // 8 * 8
-            tile = 0 if max(x.shape[-2:]) <= side else max(64, side)
-        generator = torch.Generator().manual_seed(self.seed)
-        self.last_tile = tile
-        with torch.inference_mode():
-            return tiled_apply(x, lambda t: self._run(t, generator), self.scale, tile, self.tile_pad)
+        if tile is None:  # the SR estimate: n_feats maps at the output size dominate here too
+            free = free_memory_bytes(self.device)
+            n_feats = self.model.config.n_feats
+            tile = auto_tile(free, height, width, scale=self.scale, n_feats=n_feats, elem_bytes=4)
+
+        def attempt(side: int) -> torch.Tensor:
+            generator = torch.Generator().manual_seed(self.seed)  # one image, one result
+            with torch.inference_mode():
+                return tiled_apply(x, lambda t: self._run(t, generator), self.scale, side, self.tile_pad)
+
+        def cleanup() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        out, self.last_tile = shrink_on_oom(
+            attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
+        )
+        return out
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]

@@ -24,15 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
+from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CropSampler
 from .models import Lapgan, LapganConfig, coarse_noise, level_models, noise_plane
 from .pyramid import expand, gaussian_pyramid, reduce
+from .sample import image_grid
 
 RUN_FILE = "run.json"
 LOG = "log.jsonl"
@@ -106,14 +107,22 @@ class LapganTrainConfig:
 _MODEL_FIELDS = ("size", "levels", "base", "n_feats", "coarse_hidden", "noise_dim", "classes")
 
 
-def read_run_config(out: str | Path) -> LapganTrainConfig | None:
+def _read_run(out: str | Path) -> dict[str, Any] | None:
+    """run.json of a run folder: {"config", "model", "classes"}, or None for a new folder."""
     path = Path(out) / RUN_FILE
     if not path.is_file():
         return None
     try:
-        return LapganTrainConfig.from_dict(json.loads(path.read_text())["config"])
+        run = json.loads(path.read_text())
+        run["config"] = LapganTrainConfig.from_dict(run["config"])
+        return run
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"cannot read {path}: {exc}") from exc
+
+
+def read_run_config(out: str | Path) -> LapganTrainConfig | None:
+    run = _read_run(out)
+    return run["config"] if run is not None else None
 
 
 @dataclass
@@ -197,27 +206,6 @@ class LevelTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return (x.detach().float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(images: torch.Tensor, columns: int, *, cell: int = 0, gap: int = 2) -> np.ndarray:
-    """(N, 3, h, w) -> one uint8 picture, `columns` wide, each image enlarged (nearest) to `cell`."""
-    n, _, h, w = images.shape
-    if cell and cell != h:
-        images = F.interpolate(images.float(), size=(cell, cell * w // h), mode="nearest")
-        h, w = images.shape[-2:]
-    rows = math.ceil(n / columns)
-    canvas = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, np.uint8)
-    for i, img in enumerate(_to_uint8(images)):
-        r, c = divmod(i, columns)
-        canvas[
-            gap + r * (h + gap) : gap + r * (h + gap) + h, gap + c * (w + gap) : gap + c * (w + gap) + w
-        ] = img
-    return canvas
-
-
 def _level_grid(trainer: LevelTrainer, real: torch.Tensor, labels: torch.Tensor | None) -> np.ndarray:
     """Level 0: 8x8 draws. Level k: rows of l_k | l_k + G_k(z, l_k) | the real I_k, per crop."""
     g = trainer.g
@@ -251,7 +239,8 @@ def train_lapgan(
     emit: Event = on_event or (lambda kind, data: None)
     config.validate()
     out = Path(config.out)
-    saved = read_run_config(out)
+    saved_run = _read_run(out)
+    saved = saved_run["config"] if saved_run is not None else None
     if saved is not None:
         diff = [f for f in _MODEL_FIELDS if getattr(saved, f) != getattr(config, f)]
         if diff:
@@ -275,8 +264,8 @@ def train_lapgan(
             raise TrainingError(
                 f"--level {k} does not exist: this model has levels 0..{model_config.levels - 1}"
             )
-    if saved is not None:
-        saved_model = json.loads((out / RUN_FILE).read_text()).get("model", {})
+    if saved_run is not None:
+        saved_model = saved_run.get("model", {})
         if saved_model and saved_model != model_config.to_dict():
             raise TrainingError(
                 f"{out} was trained with {saved_model.get('n_classes', 0)} classes, the data now has "
@@ -356,8 +345,8 @@ def _train_level(
             "side": model_config.side(level),
             "step": step,
             "steps": config.steps,
-            "g_params": sum(p.numel() for p in trainer.g.parameters()),
-            "d_params": sum(p.numel() for p in trainer.d.parameters()),
+            "g_params": count_parameters(trainer.g),
+            "d_params": count_parameters(trainer.d),
         },
     )
     if step >= config.steps:
@@ -432,10 +421,9 @@ def level_steps(out: str | Path) -> dict[int, int]:
 def assemble(out: str | Path, dest: str | Path | None = None) -> Path | None:
     """Write every level's generator into one weights file (None while a level is untrained)."""
     out = Path(out)
-    run_path = out / RUN_FILE
-    if not run_path.is_file():
+    run = _read_run(out)
+    if run is None:
         raise TrainingError(f"{out} is not a LAPGAN run folder (no {RUN_FILE})")
-    run = json.loads(run_path.read_text())
     model_config = LapganConfig(**run["model"])
     model = Lapgan(model_config)
     per_level = {}
@@ -454,7 +442,7 @@ def assemble(out: str | Path, dest: str | Path | None = None) -> Path | None:
             "lr": train.get("lr"),
             "device": train.get("device"),
         }
-    train_config = run["config"]
+    train_config = run["config"].to_dict()
     path = Path(dest) if dest is not None else out / WEIGHTS
     return weights_mod.save(
         path,
@@ -476,7 +464,3 @@ def load_lapgan(name_or_path: str | Path) -> tuple[Lapgan, weights_mod.WeightsIn
     model = loaded.model
     assert isinstance(model, Lapgan)
     return model, loaded.info
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

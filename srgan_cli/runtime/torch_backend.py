@@ -14,7 +14,7 @@ from .base import auto_tile, shrink_on_oom
 from .fused import fuse
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_torch_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc)
@@ -96,7 +96,7 @@ class TorchUpscaler:
                 torch.cuda.empty_cache()
 
         out, self.last_tile = shrink_on_oom(
-            attempt, tile, max(height, width), _is_oom, str(self.device), cleanup
+            attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
         )
         return out
 

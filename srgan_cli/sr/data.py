@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +30,34 @@ def load_rgb_uint8(path: Path) -> np.ndarray:
     img = read_image(path)
     pixels = img.pixels if not img.is_gray else np.repeat(img.pixels, 3, axis=2)
     return np.ascontiguousarray(np.rint(pixels * 255.0).astype(np.uint8))
+
+
+def read_photos(
+    files: list[Path],
+    min_side: int,
+    min_name: str,
+    prepare: Callable[[np.ndarray], Any] = lambda img: img,
+) -> tuple[list[Any], list[Path], list[tuple[Path, str]]]:
+    """Decode training photos: (prepare(image) for each kept one, their paths, (path, reason) for
+    each one skipped).
+
+    Unreadable files and images smaller than `min_side` (the `min_name`, e.g. "crop") on either side
+    are skipped with the reason, so a bad file never stops training. `prepare` runs on each photo
+    as it is read (e.g. shrinking it), so only one full-size photo is held at a time."""
+    images, kept, skipped = [], [], []
+    for path in files:
+        try:
+            img = load_rgb_uint8(path)
+        except (ImageError, OSError) as exc:
+            skipped.append((path, str(exc)))
+            continue
+        h, w = img.shape[:2]
+        if h < min_side or w < min_side:
+            skipped.append((path, f"smaller than the {min_side}px {min_name} ({w}x{h})"))
+            continue
+        images.append(prepare(img))
+        kept.append(path)
+    return images, kept, skipped
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -95,19 +125,7 @@ class CropPool:
         device: torch.device | str = "cpu",
     ) -> CropPool:
         """Decode each photo once; unreadable ones and ones smaller than the crop are skipped."""
-        images, kept, skipped = [], [], []
-        for path in files:
-            try:
-                img = load_rgb_uint8(path)
-            except (ImageError, OSError) as exc:
-                skipped.append((path, str(exc)))
-                continue
-            h, w = img.shape[:2]
-            if h < crop or w < crop:
-                skipped.append((path, f"smaller than the {crop}px crop ({w}x{h})"))
-                continue
-            images.append(img)
-            kept.append(path)
+        images, kept, skipped = read_photos(files, crop, "crop")
         if not images:
             raise TrainingError(
                 f"no usable training images ({len(skipped)} skipped)",
