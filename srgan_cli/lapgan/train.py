@@ -14,7 +14,6 @@ level's generator) is written as soon as every level has been trained.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
+from ..gan import GanPair, RunningMeans, restore_rng, rng_state
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CropSampler
@@ -132,15 +132,13 @@ class LapganTrainResult:
     seconds: float
 
 
-class LevelTrainer:
+class LevelTrainer(GanPair):
     """G_k, D_k and their optimisers, with the labelled D and G steps of one level."""
 
     def __init__(self, config: LapganConfig, level: int, train: LapganTrainConfig, device: torch.device):
-        self.config, self.level, self.device = config, level, device
-        self.g, self.d = (m.to(device) for m in level_models(config, level))
-        betas = (train.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=train.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=train.lr, betas=betas)
+        g, d = level_models(config, level)
+        super().__init__(g, d, lr=train.lr, beta1=train.beta1, device=device)
+        self.config, self.level = config, level
 
     def targets(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What this level learns from a batch of real crops at the top size:
@@ -190,20 +188,6 @@ class LevelTrainer:
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "G": self.g.state_dict(),
-            "D": self.d.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["G"])
-        self.d.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
 
 
 def _level_grid(trainer: LevelTrainer, real: torch.Tensor, labels: torch.Tensor | None) -> np.ndarray:
@@ -329,10 +313,7 @@ def _train_level(
         if state.get("model") != model_config.to_dict():
             raise TrainingError(f"{ckpt} belongs to another model config; use --overwrite or another --out")
         trainer.load_state_dict(state)
-        data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        restore_rng(state, device, data_rng)
         step, elapsed = int(state["step"]), float(state["elapsed"])
     conditional = model_config.n_classes > 0
     grid_real, grid_labels = data.fixed(8 if level else 64, seed=4321)
@@ -361,11 +342,8 @@ def _train_level(
             "elapsed": elapsed,
             "model": model_config.to_dict(),
             "train": {**config.to_dict(), "device": str(device)},  # levels may differ in steps/batch/lr
-            "data_rng": data_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_state(device, data_rng),
         }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         _atomic_torch_save(state, ckpt)
 
     def save_grid() -> None:
@@ -376,27 +354,18 @@ def _train_level(
 
     trainer.g.train()
     trainer.d.train()
-    sums: dict[str, torch.Tensor] = {}
-    since, t_log, t_seg = 0, time.perf_counter(), time.perf_counter()
+    meter = RunningMeans()
+    t_log, t_seg = time.perf_counter(), time.perf_counter()
     while step < config.steps:
         real, labels = data.batch(config.batch_size, data_rng)
-        stats = trainer.step(real.to(device), labels.to(device) if conditional else None)
+        meter.add(trainer.step(real.to(device), labels.to(device) if conditional else None))
         step += 1
-        since += 1
-        for key, value in stats.items():
-            sums[key] = sums[key] + value if key in sums else value.clone()
         if step % config.log_every == 0 or step == config.steps:
-            means = {key: float(v) / since for key, v in sums.items()}
-            if not all(math.isfinite(v) for v in means.values()):
-                raise TrainingError(
-                    f"level {level}: the losses became non-finite at step {step}; "
-                    "the last checkpoint is kept",
-                    hint="lower --lr",
-                )
             now = time.perf_counter()
-            speed = since * config.batch_size / max(now - t_log, 1e-9)
+            speed = meter.count * config.batch_size / max(now - t_log, 1e-9)
+            means = meter.take(f"level {level}: ", step)
             log("log", {"level": level, "step": step, **means, "images_per_s": speed})
-            sums, since, t_log = {}, 0, now
+            t_log = now
         if step % config.sample_every == 0 or step == config.steps:
             save_grid()
         if step % config.checkpoint_every == 0 or step == config.steps:

@@ -23,7 +23,6 @@ per row), log.jsonl, and text2img.safetensors (the generator and its text encode
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
+from ..gan import GanPair, RunningMeans, restore_rng, rng_state
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CaptionSet, load_caption_set
@@ -142,17 +142,16 @@ class Text2ImgTrainResult:
     seconds: float
 
 
-class Text2ImgTrainer:
+class Text2ImgTrainer(GanPair):
     """G, D and their optimisers, with the labelled D and G steps of Algorithm 1."""
 
+    g: Generator
+    d: Discriminator
+
     def __init__(self, config: Text2ImgConfig, train: Text2ImgTrainConfig, device: torch.device) -> None:
-        self.train_config, self.device = train, device
         g, d = models(config, train.spectral_norm)
-        self.g: Generator = g.to(device)
-        self.d: Discriminator = d.to(device)
-        betas = (train.beta1, 0.999)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=train.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=train.lr, betas=betas)
+        super().__init__(g, d, lr=train.lr, beta1=train.beta1, device=device)
+        self.train_config = train
         self.z_dim = config.z_dim
 
     def noise(self, n: int) -> torch.Tensor:
@@ -196,20 +195,6 @@ class Text2ImgTrainer:
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "G": self.g.state_dict(),
-            "D": self.d.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["G"])
-        self.d.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
 
 
 @dataclass
@@ -435,10 +420,7 @@ def _train_gan(
         if state.get("model") != model_config.to_dict():
             raise TrainingError(f"{ckpt} belongs to another model config; use --overwrite or another --out")
         trainer.load_state_dict(state)
-        data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        restore_rng(state, device, data_rng)
         step, elapsed = int(state["step"]), float(state["elapsed"])
     fixed_captions = sample_captions(data)
     (out / SAMPLES).mkdir(parents=True, exist_ok=True)
@@ -463,16 +445,13 @@ def _train_gan(
             "elapsed": elapsed,
             "model": model_config.to_dict(),
             "train": {**config.to_dict(), "device": str(device)},
-            "data_rng": data_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            **rng_state(device, data_rng),
         }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         _atomic_torch_save(state, ckpt)
 
     n = data.images.shape[0]
-    sums: dict[str, torch.Tensor] = {}
-    since, t_log, t_seg = 0, time.perf_counter(), time.perf_counter()
+    meter = RunningMeans()
+    t_log, t_seg = time.perf_counter(), time.perf_counter()
     while step < config.steps:
         idx = torch.randint(n, (config.batch_size,), generator=data_rng)
         # a caption of another image: shift each index by 1 .. n-1 (never the image itself)
@@ -480,24 +459,13 @@ def _train_gan(
         h = embeddings.pick(idx, data_rng).to(device)
         h_wrong = embeddings.pick(wrong, data_rng).to(device)
         x = data.images[idx].to(device).float().div_(127.5).sub_(1.0)
-        stats = trainer.step(x, h, h_wrong)
+        meter.add(trainer.step(x, h, h_wrong))
         step += 1
-        since += 1
-        for key, value in stats.items():
-            sums[key] = sums[key] + value if key in sums else value.clone()
         if step % config.log_every == 0 or step == config.steps:
-            means = {key: float(v) / since for key, v in sums.items()}
-            if not all(math.isfinite(v) for v in means.values()):
-                raise TrainingError(
-                    f"the losses became non-finite at step {step}; the last checkpoint is kept",
-                    hint="lower --lr",
-                )
             now = time.perf_counter()
-            log(
-                "log",
-                {"step": step, **means, "images_per_s": since * config.batch_size / max(now - t_log, 1e-9)},
-            )
-            sums, since, t_log = {}, 0, now
+            speed = meter.count * config.batch_size / max(now - t_log, 1e-9)
+            log("log", {"step": step, **meter.take("", step), "images_per_s": speed})
+            t_log = now
         if step % config.sample_every == 0 or step == config.steps:
             path = out / SAMPLES / f"step{step:07d}.png"
             _save_png(path, _grid(trainer.g, fixed, fixed_z))

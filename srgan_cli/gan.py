@@ -1,0 +1,77 @@
+"""What the DCGAN-style trainers (LAPGAN levels, text-to-image) share: G and D with their Adam
+optimisers, their RNG streams for exact resume, and the running means of the logged quantities."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import TrainingError
+
+
+class GanPair:
+    """A generator and a discriminator with one Adam optimiser each (DCGAN: lr 2e-4, beta1 0.5),
+    checkpointed together. Subclasses add the labelled D and G steps of their paper."""
+
+    def __init__(self, g: nn.Module, d: nn.Module, *, lr: float, beta1: float, device: torch.device) -> None:
+        self.device = device
+        self.g, self.d = g.to(device), d.to(device)
+        betas = (beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=lr, betas=betas)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.g.state_dict(),
+            "D": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.load_state_dict(state["G"])
+        self.d.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+
+def rng_state(device: torch.device, data_rng: torch.Generator) -> dict[str, Any]:
+    """Every random stream a step draws from: the data sampler's, torch's and the GPU's."""
+    state = {"data_rng": data_rng.get_state(), "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device, data_rng: torch.Generator) -> None:
+    data_rng.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+class RunningMeans:
+    """Sums of a step's logged tensors, kept on the device (no sync per step), read as means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for key, value in stats.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def take(self, where: str, step: int) -> dict[str, float]:
+        """The means since the last take (then reset); non-finite losses stop the run."""
+        means = {key: float(v) / max(self.count, 1) for key, v in self.sums.items()}
+        if not all(math.isfinite(v) for v in means.values()):
+            raise TrainingError(
+                f"{where}the losses became non-finite at step {step}; the last checkpoint is kept",
+                hint="lower --lr",
+            )
+        self.sums, self.count = {}, 0
+        return means
