@@ -370,3 +370,17 @@ def test_text2img_model_round_trips_through_weights(tmp_path: Path) -> None:
     back = weights.load(path, expect_arch="text2img").model
     assert back.encoder is not None and back.encoder.config.vocab == enc.config.vocab
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_running_means_average_and_stop_on_non_finite_losses() -> None:
+    from srgan_cli.gan import RunningMeans
+
+    meter = RunningMeans()
+    meter.add({"loss_D": torch.tensor(1.0), "D(x)": torch.tensor(0.5)})
+    meter.add({"loss_D": torch.tensor(3.0), "D(x)": torch.tensor(0.7)})
+    assert meter.count == 2
+    means = meter.take("", 2)
+    assert means == pytest.approx({"loss_D": 2.0, "D(x)": 0.6}) and meter.count == 0
+    meter.add({"loss_D": torch.tensor(float("nan"))})
+    with pytest.raises(TrainingError, match="level 3: the losses became non-finite at step 9"):
+        meter.take("level 3: ", 9)

@@ -46,7 +46,7 @@ def models(as_json: JsonOpt = False) -> None:
         table.add_row(
             name,
             i.arch,
-            f"x{i.scale}",
+            f"x{i.scale}" if i.scale > 1 else "-",  # generators and the checker do not enlarge
             f"{i.n_params / 1e6:.2f}M",
             f"{psnr:.2f} dB" if psnr is not None else "-",
             f"{ssim:.4f}" if ssim is not None else "-",

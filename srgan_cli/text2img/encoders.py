@@ -218,6 +218,9 @@ class MiniLMEncoder:
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         path = os.environ.get(MINILM_ENV)
+        # the model is a local folder: no Hub lookups, and no download-style progress bars
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
             from sentence_transformers import SentenceTransformer
 
@@ -230,6 +233,12 @@ class MiniLMEncoder:
                 f"the MiniLM text encoder needs the [text] extra ({exc.name} is not installed)",
                 hint="pip install 'srgan-cli[text]', or use --encoder builtin",
             ) from exc
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # an older transformers: the bar is only cosmetic
+            pass
         try:
             self.model = SentenceTransformer(path, device=str(device))
         except Exception as exc:  # a broken or partial model folder

@@ -22,6 +22,7 @@ per row), log.jsonl, and text2img.safetensors (the generator and its text encode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -280,14 +281,20 @@ def _text_encoder(
 def _embeddings(
     data: CaptionSet, encode: Callable[[list[str]], torch.Tensor], out: Path, encoder: str
 ) -> CaptionEmbeddings:
+    """Every caption encoded once; the cache is reused only for the same captions and encoder."""
     texts, first, count = _flatten(data.captions)
+    digest = hashlib.sha256(encoder.encode())
+    if encoder == "builtin":  # the pre-trained weights, not just the name
+        digest.update((out / ENCODER_FILE).read_bytes())
+    digest.update("\n".join(texts).encode())
+    key = digest.hexdigest()
     cache = out / EMBEDDINGS
     if cache.is_file():
         state = _load_checkpoint(cache)
-        if state.get("encoder") == encoder and state.get("texts") == len(texts):
+        if state.get("key") == key:
             return CaptionEmbeddings(state["vectors"], first, count)
     vectors = encode(texts).float()
-    _atomic_torch_save({"encoder": encoder, "texts": len(texts), "vectors": vectors}, cache)
+    _atomic_torch_save({"key": key, "vectors": vectors}, cache)
     return CaptionEmbeddings(vectors, first, count)
 
 
