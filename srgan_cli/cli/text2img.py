@@ -373,9 +373,11 @@ def evaluate(
                 def gen(caps: list[str], k: int, rng: torch.Generator, t2i: TextToImage = t2i) -> Any:
                     return t2i.generate(caps, n=k, seed=int(torch.randint(2**31, (1,), generator=rng)))
 
+                # a file given by path is shown by that path (two runs' files share one stem)
+                label = name if Path(name).suffix else info.name
                 reports.append(
                     evaluate_generator(
-                        f"{info.name} ({variant})" if variant else info.name,
+                        f"{label} ({variant})" if variant else label,
                         gen,
                         texts,
                         specs,
