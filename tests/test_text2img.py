@@ -122,7 +122,6 @@ def test_builtin_encoder_gives_unit_vectors_that_ignore_padding() -> None:
 def test_pretraining_makes_captions_find_their_images(tmp_path: Path) -> None:
     """A few hundred steps on 32 shapes: each caption's nearest image is its own far more often
     than chance (1/32)."""
-    torch.set_num_threads(1)
     triples = list(shapes.samples(32, seed=0, n_captions=3))
     images = torch.from_numpy(np.stack([im for _, im, _ in triples])).permute(0, 3, 1, 2).contiguous()
     captions = [caps for _, _, caps in triples]
@@ -270,7 +269,6 @@ def _config(data: Path, out: Path, **kw: object) -> Text2ImgTrainConfig:
 
 
 def test_train_resume_is_exact_and_weights_carry_the_encoder(shapes_dir: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     events: list[str] = []
     full = train_text2img(_config(shapes_dir, tmp_path / "full"), on_event=lambda k, d: events.append(k))
     assert {"start", "encoder_log", "encoder", "gan", "log", "sample", "checkpoint", "done"} <= set(events)
@@ -309,7 +307,6 @@ def test_train_resume_is_exact_and_weights_carry_the_encoder(shapes_dir: Path, t
 
 
 def test_gan_int_only_run_and_the_encoder_is_reused(shapes_dir: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     first = _config(shapes_dir, tmp_path / "a", steps=2)
     train_text2img(first)
     other = tmp_path / "b"

@@ -136,11 +136,6 @@ def load_caption_set(
     return CaptionSet(images, [list(item.captions) for item in kept], kept, skipped, size, index.format)
 
 
-def caption_vocabulary_text(cs: CaptionSet) -> list[str]:
-    """Every caption of the set, image by image, in order (the text a tokenizer is built from)."""
-    return [caption for captions in cs.captions for caption in captions]
-
-
 # --- the three layouts ---------------------------------------------------------------------------
 
 
