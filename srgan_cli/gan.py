@@ -3,7 +3,10 @@ optimisers, their RNG streams for exact resume, and the running means of the log
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,3 +78,15 @@ class RunningMeans:
             )
         self.sums, self.count = {}, 0
         return means
+
+
+def read_run(path: Path, parse_config: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+    """A run folder's run.json with its "config" parsed by `parse_config`, or None for a new folder."""
+    if not path.is_file():
+        return None
+    try:
+        run = json.loads(path.read_text())
+        run["config"] = parse_config(run["config"])
+        return run
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"cannot read {path}: {exc}") from exc

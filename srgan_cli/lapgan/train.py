@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import GanPair, RunningMeans, restore_rng, rng_state
+from ..gan import GanPair, RunningMeans, read_run, restore_rng, rng_state
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CropSampler
@@ -109,15 +109,7 @@ _MODEL_FIELDS = ("size", "levels", "base", "n_feats", "coarse_hidden", "noise_di
 
 def _read_run(out: str | Path) -> dict[str, Any] | None:
     """run.json of a run folder: {"config", "model", "classes"}, or None for a new folder."""
-    path = Path(out) / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        run = json.loads(path.read_text())
-        run["config"] = LapganTrainConfig.from_dict(run["config"])
-        return run
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"cannot read {path}: {exc}") from exc
+    return read_run(Path(out) / RUN_FILE, LapganTrainConfig.from_dict)
 
 
 def read_run_config(out: str | Path) -> LapganTrainConfig | None:

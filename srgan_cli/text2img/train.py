@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import GanPair, RunningMeans, restore_rng, rng_state
+from ..gan import GanPair, RunningMeans, read_run, restore_rng, rng_state
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CaptionSet, load_caption_set
@@ -305,15 +305,8 @@ def sample_captions(data: CaptionSet, n: int = 8) -> list[str]:
 
 
 def _read_run(out: Path) -> dict[str, Any] | None:
-    path = out / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        run = json.loads(path.read_text())
-        run["config"] = Text2ImgTrainConfig.from_dict(run["config"])
-        return run
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"cannot read {path}: {exc}") from exc
+    """run.json of a run folder: {"config"}, or None for a new folder."""
+    return read_run(out / RUN_FILE, Text2ImgTrainConfig.from_dict)
 
 
 def read_run_config(out: str | Path) -> Text2ImgTrainConfig | None:
