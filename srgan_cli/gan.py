@@ -3,11 +3,13 @@ optimisers, their RNG streams for exact resume, and the running means of the log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -90,3 +92,36 @@ def read_run(path: Path, parse_config: Callable[[dict[str, Any]], Any]) -> dict[
         return run
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"cannot read {path}: {exc}") from exc
+
+
+C = TypeVar("C")
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
+    """A training config dataclass from a dict; unknown keys are an error naming them."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise TrainingError(f"unknown {what} training option(s): {', '.join(unknown)}")
+    return cls(**data)
+
+
+def require_positive(config: object, names: tuple[str, ...]) -> None:
+    """Every named option of `config` must be at least 1 (reported as its --flag name)."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise TrainingError(f"{name.replace('_', '-')} must be at least 1")
+
+
+@contextlib.contextmanager
+def event_log(path: Path, emit: Event) -> Iterator[Event]:
+    """A `log(kind, payload)` that appends one JSON line to `path` (flushed, so a killed run keeps
+    its log) and passes the event on to `emit`."""
+    with path.open("a", encoding="utf-8") as log_file:
+
+        def log(kind: str, payload: dict[str, Any]) -> None:
+            log_file.write(json.dumps({"event": kind, **payload}) + "\n")
+            log_file.flush()
+            emit(kind, payload)
+
+        yield log

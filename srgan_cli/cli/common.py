@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -83,6 +84,16 @@ TileOpt = Annotated[
 TilePadOpt = Annotated[
     int, typer.Option("--tile-pad", min=0, help="Overlap in LR pixels around each tile (hides seams).")
 ]
+
+
+def given_options(params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options a training command was actually given (None = left out), as config values:
+    paths as strings, enums as their values. `skip` names the ones that are not config fields."""
+    return {
+        k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+        for k, v in params.items()
+        if k not in skip and v is not None
+    }
 
 
 def print_table(table: Table) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
+from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout
 
 app = typer.Typer(
     help="LAPGAN: sample images coarse to fine, train a pyramid of GANs, score it (Parzen window).",
@@ -84,12 +84,7 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a LAPGAN on a folder of images, one level after the other (see docs/lapgan.md)."""
-    params = dict(locals())  # taken first: only the options themselves
-    given = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in params.items()
-        if k not in ("level", "resume", "overwrite") and v is not None
-    }
+    given = given_options(dict(locals()), skip=("level", "resume", "overwrite"))  # first: options only
     from ..lapgan.train import LapganTrainConfig, read_run_config
 
     with guard():

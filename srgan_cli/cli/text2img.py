@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, console, guard, print_table, stdout
+from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout
 
 app = typer.Typer(
     help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
@@ -142,12 +142,7 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a text-to-image GAN (GAN-INT-CLS by default); see docs/text2img.md."""
-    params = dict(locals())  # taken first: only the options themselves
-    given = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in params.items()
-        if k not in ("resume", "overwrite") and v is not None
-    }
+    given = given_options(dict(locals()), skip=("resume", "overwrite"))  # first: options only
     from ..text2img.train import Text2ImgTrainConfig, read_run_config, train_text2img
 
     with guard():

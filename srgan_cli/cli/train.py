@@ -19,7 +19,7 @@ from rich.progress import (
 from ..distributed import world_from_env
 from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
-from .common import console, guard
+from .common import console, given_options, guard
 
 
 class Stage(str, Enum):
@@ -206,14 +206,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a super-resolution model on your own photos (resumable; see docs/training.md)."""
-    params = dict(locals())  # taken first: only the options themselves
-    given: dict[str, Any] = {
-        ("compile" if k == "compile_" else k): (
-            v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
-        )
-        for k, v in params.items()
-        if k not in ("resume", "config_file") and v is not None
-    }
+    given = given_options(dict(locals()), skip=("resume", "config_file"))  # first: options only
+    if "compile_" in given:  # named so as not to shadow the builtin
+        given["compile"] = given.pop("compile_")
     with guard():
         from_file = load_toml(config_file) if config_file else {}
         options = {**from_file, **given}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,16 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import GanPair, RunningMeans, read_run, restore_rng, rng_state
+from ..gan import (
+    GanPair,
+    RunningMeans,
+    config_from_dict,
+    event_log,
+    read_run,
+    require_positive,
+    restore_rng,
+    rng_state,
+)
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CropSampler
@@ -86,9 +95,7 @@ class LapganTrainConfig:
 
     def validate(self) -> None:
         self.model_config()
-        for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name.replace('_', '-')} must be at least 1")
+        require_positive(self, ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"))
         if not 0 < self.min_crop <= 1:
             raise TrainingError("min-crop must be in (0, 1]")
 
@@ -97,11 +104,7 @@ class LapganTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LapganTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainingError(f"unknown LAPGAN training option(s): {', '.join(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "LAPGAN")
 
 
 _MODEL_FIELDS = ("size", "levels", "base", "n_feats", "coarse_hidden", "noise_dim", "classes")
@@ -271,13 +274,7 @@ def train_lapgan(
         },
     )
     started = time.perf_counter()
-    with (out / LOG).open("a", encoding="utf-8") as log_file:
-
-        def log(kind: str, payload: dict[str, Any]) -> None:
-            log_file.write(json.dumps({"event": kind, **payload}) + "\n")
-            log_file.flush()
-            emit(kind, payload)
-
+    with event_log(out / LOG, emit) as log:
         for k in todo:
             _train_level(config, model_config, k, data, device, out, resume and not overwrite, log)
     result = LapganTrainResult(assemble(out), level_steps(out), time.perf_counter() - started)

@@ -26,7 +26,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,16 @@ import torch.nn.functional as F
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import GanPair, RunningMeans, read_run, restore_rng, rng_state
+from ..gan import (
+    GanPair,
+    RunningMeans,
+    config_from_dict,
+    event_log,
+    read_run,
+    require_positive,
+    restore_rng,
+    rng_state,
+)
 from ..sr.models import count_parameters
 from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CaptionSet, load_caption_set
@@ -97,9 +106,9 @@ class Text2ImgTrainConfig:
     def validate(self) -> None:
         if self.encoder not in ("builtin", "minilm"):
             raise TrainingError(f"unknown --encoder {self.encoder!r}: use builtin or minilm")
-        for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "encoder_steps"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name.replace('_', '-')} must be at least 1")
+        require_positive(
+            self, ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "encoder_steps")
+        )
         if self.batch_size < 2:
             raise TrainingError("batch-size must be at least 2 (mismatched captions come from other images)")
         if not 0.0 <= self.beta <= 1.0:
@@ -116,11 +125,7 @@ class Text2ImgTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Text2ImgTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TrainingError(f"unknown text-to-image training option(s): {', '.join(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "text-to-image")
 
 
 _MODEL_FIELDS = (
@@ -361,13 +366,7 @@ def train_text2img(
         },
     )
     started = time.perf_counter()
-    with (out / LOG).open("a", encoding="utf-8") as log_file:
-
-        def log(kind: str, payload: dict[str, Any]) -> None:
-            log_file.write(json.dumps({"event": kind, **payload}) + "\n")
-            log_file.flush()
-            emit(kind, payload)
-
+    with event_log(out / LOG, emit) as log:
         encoder, encode, dim = _text_encoder(config, data, out, device, log)
         embeddings = _embeddings(data, encode, out, config.encoder)
         model_config = Text2ImgConfig(
