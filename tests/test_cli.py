@@ -209,6 +209,10 @@ def test_eval_json(weights_dir: Path, photo_dir: Path) -> None:
     assert methods == ["bicubic", "tiny_x2"]
     assert len(report["results"][0]["images"]) == 3
     assert report["results"][0]["psnr"] > 20  # bicubic on smooth images is good
+    assert all(r["grid"] >= 0 for r in report["results"])  # checkerboard measure, always in the JSON
+    result = runner.invoke(app, ["eval", "-m", "tiny_x2", "--data", str(photo_dir), "--grid"])
+    assert result.exit_code == 0, result.output
+    assert "grid" in result.output
 
 
 def test_train_command_and_resume(photo_dir: Path, tmp_path: Path) -> None:

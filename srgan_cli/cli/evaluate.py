@@ -87,6 +87,15 @@ def evaluate(
     ] = Precision.fp32,
     tile: TileOpt = "auto",
     lapgan_levels: LapganLevelsOpt = None,
+    grid: Annotated[
+        bool,
+        typer.Option(
+            "--grid",
+            help="Add a column for the checkerboard artefact: the RMS (0-255) of the error that repeats "
+            "every `scale` pixels, per 32 px tile; bicubic shows the floor, lower is better. "
+            "Always in --json.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
@@ -148,20 +157,21 @@ def evaluate(
     title += "; LPIPS on RGB, lower is better" if lpips is not None else ""
     table = Table(show_edge=False, header_style="bold", title=escape(title))
     table.add_column("image", no_wrap=True)
-    metrics = ("PSNR", "SSIM", "LPIPS↓") if lpips is not None else ("PSNR", "SSIM")
+    metrics = ("PSNR", "SSIM") + (("LPIPS↓",) if lpips is not None else ()) + (("grid↓",) if grid else ())
     for r in reports:
         for m in metrics:
             # two-line header (method over metric) keeps the columns as narrow as the numbers
             table.add_column(f"{escape(r.method)}\n{m}", justify="right")
 
-    def cells(values: list[tuple[float, float, float | None]], bold: bool = False) -> list[str]:
+    def cells(values: list[tuple[float, float, float | None, float | None]], bold: bool = False) -> list[str]:
         out = []
-        for p, s, lp in values:
+        for p, s, lp, g in values:
             out += [f"{p:.2f}", f"{s:.4f}"] + ([_fmt(lp, 4)] if lpips is not None else [])
+            out += [_fmt(g, 3)] if grid else []
         return [f"[bold]{c}" for c in out] if bold else out
 
     for i, first in enumerate(reports[0].images):
-        row = [(r.images[i].psnr, r.images[i].ssim, r.images[i].lpips) for r in reports]
+        row = [(r.images[i].psnr, r.images[i].ssim, r.images[i].lpips, r.images[i].grid) for r in reports]
         table.add_row(escape(first.name), *cells(row))
-    table.add_row("[bold]mean", *cells([(r.psnr, r.ssim, r.lpips) for r in reports], bold=True))
+    table.add_row("[bold]mean", *cells([(r.psnr, r.ssim, r.lpips, r.grid) for r in reports], bold=True))
     print_table(table)

@@ -277,8 +277,10 @@ def _run(config: TrainConfig, resume: bool) -> None:
             elif kind == "val":
                 lp = f", LPIPS {data['lpips']:.4f}" if data.get("lpips") is not None else ""
                 progress.update(task, val=f"{data['psnr']:.2f} dB{lp}")
+                grid = f", grid {data['grid']:.3f}" if data.get("grid") is not None else ""
                 progress.console.print(
-                    f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, SSIM-Y {data['ssim']:.4f}{lp}"
+                    f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, "
+                    f"SSIM-Y {data['ssim']:.4f}{lp}{grid}"
                 )
             elif kind == "done":
                 progress.update(task, completed=data["step"])

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from .data import EvalPair, bicubic_upscale, to_tensor
-from .metrics import psnr_y, ssim_y
+from .metrics import grid_y, psnr_y, ssim_y
+
+GRID_BLOCK = 32  # tile side of the checkerboard measure (a multiple of 2, 4 and 8)
 
 if TYPE_CHECKING:
     from .lpips import LPIPS
@@ -22,6 +24,7 @@ class ImageScores:
     psnr: float
     ssim: float
     lpips: float | None = None  # None when no LPIPS network was given
+    grid: float | None = None  # checkerboard strength (metrics.grid_y); None where the photo is too small
 
 
 @dataclass
@@ -44,23 +47,42 @@ class EvalReport:
         values = [s.lpips for s in self.images if s.lpips is not None]
         return float(np.mean(values)) if values else None
 
+    @property
+    def grid(self) -> float | None:
+        """Mean checkerboard strength over the images that have one (metrics.grid_y)."""
+        values = [s.grid for s in self.images if s.grid is not None]
+        return float(np.mean(values)) if values else None
+
     def to_dict(self) -> dict[str, object]:
-        lp = self.lpips
+        lp, grid = self.lpips, self.grid
         return {
             "method": self.method,
             "scale": self.scale,
             "psnr": round(self.psnr, 4),
             "ssim": round(self.ssim, 5),
             "lpips": None if lp is None else round(lp, 5),
+            "grid": None if grid is None else round(grid, 4),
             "images": [asdict(s) for s in self.images],
         }
 
 
+def _pair(sr: np.ndarray, hr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    a = to_tensor(sr)[None] if sr.dtype == np.uint8 else torch.from_numpy(sr).permute(2, 0, 1)[None]
+    return a, to_tensor(hr)[None]
+
+
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
     """Y-PSNR and Y-SSIM of two (H, W, 3) arrays (uint8, or float in [0, 1]), `scale` px border off."""
-    a = to_tensor(sr)[None] if sr.dtype == np.uint8 else torch.from_numpy(sr).permute(2, 0, 1)[None]
-    b = to_tensor(hr)[None]
+    a, b = _pair(sr, hr)
     return psnr_y(a, b, border=scale), ssim_y(a, b, border=scale)
+
+
+def grid_score(sr: np.ndarray, hr: np.ndarray, scale: int) -> float | None:
+    """metrics.grid_y of two (H, W, 3) arrays; None for scale 1 or a photo smaller than one tile."""
+    a, b = _pair(sr, hr)
+    if scale < 2 or min(a.shape[-2:]) < GRID_BLOCK:
+        return None
+    return grid_y(a, b, scale, GRID_BLOCK)
 
 
 def lpips_score(sr: np.ndarray, hr: np.ndarray, scale: int, lpips: LPIPS) -> float:
@@ -98,5 +120,8 @@ def evaluate(
             sr = upscale(pair.lr.astype(np.float32) / 255.0)
         p, s = score(sr, pair.hr, scale)
         lp = None if lpips is None else round(lpips_score(sr, pair.hr, scale, lpips), 5)
-        report.images.append(ImageScores(pair.name, round(p, 4), round(s, 5), lp))
+        grid = grid_score(sr, pair.hr, scale)
+        report.images.append(
+            ImageScores(pair.name, round(p, 4), round(s, 5), lp, None if grid is None else round(grid, 4))
+        )
     return report

@@ -55,3 +55,30 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> float:
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
     return float((num / den).mean(dim=(1, 2, 3)).mean())
+
+
+def grid_y(sr: torch.Tensor, hr: torch.Tensor, scale: int, block: int = 32) -> float:
+    """Strength of the scale-periodic ("checkerboard") part of the Y error of a x`scale` upscaler.
+
+    Sub-pixel convolution makes each output pixel from one of scale x scale phases; a network whose
+    phases disagree leaves a pattern that repeats every `scale` pixels, on flat areas too. In each
+    block x block tile, the error SR - HR (luma, 0-255) is averaged over the pixels of each phase
+    (y mod scale, x mod scale); the result is the RMS spread of those scale^2 means about their
+    tile's mean, over all tiles and the batch. Error unrelated to the phase averages out to a small
+    floor (bicubic, which has no phases, shows it); a checkerboard does not. Lower is better.
+    """
+    if scale < 2:
+        raise ValueError(f"scale must be at least 2, got {scale}")
+    if block % scale:
+        raise ValueError(f"block {block} is not a multiple of the scale {scale}")
+    sr_y, hr_y = _prepare(sr, hr, 0)
+    err = (sr_y - hr_y)[:, 0]
+    n, h, w = err.shape
+    h, w = (h // block) * block, (w // block) * block
+    if h == 0 or w == 0:
+        raise ValueError(f"image {err.shape[2]}x{err.shape[1]} is smaller than one {block} px tile")
+    per = block // scale
+    tiles = err[:, :h, :w].reshape(n, h // block, per, scale, w // block, per, scale)
+    phase_means = tiles.mean(dim=(2, 5))  # (n, tiles_y, scale, tiles_x, scale)
+    spread = phase_means - phase_means.mean(dim=(2, 4), keepdim=True)
+    return float(spread.pow(2).mean().sqrt())

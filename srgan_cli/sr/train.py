@@ -765,6 +765,8 @@ def _train(
             metrics = {"val_psnr_y": round(last_val.psnr, 3), "val_ssim_y": round(last_val.ssim, 4)}
             if last_val.lpips is not None:
                 metrics["val_lpips"] = round(last_val.lpips, 4)
+            if last_val.grid is not None:
+                metrics["val_grid"] = round(last_val.grid, 4)
         return weights_mod.save(
             out / f"{config.name}.safetensors",
             trainer.generator,
@@ -853,7 +855,13 @@ def _train(
                 report = validate()
                 if report is not None:
                     last_val = report
-                    val = {"step": step, "psnr": report.psnr, "ssim": report.ssim, "lpips": report.lpips}
+                    val = {
+                        "step": step,
+                        "psnr": report.psnr,
+                        "ssim": report.ssim,
+                        "lpips": report.lpips,
+                        "grid": report.grid,
+                    }
                     log("val", val)
                     if tb is not None:
                         tb.scalars(
