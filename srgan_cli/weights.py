@@ -276,6 +276,45 @@ def load(
     return LoadedWeights(model, info)
 
 
+def interpolate(
+    first: str | os.PathLike[str], second: str | os.PathLike[str], alpha: float
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Network interpolation (Wang et al. 2018, ESRGAN, section 3.4): (1 - alpha) * first + alpha * second.
+
+    Both files must hold the same architecture and config, typically a PSNR-trained model and the
+    GAN model fine-tuned from it; alpha trades the first's clean, smooth output for the second's
+    texture. Returns the blended model (CPU, eval mode) and the provenance to save with it.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a, b = load(first), load(second)
+    if (a.info.arch, a.info.config) != (b.info.arch, b.info.config):
+        differ = sorted(
+            k
+            for k in a.info.config.keys() | b.info.config.keys()
+            if a.info.config.get(k) != b.info.config.get(k)
+        )
+        what = f"config fields {', '.join(differ)}" if differ else f"{a.info.arch!r} vs {b.info.arch!r}"
+        raise WeightsMismatch(
+            f"cannot interpolate {a.info.path} and {b.info.path}: they differ in {what}",
+            hint="interpolate a model with one fine-tuned from it (e.g. srresnet_x4 and a GAN run from it)",
+        )
+    other = b.model.state_dict()
+    mixed = {
+        k: torch.lerp(v, other[k], alpha) if v.is_floating_point() else v
+        for k, v in a.model.state_dict().items()
+    }
+    a.model.load_state_dict(mixed, strict=True)
+    provenance = {
+        "interpolation": {
+            "alpha": alpha,
+            "first": {"name": a.info.name, "provenance": a.info.provenance, "metrics": a.info.metrics},
+            "second": {"name": b.info.name, "provenance": b.info.provenance, "metrics": b.info.metrics},
+        }
+    }
+    return a.model, provenance
+
+
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<state>") -> None:
     """Strict load with a readable summary of what does not fit."""
     own = model.state_dict()

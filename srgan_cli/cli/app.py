@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import benchmark, evaluate, export, lapgan, models, text2img, train, upscale
+from . import benchmark, evaluate, export, interpolate, lapgan, models, text2img, train, upscale
 
 app = typer.Typer(
     name="srgan",
@@ -38,6 +38,7 @@ app.command("models")(models.models)
 app.command("train", no_args_is_help=True)(train.train)
 app.command("eval", no_args_is_help=True)(evaluate.evaluate)
 app.command("export-onnx")(export.export_onnx_cmd)
+app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
 app.add_typer(benchmark.app, name="benchmark")
 app.add_typer(lapgan.app, name="lapgan")
 app.add_typer(text2img.app, name="text2img")
