@@ -29,23 +29,34 @@ from srgan_cli.sr.data import bicubic_downscale, bicubic_upscale, list_images, l
 from srgan_cli.sr.evaluate import lpips_score, score
 
 
-def detail_box(hr: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left corner of the size x size window with the most gradient energy (on a coarse grid)."""
+def detail_box(hr: np.ndarray, size: int, flattest: bool = False) -> tuple[int, int]:
+    """Top-left corner of the size x size window with the most gradient energy (on a coarse grid).
+
+    With `flattest`, the window with the least, among windows that are neither near black nor near
+    white (clipped areas would hide a pattern): where a checkerboard artefact shows first.
+    """
     gray = hr.astype(np.float32).mean(axis=2)
     energy = np.zeros_like(gray)
     energy[:, 1:] += np.abs(np.diff(gray, axis=1))
     energy[1:, :] += np.abs(np.diff(gray, axis=0))
     h, w = gray.shape
     integral = np.pad(energy, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    brightness = np.pad(gray, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+
+    def window(table: np.ndarray, x: int, y: int) -> float:
+        return float(table[y + size, x + size] - table[y, x + size] - table[y + size, x] + table[y, x])
+
     best, where = -1.0, (0, 0)
     step = max(8, size // 4)
     for y in range(0, max(1, h - size + 1), step):
         for x in range(0, max(1, w - size + 1), step):
-            total = (
-                integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
-            )
-            if total > best:
-                best, where = float(total), (x, y)
+            total = window(integral, x, y)
+            if flattest:
+                if not 40 <= window(brightness, x, y) / size**2 <= 215:
+                    continue
+                total = -total
+            if total > best or best == -1.0:
+                best, where = total, (x, y)
     return where
 
 
@@ -66,6 +77,15 @@ def side_by_side(tiles: list[Image.Image], gap: int = 6) -> Image.Image:
     return out
 
 
+def stack(strips: list[Image.Image], gap: int = 6) -> Image.Image:
+    out = Image.new(
+        "RGB", (strips[0].width, sum(s.height for s in strips) + gap * (len(strips) - 1)), "white"
+    )
+    for i, strip in enumerate(strips):
+        out.paste(strip, (0, i * (strip.height + gap)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +96,9 @@ def main() -> None:
     parser.add_argument("--box", type=int, nargs=3, metavar=("X", "Y", "SIZE"), help="HR crop box")
     parser.add_argument("--size", type=int, default=128, help="HR crop side when --box is not given")
     parser.add_argument("--zoom", type=int, default=2)
+    parser.add_argument(
+        "--flat", action="store_true", help="add a second row: the flattest window (where grids show)"
+    )
     parser.add_argument("--lpips-weights", type=Path, help="add LPIPS (lower is better) to the labels")
     parser.add_argument("--markdown", type=Path, help="also write a page showing the images")
     parser.add_argument("--note", default="", help="a paragraph for the page, after the command")
@@ -94,7 +117,7 @@ def main() -> None:
         lpips = load_lpips(args.lpips_weights, device=device)
     photos = [p for path in args.inputs for p in (list_images(path) if path.is_dir() else [path])]
     single = len(photos) == 1 and args.out.suffix.lower() == ".png"
-    rows = []
+    rows: list[tuple[str, Path, list[dict[str, float]]]] = []
     for photo in photos:
         hr = load_rgb_uint8(photo)
         h, w = hr.shape[:2]
@@ -105,10 +128,13 @@ def main() -> None:
             results.append((name, np.rint(upscaler(lr.astype(np.float32) / 255) * 255).astype(np.uint8)))
         if args.box:
             x, y, size = args.box
+            boxes = [(x, y)]
         else:
             size = min(args.size, hr.shape[0], hr.shape[1])
-            x, y = detail_box(hr, size)
-        tiles, numbers = [], []
+            boxes = [detail_box(hr, size)]
+        if args.flat:
+            boxes.append(detail_box(hr, size, flattest=True))
+        labels, numbers = [], []
         for name, img in results:
             psnr = score(img, hr, scale)[0]
             label = f"{name}  {psnr:.2f} dB"
@@ -116,21 +142,32 @@ def main() -> None:
             if lpips is not None:
                 entry["lpips"] = lpips_score(img, hr, scale, lpips)
                 label += f"  LPIPS {entry['lpips']:.3f}"
-            tiles.append(panel(img, label, x, y, size, args.zoom))
+            labels.append(label)
             numbers.append(entry)
-        tiles.append(panel(hr, "original", x, y, size, args.zoom))
+        strips = []
+        for x, y in boxes:
+            tiles = [
+                panel(img, label, x, y, size, args.zoom)
+                for (_, img), label in zip(results, labels, strict=True)
+            ]
+            strips.append(side_by_side([*tiles, panel(hr, "original", x, y, size, args.zoom)]))
         target = args.out if single else args.out / f"{photo.stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        side_by_side(tiles).save(target, optimize=True)
+        stack(strips).save(target, optimize=True)
         rows.append((photo.stem, target, numbers))
         print(f"wrote {target}")
     if args.markdown:
-        write_markdown(args.markdown, rows, scale, lpips is not None, args.note)
+        write_markdown(args.markdown, rows, scale, lpips is not None, args.note, args.flat)
         print(f"wrote {args.markdown}")
 
 
 def write_markdown(
-    path: Path, rows: list[tuple[str, Path, list[dict[str, float]]]], scale: int, lp: bool, note: str = ""
+    path: Path,
+    rows: list[tuple[str, Path, list[dict[str, float]]]],
+    scale: int,
+    lp: bool,
+    note: str = "",
+    flat: bool = False,
 ) -> None:
     import os
     import shlex
@@ -148,8 +185,10 @@ def write_markdown(
         "",
         *([note, ""] if note else []),
         f"Each row: the photo downscaled x{scale} (antialiased bicubic), brought back by each method; the",
-        "crop is the window with the most fine detail, enlarged with nearest neighbour. Numbers are for",
-        "the whole photo: PSNR on Y (higher is better)" + (", LPIPS (lower is better)." if lp else "."),
+        "crop is the window with the most fine detail, enlarged with nearest neighbour"
+        + ("; the second row is the flattest window, where a checkerboard shows first." if flat else "."),
+        "Numbers are for the whole photo: PSNR on Y (higher is better)"
+        + (", LPIPS (lower is better)." if lp else "."),
         "",
     ]
     for stem, image, numbers in rows:
