@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
+import threading
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -92,6 +98,15 @@ def train(
         _opt("--config", panel=_RUN, help="TOML file of options (same names); options given here win."),
     ] = None,
     resume: Annotated[bool, _opt("--resume", panel=_RUN, help="Continue the run in --out exactly.")] = False,
+    time_limit: Annotated[
+        str | None,
+        _opt(
+            "--time-limit",
+            panel=_RUN,
+            help="Stop cleanly before this much time has passed (e.g. 540, 9m, 2h): checkpoint, "
+            "weights, then --resume later.",
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         _opt("--init", panel=_RUN, help="Start G from these weights. [default for gan: srresnet_x<scale>]"),
@@ -206,10 +221,11 @@ def train(
     ] = None,
 ) -> None:
     """Train a super-resolution model on your own photos (resumable; see docs/training.md)."""
-    given = given_options(dict(locals()), skip=("resume", "config_file"))  # first: options only
+    given = given_options(dict(locals()), skip=("resume", "config_file", "time_limit"))  # first: options only
     if "compile_" in given:  # named so as not to shadow the builtin
         given["compile"] = given.pop("compile_")
     with guard():
+        seconds = parse_duration(time_limit) if time_limit is not None else None
         from_file = load_toml(config_file) if config_file else {}
         options = {**from_file, **given}
         if resume:
@@ -223,7 +239,56 @@ def train(
         config = TrainConfig.from_dict({**base.to_dict(), **options})
         if not resume:
             config = apply_init_arch(config, set(options))
-        _run(config, resume)
+        _run(config, resume, seconds)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "540", "540s", "9m" or "1.5h"."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: give seconds (540) or a number with s, m or h (9m, 1.5h)",
+            param_hint="--time-limit",
+        )
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+class _StopOnSignal:
+    """While training: the first SIGINT/SIGTERM asks the run to stop after the current step (it
+    writes a checkpoint and the weights); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        console.print(
+            f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step with a checkpoint "
+            "(send it again to stop at once)"
+        )
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopOnSignal]:
+        if threading.current_thread() is not threading.main_thread():  # e.g. inside a test runner
+            yield self
+            return
+        caught = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in caught}
+        for s in caught:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _stats(data: dict[str, Any]) -> str:
@@ -243,9 +308,16 @@ def _stats(data: dict[str, Any]) -> str:
     return "  ".join(parts + [f"{data['images_per_s']:.1f} img/s"])
 
 
-def _run(config: TrainConfig, resume: bool) -> None:
+def _run(config: TrainConfig, resume: bool, time_limit: float | None) -> None:
+    with _StopOnSignal().installed() as stop:
+        _run_with(config, resume, time_limit, stop)
+    if stop.signum is not None:
+        raise typer.Exit(128 + stop.signum)
+
+
+def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop: _StopOnSignal) -> None:
     if not world_from_env().is_main:  # under torchrun only rank 0 talks
-        run_training(config, resume=resume)
+        run_training(config, resume=resume, time_limit=time_limit, should_stop=stop)
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -282,10 +354,21 @@ def _run(config: TrainConfig, resume: bool) -> None:
                     f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, "
                     f"SSIM-Y {data['ssim']:.4f}{lp}{grid}"
                 )
-            elif kind == "done":
+            elif kind in ("done", "stopped"):
                 progress.update(task, completed=data["step"])
 
-        result = run_training(config, resume=resume, on_event=on_event)
+        result = run_training(
+            config, resume=resume, on_event=on_event, time_limit=time_limit, should_stop=stop
+        )
+    if result.stopped:
+        again = f" --time-limit {time_limit:g}" if time_limit is not None else ""
+        console.print(
+            f"[yellow]stopped[/] ({result.stopped}) at step {result.steps} of {config.steps}, "
+            f"{result.seconds / 60:.1f} min of training so far; checkpoint and weights written -> "
+            f"{result.weights}\ncontinue with: srgan train --out {config.run_dir} --resume{again}",
+            highlight=False,
+        )
+        return
     console.print(
         f"[green]done[/]: {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}"
     )

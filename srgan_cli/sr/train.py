@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,7 @@ class TrainResult:
     val: EvalReport | None
     generator: nn.Module | None = None  # the trained (EMA) generator, on its training device
     discriminator: nn.Module | None = None
+    stopped: str | None = None  # why the run stopped before `config.steps`: "time limit" or "stop request"
 
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -628,11 +630,64 @@ class _TensorBoard:
         self.writer.close()
 
 
-def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None = None) -> TrainResult:
+class _StopClock:
+    """Decides, between steps, whether this call should stop: on request, or before a step that
+    would run past the time limit. Validation and checkpoint time is measured apart from the steps,
+    so a step's cost is predicted from the steps alone and the next validation from the last one."""
+
+    def __init__(self, limit: float | None, should_stop: Callable[[], bool] | None) -> None:
+        self.limit, self.should_stop = limit, should_stop
+        self.start = time.perf_counter()  # the limit counts from here: loading the data counts too
+        self.begin(0)
+
+    def begin(self, step: int) -> None:
+        """The training loop starts at `step`: the step time is measured from here."""
+        self.loop_start, self.first_step = time.perf_counter(), step
+        self.spent = {"val": 0.0, "checkpoint": 0.0}  # total seconds of each overhead
+        self.last = {"val": 0.0, "checkpoint": 0.0}  # seconds of its last occurrence
+
+    @contextlib.contextmanager
+    def overhead(self, kind: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last[kind] = time.perf_counter() - t0
+            self.spent[kind] += self.last[kind]
+
+    def reason(self, step: int, next_steps: int, val_due: bool) -> str | None:
+        if self.should_stop is not None and self.should_stop():
+            return "stop request"
+        if self.limit is None:
+            return None
+        now = time.perf_counter()
+        loop = now - self.loop_start - sum(self.spent.values())
+        per_step = loop / max(step - self.first_step, 1)
+        need = per_step * next_steps + self.last["checkpoint"] + (self.last["val"] if val_due else 0.0)
+        return "time limit" if now - self.start + need > self.limit else None
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_event: Event | None = None,
+    time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
     """Run (or continue) a stage; returns where the final weights were written.
+
+    `time_limit` (seconds of this call) and `should_stop` (polled between steps, e.g. set by a
+    signal handler) end the call early but cleanly: a checkpoint and the current weights are
+    written, and `resume=True` continues exactly where it stopped. The time limit is kept by
+    predicting the next step (and a validation, if one is due) from the steps so far; at least one
+    step is always taken.
 
     Under torchrun every process calls this: each trains on its own shard of the photos with its
     own seed, gradients are averaged, and only rank 0 writes checkpoints, logs and weights."""
+    if time_limit is not None and time_limit < 0:
+        raise TrainingError(f"the time limit must be 0 or more seconds, not {time_limit}")
+    clock = _StopClock(time_limit, should_stop)
     config.validate()
     world = world_from_env()
     device = resolve_device(config.device)
@@ -640,7 +695,7 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
         device = torch.device("cuda", world.local_rank)
     owns_group = init_group(world, device)
     try:
-        return _train(config, resume, on_event, world, device)
+        return _train(config, resume, on_event, world, device, clock)
     finally:
         if owns_group:
             import torch.distributed as dist
@@ -649,7 +704,12 @@ def train(config: TrainConfig, *, resume: bool = False, on_event: Event | None =
 
 
 def _train(
-    config: TrainConfig, resume: bool, on_event: Event | None, world: World, device: torch.device
+    config: TrainConfig,
+    resume: bool,
+    on_event: Event | None,
+    world: World,
+    device: torch.device,
+    clock: _StopClock,
 ) -> TrainResult:
     main = world.is_main
     emit: Event = (on_event or (lambda kind, data: None)) if main else (lambda kind, data: None)
@@ -752,6 +812,7 @@ def _train(
 
     log_file = (out / LOG).open("a", encoding="utf-8") if main else None
     last_val: EvalReport | None = None
+    last_val_step = 0
 
     def log(kind: str, data: dict[str, Any]) -> None:
         if log_file is not None:
@@ -761,30 +822,34 @@ def _train(
 
     def save_weights() -> Path:
         metrics: dict[str, Any] = {}
+        provenance: dict[str, Any] = {
+            "stage": config.stage,
+            "steps": step,
+            "data": str(config.data),
+            "train_seconds": round(elapsed, 1),
+            "device": str(device),
+            "world_size": world.size,
+            "init": config.init_weights if config.stage == "gan" else config.init,
+            "train_config": config.to_dict(),
+        }
         if last_val:
             metrics = {"val_psnr_y": round(last_val.psnr, 3), "val_ssim_y": round(last_val.ssim, 4)}
             if last_val.lpips is not None:
                 metrics["val_lpips"] = round(last_val.lpips, 4)
             if last_val.grid is not None:
                 metrics["val_grid"] = round(last_val.grid, 4)
+            provenance["val_step"] = last_val_step  # differs from `steps` after an early stop
         return weights_mod.save(
             out / f"{config.name}.safetensors",
             trainer.generator,
             trained_on=Path(config.data).name,
-            provenance={
-                "stage": config.stage,
-                "steps": step,
-                "data": str(config.data),
-                "train_seconds": round(elapsed, 1),
-                "device": str(device),
-                "world_size": world.size,
-                "init": config.init_weights if config.stage == "gan" else config.init,
-                "train_config": config.to_dict(),
-            },
+            provenance=provenance,
             metrics=metrics,
         )
 
     def save_checkpoint() -> None:
+        if any_flag(not trainer.finite(), world, device):
+            raise TrainingError(f"weights became non-finite at step {step}; the last checkpoint is kept")
         trainer.sync_buffers()
         rngs = gather_objects(_rng_state(), world)
         data_rngs = gather_objects(generator.get_state(), world)
@@ -801,6 +866,7 @@ def _train(
                 },
                 ckpt_path,
             )
+        log("checkpoint", {"step": step, "path": str(ckpt_path)})
 
     def validate() -> EvalReport | None:
         """Scores on --val (if given) and a sample grid, with the weights that will be shipped."""
@@ -818,6 +884,12 @@ def _train(
         trainer.g.train()
         return report
 
+    validates = bool(val_pairs or crops)
+    clock.begin(step)
+    # Between steps a single process may stop at any step; processes that train together agree
+    # on it with one all-reduce, so they only ask where they already sync (the log lines).
+    stop_every = config.log_every if world.distributed else 1
+
     trainer.g.train()
     if trainer.d is not None:
         trainer.d.train()
@@ -825,6 +897,7 @@ def _train(
     steps_since_log, t_log = 0, time.perf_counter()
     t_seg = time.perf_counter()  # wall time since the last save, added to `elapsed`
     final: Path | None = None
+    stopped: str | None = None
     try:
         while step < config.steps:
             lr_img, hr_img = pool.batch(config.batch_size, generator)
@@ -851,10 +924,11 @@ def _train(
                     tb.scalars(step, {**means, "lr": lr_now, "images_per_s": speed}, "train")
                 sums, steps_since_log, t_log = {}, 0, now
 
-            if (val_pairs or crops) and (step % config.val_every == 0 or step == config.steps):
-                report = validate()
+            if validates and (step % config.val_every == 0 or step == config.steps):
+                with clock.overhead("val"):
+                    report = validate()
                 if report is not None:
-                    last_val = report
+                    last_val, last_val_step = report, step
                     val = {
                         "step": step,
                         "psnr": report.psnr,
@@ -870,24 +944,41 @@ def _train(
                 elapsed += time.perf_counter() - t_seg
                 t_seg = time.perf_counter()
                 save_weights()
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                if any_flag(not trainer.finite(), world, device):
-                    raise TrainingError(
-                        f"weights became non-finite at step {step}; the last checkpoint is kept"
-                    )
+            saved = step % config.checkpoint_every == 0 or step == config.steps
+            if saved:
                 elapsed += time.perf_counter() - t_seg
                 t_seg = time.perf_counter()
-                save_checkpoint()
-                log("checkpoint", {"step": step, "path": str(ckpt_path)})
+                with clock.overhead("checkpoint"):
+                    save_checkpoint()
+            if step < config.steps and step % stop_every == 0:
+                horizon = range(step + 1, min(step + stop_every, config.steps) + 1)
+                val_due = validates and any(s % config.val_every == 0 or s == config.steps for s in horizon)
+                reason = clock.reason(step, len(horizon), val_due)
+                if any_flag(reason is not None, world, device):
+                    stopped = reason or "stop request"  # another process asked
+                    elapsed += time.perf_counter() - t_seg
+                    t_seg = time.perf_counter()
+                    if not saved:
+                        save_checkpoint()
+                    break
         elapsed += time.perf_counter() - t_seg
         if main:
             final = save_weights()
-            log("done", {"step": step, "seconds": elapsed, "weights": str(final)})
+            if stopped:
+                log("stopped", {"step": step, "reason": stopped, "seconds": elapsed, "weights": str(final)})
+            else:
+                log("done", {"step": step, "seconds": elapsed, "weights": str(final)})
     finally:
         if log_file is not None:
             log_file.close()
         if tb is not None:
             tb.close()
     return TrainResult(
-        final or out / f"{config.name}.safetensors", step, elapsed, last_val, trainer.generator, trainer.d
+        final or out / f"{config.name}.safetensors",
+        step,
+        elapsed,
+        last_val,
+        trainer.generator,
+        trainer.d,
+        stopped,
     )
