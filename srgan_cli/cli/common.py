@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.table import Table
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column, Table
 
 from ..errors import SrganError
 
@@ -123,3 +132,19 @@ def guard() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def training_progress(stats: str = "{task.fields[stats]}", *, remaining: bool = False) -> Progress:
+    """The live line of the training commands. In a narrow terminal the stats at its end are cut
+    with an ellipsis; the step count and the times keep their full width."""
+    fixed = {"table_column": Column(no_wrap=True)}
+    columns: list[ProgressColumn] = [
+        TextColumn("[bold]{task.description}", **fixed),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=8)),
+        MofNCompleteColumn(**fixed),
+        TimeElapsedColumn(**fixed),
+    ]
+    if remaining:
+        columns.append(TimeRemainingColumn(**fixed))
+    columns.append(TextColumn(stats, table_column=Column(no_wrap=True, overflow="ellipsis", ratio=3)))
+    return Progress(*columns, console=console, expand=True)

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout
+from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
 app = typer.Typer(
     help="LAPGAN: sample images coarse to fine, train a pyramid of GANs, score it (Parzen window).",
@@ -103,14 +102,7 @@ def train(
 def _run_training(config: Any, levels: list[int] | None, resume: bool, overwrite: bool) -> None:
     from ..lapgan.train import train_lapgan
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[stats]}"),
-    )
-    with Progress(*columns, console=console) as progress:
+    with training_progress() as progress:
         tasks: dict[int, Any] = {}
 
         def on_event(kind: str, data: dict[str, Any]) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout
+from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
 app = typer.Typer(
     help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
@@ -31,14 +31,7 @@ def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[stats]}"),
-        console=console,
-    )
+    return training_progress()
 
 
 @app.command("make-shapes", no_args_is_help=True)

@@ -13,19 +13,11 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from ..distributed import world_from_env
 from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
-from .common import console, given_options, guard
+from .common import console, given_options, guard, training_progress
 
 
 class Stage(str, Enum):
@@ -291,6 +283,10 @@ class _StopOnSignal:
                 signal.signal(s, handler)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def _stats(data: dict[str, Any]) -> str:
     """The live line: the paper's quantities for the gan stage, the pixel loss for pretrain."""
     if "D(x)" in data:
@@ -319,15 +315,7 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
     if not world_from_env().is_main:  # under torchrun only rank 0 talks
         run_training(config, resume=resume, time_limit=time_limit, should_stop=stop)
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}  val {task.fields[val]}"),
-    )
-    with Progress(*columns, console=console) as progress:
+    with training_progress("val {task.fields[val]}  {task.fields[stats]}", remaining=True) as progress:
         task = progress.add_task(config.stage, total=config.steps, stats="", val="-")
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
@@ -364,11 +352,9 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
         again = f" --time-limit {time_limit:g}" if time_limit is not None else ""
         console.print(
             f"[yellow]stopped[/] ({result.stopped}) at step {result.steps} of {config.steps}, "
-            f"{result.seconds / 60:.1f} min of training so far; checkpoint and weights written -> "
+            f"{_duration(result.seconds)} of training so far; checkpoint and weights written -> "
             f"{result.weights}\ncontinue with: srgan train --out {config.run_dir} --resume{again}",
             highlight=False,
         )
         return
-    console.print(
-        f"[green]done[/]: {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}"
-    )
+    console.print(f"[green]done[/]: {result.steps} steps in {_duration(result.seconds)} -> {result.weights}")
