@@ -746,7 +746,7 @@ def _train(
     )
     generator = pool.generator(config.seed * 1_000_003 + world.rank)
 
-    step, elapsed = 0, 0.0
+    step, prior_seconds = 0, 0.0  # training time of earlier calls, from the checkpoint
     if resume:
         state = _load_checkpoint(ckpt_path)
         saved = TrainConfig.from_dict(state["config"])
@@ -762,7 +762,7 @@ def _train(
         trainer.load_state_dict(state)
         _set_rng_state(state["rng"][world.rank])
         generator.set_state(state["data_rng"][world.rank])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
+        step, prior_seconds = int(state["step"]), float(state["elapsed"])
         if step >= config.steps:
             raise TrainingError(
                 f"the run in {out} already finished {step} steps", hint="raise --steps to train longer"
@@ -826,7 +826,7 @@ def _train(
             "stage": config.stage,
             "steps": step,
             "data": str(config.data),
-            "train_seconds": round(elapsed, 1),
+            "train_seconds": round(seconds(), 1),
             "device": str(device),
             "world_size": world.size,
             "init": config.init_weights if config.stage == "gan" else config.init,
@@ -858,7 +858,7 @@ def _train(
                 {
                     **trainer.state_dict(),
                     "step": step,
-                    "elapsed": elapsed,
+                    "elapsed": seconds(),
                     "config": config.to_dict(),
                     "world_size": world.size,
                     "rng": rngs,
@@ -886,6 +886,11 @@ def _train(
 
     validates = bool(val_pairs or crops)
     clock.begin(step)
+
+    def seconds() -> float:
+        """Training time of the run so far: earlier calls plus this call's loop."""
+        return prior_seconds + time.perf_counter() - clock.loop_start
+
     # Between steps a single process may stop at any step; processes that train together agree
     # on it with one all-reduce, so they only ask where they already sync (the log lines).
     stop_every = config.log_every if world.distributed else 1
@@ -895,7 +900,6 @@ def _train(
         trainer.d.train()
     sums: dict[str, torch.Tensor] = {}
     steps_since_log, t_log = 0, time.perf_counter()
-    t_seg = time.perf_counter()  # wall time since the last save, added to `elapsed`
     final: Path | None = None
     stopped: str | None = None
     try:
@@ -941,13 +945,9 @@ def _train(
                         tb.scalars(
                             step, {k: v for k, v in val.items() if k != "step" and v is not None}, "val"
                         )
-                elapsed += time.perf_counter() - t_seg
-                t_seg = time.perf_counter()
                 save_weights()
             saved = step % config.checkpoint_every == 0 or step == config.steps
             if saved:
-                elapsed += time.perf_counter() - t_seg
-                t_seg = time.perf_counter()
                 with clock.overhead("checkpoint"):
                     save_checkpoint()
             if step < config.steps and step % stop_every == 0:
@@ -956,18 +956,15 @@ def _train(
                 reason = clock.reason(step, len(horizon), val_due)
                 if any_flag(reason is not None, world, device):
                     stopped = reason or "stop request"  # another process asked
-                    elapsed += time.perf_counter() - t_seg
-                    t_seg = time.perf_counter()
                     if not saved:
                         save_checkpoint()
                     break
-        elapsed += time.perf_counter() - t_seg
         if main:
             final = save_weights()
             if stopped:
-                log("stopped", {"step": step, "reason": stopped, "seconds": elapsed, "weights": str(final)})
+                log("stopped", {"step": step, "reason": stopped, "seconds": seconds(), "weights": str(final)})
             else:
-                log("done", {"step": step, "seconds": elapsed, "weights": str(final)})
+                log("done", {"step": step, "seconds": seconds(), "weights": str(final)})
     finally:
         if log_file is not None:
             log_file.close()
@@ -976,7 +973,7 @@ def _train(
     return TrainResult(
         final or out / f"{config.name}.safetensors",
         step,
-        elapsed,
+        seconds(),
         last_val,
         trainer.generator,
         trainer.d,
