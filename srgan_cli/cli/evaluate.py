@@ -13,7 +13,7 @@ from rich.table import Table
 from .. import weights
 from ..devices import resolve_device
 from ..errors import PerceptualWeightsError, UsageError
-from ..runtime.loader import build_upscaler, is_onnx_path
+from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
@@ -21,9 +21,11 @@ from ..sr.lpips import ENV_VAR as LPIPS_ENV
 from ..sr.lpips import LPIPS, load_lpips
 from .common import (
     DeviceOpt,
+    Ensemble,
     JsonOpt,
     LapganLevelsOpt,
     Precision,
+    SelfEnsembleOpt,
     TileOpt,
     console,
     guard,
@@ -87,6 +89,7 @@ def evaluate(
     ] = Precision.fp32,
     tile: TileOpt = "auto",
     lapgan_levels: LapganLevelsOpt = None,
+    self_ensemble: SelfEnsembleOpt = Ensemble.one,
     grid: Annotated[
         bool,
         typer.Option(
@@ -104,14 +107,17 @@ def evaluate(
     with guard():
         dev = resolve_device(device)
         loaded = [
-            build_upscaler(
-                m,
-                device=device,
-                precision="auto" if is_onnx_path(m) else precision.value,
-                tile=tile_size,
-                tile_pad=32,
-                mode="auto",
-                lapgan_levels=lapgan_levels,
+            with_self_ensemble(
+                build_upscaler(
+                    m,
+                    device=device,
+                    precision="auto" if is_onnx_path(m) else precision.value,
+                    tile=tile_size,
+                    tile_pad=32,
+                    mode="auto",
+                    lapgan_levels=lapgan_levels,
+                ),
+                int(self_ensemble.value),
             )
             for m in requested
         ]
@@ -149,12 +155,16 @@ def evaluate(
             "data": str(data),
             "scale": scale,
             "lpips": lpips is not None,
+            "self_ensemble": int(self_ensemble.value),
             "results": [r.to_dict() for r in reports],
         }
         stdout.print(json.dumps(payload, indent=2), markup=False)
         return
     title = f"x{scale} on {data}: PSNR/SSIM on Y, border {scale}"
     title += "; LPIPS on RGB, lower is better" if lpips is not None else ""
+    title += (
+        f"; models with a self-ensemble of {self_ensemble.value}" if self_ensemble != Ensemble.one else ""
+    )
     table = Table(show_edge=False, header_style="bold", title=escape(title))
     table.add_column("image", no_wrap=True)
     metrics = ("PSNR", "SSIM") + (("LPIPS↓",) if lpips is not None else ()) + (("grid↓",) if grid else ())

@@ -21,15 +21,17 @@ from .. import weights
 from ..batch import JobResult, OutputOptions, plan_jobs, run_job
 from ..distributed import World, gather_objects, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
-from ..runtime.loader import build_upscaler
+from ..runtime.loader import build_upscaler, with_self_ensemble
 from .common import (
     Backend,
     BackendOpt,
     DeviceOpt,
+    Ensemble,
     JsonOpt,
     LapganLevelsOpt,
     Precision,
     PrecisionOpt,
+    SelfEnsembleOpt,
     TileOpt,
     TilePadOpt,
     console,
@@ -137,6 +139,7 @@ def upscale(
     ] = False,
     tile: TileOpt = "auto",
     tile_pad: TilePadOpt = 32,
+    self_ensemble: SelfEnsembleOpt = Ensemble.one,
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
     ] = DEFAULT_MAX_PIXELS / 1e6,
@@ -169,6 +172,7 @@ def upscale(
             mode=mode.value,
             lapgan_levels=lapgan_levels,
         )
+        ready = with_self_ensemble(ready, int(self_ensemble.value))
         if not quiet:
             for note in ready.notes:
                 console.print(f"[yellow]note:[/] {note}")
@@ -220,6 +224,7 @@ def upscale(
             "backend": ready.backend,
             "device": ready.device,
             "precision": ready.precision,
+            "self_ensemble": ready.self_ensemble,
             "processes": world.size,
             **counts,
             "results": [r.to_dict() for r in results],

@@ -11,7 +11,7 @@ from typing import Any
 from .. import __version__, weights
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import UsageError
-from .base import Upscaler
+from .base import ENSEMBLE_SIZES, SelfEnsemble, Upscaler
 
 BACKENDS = ("auto", "torch", "onnx")
 MODES = ("sr", "lapgan", "auto")
@@ -29,6 +29,7 @@ class ReadyUpscaler:
     arch: str = "unknown"  # architecture and config the model was built from ("unknown" and {} for
     config: dict[str, Any] = field(default_factory=dict)  # an .onnx made elsewhere)
     notes: list[str] = field(default_factory=list)  # one-liners for the user (fallbacks, exports)
+    self_ensemble: int = 1  # passes of the geometric self-ensemble (1 = off; with_self_ensemble)
 
 
 def cache_dir() -> Path:
@@ -170,6 +171,18 @@ def build_upscaler(
         info.config,
         notes + onnx_up.notes,
     )
+
+
+def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
+    """`ready` with its upscaler run `passes` (2, 4 or 8) times on mirrored and rotated copies of
+    each image and averaged (base.SelfEnsemble); 1 runs it once."""
+    if passes not in ENSEMBLE_SIZES:
+        sizes = ", ".join(map(str, ENSEMBLE_SIZES))
+        raise UsageError(f"--self-ensemble takes {sizes} passes, not {passes}")
+    inner = ready.upscaler.inner if isinstance(ready.upscaler, SelfEnsemble) else ready.upscaler
+    ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
+    ready.self_ensemble = passes
+    return ready
 
 
 def _lapgan_upscaler(
