@@ -53,6 +53,27 @@ def test_shipped_default_weights_load() -> None:
         assert loaded.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
 
 
+def _shipped_sr() -> list[Path]:
+    return sorted(
+        f
+        for d in weights.shipped_dirs()
+        for f in d.glob("*.safetensors")
+        if weights.read_info(f).arch == "srresnet"
+    )
+
+
+@pytest.mark.parametrize("path", _shipped_sr(), ids=lambda p: p.stem)
+def test_every_shipped_sr_model_loads_and_beat_bicubic_on_val(path: Path) -> None:
+    loaded = weights.load(path)
+    scale = loaded.info.scale
+    assert path.stem.endswith(f"_x{scale}")  # the name says the scale
+    metrics, provenance = loaded.info.metrics, loaded.info.provenance
+    assert metrics["val_images"] == 6 and metrics["val_psnr_y"] > metrics["val_bicubic_psnr_y"]
+    assert provenance["steps"] > 0 and provenance["train_config"]["scale"] == scale
+    with torch.no_grad():
+        assert loaded.model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8 * scale, 8 * scale)
+
+
 def test_missing_file_and_unknown_name(weights_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFound, match="not found") as err:
         weights.load(tmp_path / "nope.safetensors")
