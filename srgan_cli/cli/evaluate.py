@@ -13,6 +13,7 @@ from rich.table import Table
 from .. import weights
 from ..devices import resolve_device
 from ..errors import PerceptualWeightsError, UsageError
+from ..runtime.base import Rescaled
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import EvalReport
@@ -83,6 +84,16 @@ def evaluate(
         ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Use at most this many photos (0 = all).")] = 0,
+    task_scale: Annotated[
+        int | None,
+        typer.Option(
+            "--scale",
+            min=2,
+            help="Score at this scale (LR made by downscaling N times); models of another scale are "
+            "resampled to it as `srgan upscale -s N` does. Default: the models' own scale.",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
         Precision, typer.Option("--precision", help="Inference precision; fp32 gives reference numbers.")
@@ -125,13 +136,19 @@ def evaluate(
             for note in ready.notes:
                 console.print(f"[yellow]note:[/] {escape(note)}")
         scales = {w.scale for w in loaded}
+        if task_scale is not None:
+            for w in loaded:
+                if w.scale != task_scale:
+                    w.upscaler = Rescaled(w.upscaler, task_scale)
+                    w.name = f"{w.name} -s {task_scale}"
+            scales = {task_scale}
         if len(scales) > 1:
             listing = ", ".join(f"{r} (x{w.scale})" for r, w in zip(requested, loaded, strict=True))
             raise UsageError(
                 f"models of different scales cannot be compared on one table: {listing}",
-                hint="run `srgan eval` once per scale",
+                hint="run `srgan eval` once per scale, or score them all at one with --scale N",
             )
-        scale = loaded[0].scale
+        scale = scales.pop()
         labels = _labels(requested, [w.name for w in loaded])
         lpips: LPIPS | None = None
         if lpips_weights is not None:

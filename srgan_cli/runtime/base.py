@@ -153,3 +153,14 @@ def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None =
     if out_alpha is not None:
         out_alpha = resample(out_alpha[..., None], width, height)[..., 0]
     return image.replace(pixels=out.astype(np.float32), alpha=out_alpha)
+
+
+class Rescaled:
+    """An upscaler brought to another scale the way `srgan upscale -s N` does it: the model's own
+    pass, then a resample to exactly N times the input (for `srgan eval --scale`)."""
+
+    def __init__(self, upscaler: Upscaler, scale: int) -> None:
+        self.inner, self.scale, self.backend = upscaler, scale, upscaler.backend
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return upscale_image(self.inner, ImageData(pixels, None), float(self.scale)).pixels
