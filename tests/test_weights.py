@@ -63,7 +63,7 @@ def _shipped_sr() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", _shipped_sr(), ids=lambda p: p.stem)
-def test_every_shipped_sr_model_loads_and_beat_bicubic_on_val(path: Path) -> None:
+def test_every_shipped_sr_model_loads_and_beats_bicubic_on_val(path: Path) -> None:
     loaded = weights.load(path)
     scale = loaded.info.scale
     assert path.stem.endswith(f"_x{scale}")  # the name says the scale

@@ -11,7 +11,7 @@ from typing import Any
 from .. import __version__, weights
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import UsageError
-from .base import ENSEMBLE_SIZES, SelfEnsemble, Upscaler
+from .base import SelfEnsemble, Upscaler
 
 BACKENDS = ("auto", "torch", "onnx")
 MODES = ("sr", "lapgan", "auto")
@@ -176,11 +176,11 @@ def build_upscaler(
 def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
     """`ready` with its upscaler run `passes` (2, 4 or 8) times on mirrored and rotated copies of
     each image and averaged (base.SelfEnsemble); 1 runs it once."""
-    if passes not in ENSEMBLE_SIZES:
-        sizes = ", ".join(map(str, ENSEMBLE_SIZES))
-        raise UsageError(f"--self-ensemble takes {sizes} passes, not {passes}")
     inner = ready.upscaler.inner if isinstance(ready.upscaler, SelfEnsemble) else ready.upscaler
-    ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
+    try:
+        ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
+    except ValueError as exc:  # SelfEnsemble knows which counts exist
+        raise UsageError(f"--self-ensemble: {exc}") from None
     ready.self_ensemble = passes
     return ready
 
