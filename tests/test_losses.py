@@ -151,3 +151,54 @@ def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm() -> None:
     x = torch.rand(4, 3, requires_grad=True)
     logits = (x * w).sum(1, keepdim=True)
     assert r1_penalty(logits, x).item() == pytest.approx(float((w * w).sum()))
+
+
+def _random_vgg19() -> dict[str, torch.Tensor]:
+    torch.manual_seed(3)
+    return losses._features("vgg19", 100).state_dict()
+
+
+def test_multi_layer_taps_are_the_named_convs_before_their_relu() -> None:
+    multi = CONTENT_LAYERS["vgg19_multi"]
+    assert isinstance(multi, losses.VGGMultiLayer)
+    # conv1_2, conv2_2, conv3_4, conv4_4, conv5_4 sit at 2, 7, 16, 25, 34 in torchvision's vgg19
+    assert [layer.conv_index for layer in multi.layers] == [2, 7, 16, 25, 34]
+    assert multi.end == 35 and multi.weights == [0.1, 0.1, 1.0, 1.0, 1.0]
+    state = _random_vgg19()
+    feats = VGGFeatures(multi, state, "torchvision")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    taps = feats(x)
+    assert isinstance(taps, tuple) and len(taps) == 5
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for layer, tap in zip(multi.layers, taps, strict=True):
+        prefix = losses._features("vgg19", layer.conv_index + 1)  # ends with the conv itself
+        prefix.load_state_dict({k: state[k] for k in prefix.state_dict()})
+        expected = prefix((x - mean) / std)
+        torch.testing.assert_close(tap, expected)
+        assert tap.min() < 0  # before the ReLU (an in-place ReLU would have zeroed these)
+
+
+def test_multi_layer_content_loss_is_the_weighted_sum_of_l1() -> None:
+    feats = VGGFeatures(CONTENT_LAYERS["vgg19_multi"], _random_vgg19(), "torchvision")
+    loss = ContentLoss(feats)
+    g = torch.Generator().manual_seed(5)
+    hr = torch.rand(2, 3, 32, 32, generator=g)
+    sr = (hr + 0.05 * torch.randn(hr.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    expected = sum(
+        w * F.l1_loss(a, b) for w, a, b in zip([0.1, 0.1, 1.0, 1.0, 1.0], feats(sr), feats(hr), strict=True)
+    )
+    value = loss(sr, hr)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert loss(hr, hr).item() == 0.0
+    # Caffe-convention weights are put in the same (torchvision) units
+    caffe = ContentLoss(VGGFeatures(CONTENT_LAYERS["vgg19_multi"], _random_vgg19(), "caffe"))
+    assert caffe.scale == pytest.approx(1 / (255 * 0.226))
+    assert ContentLoss(feats, feature_scale=2.0).scale == 2.0
+
+
+def test_multi_layer_needs_vgg19_to_conv5_4(vgg_file: Path) -> None:
+    with pytest.raises(PerceptualWeightsError, match=r"up to conv1_2, conv2_2, conv3_4, conv4_4, conv5_4"):
+        load_vgg("vgg19_multi", vgg_file)  # the 4-conv prefix stops at conv2_2

@@ -252,3 +252,24 @@ def test_two_gloo_processes_end_with_identical_weights(
     assert torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)["step"] == 6
     with pytest.raises(TrainingError, match="trained by 2 process"):
         train(replace(cfg, steps=8), resume=True)  # one process cannot continue a two-process run
+
+
+def test_gan_step_with_the_multi_layer_content_loss(
+    photo_dir: Path, tmp_path: Path, init_weights: Path
+) -> None:
+    from srgan_cli.sr.train import Trainer
+
+    torch.manual_seed(3)
+    state = losses._features("vgg19", 100).state_dict()  # a random VGG19: the loss's wiring, not its values
+    vgg = losses.VGGFeatures(losses.CONTENT_LAYERS["vgg19_multi"], state, "torchvision")
+    config = _gan(
+        photo_dir, tmp_path / "m", init_weights, tmp_path / "unused", 1, content_layer="vgg19_multi", crop=32
+    )
+    trainer = Trainer(config, torch.device("cpu"), vgg=vgg)
+    before = [p.detach().clone() for p in trainer.g.parameters()]
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32, generator=g)
+    lr = torch.nn.functional.interpolate(hr, scale_factor=0.5, mode="area")
+    out = trainer.step(lr, hr, 0)
+    assert out["content"].item() > 0 and torch.isfinite(out["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.g.parameters(), strict=True))

@@ -48,6 +48,7 @@ class ContentLayer(str, Enum):
     vgg22 = "vgg22"
     vgg16_53 = "vgg16_53"
     vgg16_22 = "vgg16_22"
+    vgg19_multi = "vgg19_multi"
 
 
 class VggInput(str, Enum):
@@ -155,7 +156,12 @@ def train(
         float | None, _opt("--pixel-weight", panel=_GAN, help="Weight of the pixel loss. [default: 0]")
     ] = None,
     content_layer: Annotated[
-        ContentLayer | None, _opt("--content-layer", panel=_GAN, help="VGG layer. [default: vgg54]")
+        ContentLayer | None,
+        _opt(
+            "--content-layer",
+            panel=_GAN,
+            help="VGG layer; vgg19_multi: 5 layers before ReLU, L1 (ESRGAN-style). [default: vgg54]",
+        ),
     ] = None,
     content_weight: Annotated[float | None, _opt("--content-weight", panel=_GAN, help="[default: 1]")] = None,
     vgg_weights: Annotated[

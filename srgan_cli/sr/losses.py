@@ -31,8 +31,8 @@ class VGGLayer:
     conv: int  # j
 
     @property
-    def end(self) -> int:
-        """Length of torchvision's `features` prefix that ends with this layer's ReLU."""
+    def conv_index(self) -> int:
+        """Position of this layer's conv in torchvision's `features` (its ReLU is the next one)."""
         index, block, conv = 0, 1, 0
         for item in _VGG_CFG[self.arch]:
             if item == "M":
@@ -40,18 +40,57 @@ class VGGLayer:
                 index += 1
                 continue
             conv += 1
-            index += 2  # conv + ReLU
             if (block, conv) == (self.block, self.conv):
                 return index
+            index += 2  # conv + ReLU
         raise ValueError(f"{self.arch} has no layer {self.block}_{self.conv}")
 
+    @property
+    def end(self) -> int:
+        """Length of torchvision's `features` prefix that ends with this layer's ReLU."""
+        return self.conv_index + 2
 
-# The names people use (the paper's VGG22 / VGG54, and the same depths of VGG16).
-CONTENT_LAYERS = {
+    @property
+    def label(self) -> str:
+        return f"relu{self.block}_{self.conv}"
+
+
+@dataclass(frozen=True)
+class VGGMultiLayer:
+    """Several layers of one VGG, each read *before* its ReLU and compared by L1 with its own
+    weight: the perceptual loss of ESRGAN and Real-ESRGAN (Wang et al. 2018, 2021). Unlike relu5_4
+    alone it keeps the low layers' edges and colours, and pre-activation features keep the
+    negative responses a ReLU would zero."""
+
+    arch: str
+    taps: tuple[tuple[int, int, float], ...]  # (block i, conv j, weight), in network order
+
+    @property
+    def layers(self) -> list[VGGLayer]:
+        return [VGGLayer(self.arch, block, conv) for block, conv, _ in self.taps]
+
+    @property
+    def weights(self) -> list[float]:
+        return [weight for _, _, weight in self.taps]
+
+    @property
+    def end(self) -> int:
+        """Length of the `features` prefix that ends with the last tapped conv (before its ReLU)."""
+        return max(layer.conv_index for layer in self.layers) + 1
+
+    @property
+    def label(self) -> str:
+        return "conv" + ", conv".join(f"{layer.block}_{layer.conv}" for layer in self.layers)
+
+
+# The names people use (the paper's VGG22 / VGG54, the same depths of VGG16, and the multi-layer
+# loss whose layers and weights (0.1, 0.1, 1, 1, 1 for conv1_2 .. conv5_4) are Real-ESRGAN's).
+CONTENT_LAYERS: dict[str, VGGLayer | VGGMultiLayer] = {
     "vgg54": VGGLayer("vgg19", 5, 4),
     "vgg22": VGGLayer("vgg19", 2, 2),
     "vgg16_53": VGGLayer("vgg16", 5, 3),
     "vgg16_22": VGGLayer("vgg16", 2, 2),
+    "vgg19_multi": VGGMultiLayer("vgg19", ((1, 2, 0.1), (2, 2, 0.1), (3, 4, 1.0), (4, 4, 1.0), (5, 4, 1.0))),
 }
 
 # Input conventions of the two kinds of ImageNet VGG weights in circulation.
@@ -64,35 +103,45 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # BGR in [0, 255], minus the mean,
 # smaller, and the (nearly homogeneous) ReLU network's features shrink by about as much; scaling
 # them by 57.6/12.75 puts both conventions in the paper's units, so the paper's loss weights apply.
 PAPER_FEATURE_SCALE = {"caffe": 1 / 12.75, "torchvision": 255 * 0.226 / 12.75}
+# The multi-layer loss is defined on torchvision-convention features (Real-ESRGAN's units); Caffe
+# features are about 255 * 0.226 times larger.
+MULTI_FEATURE_SCALE = {"caffe": 1 / (255 * 0.226), "torchvision": 1.0}
 
 
-def _features(arch: str, end: int) -> nn.Sequential:
+def _features(arch: str, end: int, *, inplace: bool = True) -> nn.Sequential:
+    """torchvision's `features` layout cut to `end` modules. Taps read before a ReLU need
+    `inplace=False`, or the ReLU would overwrite the tapped tensor."""
     layers: list[nn.Module] = []
     in_ch = 3
     for item in _VGG_CFG[arch]:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(in_ch, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(in_ch, int(item), 3, padding=1), nn.ReLU(inplace=inplace)]
             in_ch = int(item)
     return nn.Sequential(*layers[:end])
 
 
 class VGGFeatures(nn.Module):
-    """Frozen VGG prefix: (N, 3, H, W) RGB in [0, 1] -> (N, C, H/2^k, W/2^k) features of one layer."""
+    """Frozen VGG prefix: (N, 3, H, W) RGB in [0, 1] -> (N, C, H/2^k, W/2^k) features of one layer,
+    or for a VGGMultiLayer a tuple of every tapped layer's features."""
 
-    def __init__(self, layer: VGGLayer, state: dict[str, torch.Tensor], convention: str) -> None:
+    def __init__(
+        self, layer: VGGLayer | VGGMultiLayer, state: dict[str, torch.Tensor], convention: str
+    ) -> None:
         super().__init__()
         if convention not in PAPER_FEATURE_SCALE:
             raise ValueError(f"unknown VGG input convention {convention!r}")
         self.layer, self.convention = layer, convention
-        self.body = _features(layer.arch, layer.end)
+        multi = isinstance(layer, VGGMultiLayer)
+        self.body = _features(layer.arch, layer.end, inplace=not multi)
+        self.tap_index = frozenset(t.conv_index for t in layer.layers) if multi else frozenset()
         wanted = self.body.state_dict()
         missing = [k for k in wanted if k not in state]
         if missing:
             raise PerceptualWeightsError(
                 f"the VGG weights lack {len(missing)} tensor(s) needed for {layer.arch} up to "
-                f"relu{layer.block}_{layer.conv} (first: {missing[0]})"
+                f"{layer.label} (first: {missing[0]})"
             )
         for key, value in wanted.items():
             if state[key].shape != value.shape:
@@ -115,10 +164,18 @@ class VGGFeatures(nn.Module):
     def train(self, mode: bool = True) -> VGGFeatures:
         return super().train(False)  # always frozen, always in eval mode
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.order != [0, 1, 2]:
             x = x[:, self.order]
-        return self.body((x - self.mean) / self.std)
+        x = (x - self.mean) / self.std
+        if not self.tap_index:
+            return self.body(x)
+        taps = []
+        for index, module in enumerate(self.body):
+            x = module(x)
+            if index in self.tap_index:
+                taps.append(x)
+        return tuple(taps)
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -171,7 +228,7 @@ HOW_TO_GET_VGG = (
 
 
 def load_vgg(layer_name: str, weights: str | Path | None = None, *, convention: str = "auto") -> VGGFeatures:
-    """The frozen VGG prefix for `layer_name` (vgg54, vgg22, vgg16_53, vgg16_22).
+    """The frozen VGG prefix for `layer_name` (vgg54, vgg22, vgg16_53, vgg16_22, vgg19_multi).
 
     Weights: `weights`, else $SRGAN_VGG_WEIGHTS, else torchvision's ImageNet download. `convention`
     is torchvision (RGB, mean/std) or caffe (BGR, 0..255 minus the mean); auto reads "caffe" in the
@@ -191,7 +248,7 @@ def load_vgg(layer_name: str, weights: str | Path | None = None, *, convention: 
         if found is not None and found != layer.arch:
             raise PerceptualWeightsError(
                 f"{path} holds {found} weights, but content layer {layer_name} needs {layer.arch}",
-                hint="vgg54/vgg22 need VGG19 weights, vgg16_53/vgg16_22 need VGG16 weights",
+                hint="vgg54/vgg22/vgg19_multi need VGG19 weights, vgg16_53/vgg16_22 need VGG16 weights",
             )
         if convention == "auto":
             convention = "caffe" if "caffe" in path.name.lower() else "torchvision"
@@ -209,17 +266,30 @@ def load_vgg(layer_name: str, weights: str | Path | None = None, *, convention: 
 
 
 class ContentLoss(nn.Module):
-    """l_VGG: MSE between scaled VGG features of SR and HR (HR features need no gradient)."""
+    """l_VGG: the distance between scaled VGG features of SR and HR (HR features need no gradient).
+    One layer: MSE in the paper's units. A VGGMultiLayer: the weighted sum of per-layer L1."""
 
     def __init__(self, vgg: VGGFeatures, feature_scale: float | None = None) -> None:
         super().__init__()
         self.vgg = vgg
-        self.scale = PAPER_FEATURE_SCALE[vgg.convention] if feature_scale is None else feature_scale
+        multi = isinstance(vgg.layer, VGGMultiLayer)
+        default = (MULTI_FEATURE_SCALE if multi else PAPER_FEATURE_SCALE)[vgg.convention]
+        self.scale = default if feature_scale is None else feature_scale
+        self.weights = vgg.layer.weights if isinstance(vgg.layer, VGGMultiLayer) else [1.0]
+        self.distance = F.l1_loss if multi else F.mse_loss
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = self.vgg(hr)
-        return F.mse_loss(self.vgg(sr).float() * self.scale, target.float() * self.scale)
+            target = _as_tuple(self.vgg(hr))
+        feats = _as_tuple(self.vgg(sr))
+        total = torch.zeros((), device=sr.device)
+        for weight, f, t in zip(self.weights, feats, target, strict=True):
+            total = total + weight * self.distance(f.float() * self.scale, t.float() * self.scale)
+        return total
+
+
+def _as_tuple(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
 
 
 def tv_loss(img: torch.Tensor) -> torch.Tensor:

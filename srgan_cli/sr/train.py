@@ -97,7 +97,7 @@ class TrainConfig:
     # --- losses ---------------------------------------------------------------------------------
     loss: str = "mse"  # pixel loss: mse (paper) or l1; the whole loss of the pretrain stage
     pixel_weight: float = 0.0  # gan stage: weight of the pixel loss (paper: 0)
-    content_layer: str = "vgg54"  # gan stage: vgg54 (paper), vgg22, vgg16_53, vgg16_22
+    content_layer: str = "vgg54"  # gan stage: vgg54 (paper), vgg22, vgg16_53, vgg16_22, vgg19_multi
     content_weight: float = 1.0  # weight of the VGG content loss (paper: 1)
     vgg_weights: str | None = None  # VGG weights file; None = $SRGAN_VGG_WEIGHTS or torchvision's
     vgg_input: str = "auto"  # input convention of those weights: auto, torchvision or caffe
