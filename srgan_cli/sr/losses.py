@@ -54,6 +54,11 @@ class VGGLayer:
     def label(self) -> str:
         return f"relu{self.block}_{self.conv}"
 
+    @property
+    def weights(self) -> list[float]:
+        """One tap of weight 1 (the shape VGGMultiLayer gives for several)."""
+        return [1.0]
+
 
 @dataclass(frozen=True)
 class VGGMultiLayer:
@@ -275,7 +280,7 @@ class ContentLoss(nn.Module):
         multi = isinstance(vgg.layer, VGGMultiLayer)
         default = (MULTI_FEATURE_SCALE if multi else PAPER_FEATURE_SCALE)[vgg.convention]
         self.scale = default if feature_scale is None else feature_scale
-        self.weights = vgg.layer.weights if isinstance(vgg.layer, VGGMultiLayer) else [1.0]
+        self.weights = vgg.layer.weights
         self.distance = F.l1_loss if multi else F.mse_loss
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
