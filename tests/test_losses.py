@@ -1,4 +1,5 @@
-"""The perceptual loss terms: VGG content loss (layers, input conventions, weights), TV, GAN losses."""
+"""The perceptual loss terms: VGG content loss (layers, input conventions, weights), TV, GAN losses,
+the grid (phase-consistency) loss."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from srgan_cli.sr.losses import (
     VGGFeatures,
     discriminator_loss,
     generator_adv_loss,
+    grid_loss,
     load_vgg,
     r1_penalty,
     tv_loss,
@@ -202,3 +204,31 @@ def test_multi_layer_content_loss_is_the_weighted_sum_of_l1() -> None:
 def test_multi_layer_needs_vgg19_to_conv5_4(vgg_file: Path) -> None:
     with pytest.raises(PerceptualWeightsError, match=r"up to conv1_2, conv2_2, conv3_4, conv4_4, conv5_4"):
         load_vgg("vgg19_multi", vgg_file)  # the 4-conv prefix stops at conv2_2
+
+
+def test_grid_loss_pushes_along_the_subpixel_checkerboard_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 64, 64, generator=g) * 0.8 + 0.1
+    pattern = torch.zeros(1, 1, 4, 4)
+    pattern[..., 0, 0], pattern[..., 2, 1] = 0.04, -0.03
+    pattern = (pattern - pattern.mean()).repeat(1, 1, 16, 16)  # period 4: one sub-pixel phase per cell
+    noise = torch.randn(hr.shape, generator=g)
+    noise = noise * pattern.pow(2).mean().sqrt() / noise.pow(2).mean().sqrt()  # the same RMS
+    ramp = torch.linspace(-0.025, 0.025, 64).view(1, 1, 1, 64)  # smooth, its step 0.0008 per pixel
+
+    same = hr.clone().requires_grad_(True)
+    grid_loss(same, hr, 4).backward()
+    assert same.grad is not None and torch.isfinite(same.grad).all()  # no infinite root gradient at 0
+    checker = grid_loss(hr + pattern, hr, 4)
+    assert checker > 5 * grid_loss(hr + noise, hr, 4)
+    assert grid_loss(hr + ramp, hr, 4) < 0.1 * checker
+    assert grid_loss(hr + 0.05, hr, 4) < 1e-4  # an offset is the pixel loss's business
+
+    sr = (hr + pattern + 0.5 * noise).requires_grad_(True)
+    grid_loss(sr, hr, 4).backward()
+    assert sr.grad is not None
+    direction = F.cosine_similarity(sr.grad.flatten(), pattern.expand_as(hr).flatten(), dim=0)
+    assert direction > 0.9  # its gradient is the checkerboard itself: descent removes it
+    with torch.no_grad():
+        step = 0.5 * pattern.expand_as(hr).norm() * sr.grad / sr.grad.norm()  # half the pattern's size
+        assert grid_loss(sr - step, hr, 4) < 0.7 * checker

@@ -105,7 +105,7 @@ def test_gan_stage_resumes_bit_exactly(
     assert "val_psnr_y" in info.metrics
 
 
-def test_ragan_r1_and_pixel_terms_train(
+def test_ragan_r1_pixel_and_grid_terms_train(
     photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
 ) -> None:
     cfg = _gan(
@@ -117,12 +117,13 @@ def test_ragan_r1_and_pixel_terms_train(
         gan_loss="ragan",
         r1_gamma=1.0,
         pixel_weight=1.0,
+        grid_weight=1.0,
         val=None,
     )
     result = train(cfg)
     log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     stats = next(e for e in log if e["event"] == "log")
-    assert stats["r1"] > 0 and stats["pixel"] > 0
+    assert stats["r1"] > 0 and stats["pixel"] > 0 and stats["grid"] > 0
     assert result.discriminator is not None
 
 
@@ -273,3 +274,13 @@ def test_gan_step_with_the_multi_layer_content_loss(
     out = trainer.step(lr, hr, 0)
     assert out["content"].item() > 0 and torch.isfinite(out["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.g.parameters(), strict=True))
+
+
+def test_grid_weight_needs_whole_tiles(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    with pytest.raises(TrainingError, match="tiles of 16 px"):
+        _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, crop=8, grid_weight=1.0).validate()
+    with pytest.raises(TrainingError, match="grid_weight"):
+        _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, grid_weight=-1.0).validate()
+    _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, crop=8).validate()  # off: any crop

@@ -185,6 +185,10 @@ def train(
         float | None, _opt("--r1-gamma", panel=_GAN, help="R1 penalty on D, 0 = off. [default: 0]")
     ] = None,
     tv_weight: Annotated[float | None, _opt("--tv-weight", panel=_GAN, help="[default: 2e-8]")] = None,
+    grid_weight: Annotated[
+        float | None,
+        _opt("--grid-weight", panel=_GAN, help="Anti-checkerboard (phase) loss, 0 = off. [default: 0]"),
+    ] = None,
     val_every: Annotated[
         int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save. [default: 1000]")
     ] = None,
@@ -305,6 +309,8 @@ def _stats(data: dict[str, Any]) -> str:
         ]
         if data.get("r1"):
             parts.append(f"r1 {data['r1']:.3g}")
+        if data.get("grid"):
+            parts.append(f"grid {data['grid'] * 255:.2f}")
     else:
         parts = [f"loss {data['loss']:.4f}"]
     return "  ".join(parts + [f"{data['images_per_s']:.1f} img/s"])

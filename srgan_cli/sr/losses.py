@@ -1,4 +1,5 @@
-"""SRGAN's perceptual loss: VGG content loss, adversarial losses (standard, RaGAN, R1) and TV."""
+"""SRGAN's perceptual loss: VGG content loss, adversarial losses (standard, RaGAN, R1), TV and the
+phase-consistency (anti-checkerboard) term."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PerceptualWeightsError
+from .metrics import phase_spread
 
 ENV_VGG = "SRGAN_VGG_WEIGHTS"
 
@@ -304,6 +306,19 @@ def tv_loss(img: torch.Tensor) -> torch.Tensor:
     dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]  # both (N, C, H-1, W-1), aligned at the same pixel
     dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
     return torch.sqrt((dx * dx + dy * dy).sum(1) + 1e-8).mean()
+
+
+def grid_loss(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Phase-consistency loss against sub-pixel checkerboards: the measure of `srgan eval --grid`
+    (`phase_spread`) on the RGB error in [0, 1], in tiles of 8 x scale pixels.
+
+    A network whose scale x scale output phases disagree draws a pattern that repeats every
+    `scale` pixels. The per-pixel losses barely see it: their gradients are not aligned with it and
+    mostly cancel over a tile. This term pushes exactly along it, and leaves every other frequency
+    free, so the adversarial term can still add texture. (N, 3, H, W) -> scalar; H and W must hold
+    at least one tile.
+    """
+    return phase_spread(sr.float() - hr.float(), scale, block=8 * scale, eps=1e-12)
 
 
 def generator_adv_loss(fake: torch.Tensor, real: torch.Tensor | None, kind: str) -> torch.Tensor:

@@ -67,18 +67,28 @@ def grid_y(sr: torch.Tensor, hr: torch.Tensor, scale: int, block: int = 32) -> f
     tile's mean, over all tiles and the batch. Error unrelated to the phase averages out to a small
     floor (bicubic, which has no phases, shows it); a checkerboard does not. Lower is better.
     """
+    sr_y, hr_y = _prepare(sr, hr, 0)
+    return float(phase_spread(sr_y - hr_y, scale, block))
+
+
+def phase_spread(err: torch.Tensor, scale: int, block: int = 32, eps: float = 0.0) -> torch.Tensor:
+    """The measure of `grid_y` on any (N, C, H, W) error, as a differentiable tensor.
+
+    Per channel and block x block tile, the error is averaged over each of the scale x scale
+    phases (y mod scale, x mod scale); returns the RMS of those means about their tile's mean.
+    Only whole tiles count (from the top-left corner). `eps` is added under the square root (a
+    loss needs it: the root's gradient at zero error is infinite).
+    """
     if scale < 2:
         raise ValueError(f"scale must be at least 2, got {scale}")
     if block % scale:
         raise ValueError(f"block {block} is not a multiple of the scale {scale}")
-    sr_y, hr_y = _prepare(sr, hr, 0)
-    err = (sr_y - hr_y)[:, 0]
-    n, h, w = err.shape
+    n, c, h, w = err.shape
     h, w = (h // block) * block, (w // block) * block
     if h == 0 or w == 0:
-        raise ValueError(f"image {err.shape[2]}x{err.shape[1]} is smaller than one {block} px tile")
+        raise ValueError(f"image {err.shape[3]}x{err.shape[2]} is smaller than one {block} px tile")
     per = block // scale
-    tiles = err[:, :h, :w].reshape(n, h // block, per, scale, w // block, per, scale)
-    phase_means = tiles.mean(dim=(2, 5))  # (n, tiles_y, scale, tiles_x, scale)
-    spread = phase_means - phase_means.mean(dim=(2, 4), keepdim=True)
-    return float(spread.pow(2).mean().sqrt())
+    tiles = err[:, :, :h, :w].reshape(n, c, h // block, per, scale, w // block, per, scale)
+    phase_means = tiles.mean(dim=(3, 6))  # (n, c, tiles_y, scale, tiles_x, scale)
+    spread = phase_means - phase_means.mean(dim=(3, 5), keepdim=True)
+    return (spread.pow(2).mean() + eps).sqrt()

@@ -32,6 +32,7 @@ from .losses import (
     VGGFeatures,
     discriminator_loss,
     generator_adv_loss,
+    grid_loss,
     load_vgg,
     r1_penalty,
     tv_loss,
@@ -106,6 +107,7 @@ class TrainConfig:
     gan_loss: str = "standard"  # standard (paper: -log D(G(z)), BCE for D) or ragan (ESRGAN)
     r1_gamma: float = 0.0  # R1 penalty on D's gradient at real images; 0 = off
     tv_weight: float = 2e-8  # total-variation regulariser (paper: 2e-8)
+    grid_weight: float = 0.0  # phase-consistency (anti-checkerboard) loss, not in the paper; 0 = off
     # --- averaging, validation, logging --------------------------------------------------------
     ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
     val_every: int = 1000  # steps between validations (and interim weights, and sample grids)
@@ -167,6 +169,13 @@ class TrainConfig:
         SRResNetConfig(self.scale, self.n_blocks, self.n_feats)  # raises on a bad scale
         if self.crop % self.scale:
             raise TrainingError(f"crop size {self.crop} must be a multiple of the scale {self.scale}")
+        if self.grid_weight < 0:
+            raise TrainingError("grid_weight must be 0 (off) or positive")
+        if self.grid_weight > 0 and self.crop < 8 * self.scale:
+            raise TrainingError(
+                f"the grid loss works on tiles of {8 * self.scale} px (8 x the scale): "
+                f"use --crop {8 * self.scale} or more, or --grid-weight 0"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -448,7 +457,7 @@ class Trainer:
         self.d_scaler.step(self.d_opt)
         self.d_scaler.update()
 
-        # G step: content (VGG) + adversarial + TV (+ pixel), with D frozen.
+        # G step: content (VGG) + adversarial + TV (+ pixel, + grid), with D frozen.
         d.requires_grad_(False)
         with self._autocast():
             fake_for_g = d_run(sr).float()
@@ -464,11 +473,13 @@ class Trainer:
                 content = self.content(sr, hr_img)
         tv = tv_loss(sr) if cfg.tv_weight > 0 else zero
         pixel = self.pixel_loss(sr.float(), hr_img) if cfg.pixel_weight > 0 else zero
+        grid = grid_loss(sr, hr_img, cfg.scale) if cfg.grid_weight > 0 else zero
         g_loss = (
             cfg.content_weight * content
             + cfg.adv_weight * adversarial
             + cfg.tv_weight * tv
             + cfg.pixel_weight * pixel
+            + cfg.grid_weight * grid
         )
         self.g_opt.zero_grad(set_to_none=True)
         self.g_scaler.scale(g_loss).backward()
@@ -481,6 +492,7 @@ class Trainer:
             "adversarial": adversarial.detach(),
             "tv": tv.detach(),
             "pixel": pixel.detach(),
+            "grid": grid.detach(),
             "d_loss": d_loss.detach(),
             "r1": r1.detach(),
             "D(x)": torch.sigmoid(real_logits.detach()).mean(),
