@@ -104,6 +104,23 @@ def test_validation_lpips_samples_and_tensorboard(photo_dir: Path, tmp_path: Pat
     assert weights.read_info(result.weights).metrics["val_lpips"] == pytest.approx(result.val.lpips, abs=1e-4)
 
 
+def test_snapshots_keep_each_validations_weights(photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "snap"
+    result = train(_config(photo_dir, out, 10, val_every=4, snapshots=True, samples=0))
+    kept = sorted(p.name for p in out.glob("srresnet_x2_step*.safetensors"))
+    assert kept == [f"srresnet_x2_step{s:07d}.safetensors" for s in (4, 8, 10)]
+    infos = [weights.read_info(out / name) for name in kept]
+    assert [i.provenance["val_step"] for i in infos] == [4, 8, 10]
+    from safetensors.torch import load_file
+
+    last, final = load_file(str(out / kept[-1])), load_file(str(result.weights))
+    assert all(torch.equal(last[k], final[k]) for k in final)  # the last one holds the final weights
+    assert infos[0].metrics["val_psnr_y"] != infos[1].metrics["val_psnr_y"]  # each its own step's numbers
+    plain = tmp_path / "plain"
+    train(_config(photo_dir, plain, 4, val_every=4, samples=0))
+    assert not list(plain.glob("*_step*.safetensors"))
+
+
 def test_crop_pool_matches_the_pil_protocol_and_is_deterministic() -> None:
     import numpy as np
 

@@ -202,6 +202,10 @@ def train(
     samples: Annotated[
         int | None, _opt("--samples", panel=_RUN, min=0, help="Crops in each sample grid. [default: 4]")
     ] = None,
+    snapshots: Annotated[
+        bool | None,
+        _opt("--snapshots", panel=_RUN, help="Keep each validation's weights as <name>_step<N>.safetensors."),
+    ] = None,
     checkpoint_every: Annotated[
         int | None, _opt("--checkpoint-every", panel=_RUN, min=1, help="[default: 500]")
     ] = None,

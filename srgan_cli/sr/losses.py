@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import PerceptualWeightsError
 from .metrics import phase_spread
+from .palette import PaletteError, unpack
 
 ENV_VGG = "SRGAN_VGG_WEIGHTS"
 
@@ -201,6 +202,10 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         raise PerceptualWeightsError(f"cannot read VGG weights {path}: {exc}") from exc
     if not isinstance(state, dict):
         raise PerceptualWeightsError(f"{path} is not a state dict")
+    try:
+        state = unpack(state)  # palette-packed kernels (srgan_cli.sr.palette) become plain tensors
+    except PaletteError as exc:
+        raise PerceptualWeightsError(f"cannot read VGG weights {path}: {exc}") from exc
     # accept a whole torchvision VGG state dict ("features.0.weight") or its features alone
     out = {}
     for key, value in state.items():

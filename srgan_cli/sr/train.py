@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
@@ -114,6 +115,7 @@ class TrainConfig:
     val_limit: int = 0  # validate on at most this many photos; 0 = all
     lpips_weights: str | None = None  # LPIPS weights folder; None = $SRGAN_LPIPS_WEIGHTS (else no LPIPS)
     samples: int = 4  # sample crops in the grid saved at each validation; 0 = none
+    snapshots: bool = False  # keep the weights of each validation as <name>_step<N>.safetensors
     checkpoint_every: int = 500  # steps between checkpoints
     log_every: int = 20  # steps between log lines (the only host-device syncs of the loop)
     tensorboard: bool = False  # also write TensorBoard events to <out>/tb
@@ -957,7 +959,9 @@ def _train(
                         tb.scalars(
                             step, {k: v for k, v in val.items() if k != "step" and v is not None}, "val"
                         )
-                save_weights()
+                written = save_weights()
+                if config.snapshots and main:  # the rewritten file, kept per validation step
+                    shutil.copyfile(written, out / f"{config.name}_step{step:07d}.safetensors")
             saved = step % config.checkpoint_every == 0 or step == config.steps
             if saved:
                 with clock.overhead("checkpoint"):
