@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Train srresnet_x4 / srgan_x4 on a lent GPU machine within its limits, in resumable calls.
+
+The lending tool runs one command of at most 10 minutes per call, on a bare machine that is
+given back 30 s after each call, within 30 minutes of device time per session. What travels is
+the working tree (tracked and untracked-not-ignored files) plus the ignored paths named in
+`carry`, 64 MiB in all; what comes back is at most 8 files of 16 MiB. So:
+
+  here    python scripts/gpu_run.py prepare      fill .carry/ (photos, packed VGG, LPIPS weights)
+  here    python scripts/gpu_run.py slim         leave the shipped weights and doc images out of
+                                                 what travels (undo: unslim; never commit slimmed)
+  here    python scripts/gpu_run.py plan         each call's command, carry list and size vs 64 MiB
+  there   python3 scripts/gpu_run.py chunk pretrain --minutes 7.5   (first call: bench, then train)
+  here    python scripts/gpu_run.py collect FILES_AT   checkpoint parts -> .carry/runs/..., archive
+  there   python3 scripts/gpu_run.py chunk pretrain --minutes 7.5   (resumes from the checkpoint)
+  here    python scripts/gpu_run.py collect FILES_AT   the weights -> .carry/init/ for the GAN stage
+  there   python3 scripts/gpu_run.py chunk gan --minutes 7          (one call: D cannot come back)
+  here    python scripts/gpu_run.py collect FILES_AT   per-validation snapshots -> runs/gpu/
+  here    python scripts/gpu_run.py unslim
+
+The pretrain checkpoint (G, EMA, Adam: 25 MB at 16x64) comes back split in parts under 16 MiB
+and is joined and checked (SHA-256) by `collect`. The GAN stage's checkpoint also holds the
+discriminator and its Adam state (about 0.3 GB), which cannot come back, so that stage runs in
+one call and returns the weights of each validation (--snapshots) to choose from.
+
+The first chunk measures the training step (`srgan benchmark train`) and sizes the runs from it:
+the pretrain run gets as many steps as fit in --plan-minutes of training (so the cosine schedule
+ends where the planned chunks end), the GAN run as many as fit in its own call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # this checkout: its code runs, its git is asked
+ROOT = REPO  # where .carry/ lives and the runs run (tests point it elsewhere)
+CARRY = Path(".carry")  # git-ignored; every path below is relative to the repository root
+TRAIN, VAL = CARRY / "train", CARRY / "val"
+VGG_DIR, LPIPS_DIR, INIT_DIR = CARRY / "vgg", CARRY / "lpips", CARRY / "init"
+VGG_FILE = VGG_DIR / "vgg19_caffe_features_palette.safetensors"  # "caffe" in the name: its convention
+INIT_FILE = INIT_DIR / "srresnet_x4.safetensors"
+RUNS = CARRY / "runs"
+PRETRAIN_RUN, GAN_RUN = RUNS / "srresnet_x4", RUNS / "srgan_x4"
+LIMIT = 64 * 2**20  # what may travel in one call
+PART = 15 * 2**20  # checkpoint parts, under the 16 MiB a returned file may have
+MAX_FILES = 8  # files that may come back from one call
+SLIM_BEGIN, SLIM_END = "# gpu_run.py slim: begin", "# gpu_run.py slim: end"
+
+# The recipes (docs: weights/README.md, "Owed on a GPU"). Steps are filled in from the benchmark.
+PRETRAIN = dict(
+    batch=64, crop=128, args=["--n-blocks", "16", "--n-feats", "64", "--global-skip", "--loss", "l1",
+    "--schedule", "cosine", "--lr", "2e-4", "--ema", "0.999", "--checkpoint-every", "1000"],
+)  # fmt: skip
+GAN = dict(
+    batch=16, crop=96, args=["--content-layer", "vgg19_multi", "--content-weight", "0.01", "--loss", "l1",
+    "--pixel-weight", "1", "--adv-weight", "1e-3", "--grid-weight", "10", "--schedule", "step",
+    "--snapshots", "--samples", "0"],
+)  # fmt: skip
+# sizes of what collect makes, for `plan` before it exists: the 16x64 pretrain checkpoint
+# (G, EMA and Adam state, measured 25,150,201 bytes) and its weights file (6,243,588 bytes)
+EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000}
+CALLS = {
+    "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
+    "pretrain (each next call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL, PRETRAIN_RUN]),
+    "gan": ("chunk gan --minutes 7", [TRAIN, VAL, VGG_DIR, LPIPS_DIR, INIT_DIR]),
+}
+
+
+def say(*parts: object) -> None:
+    print("[gpu_run]", *parts, flush=True)
+
+
+def git(*args: str, check: bool = True) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        sys.exit(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def size_of(path: Path) -> int:
+    path = ROOT / path
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def tree_bytes() -> int:
+    """Bytes of the files that travel without being carried: tracked, and untracked but not ignored."""
+    names = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    return sum((REPO / n).stat().st_size for n in names if n and (REPO / n).is_file())
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------------------------------- here
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Fill .carry/ from the shared photos and the perceptual weights (perceptual_weights.py)."""
+    sys.path.insert(0, str(REPO))
+    from safetensors.torch import load_file, save_file
+
+    from srgan_cli.sr.palette import pack_file
+
+    photos, perceptual = Path(args.photos), Path(args.perceptual)
+    for src, dst in ((photos / "train_jpeg95", TRAIN), (photos / "val", VAL)):
+        if not src.is_dir():
+            sys.exit(f"{src} not found (--photos is the folder holding train_jpeg95 and val)")
+        if not (ROOT / dst).is_dir():
+            shutil.copytree(src, ROOT / dst)
+            for p in [ROOT / dst, *(ROOT / dst).rglob("*")]:  # the shared copies are read-only
+                p.chmod(0o644 if p.is_file() else 0o755)
+    vgg = perceptual / "vgg19_caffe_features.safetensors"
+    if not (ROOT / VGG_FILE).is_file():
+        if not vgg.is_file():
+            sys.exit(f"{vgg} not found: run ../shared/tools/perceptual_weights.py {perceptual} first")
+        packed, total = pack_file(vgg, ROOT / VGG_FILE)
+        say(f"VGG19 packed: {packed} of {total} tensors as palettes, {mb(size_of(VGG_FILE))}, exact")
+    (ROOT / LPIPS_DIR).mkdir(parents=True, exist_ok=True)
+    for name, half in (("alexnet_features.safetensors", True), ("lpips_alex_lin.safetensors", False)):
+        if not (ROOT / LPIPS_DIR / name).is_file():  # fp16 AlexNet: validation LPIPS only, to pick a step
+            state = load_file(str(perceptual / name))
+            save_file({k: v.half() if half else v for k, v in state.items()}, str(ROOT / LPIPS_DIR / name))
+    plan(args)
+
+
+def slim_paths() -> list[str]:
+    """Tracked files the GPU calls do not need: shipped weights, doc images, example images."""
+    names = [n for n in git("ls-files", "-z").split("\0") if n]
+    return sorted(
+        n
+        for n in names
+        if (n.startswith("weights/") and n.endswith(".safetensors"))
+        or (n.startswith("docs/") and n.lower().endswith((".png", ".jpg", ".jpeg")))
+        or (n.startswith("examples/") and not n.endswith(".md"))
+    )
+
+
+def exclude_file() -> Path:
+    return REPO / git("rev-parse", "--git-path", "info/exclude").strip()
+
+
+def slimmed() -> list[str]:
+    path = exclude_file()
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    if SLIM_BEGIN not in lines:
+        return []
+    block = lines[lines.index(SLIM_BEGIN) + 1 : lines.index(SLIM_END)]
+    return [line.lstrip("/") for line in block]
+
+
+def slim(args: argparse.Namespace) -> None:
+    if slimmed():
+        sys.exit("already slimmed (python scripts/gpu_run.py unslim undoes it)")
+    if git("diff", "--cached", "--name-only").strip():
+        sys.exit("the index has staged changes: commit or unstage them first")
+    paths = slim_paths()
+    git("rm", "-q", "--cached", "--", *paths)  # untracked now; the files stay on disk
+    path = exclude_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    block = "\n".join([SLIM_BEGIN, *("/" + p for p in paths), SLIM_END])
+    path.write_text(old + ("" if not old or old.endswith("\n") else "\n") + block + "\n")
+    say(f"{len(paths)} files ({mb(sum((REPO / p).stat().st_size for p in paths))}) no longer travel;")
+    say("do not commit until `python scripts/gpu_run.py unslim`")
+
+
+def unslim(args: argparse.Namespace) -> None:
+    paths = slimmed()
+    if not paths:
+        say("not slimmed")
+        return
+    git("reset", "-q", "--", *paths)  # back in the index as in HEAD
+    path = exclude_file()
+    lines = path.read_text().splitlines()
+    lines = lines[: lines.index(SLIM_BEGIN)] + lines[lines.index(SLIM_END) + 1 :]
+    path.write_text("".join(line + "\n" for line in lines))
+    say(f"{len(paths)} files tracked again")
+
+
+def plan(args: argparse.Namespace) -> None:
+    tree = tree_bytes()
+    state = "slimmed" if slimmed() else "NOT slimmed: run `python scripts/gpu_run.py slim`"
+    say(f"working tree that travels: {mb(tree)} ({state})")
+    ok = True
+    for name, (command, carry) in CALLS.items():
+        missing = [p for p in carry if not (ROOT / p).exists()]
+        total = tree + sum(EXPECTED.get(p, 0) if p in missing else size_of(p) for p in carry)
+        fits = total <= LIMIT
+        ok &= fits
+        say(f"{name}: {mb(total)} of {mb(LIMIT)} {'fits' if fits else 'DOES NOT FIT'}")
+        say(f"  command: PYTHONPATH=. python3 scripts/gpu_run.py {command}")
+        say(f"  carry:   {json.dumps([str(p) for p in carry])}")
+        if missing:
+            names = ", ".join(str(p) for p in missing)
+            say(f"  not there yet (collect makes them; counted at their expected size): {names}")
+    if not ok:
+        sys.exit(1)
+
+
+def collect(args: argparse.Namespace) -> None:
+    """Take a chunk's returned files: join and check the checkpoint, keep weights and logs."""
+    back = Path(args.files)
+    manifest_path = back / "manifest.json"
+    if not manifest_path.is_file():
+        sys.exit(f"{manifest_path} not found: is {back} the files_at folder of a chunk call?")
+    manifest = json.loads(manifest_path.read_text())
+    stage, step = manifest["stage"], manifest["step"]
+    archive = Path(args.archive) / f"{stage}_step{step:07d}"
+    archive.mkdir(parents=True, exist_ok=True)
+    for name in manifest["files"]:
+        shutil.copyfile(back / name, archive / name)
+    if stage == "pretrain":
+        run = ROOT / PRETRAIN_RUN
+        run.mkdir(parents=True, exist_ok=True)
+        ckpt = manifest["checkpoint"]
+        tmp = run / ".checkpoint.pt.joining"
+        with open(tmp, "wb") as out:
+            for part in ckpt["parts"]:
+                with open(back / part, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        if sha256(tmp) != ckpt["sha256"]:
+            tmp.unlink()
+            sys.exit("the joined checkpoint does not match its SHA-256: a part is missing or broken")
+        tmp.replace(run / "checkpoint.pt")
+        shutil.copyfile(back / "log.jsonl", run / "log.jsonl")  # the run's log goes on growing
+        (ROOT / INIT_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(back / manifest["weights"], ROOT / INIT_FILE)
+        say(f"pretrain step {step}: checkpoint -> {PRETRAIN_RUN}/, weights -> {INIT_FILE} and {archive}/")
+    else:
+        say(f"gan step {step}: {len(manifest['files'])} files -> {archive}/")
+    for line in (back / "log.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "val":
+            extra = "".join(f" {k} {event[k]:.4f}" for k in ("lpips", "grid") if event.get(k) is not None)
+            say(f"  val step {event['step']}: PSNR {event['psnr']:.2f} SSIM {event['ssim']:.4f}{extra}")
+
+
+# ---------------------------------------------------------------------------------------- there
+
+
+def srgan(*args: str, log: Path, capture: bool = False) -> str:
+    """Run the CLI of this checkout (PYTHONPATH) in ROOT; its output goes to `log` as it comes (so a
+    call killed at its limit still returns it); with `capture`, stdout is returned instead."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    cmd = [sys.executable, "-m", "srgan_cli", *args]
+    say("$ srgan", " ".join(args))
+    with open(log, "a") as f:
+        f.write(f"$ srgan {' '.join(args)}\n")
+        f.flush()
+        stdout = subprocess.PIPE if capture else f
+        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=f, text=True, check=False)
+    tail = (log.read_text()[-2000:] if not capture or done.returncode else done.stdout[-1000:]).rstrip()
+    print(tail, flush=True)
+    if done.returncode:
+        raise RuntimeError(f"srgan {args[0]} failed (exit {done.returncode})")
+    return done.stdout if capture else ""
+
+
+def gpu_monitor(path: Path) -> subprocess.Popen[bytes] | None:
+    """nvidia-smi's utilisation and memory every 2 s, for docs/benchmarks.md."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = "timestamp,utilization.gpu,utilization.memory,memory.used,power.draw"
+    cmd = ["nvidia-smi", f"--query-gpu={query}", "--format=csv", "-l", "2"]
+    return subprocess.Popen(cmd, stdout=open(path, "w"), stderr=subprocess.DEVNULL)
+
+
+def planned_steps(rate: float, seconds: float, batch: int, round_to: int) -> int:
+    """Steps that fit in `seconds` at `rate` crops/s, with 15% left for data, validation and
+    checkpoints, rounded down to `round_to` (at least one `round_to`)."""
+    steps = int(0.85 * rate * seconds / batch)
+    return max(round_to, steps // round_to * round_to)
+
+
+def chunk(args: argparse.Namespace) -> None:
+    start = time.monotonic()
+    deadline = start + args.minutes * 60 - args.reserve  # the reserve: writing $OUT, process start
+    where = args.out or os.environ.get("OUT")
+    if not where:
+        sys.exit("no $OUT (or --out) to write the returned files into")
+    out = Path(where)
+    out.mkdir(parents=True, exist_ok=True)
+    console = out / "console.log"
+    monitor = gpu_monitor(out / "gpu.csv")
+    device = ["--device", args.device]
+    amp = ["--amp", args.amp]
+    extra = args.extra
+    try:
+        if args.stage == "pretrain":
+            run = PRETRAIN_RUN
+            if (ROOT / run / "checkpoint.pt").is_file():
+                cmd = ["train", "--out", str(run), "--resume"]
+            else:
+                rate = bench("pretrain", PRETRAIN, args, console)
+                steps = args.steps or planned_steps(rate, args.plan_minutes * 60, PRETRAIN["batch"], 1000)
+                say(f"pretrain: {rate:.0f} crops/s -> {steps} steps for {args.plan_minutes} min of training")
+                cmd = ["train", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run), "--seed", "0"]
+                cmd += ["--batch-size", str(PRETRAIN["batch"]), "--crop", str(PRETRAIN["crop"])]
+                cmd += [*PRETRAIN["args"], "--steps", str(steps), "--val-every", str(max(steps // 8, 1))]
+                cmd += [*device, *amp]
+        else:
+            run = GAN_RUN
+            if not (ROOT / INIT_FILE).is_file():
+                sys.exit(f"{INIT_FILE} not found: collect a pretrain chunk first (or copy weights there)")
+            rate = bench("gan", GAN, args, console)
+            left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
+            steps = args.steps or planned_steps(rate, left, GAN["batch"], 100)
+            say(f"gan: {rate:.1f} crops/s -> {steps} steps in this call")
+            cmd = ["train", "--stage", "gan", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run)]
+            cmd += [
+                "--init",
+                str(INIT_FILE),
+                "--vgg-weights",
+                str(VGG_FILE),
+                "--lpips-weights",
+                str(LPIPS_DIR),
+            ]
+            cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
+            cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
+            cmd += ["--checkpoint-every", str(steps), "--seed", "0", *device, *amp]
+        limit = deadline - time.monotonic() - 10
+        if limit < 30:
+            sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
+        srgan(*cmd, *extra, "--time-limit", f"{limit:.0f}", log=console)
+    finally:
+        if monitor is not None:
+            monitor.terminate()
+    returned(args.stage, run, out)
+    say(f"chunk done in {time.monotonic() - start:.0f} s")
+
+
+def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:
+    """Crops per second of the real training step of `stage` (random VGG weights: speed only)."""
+    if args.rate:
+        return args.rate
+    cmd = ["benchmark", "train", "--stage", stage, "--batch-size", str(recipe["batch"])]
+    cmd += ["--crop", str(recipe["crop"]), "--n-blocks", "16", "--n-feats", "64"]
+    cmd += ["--steps", str(args.bench_steps), "--warmup", str(min(5, args.bench_steps))]
+    cmd += ["--device", args.device, "--amp", args.amp, "--json"]
+    if stage == "gan":
+        cmd += ["--content-layer", "vgg19_multi"]
+    text = srgan(*cmd, log=console, capture=True)
+    try:
+        result = json.loads(text[text.index("[") :])  # anything printed before the JSON is skipped
+        return float(result[0]["crops_per_s"])
+    except (ValueError, KeyError, IndexError) as exc:
+        raise RuntimeError(f"cannot read the benchmark's result ({exc}); give --rate CROPS_PER_S") from exc
+
+
+def returned(stage: str, run: Path, out: Path) -> None:
+    """Put what must come back into $OUT (at most 8 files under 16 MiB) with a manifest."""
+    run = ROOT / run
+    log = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    step = int(log.get("step", 0))
+    files = ["log.jsonl", "console.log"] + (["gpu.csv"] if (out / "gpu.csv").is_file() else [])
+    shutil.copyfile(run / "log.jsonl", out / "log.jsonl")
+    manifest: dict = {"stage": stage, "step": step}
+    if stage == "pretrain":
+        weights = "srresnet_x4.safetensors"
+        shutil.copyfile(run / weights, out / weights)
+        ckpt = run / "checkpoint.pt"
+        parts = []
+        with open(ckpt, "rb") as f:
+            for index, block in enumerate(iter(lambda: f.read(PART), b"")):
+                name = f"checkpoint.pt.part{index}"
+                (out / name).write_bytes(block)
+                parts.append(name)
+        manifest["checkpoint"] = {"parts": parts, "sha256": sha256(ckpt), "bytes": ckpt.stat().st_size}
+        manifest["weights"] = weights
+        files += [weights, *parts]
+    else:
+        # the weights where the run stopped (a time limit may stop it between validations), and
+        # as many of the latest validations' snapshots as the file limit leaves room for
+        weights = "srgan_x4.safetensors"
+        shutil.copyfile(run / weights, out / weights)
+        files.append(weights)
+        room = MAX_FILES - len(files) - 1  # the manifest is one file too
+        snaps = sorted(run.glob("srgan_x4_step*.safetensors"))[-room:]
+        for snap in snaps:
+            shutil.copyfile(snap, out / snap.name)
+        files += [s.name for s in snaps]
+        manifest["weights"] = weights
+    manifest["files"] = files
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    too_big = [n for n in files if (out / n).stat().st_size >= 16 * 2**20]
+    if len(files) + 1 > MAX_FILES or too_big:
+        sys.exit(f"what would come back breaks the limits: {len(files) + 1} files, too big: {too_big}")
+    say(f"returned: {', '.join(files)}, manifest.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("prepare", help="fill .carry/ (here)")
+    p.add_argument("--photos", default=str(ROOT.parent / "shared" / "datasets" / "photos"))
+    p.add_argument("--perceptual", required=True, help="folder written by perceptual_weights.py")
+    sub.add_parser("slim", help="leave shipped weights and doc images out of what travels (here)")
+    sub.add_parser("unslim", help="undo slim (here)")
+    sub.add_parser("plan", help="each call's command, carry list and size (here)")
+    p = sub.add_parser("collect", help="take a chunk's returned files (here)")
+    p.add_argument("files", help="the files_at folder of the chunk's call")
+    p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
+    p = sub.add_parser("chunk", help="one call's training (there)")
+    p.add_argument("stage", choices=("pretrain", "gan"))
+    p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
+    p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
+    p.add_argument(
+        "--plan-minutes", type=float, default=13.0, help="pretrain: training minutes planned (all its calls)"
+    )
+    p.add_argument("--steps", type=int, default=0, help="steps of a new run (default: from the benchmark)")
+    p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
+    p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--amp", default="bf16")
+    p.add_argument("--out", default="", help="where returned files go (default: $OUT)")
+    p.epilog = "After `--`: more `srgan train` options, given after the recipe's (so they win)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    args.extra = extra
+    {"prepare": prepare, "slim": slim, "unslim": unslim, "plan": plan, "collect": collect, "chunk": chunk}[
+        args.verb
+    ](args)
+
+
+if __name__ == "__main__":
+    main()
