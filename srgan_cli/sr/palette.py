@@ -42,10 +42,6 @@ def pack(state: dict[str, torch.Tensor], *, min_size: int = MIN_SIZE) -> dict[st
     return out
 
 
-def is_packed(state: dict[str, torch.Tensor]) -> bool:
-    return any(key.endswith(CODES) for key in state)
-
-
 def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The plain state dict of a packed one (a plain one is returned as it is)."""
     if not any(key.endswith((CODES, PALETTE)) for key in state):
