@@ -57,7 +57,7 @@ SLIM_BEGIN, SLIM_END = "# gpu_run.py slim: begin", "# gpu_run.py slim: end"
 # The recipes (docs: weights/README.md, "Owed on a GPU"). Steps are filled in from the benchmark.
 PRETRAIN = dict(
     batch=64, crop=128, args=["--n-blocks", "16", "--n-feats", "64", "--global-skip", "--loss", "l1",
-    "--schedule", "cosine", "--lr", "2e-4", "--ema", "0.999", "--checkpoint-every", "1000"],
+    "--schedule", "cosine", "--lr", "2e-4", "--ema", "0.999", "--checkpoint-every", "5000"],
 )  # fmt: skip
 GAN = dict(
     batch=16, crop=96, args=["--content-layer", "vgg19_multi", "--content-weight", "0.01", "--loss", "l1",
