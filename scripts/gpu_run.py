@@ -116,8 +116,6 @@ def mb(n: float) -> str:
 def prepare(args: argparse.Namespace) -> None:
     """Fill .carry/ from the shared photos and the perceptual weights (perceptual_weights.py)."""
     sys.path.insert(0, str(REPO))
-    from safetensors.torch import load_file, save_file
-
     from srgan_cli.sr.palette import pack_file
 
     photos, perceptual = Path(args.photos), Path(args.perceptual)
@@ -134,12 +132,20 @@ def prepare(args: argparse.Namespace) -> None:
             sys.exit(f"{vgg} not found: run ../shared/tools/perceptual_weights.py {perceptual} first")
         packed, total = pack_file(vgg, ROOT / VGG_FILE)
         say(f"VGG19 packed: {packed} of {total} tensors as palettes, {mb(size_of(VGG_FILE))}, exact")
+    write_lpips(perceptual)
+    plan(args)
+
+
+def write_lpips(src: Path) -> None:
+    """LPIPS weights into .carry/lpips, AlexNet in float16 (5 MB saved; validation LPIPS only, to
+    pick a step: numbers to report come from `srgan eval` with the float32 file)."""
+    from safetensors.torch import load_file, save_file
+
     (ROOT / LPIPS_DIR).mkdir(parents=True, exist_ok=True)
     for name, half in (("alexnet_features.safetensors", True), ("lpips_alex_lin.safetensors", False)):
-        if not (ROOT / LPIPS_DIR / name).is_file():  # fp16 AlexNet: validation LPIPS only, to pick a step
-            state = load_file(str(perceptual / name))
+        if not (ROOT / LPIPS_DIR / name).is_file():
+            state = load_file(str(src / name))
             save_file({k: v.half() if half else v for k, v in state.items()}, str(ROOT / LPIPS_DIR / name))
-    plan(args)
 
 
 def slim_paths() -> list[str]:

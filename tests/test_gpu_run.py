@@ -90,12 +90,11 @@ def test_pretrain_chunks_resume_across_calls_then_the_gan_chunk(
     # the GAN chunk: packed VGG (a 4-conv stand-in, hence vgg22), fp16 LPIPS as `prepare` writes it
     vgg = make_vgg_prefix(tmp_path / "vgg19_caffe.safetensors")
     pack_file(vgg, root / gpu_run.VGG_FILE)
-    (root / gpu_run.LPIPS_DIR).mkdir(parents=True)
-    for file in lpips_dir.iterdir():
-        state = load_file(str(file))
-        from safetensors.torch import save_file
-
-        save_file({k: v.half() for k, v in state.items()}, str(root / gpu_run.LPIPS_DIR / file.name))
+    gpu_run.write_lpips(lpips_dir)
+    assert (
+        load_file(str(root / gpu_run.LPIPS_DIR / "alexnet_features.safetensors"))["0.weight"].dtype
+        == torch.float16
+    )
     gan = _call(
         gpu_run, tmp_path, "call3", "gan", *CPU, "--steps", "8", "--", *TINY, "--content-layer", "vgg22"
     )
