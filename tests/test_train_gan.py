@@ -284,3 +284,55 @@ def test_grid_weight_needs_whole_tiles(
     with pytest.raises(TrainingError, match="grid_weight"):
         _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, grid_weight=-1.0).validate()
     _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, crop=8).validate()  # off: any crop
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_mixed_precision_paths_train_and_resume_bit_exactly(
+    photo_dir: Path,
+    tmp_path: Path,
+    init_weights: Path,
+    vgg_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+) -> None:
+    """The code `--amp bf16|fp16` runs on CUDA (autocast regions, the float casts around every loss,
+    fp16's loss scalers and their checkpointed state), executed under the CPU's autocast: CI has no
+    GPU, and the CLI keeps --amp to CUDA, so the Trainer's dtype is forced here."""
+    from srgan_cli.sr import train as train_module
+
+    monkeypatch.setattr(train_module, "amp_dtype", lambda amp, device: dtype)
+    terms = dict(pixel_weight=1.0, grid_weight=1.0, r1_gamma=1.0)
+    straight = train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 6, **terms))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_checkpoint(kind: str, data: dict[str, object]) -> None:
+        if kind == "checkpoint":
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(
+            _gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6, **terms),
+            on_event=kill_after_first_checkpoint,
+        )
+    train(_gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6, **terms), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for part in ("generator", "ema", "discriminator"):
+        _assert_same(a[part], b[part])
+    for part in ("g_scaler", "d_scaler"):
+        assert a[part] == b[part]  # the dynamic loss scale resumes where it was
+        assert bool(a[part]) == (dtype == torch.float16)  # bf16 needs no loss scaling
+        if a[part]:  # starts at 2**16 and halves on each overflowing (skipped) step
+            assert 0 < a[part]["scale"] <= 2.0**16
+
+    start = weights.load(init_weights).model.state_dict()
+    assert not torch.equal(a["generator"]["head.0.weight"], start["head.0.weight"])  # it trained
+    shipped = weights.load(straight.weights)
+    assert {p.dtype for p in shipped.model.parameters()} == {torch.float32}  # autocast never casts weights
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    stats = [e for e in logs if e["event"] == "log"]
+    assert stats and all(e["r1"] > 0 and e["grid"] > 0 and 0 < e["D(x)"] < 1 for e in stats)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in stats)
+    assert shipped.info.metrics["val_psnr_y"] > 10

@@ -368,7 +368,7 @@ class Trainer:
         ).to(device, memory_format=fmt)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False) if config.ema > 0 else None
         self.g_opt = torch.optim.Adam(self.g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-        self.g_scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.d: Discriminator | None = None
         self.content: ContentLoss | None = None
         if gan:
@@ -376,7 +376,7 @@ class Trainer:
             self.d_opt = torch.optim.Adam(
                 self.d.parameters(), lr=config.d_lr or config.lr, betas=(config.beta1, config.beta2)
             )
-            self.d_scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+            self.d_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
             if config.content_weight > 0:
                 if vgg is None:
                     vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
