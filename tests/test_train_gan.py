@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,25 +63,33 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+class _Killed(Exception):
+    pass
+
+
+def _straight_and_killed_then_resumed(config: Callable[[Path], TrainConfig], root: Path) -> Path:
+    """Trains config(root/'a') straight through, and config(root/'b') killed right after its first
+    checkpoint (as if the process died there) and then resumed; returns the straight run's weights."""
+
+    def kill_after_first_checkpoint(kind: str, data: dict[str, object]) -> None:
+        if kind == "checkpoint":
+            raise _Killed
+
+    straight = train(config(root / "a"))
+    with pytest.raises(_Killed):
+        train(config(root / "b"), on_event=kill_after_first_checkpoint)
+    assert torch.load(root / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    train(config(root / "b"), resume=True)
+    assert straight.steps == 6
+    return straight.weights
+
+
 def test_gan_stage_resumes_bit_exactly(
     photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
 ) -> None:
-    straight = train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 6))
-    assert straight.steps == 6
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_checkpoint(kind: str, data: dict[str, object]) -> None:
-        if kind == "checkpoint":  # as if the process died right after writing it
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(
-            _gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6), on_event=kill_after_first_checkpoint
-        )
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
-    train(_gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6), resume=True)
+    straight_weights = _straight_and_killed_then_resumed(
+        lambda out: _gan(photo_dir, out, init_weights, vgg_file, 6), tmp_path
+    )
     a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
     for part in ("generator", "ema", "discriminator"):
@@ -98,8 +107,8 @@ def test_gan_stage_resumes_bit_exactly(
     assert 0 < logs[0]["D(x)"] < 1 and logs[0]["content"] > 0
     assert (tmp_path / "a" / SAMPLES / "step_0000006.png").is_file()
 
-    info = weights.read_info(straight.weights)  # srgan_x2.safetensors, in the shipped format
-    assert straight.weights.name == "srgan_x2.safetensors"
+    info = weights.read_info(straight_weights)  # srgan_x2.safetensors, in the shipped format
+    assert straight_weights.name == "srgan_x2.safetensors"
     assert info.provenance["stage"] == "gan" and info.provenance["init"] == str(init_weights)
     assert info.provenance["train_config"]["content_layer"] == "vgg22"
     assert "val_psnr_y" in info.metrics
@@ -302,21 +311,9 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
 
     monkeypatch.setattr(train_module, "amp_dtype", lambda amp, device: dtype)
     terms = dict(pixel_weight=1.0, grid_weight=1.0, r1_gamma=1.0)
-    straight = train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 6, **terms))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_checkpoint(kind: str, data: dict[str, object]) -> None:
-        if kind == "checkpoint":
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(
-            _gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6, **terms),
-            on_event=kill_after_first_checkpoint,
-        )
-    train(_gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 6, **terms), resume=True)
+    straight_weights = _straight_and_killed_then_resumed(
+        lambda out: _gan(photo_dir, out, init_weights, vgg_file, 6, **terms), tmp_path
+    )
     a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
     for part in ("generator", "ema", "discriminator"):
@@ -329,7 +326,7 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
 
     start = weights.load(init_weights).model.state_dict()
     assert not torch.equal(a["generator"]["head.0.weight"], start["head.0.weight"])  # it trained
-    shipped = weights.load(straight.weights)
+    shipped = weights.load(straight_weights)
     assert {p.dtype for p in shipped.model.parameters()} == {torch.float32}  # autocast never casts weights
     logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     stats = [e for e in logs if e["event"] == "log"]
