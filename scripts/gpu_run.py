@@ -26,6 +26,22 @@ one call and returns the weights of each validation (--snapshots) to choose from
 The first chunk measures the training step (`srgan benchmark train`) and sizes the runs from it:
 the pretrain run gets as many steps as fit in --plan-minutes of training (so the cosine schedule
 ends where the planned chunks end), the GAN run as many as fit in its own call.
+
+Continuing from trained weights in one call (what a 15-minute loan allows: one ~9-minute command):
+
+  here    python scripts/gpu_run.py prepare --perceptual DIR [--init WEIGHTS]
+  here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
+  there   python3 scripts/gpu_run.py chunk continue --minutes 9
+          (a new cosine cycle of pretraining from --init on every packed photo, then the GAN
+          stage from its result; both weights, the GAN snapshots and all logs come back)
+  here    python scripts/gpu_run.py collect FILES_AT
+  there   python3 scripts/gpu_run.py chunk continue --minutes 4 --only train --skip-gan --steps N
+          (optional second call, if time is left: the same pretraining without the extra photos)
+
+`prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
+each photo's longest side capped (--max-side) and re-encoded (--format, --quality), into
+.carry/train/train and .carry/train/extra, which `srgan train --data .carry/train` reads as two
+sources (crops in proportion to pixels). `plan` adds up what each call carries.
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -44,11 +61,17 @@ REPO = Path(__file__).resolve().parent.parent  # this checkout: its code runs, i
 ROOT = REPO  # where .carry/ lives and the runs run (tests point it elsewhere)
 CARRY = Path(".carry")  # git-ignored; every path below is relative to the repository root
 TRAIN, VAL = CARRY / "train", CARRY / "val"
+PACKING = TRAIN / "packing.json"  # how prepare packed the photos (a different packing repacks)
 VGG_DIR, LPIPS_DIR, INIT_DIR = CARRY / "vgg", CARRY / "lpips", CARRY / "init"
 VGG_FILE = VGG_DIR / "vgg19_caffe_features_palette.safetensors"  # "caffe" in the name: its convention
 INIT_FILE = INIT_DIR / "srresnet_x4.safetensors"
+START_DIR = CARRY / "start"  # the weights `chunk continue` starts from (prepare --init)
+START_FILE = START_DIR / "srresnet_x4.safetensors"
 RUNS = CARRY / "runs"
 PRETRAIN_RUN, GAN_RUN = RUNS / "srresnet_x4", RUNS / "srgan_x4"
+CONTINUE_RUN, CONTINUE_GAN_RUN = RUNS / "continue_srresnet_x4", RUNS / "continue_srgan_x4"
+# the shared photo folders prepare packs, and the subfolder of .carry/train each goes to
+PHOTO_SETS = {"train": "train", "extra": "train_extra"}
 LIMIT = 64 * 2**20  # what may travel in one call
 PART = 15 * 2**20  # checkpoint parts, under the 16 MiB a returned file may have
 MAX_FILES = 8  # files that may come back from one call
@@ -64,13 +87,26 @@ GAN = dict(
     "--pixel-weight", "1", "--adv-weight", "1e-3", "--grid-weight", "10", "--schedule", "step",
     "--snapshots", "--samples", "0"],
 )  # fmt: skip
+# continuing: a new cosine cycle from a lower rate (the weights are trained already), then the GAN
+CONTINUE = dict(
+    batch=PRETRAIN["batch"], crop=PRETRAIN["crop"], args=["--loss", "l1", "--schedule", "cosine",
+    "--lr", "1e-4", "--ema", "0.999"],
+)  # fmt: skip
 # sizes of what collect makes, for `plan` before it exists: the 16x64 pretrain checkpoint
 # (G, EMA and Adam state, measured 25,150,201 bytes) and its weights file (6,243,588 bytes)
-EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000}
+EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000, START_DIR: 6_250_000}
 CALLS = {
     "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
     "pretrain (each next call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL, PRETRAIN_RUN]),
     "gan": ("chunk gan --minutes 7", [TRAIN, VAL, VGG_DIR, LPIPS_DIR, INIT_DIR]),
+    "continue (one call: pretrain, then gan)": (
+        "chunk continue --minutes 9",
+        [TRAIN, VAL, VGG_DIR, LPIPS_DIR, START_DIR],
+    ),
+    "continue, without the extra photos (A/B)": (
+        "chunk continue --minutes 4 --only train --skip-gan --steps N",
+        [TRAIN, VAL, START_DIR],
+    ),
 }
 
 
@@ -114,18 +150,22 @@ def mb(n: float) -> str:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """Fill .carry/ from the shared photos and the perceptual weights (perceptual_weights.py)."""
+    """Fill .carry/: the packed photos, val, the packed VGG19, LPIPS, and the weights to continue from."""
     sys.path.insert(0, str(REPO))
+    from srgan_cli import weights
     from srgan_cli.sr.palette import pack_file
 
     photos, perceptual = Path(args.photos), Path(args.perceptual)
-    for src, dst in ((photos / "train_jpeg95", TRAIN), (photos / "val", VAL)):
-        if not src.is_dir():
-            sys.exit(f"{src} not found (--photos is the folder holding train_jpeg95 and val)")
-        if not (ROOT / dst).is_dir():
-            shutil.copytree(src, ROOT / dst)
-            for p in [ROOT / dst, *(ROOT / dst).rglob("*")]:  # the shared copies are read-only
-                p.chmod(0o644 if p.is_file() else 0o755)
+    sets = ["train"] if args.no_extra else ["train", "extra"]
+    pack_photos(photos, sets, args.max_side, args.format, args.quality)
+    if not (ROOT / VAL).is_dir():  # validation stays lossless: its numbers pick the snapshots
+        if not (photos / "val").is_dir():
+            sys.exit(
+                f"{photos / 'val'} not found (--photos is the folder holding train, train_extra and val)"
+            )
+        shutil.copytree(photos / "val", ROOT / VAL)
+        for p in [ROOT / VAL, *(ROOT / VAL).rglob("*")]:  # the shared copies are read-only
+            p.chmod(0o644 if p.is_file() else 0o755)
     vgg = perceptual / "vgg19_caffe_features.safetensors"
     if not (ROOT / VGG_FILE).is_file():
         if not vgg.is_file():
@@ -133,7 +173,52 @@ def prepare(args: argparse.Namespace) -> None:
         packed, total = pack_file(vgg, ROOT / VGG_FILE)
         say(f"VGG19 packed: {packed} of {total} tensors as palettes, {mb(size_of(VGG_FILE))}, exact")
     write_lpips(perceptual)
+    start = weights.resolve(args.init)
+    info = weights.read_info(start)
+    if info.arch != "srresnet" or info.scale != 4:
+        sys.exit(f"--init {args.init} is {info.arch} x{info.scale}; chunk continue needs srresnet x4 weights")
+    (ROOT / START_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(start, ROOT / START_FILE)
+    say(f"chunk continue starts from {start} ({info.config['n_blocks']}x{info.config['n_feats']})")
     plan(args)
+
+
+def pack_photos(photos: Path, sets: list[str], max_side: int, fmt: str, quality: int) -> None:
+    """The shared photo folders -> .carry/train/<set>/: each photo's longest side at most `max_side`
+    (Lanczos, as the shared copies were made), re-encoded as `fmt` at `quality` (JPEG in 4:4:4);
+    a CREDITS.tsv travels with its photos. Kept when already packed the same way."""
+    sys.path.insert(0, str(REPO))
+    from PIL import Image
+
+    from srgan_cli.sr.data import list_images, load_rgb_uint8
+
+    settings = {"sets": sets, "max_side": max_side, "format": fmt, "quality": quality}
+    if (ROOT / PACKING).is_file() and json.loads((ROOT / PACKING).read_text()) == settings:
+        say(f"photos already packed ({mb(size_of(TRAIN))}): {settings}")
+        return
+    if (ROOT / TRAIN).exists():
+        shutil.rmtree(ROOT / TRAIN)  # packed differently, or the flat copy of older versions
+    for name in sets:
+        src, dst = photos / PHOTO_SETS[name], ROOT / TRAIN / name
+        if not src.is_dir():
+            sys.exit(f"{src} not found (--photos is the folder holding train, train_extra and val)")
+        dst.mkdir(parents=True)
+        if (src / "CREDITS.tsv").is_file():
+            shutil.copyfile(src / "CREDITS.tsv", dst / "CREDITS.tsv")
+        for path in list_images(src):
+            img = Image.fromarray(load_rgb_uint8(path))
+            if max(img.size) > max_side:
+                factor = max_side / max(img.size)
+                size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+                img = img.resize(size, Image.Resampling.LANCZOS)
+            target = dst / path.relative_to(src).with_suffix(".webp" if fmt == "webp" else ".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "webp":
+                img.save(target, "WEBP", quality=quality, method=4)
+            else:
+                img.save(target, "JPEG", quality=quality, subsampling=0)
+        say(f"packed {src} -> {TRAIN / name}: {len(list_images(dst))} photos, {mb(size_of(TRAIN / name))}")
+    (ROOT / PACKING).write_text(json.dumps(settings))  # last: an interrupted packing is redone
 
 
 def write_lpips(src: Path) -> None:
@@ -208,6 +293,8 @@ def plan(args: argparse.Namespace) -> None:
     tree = tree_bytes()
     state = "slimmed" if slimmed() else "NOT slimmed: run `python scripts/gpu_run.py slim`"
     say(f"working tree that travels: {mb(tree)} ({state})")
+    if (ROOT / PACKING).is_file():
+        say(f"photos: {mb(size_of(TRAIN))} packed as {(ROOT / PACKING).read_text()}")
     ok = True
     for name, (command, carry) in CALLS.items():
         missing = [p for p in carry if not (ROOT / p).exists()]
@@ -253,13 +340,21 @@ def collect(args: argparse.Namespace) -> None:
         (ROOT / INIT_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(back / manifest["weights"], ROOT / INIT_FILE)
         say(f"pretrain step {step}: checkpoint -> {PRETRAIN_RUN}/, weights -> {INIT_FILE} and {archive}/")
+    elif stage == "continue":
+        with tarfile.open(back / "logs.tar.gz") as tar:
+            tar.extractall(archive, filter="data")
+        gan = f", gan step {manifest['gan_step']}" if "gan_step" in manifest else ""
+        say(f"continue (data: {manifest['data']}): pretrain step {step}{gan}: files -> {archive}/")
     else:
         say(f"gan step {step}: {len(manifest['files'])} files -> {archive}/")
-    for line in (back / "log.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event.get("event") == "val":
-            extra = "".join(f" {k} {event[k]:.4f}" for k in ("lpips", "grid") if event.get(k) is not None)
-            say(f"  val step {event['step']}: PSNR {event['psnr']:.2f} SSIM {event['ssim']:.4f}{extra}")
+    logs = ["pretrain_log.jsonl", "gan_log.jsonl"] if stage == "continue" else ["log.jsonl"]
+    for log in (archive / name for name in logs if (archive / name).is_file()):
+        say(f" {log.name}:")
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "val":
+                extra = "".join(f" {k} {event[k]:.4f}" for k in ("lpips", "grid") if event.get(k) is not None)
+                say(f"  val step {event['step']}: PSNR {event['psnr']:.2f} SSIM {event['ssim']:.4f}{extra}")
 
 
 # ---------------------------------------------------------------------------------------- there
@@ -313,7 +408,11 @@ def chunk(args: argparse.Namespace) -> None:
     amp = ["--amp", args.amp]
     extra = args.extra
     try:
-        if args.stage == "pretrain":
+        if args.stage == "continue":
+            continue_runs(args, console, deadline)
+            run = CONTINUE_RUN
+            cmd = []
+        elif args.stage == "pretrain":
             run = PRETRAIN_RUN
             if (ROOT / run / "checkpoint.pt").is_file():
                 cmd = ["train", "--out", str(run), "--resume"]
@@ -345,15 +444,68 @@ def chunk(args: argparse.Namespace) -> None:
             cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
             cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
             cmd += ["--checkpoint-every", str(steps), "--seed", "0", *device, *amp]
-        limit = deadline - time.monotonic() - 10
-        if limit < 30:
-            sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
-        srgan(*cmd, *extra, "--time-limit", f"{limit:.0f}", log=console)
+        if args.stage != "continue":  # (continue_runs ran its two commands itself)
+            limit = deadline - time.monotonic() - 10
+            if limit < 30:
+                sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
+            srgan(*cmd, *extra, "--time-limit", f"{limit:.0f}", log=console)
     finally:
         if monitor is not None:
             monitor.terminate()
-    returned(args.stage, run, out)
+    if args.stage == "continue":
+        returned_continue(args, out)
+    else:
+        returned(args.stage, run, out)
     say(f"chunk done in {time.monotonic() - start:.0f} s")
+
+
+def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> None:
+    """One call: a new cosine cycle of pretraining from START_FILE on the packed photos (all, or
+    --only one set), then, unless --skip-gan, the GAN stage from its result in the time left."""
+    if not (ROOT / START_FILE).is_file():
+        sys.exit(f"{START_FILE} not found: `prepare --init WEIGHTS` puts the weights to continue from there")
+    data = TRAIN / args.only if args.only else TRAIN
+    if not (ROOT / data).is_dir():
+        sys.exit(f"{data} not found: run prepare (without --no-extra to pack the extra photos)")
+    machine = ["--device", args.device, "--amp", args.amp]
+    lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
+    rate = bench("pretrain", CONTINUE, args, console)
+    gan_rate = 0.0 if args.skip_gan else bench("gan", GAN, args, console)
+    left = deadline - time.monotonic()
+    share = 1.0 if args.skip_gan else args.pretrain_share
+    steps = args.steps or planned_steps(rate, left * share - 30, CONTINUE["batch"], 100)  # 30 s: loading
+    say(f"continue: {rate:.0f} crops/s -> {steps} pretrain steps from {START_FILE} on {data}")
+    cmd = ["train", "--data", str(data), "--val", str(VAL), "--out", str(CONTINUE_RUN), "--seed", "0"]
+    cmd += [
+        "--init",
+        str(START_FILE),
+        "--batch-size",
+        str(CONTINUE["batch"]),
+        "--crop",
+        str(CONTINUE["crop"]),
+    ]
+    cmd += [*CONTINUE["args"], "--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
+    cmd += ["--checkpoint-every", str(steps), "--samples", "0", *lpips, *machine]
+    limit = min(left * share, deadline - time.monotonic() - 10)
+    if limit < 30:
+        sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
+    srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
+    if args.skip_gan:
+        return
+    left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
+    gan_steps = args.gan_steps or planned_steps(gan_rate, left, GAN["batch"], 100)
+    say(f"continue: gan {gan_rate:.1f} crops/s -> {gan_steps} steps")
+    cmd = ["train", "--stage", "gan", "--data", str(data), "--val", str(VAL), "--out", str(CONTINUE_GAN_RUN)]
+    cmd += ["--init", str(CONTINUE_RUN / "srresnet_x4.safetensors"), "--vgg-weights", str(VGG_FILE), *lpips]
+    cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
+    cmd += ["--steps", str(gan_steps), "--val-every", str(max(gan_steps // 4, 1))]
+    cmd += ["--checkpoint-every", str(gan_steps), "--seed", "0", *machine]
+    limit = deadline - time.monotonic() - 10
+    if limit < 30:
+        sys.exit(
+            f"only {limit:.0f} s left for the GAN stage: give more --minutes or a lower --pretrain-share"
+        )
+    srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
 
 
 def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:
@@ -415,6 +567,39 @@ def returned(stage: str, run: Path, out: Path) -> None:
     say(f"returned: {', '.join(files)}, manifest.json")
 
 
+def returned_continue(args: argparse.Namespace, out: Path) -> None:
+    """What `chunk continue` brings back (8 files at most): the continued SRResNet weights, the
+    GAN weights and as many of its validation snapshots as fit, and every log in one archive."""
+    pre, gan = ROOT / CONTINUE_RUN, ROOT / CONTINUE_GAN_RUN
+    logs = [(pre / "log.jsonl", "pretrain_log.jsonl")]
+    if not args.skip_gan:
+        logs.append((gan / "log.jsonl", "gan_log.jsonl"))
+    logs += [(out / name, name) for name in ("console.log", "gpu.csv") if (out / name).is_file()]
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        for path, name in logs:
+            tar.add(path, arcname=name)
+    for name in ("console.log", "gpu.csv"):  # inside the archive now (a killed call returns them raw)
+        (out / name).unlink(missing_ok=True)
+
+    def last_step(run: Path) -> int:
+        return int(json.loads((run / "log.jsonl").read_text().splitlines()[-1]).get("step", 0))
+
+    shutil.copyfile(pre / "srresnet_x4.safetensors", out / "srresnet_x4.safetensors")
+    files = ["logs.tar.gz", "srresnet_x4.safetensors"]
+    manifest: dict = {"stage": "continue", "step": last_step(pre), "data": args.only or "all"}
+    if not args.skip_gan:
+        shutil.copyfile(gan / "srgan_x4.safetensors", out / "srgan_x4.safetensors")
+        files.append("srgan_x4.safetensors")
+        room = MAX_FILES - len(files) - 1  # the manifest is one file too
+        for snap in sorted(gan.glob("srgan_x4_step*.safetensors"))[-room:]:
+            shutil.copyfile(snap, out / snap.name)
+            files.append(snap.name)
+        manifest["gan_step"] = last_step(gan)
+    manifest["files"] = files
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    say(f"returned: {', '.join(files)}, manifest.json")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -423,6 +608,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("prepare", help="fill .carry/ (here)")
     p.add_argument("--photos", default=str(ROOT.parent / "shared" / "datasets" / "photos"))
     p.add_argument("--perceptual", required=True, help="folder written by perceptual_weights.py")
+    p.add_argument("--no-extra", action="store_true", help="pack train/ only, not train_extra/")
+    p.add_argument("--max-side", type=int, default=1280, help="longest side of a packed photo (default 1280)")
+    p.add_argument("--format", choices=("webp", "jpeg"), default="webp", help="packed photos' format")
+    p.add_argument("--quality", type=int, default=90, help="packed photos' quality (default 90)")
+    p.add_argument("--init", default="srresnet_x4", help="weights `chunk continue` starts from")
     sub.add_parser("slim", help="leave shipped weights and doc images out of what travels (here)")
     sub.add_parser("unslim", help="undo slim (here)")
     sub.add_parser("plan", help="each call's command, carry list and size (here)")
@@ -430,13 +620,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", help="the files_at folder of the chunk's call")
     p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
     p = sub.add_parser("chunk", help="one call's training (there)")
-    p.add_argument("stage", choices=("pretrain", "gan"))
+    p.add_argument("stage", choices=("pretrain", "gan", "continue"))
     p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
     p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
     p.add_argument(
         "--plan-minutes", type=float, default=13.0, help="pretrain: training minutes planned (all its calls)"
     )
     p.add_argument("--steps", type=int, default=0, help="steps of a new run (default: from the benchmark)")
+    p.add_argument("--gan-steps", type=int, default=0, help="continue: GAN steps (default: the time left)")
+    p.add_argument("--pretrain-share", type=float, default=0.4, help="continue: share of the time (0.4)")
+    p.add_argument("--only", choices=tuple(PHOTO_SETS), help="continue: train on one packed set only")
+    p.add_argument("--skip-gan", action="store_true", help="continue: pretrain only (the A/B call)")
     p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")
     p.add_argument("--device", default="cuda")

@@ -26,6 +26,17 @@ ARCH_HINTS = {
     "shapes_checker": "the shapes checker is used by `srgan text2img eval --checker`",
 }
 
+# What each shipped file is for, shown by `srgan models` (weights/README.md has the numbers behind
+# it). Only the shipped files get these notes: a user's file of the same name says nothing.
+SHIPPED_USES = {
+    "srresnet_x4": "photos: faithful detail, best PSNR",
+    "srresnet_x4_fast": "CPU: half the time, a bit softer",
+    "srgan_x4": "sharper texture (GAN: invented detail)",
+    "lapgan_photos64": "srgan lapgan sample",
+    "text2img_shapes": "srgan text2img generate",
+    "shapes_checker": "srgan text2img eval --checker",
+}
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -33,6 +44,12 @@ def shipped_dirs() -> list[Path]:
     """Where shipped weights live: inside the installed package, or the repo's weights/ folder."""
     candidates = [_PACKAGE_DIR / "weights", _PACKAGE_DIR.parent / "weights"]
     return [d for d in candidates if d.is_dir()]
+
+
+def shipped_use(info: WeightsInfo) -> str:
+    """What a shipped file is for (SHIPPED_USES); "" for any other file."""
+    shipped = any(info.path.parent.resolve() == d.resolve() for d in shipped_dirs())
+    return SHIPPED_USES.get(info.name, "") if shipped else ""
 
 
 def search_dirs() -> list[Path]:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from srgan_cli import __version__
 from srgan_cli.cli.app import app
 
-from .conftest import make_photo
+from .conftest import make_photo, tiny_model
 
 runner = CliRunner()
 
@@ -199,6 +199,27 @@ def test_models_lists_weights(weights_dir: Path) -> None:
     assert rows["tiny_x4"]["metrics"]["val_psnr_y"] == 1.0
     code, text = run("models")
     assert code == 0 and "tiny_x2" in text
+
+
+def test_models_table_shows_whole_names_and_uses_in_80_columns(
+    weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from srgan_cli import weights
+    from srgan_cli.cli import common
+
+    long_name = "srresnet_x4_holiday_finetune"
+    weights.save(weights_dir / f"{long_name}.safetensors", tiny_model(4), trained_on="holiday")
+    monkeypatch.setattr(common.console, "width", 80)
+    code, text = run("models")
+    assert code == 0
+    assert max(len(line) for line in text.splitlines()) <= 80
+    names = {line.split()[0] for line in text.splitlines() if line.strip()}
+    shipped = [i.name for i in weights.list_models() if weights.shipped_use(i)]
+    assert {"srresnet_x4", "srresnet_x4_fast", "srgan_x4", long_name} <= names and len(shipped) >= 3
+    assert "(default)" in text and "holiday" in text.split(long_name, 1)[1]  # its use: what it was trained on
+    # a user's file named like a shipped one gets none of its notes
+    weights.save(weights_dir / "srgan_x4.safetensors", tiny_model(4), trained_on="mine")
+    assert not weights.shipped_use(weights.read_info("srgan_x4"))
 
 
 def test_eval_json(weights_dir: Path, photo_dir: Path) -> None:

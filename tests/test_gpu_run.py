@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from srgan_cli import weights
+from srgan_cli.sr.data import gather_sources
 from srgan_cli.sr.palette import pack_file
 
-from .conftest import make_vgg_prefix
+from .conftest import make_photo, make_vgg_prefix, tiny_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_run.py"
 TINY = ["--n-blocks", "1", "--n-feats", "8", "--batch-size", "2", "--crop", "32", "--log-every", "1"]
@@ -118,3 +120,116 @@ def test_a_gan_chunk_without_pretrained_weights_says_so(gpu_run, tmp_path: Path)
 def test_planned_steps(gpu_run) -> None:  # noqa: ANN001
     assert gpu_run.planned_steps(3000.0, 1020.0, 64, 1000) == 40000  # 0.85 x 3000 x 1020 / 64 = 40640
     assert gpu_run.planned_steps(1.0, 10.0, 64, 1000) == 1000  # at least one unit
+
+
+def _shared_photos(root: Path) -> Path:
+    """A stand-in for ../shared/datasets/photos: train/ (one photo larger than the cap), train_extra/
+    with its CREDITS.tsv, val/."""
+    for name, sizes in (
+        ("train", [(96, 80), (40, 48)]),
+        ("train_extra", [(48, 40), (56, 48)]),
+        ("val", [(48, 48)]),
+    ):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(make_photo(h, w, seed=i)).save(folder / f"{name}{i}.png")
+    (root / "train_extra" / "CREDITS.tsv").write_text("file\tauthor\nx.jpg\tsomeone\n")
+    return root
+
+
+def test_prepare_packs_both_photo_sets_small_and_repacks_when_asked_otherwise(
+    gpu_run, tmp_path: Path
+) -> None:  # noqa: ANN001
+    photos = _shared_photos(tmp_path / "photos")
+    root = gpu_run.ROOT
+    gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)
+    packed = sorted(p.relative_to(root / gpu_run.TRAIN) for p in (root / gpu_run.TRAIN).rglob("*.webp"))
+    assert [str(p) for p in packed] == [
+        "extra/train_extra0.webp",
+        "extra/train_extra1.webp",
+        "train/train0.webp",
+        "train/train1.webp",
+    ]
+    with Image.open(root / gpu_run.TRAIN / "train" / "train0.webp") as im:
+        assert im.size == (53, 64)  # 80x96 capped at 64 on its longest side
+    assert (root / gpu_run.TRAIN / "extra" / "CREDITS.tsv").is_file()  # the credits travel along
+    sources = gather_sources([str(root / gpu_run.TRAIN)])
+    assert [(Path(s.name).name, len(s.files)) for s in sources] == [("extra", 2), ("train", 2)]
+    stamp = (root / gpu_run.TRAIN / "train" / "train1.webp").stat().st_mtime_ns
+    gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)  # the same packing: kept
+    assert (root / gpu_run.TRAIN / "train" / "train1.webp").stat().st_mtime_ns == stamp
+    gpu_run.pack_photos(photos, ["train"], 64, "jpeg", 85)  # another packing: redone
+    assert sorted(p.name for p in (root / gpu_run.TRAIN).rglob("*.*") if p.suffix != ".json") == [
+        "train0.jpg",
+        "train1.jpg",
+    ]
+
+
+def test_continue_pretrains_from_the_start_weights_then_the_gan_in_one_call(
+    gpu_run,
+    tmp_path: Path,
+    lpips_dir: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = gpu_run.ROOT
+    photos = _shared_photos(tmp_path / "photos")
+    gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)
+    shutil.copytree(photos / "val", root / gpu_run.VAL)
+    pack_file(make_vgg_prefix(tmp_path / "vgg19_caffe.safetensors"), root / gpu_run.VGG_FILE)
+    gpu_run.write_lpips(lpips_dir)
+    with pytest.raises(SystemExit, match="prepare --init"):
+        gpu_run.main(["chunk", "continue", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
+    start = weights.save(root / gpu_run.START_FILE, tiny_model(4, global_skip=True), trained_on="x")
+    gpu_run.main(["plan"])
+    assert "continue (one call: pretrain, then gan)" in capsys.readouterr().out
+
+    tiny = [*TINY, "--content-layer", "vgg22"]  # a 4-conv VGG stand-in
+    back = _call(gpu_run, tmp_path, "c1", "continue", *CPU, "--steps", "4", "--gan-steps", "8", "--", *tiny)
+    manifest = json.loads((back / "manifest.json").read_text())
+    assert (manifest["stage"], manifest["step"], manifest["gan_step"], manifest["data"]) == (
+        "continue",
+        4,
+        8,
+        "all",
+    )
+    assert len(manifest["files"]) + 1 == gpu_run.MAX_FILES  # GAN snapshots fill what is left
+    pre = weights.read_info(back / "srresnet_x4.safetensors")
+    assert pre.provenance["init"] == str(gpu_run.START_FILE) and pre.provenance["steps"] == 4
+    assert pre.config["global_skip"] is True  # the shape came from the start weights
+    assert [Path(s["name"]).name for s in pre.provenance["data_sources"]] == ["extra", "train"]
+    assert (
+        pre.provenance["train_config"]["lr"] == 1e-4
+        and pre.provenance["train_config"]["schedule"] == "cosine"
+    )
+    gan = weights.read_info(back / "srgan_x4.safetensors")
+    assert gan.provenance["init"] == str(gpu_run.CONTINUE_RUN / "srresnet_x4.safetensors")
+    assert gan.provenance["steps"] == 8 and gan.metrics["val_lpips"] >= 0
+    archive = tmp_path / "archive"
+    gpu_run.main(["collect", str(back), "--archive", str(archive)])
+    kept = archive / "continue_step0000004"
+    for name in ("pretrain_log.jsonl", "gan_log.jsonl", "console.log", "srgan_x4_step0000008.safetensors"):
+        assert (kept / name).is_file(), name
+    assert "val step 8" in capsys.readouterr().out
+
+    # the A/B call: the same pretraining on the train photos only, no GAN stage
+    shutil.rmtree(root / gpu_run.RUNS)
+    back = _call(
+        gpu_run,
+        tmp_path,
+        "c2",
+        "continue",
+        *CPU,
+        "--only",
+        "train",
+        "--skip-gan",
+        "--steps",
+        "4",
+        "--",
+        *tiny,
+    )
+    manifest = json.loads((back / "manifest.json").read_text())
+    assert manifest["files"] == ["logs.tar.gz", "srresnet_x4.safetensors"] and manifest["data"] == "train"
+    only = weights.read_info(back / "srresnet_x4.safetensors")
+    assert [Path(s["name"]).name for s in only.provenance["data_sources"]] == ["train"]
+    assert start.is_file()

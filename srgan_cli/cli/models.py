@@ -36,21 +36,25 @@ def models(as_json: JsonOpt = False) -> None:
             f"no weights found (searched: {', '.join(map(str, weights.search_dirs())) or 'nothing'})"
         )
         return
+    # names never wrap (they are what users type); the "use" column takes what width is left
     table = Table(show_edge=False, header_style="bold")
-    for col in ("name", "arch", "scale", "params", "val PSNR-Y", "val SSIM-Y", "trained on"):
-        table.add_column(col, justify="right" if col in ("scale", "params") else "left")
+    table.add_column("name", no_wrap=True)
+    for col in ("scale", "params", "PSNR-Y", "LPIPS"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("use", overflow="fold", ratio=1, min_width=12)
     for i in infos:
-        name = f"{i.name} [green](default)[/]" if i.name == weights.DEFAULT_MODEL else i.name
-        psnr = i.metrics.get("val_psnr_y")
-        ssim = i.metrics.get("val_ssim_y")
+        psnr, lpips = i.metrics.get("val_psnr_y"), i.metrics.get("val_lpips")
+        use = weights.shipped_use(i) or (f"trained on {i.trained_on}" if i.trained_on else "-")
+        if i.name == weights.DEFAULT_MODEL:
+            use = f"[green](default)[/] {use}"
         table.add_row(
-            name,
-            i.arch,
+            i.name,
             f"x{i.scale}" if i.scale > 1 else "-",  # generators and the checker do not enlarge
             f"{i.n_params / 1e6:.2f}M",
-            f"{psnr:.2f} dB" if psnr is not None else "-",
-            f"{ssim:.4f}" if ssim is not None else "-",
-            i.trained_on or "-",
+            f"{psnr:.2f}" if psnr is not None else "-",
+            f"{lpips:.3f}" if lpips is not None else "-",
+            use,
         )
     console.print(table)
+    console.print("[dim]PSNR-Y (dB), LPIPS: each file's recorded validation (shipped: weights/README.md)[/]")
     console.print("[dim]paths and training details: srgan models --json[/]")

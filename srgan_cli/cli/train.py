@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..distributed import world_from_env
 from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
@@ -75,7 +76,13 @@ def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
 
 def train(
     data: Annotated[
-        Path | None, _opt("--data", panel=_RUN, help="Folder of HR training photos (recursive).")
+        list[str] | None,
+        _opt(
+            "--data",
+            panel=_RUN,
+            help="Folder of HR training photos (recursive); repeat for several, DIR:WEIGHT to weight one "
+            "(crops are drawn in proportion to weight x pixels; a folder of folders gives one source each).",
+        ),
     ] = None,
     val: Annotated[Path | None, _opt("--val", panel=_RUN, help="Folder of HR validation photos.")] = None,
     out: Annotated[
@@ -344,6 +351,14 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                     f"G {data['params'] / 1e6:.2f}M params{d_params}, device {data['device']}{procs}, "
                     f"amp {data['amp']}, from step {data['step']}"
                 )
+                if len(data["sources"]) > 1:
+                    progress.console.print(
+                        "crops from: "
+                        + ", ".join(
+                            f"{escape(s['name'])} {s['photos']} photos {s['share']:.0%}"
+                            for s in data["sources"]
+                        )
+                    )
                 for line in data["skipped"]:
                     progress.console.print(f"[yellow]skipped[/] {line}")
                 if data["note"]:

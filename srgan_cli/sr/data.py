@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,66 @@ def list_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
         raise TrainingError(f"data folder not found: {folder}")
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One set of training photos (a --data folder, or one subfolder of a folder of folders) and
+    how much its photos count: crops are drawn with probability proportional to weight x pixels."""
+
+    name: str  # as the user will recognise it in logs: the folder, relative to the --data folder
+    files: tuple[Path, ...]
+    weight: float = 1.0
+
+
+def parse_data_spec(spec: str) -> tuple[Path, float]:
+    """A --data value: "DIR", or "DIR:WEIGHT" (e.g. "photos/extra:0.5") -> (folder, weight).
+
+    A folder whose name really ends in ":<number>" is taken whole when it exists."""
+    text = str(spec)
+    folder, sep, tail = text.rpartition(":")
+    if sep and folder and not Path(text).is_dir():
+        try:
+            weight = float(tail)
+        except ValueError:
+            return Path(text), 1.0  # e.g. a Windows drive ("C:\\photos"): no weight given
+        if not (weight > 0 and np.isfinite(weight)):
+            raise TrainingError(f"--data {text}: the weight after ':' must be a positive number")
+        return Path(folder), weight
+    return Path(text), 1.0
+
+
+def gather_sources(specs: Sequence[str]) -> list[DataSource]:
+    """The photo sources of the --data values, each with its folder's weight.
+
+    A folder whose photos sit in subfolders (a folder of folders, e.g. photos/{train,extra}) gives
+    one source per subfolder (searched recursively) plus one for photos directly inside it, so the
+    start of training can say what share of the crops each one gets. A photo reached twice (the
+    same folder given twice, or nested) is an error: it would silently count double."""
+    sources: list[DataSource] = []
+    seen: dict[Path, str] = {}  # each photo's --data value
+    for spec in specs:
+        folder, weight = parse_data_spec(spec)
+        if not folder.is_dir():
+            raise TrainingError(f"data folder not found: {folder}")
+        groups: dict[str, list[Path]] = {}
+        for path in list_images(folder):
+            rel = path.relative_to(folder)
+            key = str(folder / rel.parts[0]) if len(rel.parts) > 1 else str(folder)
+            groups.setdefault(key, []).append(path)
+        for name, files in groups.items():
+            for path in files:
+                real = path.resolve()
+                if real in seen:
+                    raise TrainingError(
+                        f"{path} is reached twice: by --data {seen[real]} and by --data {spec}",
+                        hint="give each folder once; subfolders are searched already",
+                    )
+                seen[real] = spec
+            sources.append(DataSource(name, tuple(files), weight))
+    if not sources:
+        raise TrainingError(f"no images found in {', '.join(map(str, specs)) or 'no --data folder'}")
+    return sources
 
 
 def load_rgb_uint8(path: Path) -> np.ndarray:
@@ -82,7 +142,10 @@ class CropPool:
     batches of random HR crops and their LR images are then cut there with index arithmetic, with
     no per-crop Python, no worker processes and no host-device copy.
 
-    Randomness comes only from `generator`, so a run that saves its state resumes exactly."""
+    A crop comes from photo i with probability proportional to weights[i] x its pixel count, so
+    every pixel of equal weight is equally likely to be trained on, whatever the photo sizes (what
+    sampling sub-images cut from every photo does; a 2040 px photo holds 4x the crops of a 1020 px
+    one). Randomness comes only from `generator`, so a run that saves its state resumes exactly."""
 
     def __init__(
         self,
@@ -94,8 +157,10 @@ class CropPool:
         device: torch.device | str = "cpu",
         files: list[Path] | None = None,
         skipped: list[tuple[Path, str]] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
-        """`images`: (H, W, 3) uint8 arrays, each at least `crop` on both sides."""
+        """`images`: (H, W, 3) uint8 arrays, each at least `crop` on both sides; `weights`: one
+        positive number per image (default 1), multiplying its pixels' chance of being drawn."""
         if crop % scale:
             raise TrainingError(f"crop size {crop} must be a multiple of the scale {scale}")
         if not images:
@@ -107,12 +172,19 @@ class CropPool:
         sizes = [img.shape[:2] for img in images]
         if min(min(hw) for hw in sizes) < crop:
             raise TrainingError(f"every training image must be at least {crop}x{crop} (the crop)")
+        weights = [1.0] * len(images) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(images) or not all(w > 0 and np.isfinite(w) for w in weights):
+            raise TrainingError("the crop pool needs one positive weight per image")
+        mass = np.array(weights) * np.array([h * w for h, w in sizes], dtype=np.float64)
+        self.shares = mass / mass.sum()  # (n_images,) probability that a crop comes from each photo
         chunks = [torch.from_numpy(np.ascontiguousarray(img).reshape(-1, 3)) for img in images]
         self.pixels = torch.cat(chunks).to(self.device)  # (P, 3) uint8, every photo row-major
         hw = torch.tensor(sizes, dtype=torch.int64)
         offsets = torch.cumsum(hw[:, 0] * hw[:, 1], 0) - hw[:, 0] * hw[:, 1]
         self.offsets, self.heights, self.widths = (t.to(self.device) for t in (offsets, hw[:, 0], hw[:, 1]))
         self._grid = torch.arange(crop, device=self.device)
+        # the photo of a crop is drawn by inverting this distribution function (searchsorted)
+        self._cdf = torch.from_numpy(np.cumsum(self.shares)[:-1].astype(np.float32)).to(self.device)
 
     @classmethod
     def from_files(
@@ -123,16 +195,26 @@ class CropPool:
         crop: int,
         augment: bool = True,
         device: torch.device | str = "cpu",
+        weights: Sequence[float] | None = None,
     ) -> CropPool:
-        """Decode each photo once; unreadable ones and ones smaller than the crop are skipped."""
+        """Decode each photo once; unreadable ones and ones smaller than the crop are skipped.
+        `weights`: one per file (see the class), default 1."""
         images, kept, skipped = read_photos(files, crop, "crop")
         if not images:
             raise TrainingError(
                 f"no usable training images ({len(skipped)} skipped)",
                 hint="the data folder needs photos at least as large as --crop",
             )
+        weight_of = dict(zip(files, weights if weights is not None else [1.0] * len(files), strict=True))
         return cls(
-            images, scale=scale, crop=crop, augment=augment, device=device, files=kept, skipped=skipped
+            images,
+            scale=scale,
+            crop=crop,
+            augment=augment,
+            device=device,
+            files=kept,
+            skipped=skipped,
+            weights=[weight_of[p] for p in kept],
         )
 
     @property
@@ -159,7 +241,7 @@ class CropPool:
         antialiased bicubic downscale of HR, rounded to 8 bit like a real LR image."""
         c, dev = self.crop, self.device
         u = torch.rand(n, 4, generator=generator, device=dev)  # image, top, left, dihedral code
-        k = (u[:, 0] * len(self.files)).long().clamp_(max=len(self.files) - 1)
+        k = torch.searchsorted(self._cdf, u[:, 0].contiguous(), right=True)  # the photo of each crop
         h, w = self.heights[k], self.widths[k]
         top = (u[:, 1] * (h - c + 1)).long()
         left = (u[:, 2] * (w - c + 1)).long()

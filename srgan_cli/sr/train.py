@@ -11,7 +11,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,15 @@ from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
 from ..errors import PerceptualWeightsError, TrainingError
 from ..runtime.torch_backend import TorchUpscaler
-from .data import CropPool, EvalPair, bicubic_upscale, list_images, load_eval_pairs
+from .data import (
+    CropPool,
+    DataSource,
+    EvalPair,
+    bicubic_upscale,
+    gather_sources,
+    load_eval_pairs,
+    parse_data_spec,
+)
 from .evaluate import EvalReport, evaluate
 from .losses import (
     CONTENT_LAYERS,
@@ -69,7 +77,9 @@ _RETIRED = ("cache_images", "workers")  # options of older versions, ignored in 
 @dataclass
 class TrainConfig:
     # --- run ----------------------------------------------------------------------------------
-    data: str = ""  # folder of HR training photos (searched recursively)
+    # folders of HR training photos (searched recursively), each "DIR" or "DIR:WEIGHT"; crops are
+    # drawn in proportion to weight x pixels (sr.data.CropPool); a str is taken as one folder
+    data: list[str] = field(default_factory=list)
     val: str | None = None  # folder of HR validation photos; None skips validation
     out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
     stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
@@ -125,6 +135,12 @@ class TrainConfig:
     amp: str = "auto"  # mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16
     compile: bool = False  # torch.compile the networks (slow start, faster steps on GPUs)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):  # one folder (and checkpoints of older versions)
+            self.data = [str(self.data)] if str(self.data) else []
+        else:
+            self.data = [str(d) for d in self.data]
+
     @classmethod
     def for_stage(cls, stage: str) -> TrainConfig:
         """The defaults of a stage (the gan stage follows the paper's SRGAN schedule)."""
@@ -152,6 +168,8 @@ class TrainConfig:
                 raise TrainingError(f"unknown {field} {getattr(self, field)!r}: use {', '.join(allowed)}")
 
         one_of("stage", STAGES)
+        for spec in self.data:
+            parse_data_spec(spec)  # raises on a bad weight
         one_of("loss", ("mse", "l1"))
         one_of("schedule", ("constant", "cosine", "step"))
         one_of("amp", ("auto", "off", "bf16", "fp16"))
@@ -224,6 +242,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for k, v in flat.items():
         want = type(getattr(defaults, k)) if getattr(defaults, k) is not None else None
         ok = want is None or isinstance(v, want) or (want is float and isinstance(v, int))
+        if want is list:  # data: one folder, or a list of them
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+                raise TrainingError(f"{path}: {k} should be a folder or a list of folders, got {v!r}")
+            continue
         if not ok or (want is int and isinstance(v, bool)):
             raise TrainingError(f"{path}: {k} should be a {want.__name__ if want else 'value'}, got {v!r}")
         if want is float:
@@ -232,17 +254,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_init_arch(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """gan stage: the generator's shape comes from its --init weights; options the user set
-    explicitly (`given`) must agree with them."""
-    if config.stage != "gan":
-        return config
+    """With --init (always in the gan stage; in pretrain to fine-tune, e.g. the shipped weights on
+    your photos) the generator's shape comes from those weights; options the user set explicitly
+    (`given`) must agree with them."""
     init = config.init_weights
-    assert init is not None
+    if init is None:
+        return config
     info = weights_mod.read_info(init)
     if info.arch != "srresnet":
-        raise TrainingError(
-            f"--init {init} is a {info.arch} model; the gan stage starts from srresnet weights"
-        )
+        raise TrainingError(f"--init {init} is a {info.arch} model; training starts from srresnet weights")
     arch = {k: info.config[k] for k in _ARCH_FIELDS if k in info.config}
     clash = [
         f"{k}: {getattr(config, k)} (given) vs {v} (in {init})"
@@ -575,6 +595,17 @@ def _pool_device(config: TrainConfig, device: torch.device, files: list[Path]) -
     return device if need < free_memory_bytes(device) // 4 else torch.device("cpu")
 
 
+def _source_shares(sources: list[DataSource], pool: CropPool) -> list[dict[str, Any]]:
+    """Per source: photos kept in this process's pool and the share of the crops drawn from them."""
+    kept = {f: i for i, f in enumerate(pool.files)}
+    rows = []
+    for source in sources:
+        index = [kept[f] for f in source.files if f in kept]
+        share = float(pool.shares[index].sum()) if index else 0.0
+        rows.append({"name": source.name, "photos": len(index), "weight": source.weight, "share": share})
+    return rows
+
+
 def _sample_crops(pairs: list[EvalPair], pool: CropPool, n: int, scale: int) -> list[EvalPair]:
     """Fixed crops for the sample grid: the centres of the validation photos, else training crops."""
     side = max(16, 128 // scale)  # LR side; HR is 128 px at x4
@@ -734,9 +765,9 @@ def _train(
             f"{out} already holds a training run",
             hint="pass --resume to continue it, or choose another --out",
         )
-    files = list_images(config.data)
-    if not files:
-        raise TrainingError(f"no images found in {config.data}")
+    sources = gather_sources(config.data)
+    files = [f for s in sources for f in s.files]
+    source_of = {f: s for s in sources for f in s.files}
     if world.distributed and len(files) >= world.size:
         files = files[world.rank :: world.size]  # each process its own shard of the photos
 
@@ -757,8 +788,10 @@ def _train(
         crop=config.crop,
         augment=config.augment,
         device=_pool_device(config, device, files),
+        weights=[source_of[f].weight for f in files],
     )
     generator = pool.generator(config.seed * 1_000_003 + world.rank)
+    shares = _source_shares(sources, pool)
 
     step, prior_seconds = 0, 0.0  # training time of earlier calls, from the checkpoint
     if resume:
@@ -817,6 +850,7 @@ def _train(
             "params": count_parameters(trainer.g),
             "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
             "images": len(pool.files),
+            "sources": shares,
             "pool": f"{pool.nbytes / 1e6:.0f} MB on {pool.device}",
             "skipped": [f"{p}: {why}" for p, why in pool.skipped],
             "world_size": world.size,
@@ -839,7 +873,8 @@ def _train(
         provenance: dict[str, Any] = {
             "stage": config.stage,
             "steps": step,
-            "data": str(config.data),
+            "data": config.data,
+            "data_sources": shares,
             "train_seconds": round(seconds(), 1),
             "device": str(device),
             "world_size": world.size,
@@ -856,7 +891,7 @@ def _train(
         return weights_mod.save(
             out / f"{config.name}.safetensors",
             trainer.generator,
-            trained_on=Path(config.data).name,
+            trained_on=" + ".join(f"{Path(s.name).name} ({len(s.files)} photos)" for s in sources),
             provenance=provenance,
             metrics=metrics,
         )
