@@ -404,51 +404,15 @@ def chunk(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     console = out / "console.log"
     monitor = gpu_monitor(out / "gpu.csv")
-    device = ["--device", args.device]
-    amp = ["--amp", args.amp]
-    extra = args.extra
     try:
         if args.stage == "continue":
             continue_runs(args, console, deadline)
-            run = CONTINUE_RUN
-            cmd = []
-        elif args.stage == "pretrain":
-            run = PRETRAIN_RUN
-            if (ROOT / run / "checkpoint.pt").is_file():
-                cmd = ["train", "--out", str(run), "--resume"]
-            else:
-                rate = bench("pretrain", PRETRAIN, args, console)
-                steps = args.steps or planned_steps(rate, args.plan_minutes * 60, PRETRAIN["batch"], 1000)
-                say(f"pretrain: {rate:.0f} crops/s -> {steps} steps for {args.plan_minutes} min of training")
-                cmd = ["train", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run), "--seed", "0"]
-                cmd += ["--batch-size", str(PRETRAIN["batch"]), "--crop", str(PRETRAIN["crop"])]
-                cmd += [*PRETRAIN["args"], "--steps", str(steps), "--val-every", str(max(steps // 8, 1))]
-                cmd += [*device, *amp]
         else:
-            run = GAN_RUN
-            if not (ROOT / INIT_FILE).is_file():
-                sys.exit(f"{INIT_FILE} not found: collect a pretrain chunk first (or copy weights there)")
-            rate = bench("gan", GAN, args, console)
-            left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
-            steps = args.steps or planned_steps(rate, left, GAN["batch"], 100)
-            say(f"gan: {rate:.1f} crops/s -> {steps} steps in this call")
-            cmd = ["train", "--stage", "gan", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run)]
-            cmd += [
-                "--init",
-                str(INIT_FILE),
-                "--vgg-weights",
-                str(VGG_FILE),
-                "--lpips-weights",
-                str(LPIPS_DIR),
-            ]
-            cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
-            cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
-            cmd += ["--checkpoint-every", str(steps), "--seed", "0", *device, *amp]
-        if args.stage != "continue":  # (continue_runs ran its two commands itself)
+            run, cmd = stage_command(args, console, deadline)
             limit = deadline - time.monotonic() - 10
             if limit < 30:
                 sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
-            srgan(*cmd, *extra, "--time-limit", f"{limit:.0f}", log=console)
+            srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
     finally:
         if monitor is not None:
             monitor.terminate()
@@ -459,6 +423,46 @@ def chunk(args: argparse.Namespace) -> None:
     say(f"chunk done in {time.monotonic() - start:.0f} s")
 
 
+def stage_command(args: argparse.Namespace, console: Path, deadline: float) -> tuple[Path, list[str]]:
+    """The run folder and `srgan train` command of a pretrain or gan chunk (resuming a pretrain run
+    whose checkpoint was carried)."""
+    device = ["--device", args.device]
+    amp = ["--amp", args.amp]
+    if args.stage == "pretrain":
+        run = PRETRAIN_RUN
+        if (ROOT / run / "checkpoint.pt").is_file():
+            cmd = ["train", "--out", str(run), "--resume"]
+        else:
+            rate = bench("pretrain", PRETRAIN, args, console)
+            steps = args.steps or planned_steps(rate, args.plan_minutes * 60, PRETRAIN["batch"], 1000)
+            say(f"pretrain: {rate:.0f} crops/s -> {steps} steps for {args.plan_minutes} min of training")
+            cmd = ["train", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run), "--seed", "0"]
+            cmd += ["--batch-size", str(PRETRAIN["batch"]), "--crop", str(PRETRAIN["crop"])]
+            cmd += [*PRETRAIN["args"], "--steps", str(steps), "--val-every", str(max(steps // 8, 1))]
+            cmd += [*device, *amp]
+    else:
+        run = GAN_RUN
+        if not (ROOT / INIT_FILE).is_file():
+            sys.exit(f"{INIT_FILE} not found: collect a pretrain chunk first (or copy weights there)")
+        rate = bench("gan", GAN, args, console)
+        left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
+        steps = args.steps or planned_steps(rate, left, GAN["batch"], 100)
+        say(f"gan: {rate:.1f} crops/s -> {steps} steps in this call")
+        cmd = ["train", "--stage", "gan", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run)]
+        cmd += [
+            "--init",
+            str(INIT_FILE),
+            "--vgg-weights",
+            str(VGG_FILE),
+            "--lpips-weights",
+            str(LPIPS_DIR),
+        ]
+        cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
+        cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
+        cmd += ["--checkpoint-every", str(steps), "--seed", "0", *device, *amp]
+    return run, cmd
+
+
 def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> None:
     """One call: a new cosine cycle of pretraining from START_FILE on the packed photos (all, or
     --only one set), then, unless --skip-gan, the GAN stage from its result in the time left."""
@@ -467,6 +471,7 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     data = TRAIN / args.only if args.only else TRAIN
     if not (ROOT / data).is_dir():
         sys.exit(f"{data} not found: run prepare (without --no-extra to pack the extra photos)")
+    data_args = continue_data(args.only, args.extra_share)
     machine = ["--device", args.device, "--amp", args.amp]
     lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
     rate = bench("pretrain", CONTINUE, args, console)
@@ -475,7 +480,7 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     share = 1.0 if args.skip_gan else args.pretrain_share
     steps = args.steps or planned_steps(rate, left * share - 30, CONTINUE["batch"], 100)  # 30 s: loading
     say(f"continue: {rate:.0f} crops/s -> {steps} pretrain steps from {START_FILE} on {data}")
-    cmd = ["train", "--data", str(data), "--val", str(VAL), "--out", str(CONTINUE_RUN), "--seed", "0"]
+    cmd = ["train", *data_args, "--val", str(VAL), "--out", str(CONTINUE_RUN), "--seed", "0"]
     cmd += [
         "--init",
         str(START_FILE),
@@ -495,7 +500,7 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
     gan_steps = args.gan_steps or planned_steps(gan_rate, left, GAN["batch"], 100)
     say(f"continue: gan {gan_rate:.1f} crops/s -> {gan_steps} steps")
-    cmd = ["train", "--stage", "gan", "--data", str(data), "--val", str(VAL), "--out", str(CONTINUE_GAN_RUN)]
+    cmd = ["train", "--stage", "gan", *data_args, "--val", str(VAL), "--out", str(CONTINUE_GAN_RUN)]
     cmd += ["--init", str(CONTINUE_RUN / "srresnet_x4.safetensors"), "--vgg-weights", str(VGG_FILE), *lpips]
     cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
     cmd += ["--steps", str(gan_steps), "--val-every", str(max(gan_steps // 4, 1))]
@@ -567,6 +572,32 @@ def returned(stage: str, run: Path, out: Path) -> None:
     say(f"returned: {', '.join(files)}, manifest.json")
 
 
+def continue_data(only: str | None, extra_share: float) -> list[str]:
+    """`srgan train --data` options for chunk continue: one packed set, or both with the extra
+    photos weighted to give `extra_share` of the crops (by pixels alone, the 141 extra photos
+    would give about 70% once train/ is capped to the packing's side; they are the lower-quality
+    set, see ../shared/datasets/photos/README.md)."""
+    if only:
+        return ["--data", str(TRAIN / only)]
+    sets = [name for name in PHOTO_SETS if (ROOT / TRAIN / name).is_dir()]
+    if sets != list(PHOTO_SETS):
+        return ["--data", str(TRAIN)]
+    from PIL import Image
+
+    def pixels(name: str) -> int:
+        total = 0
+        for path in (ROOT / TRAIN / name).rglob("*"):
+            if path.suffix.lower() in (".webp", ".jpg"):
+                with Image.open(path) as im:
+                    total += im.width * im.height
+        return total
+
+    if not 0 < extra_share < 1:
+        sys.exit("--extra-share is a fraction of the crops, between 0 and 1 (or use --only)")
+    weight = extra_share / (1 - extra_share) * pixels("train") / pixels("extra")
+    return ["--data", str(TRAIN / "train"), "--data", f"{TRAIN / 'extra'}:{weight:.4g}"]
+
+
 def returned_continue(args: argparse.Namespace, out: Path) -> None:
     """What `chunk continue` brings back (8 files at most): the continued SRResNet weights, the
     GAN weights and as many of its validation snapshots as fit, and every log in one archive."""
@@ -630,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gan-steps", type=int, default=0, help="continue: GAN steps (default: the time left)")
     p.add_argument("--pretrain-share", type=float, default=0.4, help="continue: share of the time (0.4)")
     p.add_argument("--only", choices=tuple(PHOTO_SETS), help="continue: train on one packed set only")
+    p.add_argument("--extra-share", type=float, default=0.5, help="continue: share of crops from extra (0.5)")
     p.add_argument("--skip-gan", action="store_true", help="continue: pretrain only (the A/B call)")
     p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")

@@ -197,7 +197,9 @@ def test_continue_pretrains_from_the_start_weights_then_the_gan_in_one_call(
     pre = weights.read_info(back / "srresnet_x4.safetensors")
     assert pre.provenance["init"] == str(gpu_run.START_FILE) and pre.provenance["steps"] == 4
     assert pre.config["global_skip"] is True  # the shape came from the start weights
-    assert [Path(s["name"]).name for s in pre.provenance["data_sources"]] == ["extra", "train"]
+    sources = {Path(s["name"]).name: s for s in pre.provenance["data_sources"]}
+    assert sorted(sources) == ["extra", "train"]  # half the crops from each (--extra-share 0.5)
+    assert sources["extra"]["share"] == pytest.approx(0.5, abs=1e-3) and sources["train"]["weight"] == 1.0
     assert (
         pre.provenance["train_config"]["lr"] == 1e-4
         and pre.provenance["train_config"]["schedule"] == "cosine"

@@ -18,7 +18,7 @@ class SRResNetConfig:
     in_channels: int = 3  # RGB
     # Not in the paper: add a bicubic upscaling of the input to the output, so the network learns
     # only the residual. It starts training at bicubic quality instead of from a blank image, which
-    # matters when the training budget is small (the CPU-trained interim weights use it).
+    # matters when the training budget is small (the shipped SRResNet weights use it).
     global_skip: bool = False
 
     def __post_init__(self) -> None:
