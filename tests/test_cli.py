@@ -197,6 +197,7 @@ def test_models_lists_weights(weights_dir: Path) -> None:
     rows = {r["name"]: r for r in json.loads(text)}
     assert rows["tiny_x4"]["scale"] == 4 and rows["tiny_x4"]["params"] > 0
     assert rows["tiny_x4"]["metrics"]["val_psnr_y"] == 1.0
+    assert rows["tiny_x4"]["use"] == "" and rows["srresnet_x4_fast"]["use"].startswith("CPU")
     code, text = run("models")
     assert code == 0 and "tiny_x2" in text
 

@@ -26,6 +26,7 @@ def models(as_json: JsonOpt = False) -> None:
                 "provenance": i.provenance,
                 "path": str(i.path),
                 "default": i.name == weights.DEFAULT_MODEL,
+                "use": weights.shipped_use(i),  # what a shipped file is for; "" for any other
             }
             for i in infos
         ]
