@@ -40,8 +40,9 @@ Continuing from trained weights in one call (what a 15-minute loan allows: one ~
 
 `prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
 each photo's longest side capped (--max-side) and re-encoded (--format, --quality), into
-.carry/train/train and .carry/train/extra, which `srgan train --data .carry/train` reads as two
-sources (crops in proportion to pixels). `plan` adds up what each call carries.
+.carry/train/train and .carry/train/extra; every chunk trains on both, the extra photos weighted
+to give --extra-share (0.5) of the crops (by pixels alone they would give 71%). `plan` adds up
+what each call carries.
 """
 
 from __future__ import annotations
@@ -436,7 +437,8 @@ def stage_command(args: argparse.Namespace, console: Path, deadline: float) -> t
             rate = bench("pretrain", PRETRAIN, args, console)
             steps = args.steps or planned_steps(rate, args.plan_minutes * 60, PRETRAIN["batch"], 1000)
             say(f"pretrain: {rate:.0f} crops/s -> {steps} steps for {args.plan_minutes} min of training")
-            cmd = ["train", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run), "--seed", "0"]
+            cmd = ["train", *data_options(None, args.extra_share), "--val", str(VAL), "--out", str(run)]
+            cmd += ["--seed", "0"]
             cmd += ["--batch-size", str(PRETRAIN["batch"]), "--crop", str(PRETRAIN["crop"])]
             cmd += [*PRETRAIN["args"], "--steps", str(steps), "--val-every", str(max(steps // 8, 1))]
             cmd += [*device, *amp]
@@ -448,7 +450,16 @@ def stage_command(args: argparse.Namespace, console: Path, deadline: float) -> t
         left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
         steps = args.steps or planned_steps(rate, left, GAN["batch"], 100)
         say(f"gan: {rate:.1f} crops/s -> {steps} steps in this call")
-        cmd = ["train", "--stage", "gan", "--data", str(TRAIN), "--val", str(VAL), "--out", str(run)]
+        cmd = [
+            "train",
+            "--stage",
+            "gan",
+            *data_options(None, args.extra_share),
+            "--val",
+            str(VAL),
+            "--out",
+            str(run),
+        ]
         cmd += [
             "--init",
             str(INIT_FILE),
@@ -471,7 +482,7 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     data = TRAIN / args.only if args.only else TRAIN
     if not (ROOT / data).is_dir():
         sys.exit(f"{data} not found: run prepare (without --no-extra to pack the extra photos)")
-    data_args = continue_data(args.only, args.extra_share)
+    data_args = data_options(args.only, args.extra_share)
     machine = ["--device", args.device, "--amp", args.amp]
     lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
     rate = bench("pretrain", CONTINUE, args, console)
@@ -572,8 +583,8 @@ def returned(stage: str, run: Path, out: Path) -> None:
     say(f"returned: {', '.join(files)}, manifest.json")
 
 
-def continue_data(only: str | None, extra_share: float) -> list[str]:
-    """`srgan train --data` options for chunk continue: one packed set, or both with the extra
+def data_options(only: str | None, extra_share: float) -> list[str]:
+    """`srgan train --data` options of every chunk: one packed set, or both with the extra
     photos weighted to give `extra_share` of the crops (by pixels alone, the 141 extra photos
     would give about 70% once train/ is capped to the packing's side; they are the lower-quality
     set, see ../shared/datasets/photos/README.md)."""
@@ -661,7 +672,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gan-steps", type=int, default=0, help="continue: GAN steps (default: the time left)")
     p.add_argument("--pretrain-share", type=float, default=0.4, help="continue: share of the time (0.4)")
     p.add_argument("--only", choices=tuple(PHOTO_SETS), help="continue: train on one packed set only")
-    p.add_argument("--extra-share", type=float, default=0.5, help="continue: share of crops from extra (0.5)")
+    p.add_argument(
+        "--extra-share", type=float, default=0.5, help="share of crops from the extra photos (0.5)"
+    )
     p.add_argument("--skip-gan", action="store_true", help="continue: pretrain only (the A/B call)")
     p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")
