@@ -2,9 +2,10 @@
 """Train srresnet_x4 / srgan_x4 on a lent GPU machine within its limits, in resumable calls.
 
 The lending tool runs one command of at most 10 minutes per call, on a bare machine that is
-given back 30 s after each call, within 30 minutes of device time per session. What travels is
-the working tree (tracked and untracked-not-ignored files) plus the ignored paths named in
-`carry`, 64 MiB in all; what comes back is at most 8 files of 16 MiB. So:
+given back 30 s after each call, within 15 minutes of device time per task (the machine's start
+included; it was 30 when the three-call plan below was written: with 15, use `chunk continue`).
+What travels is the working tree (tracked and untracked-not-ignored files) plus the ignored paths
+named in `carry`, 64 MiB in all; what comes back is at most 8 files of 16 MiB. From scratch:
 
   here    python scripts/gpu_run.py prepare      fill .carry/ (photos, packed VGG, LPIPS weights)
   here    python scripts/gpu_run.py slim         leave the shipped weights and doc images out of
