@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.devices import resolve_device
 from srgan_cli.runtime.torch_backend import TorchUpscaler
 from srgan_cli.sr.data import bicubic_downscale, bicubic_upscale, list_images, load_rgb_uint8
@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device("auto")
-    models = [weights.load(m) for m in (args.model or [weights.DEFAULT_MODEL])]
+    models = [archs.load(m) for m in (args.model or [weights.DEFAULT_MODEL])]
     scale = models[0].info.scale
     if any(m.info.scale != scale for m in models):
         parser.error("all models must have the same scale")

@@ -1,10 +1,12 @@
-"""Named weights: safetensors files that carry their architecture config, found by name or path."""
+"""The weights file format: safetensors files that carry their architecture config, found by name or
+path; header reading, metadata, saving, strict loading (which network a file builds: archs.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,34 +72,6 @@ class WeightsInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     n_params: int = 0
-
-
-def _architectures() -> dict[str, tuple[type[nn.Module], type]]:
-    # imported here so that reading a header never pays for building every model module
-    from .lapgan.models import Lapgan, LapganConfig
-    from .sr.models import SRResNet, SRResNetConfig
-    from .text2img.checker import ShapeChecker, ShapeCheckerConfig
-    from .text2img.models import Text2Img, Text2ImgConfig
-
-    return {
-        "srresnet": (SRResNet, SRResNetConfig),
-        "lapgan": (Lapgan, LapganConfig),
-        "text2img": (Text2Img, Text2ImgConfig),
-        "shapes_checker": (ShapeChecker, ShapeCheckerConfig),
-    }
-
-
-def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
-    archs = _architectures()
-    if arch not in archs:
-        raise WeightsMismatch(
-            f"unknown architecture {arch!r}; this version knows: {', '.join(sorted(archs))}"
-        )
-    cls, config_cls = archs[arch]
-    try:
-        return cls(config_cls(**config))
-    except (TypeError, ValueError) as exc:
-        raise WeightsMismatch(f"invalid {arch} config {config}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,13 +233,19 @@ class LoadedWeights:
     info: WeightsInfo
 
 
-def load(
+Build = Callable[[str, dict[str, Any]], nn.Module]  # (arch, config) -> an untrained model
+
+
+def load_model(
     name_or_path: str | os.PathLike[str],
+    build: Build,
     *,
     expect_arch: str | None = None,
     expect_scale: int | None = None,
 ) -> LoadedWeights:
-    """Build the model described by a weights file and load its tensors (CPU, eval mode)."""
+    """Read a weights file, check what it holds, build its model with `build` and load its tensors
+    (CPU, eval mode). `build` comes from the caller, so this module knows no architecture:
+    `archs.load` passes the table of all of them, a feature package its own class."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -287,49 +267,13 @@ def load(
             state = load_file(str(info.path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsFormatError(f"{info.path}: corrupt weights file: {exc}") from exc
-    model = build_model(info.arch, info.config)
+    try:
+        model = build(info.arch, info.config)
+    except (TypeError, ValueError) as exc:  # a config field the class does not take, or a bad value
+        raise WeightsMismatch(f"invalid {info.arch} config {info.config}: {exc}") from exc
     load_state_dict(model, state, info.path)
     model.eval()
     return LoadedWeights(model, info)
-
-
-def interpolate(
-    first: str | os.PathLike[str], second: str | os.PathLike[str], alpha: float
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Network interpolation (Wang et al. 2018, ESRGAN, section 3.4): (1 - alpha) * first + alpha * second.
-
-    Both files must hold the same architecture and config, typically a PSNR-trained model and the
-    GAN model fine-tuned from it; alpha trades the first's clean, smooth output for the second's
-    texture. Returns the blended model (CPU, eval mode) and the provenance to save with it.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    a, b = load(first), load(second)
-    if (a.info.arch, a.info.config) != (b.info.arch, b.info.config):
-        differ = sorted(
-            k
-            for k in a.info.config.keys() | b.info.config.keys()
-            if a.info.config.get(k) != b.info.config.get(k)
-        )
-        what = f"config fields {', '.join(differ)}" if differ else f"{a.info.arch!r} vs {b.info.arch!r}"
-        raise WeightsMismatch(
-            f"cannot interpolate {a.info.path} and {b.info.path}: they differ in {what}",
-            hint="interpolate a model with one fine-tuned from it (e.g. srresnet_x4 and a GAN run from it)",
-        )
-    other = b.model.state_dict()
-    mixed = {
-        k: torch.lerp(v, other[k], alpha) if v.is_floating_point() else v
-        for k, v in a.model.state_dict().items()
-    }
-    a.model.load_state_dict(mixed, strict=True)
-    provenance = {
-        "interpolation": {
-            "alpha": alpha,
-            "first": {"name": a.info.name, "provenance": a.info.provenance, "metrics": a.info.metrics},
-            "second": {"name": b.info.name, "provenance": b.info.provenance, "metrics": b.info.metrics},
-        }
-    }
-    return a.model, provenance
 
 
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<state>") -> None:

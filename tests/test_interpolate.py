@@ -1,4 +1,4 @@
-"""Network interpolation: `weights.interpolate` and `srgan interpolate`."""
+"""Network interpolation: `archs.interpolate` and `srgan interpolate`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import WeightsMismatch
 
@@ -27,7 +27,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return weights.load(path).model.state_dict()
+    return archs.load(path).model.state_dict()
 
 
 def test_interpolation_is_a_weight_by_weight_blend(pair: tuple[Path, Path]) -> None:
@@ -35,10 +35,10 @@ def test_interpolation_is_a_weight_by_weight_blend(pair: tuple[Path, Path]) -> N
     sa, sb = _state(a), _state(b)
     assert any(not torch.equal(sa[k], sb[k]) for k in sa)
     for alpha, expect in ((0.0, sa), (1.0, sb)):
-        model, _ = weights.interpolate(a, b, alpha)
+        model, _ = archs.interpolate(a, b, alpha)
         for k, v in model.state_dict().items():
             assert torch.equal(v, expect[k]), (alpha, k)
-    model, provenance = weights.interpolate(a, b, 0.25)
+    model, provenance = archs.interpolate(a, b, 0.25)
     for k, v in model.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(v, 0.75 * sa[k] + 0.25 * sb[k])
@@ -57,9 +57,9 @@ def test_interpolation_refuses_different_models(pair: tuple[Path, Path], tmp_pat
     other = tmp_path / "x2.safetensors"
     weights.save(other, tiny_model(2))
     with pytest.raises(WeightsMismatch, match="differ in config fields scale"):
-        weights.interpolate(a, other, 0.5)
+        archs.interpolate(a, other, 0.5)
     with pytest.raises(ValueError, match="alpha"):
-        weights.interpolate(a, a, 1.5)
+        archs.interpolate(a, a, 1.5)
 
 
 def test_interpolate_command(pair: tuple[Path, Path], tmp_path: Path) -> None:

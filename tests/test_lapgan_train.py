@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.errors import TrainingError, UsageError, WeightsMismatch
 from srgan_cli.lapgan.data import CropSampler
 from srgan_cli.lapgan.models import Lapgan, LapganConfig
@@ -211,7 +211,7 @@ def test_weights_round_trip_and_wrong_kind(tmp_path: Path) -> None:
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(WeightsMismatch, match="holds a 'lapgan' model"):
-        weights.load(path, expect_arch="srresnet")
+        archs.load(path, expect_arch="srresnet")
 
 
 def test_parzen_matches_the_formula() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.errors import TrainingError, UsageError, WeightsMismatch
 from srgan_cli.text2img import shapes
 from srgan_cli.text2img.encoders import (
@@ -279,7 +279,7 @@ def test_train_resume_is_exact_and_weights_carry_the_encoder(shapes_dir: Path, t
     with pytest.raises(TrainingError, match="already holds"):
         train_text2img(_config(shapes_dir, tmp_path / "split", steps=4))
     split = train_text2img(_config(shapes_dir, tmp_path / "split", steps=4), resume=True)
-    a, b = weights.load(full.weights).model, weights.load(split.weights).model
+    a, b = archs.load(full.weights).model, archs.load(split.weights).model
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
     with pytest.raises(TrainingError, match="other settings"):
@@ -364,7 +364,7 @@ def test_text2img_model_round_trips_through_weights(tmp_path: Path) -> None:
     config = Text2ImgConfig(encoder="builtin", embed_dim=16, text=enc.config.to_dict(), **TINY)
     model = Text2Img(config)
     path = weights.save(tmp_path / "t.safetensors", model, trained_on="x")
-    back = weights.load(path, expect_arch="text2img").model
+    back = archs.load(path, expect_arch="text2img").model
     assert back.encoder is not None and back.encoder.config.vocab == enc.config.vocab
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
 

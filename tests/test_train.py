@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.errors import TrainingError
 from srgan_cli.sr.train import CHECKPOINT, TrainConfig, train
 
@@ -51,7 +51,7 @@ def test_twenty_steps_resume_exactly(photo_dir: Path, tmp_path: Path) -> None:
     for key in a["ema"]:
         torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
 
-    loaded = weights.load(straight.weights)  # the final weights are in the shipped format
+    loaded = archs.load(straight.weights)  # the final weights are in the shipped format
     assert loaded.info.scale == 2 and loaded.info.provenance["steps"] == 20
     assert "val_psnr_y" in loaded.info.metrics
     events = [json.loads(line)["event"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]

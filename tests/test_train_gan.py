@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import PerceptualWeightsError, TrainingError
 from srgan_cli.sr import losses
@@ -97,7 +97,7 @@ def test_gan_stage_resumes_bit_exactly(
     assert a["d_optimizer"]["state"].keys() == b["d_optimizer"]["state"].keys()
 
     # the run started from the init weights, not from random ones
-    start = weights.load(init_weights).model.state_dict()
+    start = archs.load(init_weights).model.state_dict()
     assert not torch.equal(a["generator"]["head.0.weight"], start["head.0.weight"])  # it trained
     assert (a["generator"]["head.0.weight"] - start["head.0.weight"]).abs().max() < 0.05  # from init
 
@@ -324,9 +324,9 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
         if a[part]:  # starts at 2**16 and halves on each overflowing (skipped) step
             assert 0 < a[part]["scale"] <= 2.0**16
 
-    start = weights.load(init_weights).model.state_dict()
+    start = archs.load(init_weights).model.state_dict()
     assert not torch.equal(a["generator"]["head.0.weight"], start["head.0.weight"])  # it trained
-    shipped = weights.load(straight_weights)
+    shipped = archs.load(straight_weights)
     assert {p.dtype for p in shipped.model.parameters()} == {torch.float32}  # autocast never casts weights
     logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     stats = [e for e in logs if e["event"] == "log"]

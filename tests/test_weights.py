@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from srgan_cli import weights
+from srgan_cli import archs, weights
 from srgan_cli.errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
 
 from .conftest import tiny_model
@@ -28,7 +28,7 @@ def _rewrite_metadata(src: Path, dst: Path, **changes: str) -> None:
 def test_round_trip_keeps_config_and_outputs(tmp_path: Path) -> None:
     model = tiny_model(4)
     path = weights.save(tmp_path / "m.safetensors", model, trained_on="photos", metrics={"val_psnr_y": 27.5})
-    loaded = weights.load(path)
+    loaded = archs.load(path)
     assert loaded.info.arch == "srresnet"
     assert loaded.info.scale == 4
     assert loaded.info.config == model.config.to_dict()
@@ -47,7 +47,7 @@ def test_lookup_by_name_in_env_folder(weights_dir: Path) -> None:
 
 
 def test_shipped_default_weights_load() -> None:
-    loaded = weights.load(weights.DEFAULT_MODEL)
+    loaded = archs.load(weights.DEFAULT_MODEL)
     assert loaded.info.scale == 4
     assert loaded.info.metrics.get("val_psnr_y")
     with torch.no_grad():
@@ -74,7 +74,7 @@ def _trained_parents(provenance: dict) -> list[dict]:
 
 @pytest.mark.parametrize("path", _shipped_sr(), ids=lambda p: p.stem)
 def test_every_shipped_sr_model_loads_and_beats_bicubic_on_val(path: Path) -> None:
-    loaded = weights.load(path)
+    loaded = archs.load(path)
     scale = loaded.info.scale
     assert re.search(rf"_x{scale}(_|$)", path.stem)  # the name says the scale: srresnet_x4, srresnet_x4_fast
     metrics, provenance = loaded.info.metrics, loaded.info.provenance
@@ -87,24 +87,24 @@ def test_every_shipped_sr_model_loads_and_beats_bicubic_on_val(path: Path) -> No
 
 def test_missing_file_and_unknown_name(weights_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFound, match="not found") as err:
-        weights.load(tmp_path / "nope.safetensors")
+        archs.load(tmp_path / "nope.safetensors")
     assert err.value.exit_code == 2
     with pytest.raises(WeightsNotFound, match="tiny_x4"):  # the message lists what exists
-        weights.load("no_such_model")
+        archs.load("no_such_model")
     # a missing path is an error even when a shipped model has the same name
     with pytest.raises(WeightsNotFound, match="not found"):
-        weights.load(tmp_path / "elsewhere" / "tiny_x4.safetensors")
+        archs.load(tmp_path / "elsewhere" / "tiny_x4.safetensors")
 
 
 def test_not_a_weights_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"this is just some text, not tensors at all")
     with pytest.raises(WeightsFormatError, match="not a safetensors"):
-        weights.load(bad)
+        archs.load(bad)
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
     with pytest.raises(WeightsFormatError, match="too short"):
-        weights.load(empty)
+        archs.load(empty)
 
 
 def test_truncated_file(tmp_path: Path) -> None:
@@ -113,10 +113,10 @@ def test_truncated_file(tmp_path: Path) -> None:
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(raw[: len(raw) - 100])
     with pytest.raises(WeightsFormatError, match="truncated"):
-        weights.load(cut)
+        archs.load(cut)
     cut.write_bytes(raw[:20])
     with pytest.raises(WeightsFormatError, match="truncated"):
-        weights.load(cut)
+        archs.load(cut)
 
 
 def test_corrupt_header(tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_corrupt_header(tmp_path: Path) -> None:
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(bytes(raw))
     with pytest.raises(WeightsFormatError, match="corrupt"):
-        weights.load(bad)
+        archs.load(bad)
 
 
 def test_safetensors_without_metadata(tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_safetensors_without_metadata(tmp_path: Path) -> None:
     path = tmp_path / "plain.safetensors"
     save_file({"a": torch.zeros(2)}, str(path))
     with pytest.raises(WeightsFormatError, match="metadata"):
-        weights.load(path)
+        archs.load(path)
 
 
 def test_config_mismatch(tmp_path: Path) -> None:
@@ -145,28 +145,28 @@ def test_config_mismatch(tmp_path: Path) -> None:
         path, wrong, config=json.dumps({"scale": 4, "n_blocks": 1, "n_feats": 16, "in_channels": 3})
     )
     with pytest.raises(WeightsMismatch, match="shape mismatch"):
-        weights.load(wrong)
+        archs.load(wrong)
     _rewrite_metadata(
         path, wrong, config=json.dumps({"scale": 4, "n_blocks": 3, "n_feats": 8, "in_channels": 3})
     )
     with pytest.raises(WeightsMismatch, match="missing"):
-        weights.load(wrong)
+        archs.load(wrong)
     _rewrite_metadata(path, wrong, arch="transformer")
     with pytest.raises(WeightsMismatch, match="unknown architecture"):
-        weights.load(wrong)
+        archs.load(wrong)
 
 
 def test_wrong_scale_requested(tmp_path: Path) -> None:
     path = weights.save(tmp_path / "m.safetensors", tiny_model(2))
     with pytest.raises(WeightsMismatch, match="x2 model, but x4"):
-        weights.load(path, expect_scale=4)
+        archs.load(path, expect_scale=4)
 
 
 def test_pth_state_dict_is_accepted(tmp_path: Path) -> None:
     model = tiny_model(2)
     path = tmp_path / "m.pth"
     torch.save({"params_ema": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    loaded = weights.load(path)
+    loaded = archs.load(path)
     assert loaded.info.scale == 2
     assert loaded.info.config["n_feats"] == 8
     x = torch.rand(1, 3, 6, 6)
@@ -183,8 +183,37 @@ def test_pth_with_pickled_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": _Payload()}, path)
     with pytest.raises(WeightsFormatError, match="refused"):
-        weights.load(path)
+        archs.load(path)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(WeightsFormatError):
-        weights.load(garbage)
+        archs.load(garbage)
+
+
+def test_the_format_knows_no_architecture() -> None:
+    """weights.py (the file format) imports no feature package; archs.py holds the table, and a
+    feature package loads its own kind through weights.load_model with its own class."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, srgan_cli.weights as w; w.read_info('srresnet_x4'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[1:2] in (['sr'], ['lapgan'], ['text2img'])))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert set(archs.architectures()) == {"srresnet", "lapgan", "text2img", "shapes_checker"}
+
+
+def test_load_model_with_a_callers_class(tmp_path: Path) -> None:
+    from srgan_cli.sr.models import SRResNet, SRResNetConfig
+
+    path = weights.save(tmp_path / "m.safetensors", tiny_model(2))
+    loaded = weights.load_model(
+        path, lambda arch, cfg: SRResNet(SRResNetConfig(**cfg)), expect_arch="srresnet"
+    )
+    assert isinstance(loaded.model, SRResNet) and not loaded.model.training
+    with pytest.raises(WeightsMismatch, match="invalid srresnet config"):  # a builder that rejects the config
+        weights.load_model(path, lambda arch, cfg: SRResNet(SRResNetConfig(**cfg, colour="red")))
+    with pytest.raises(WeightsMismatch, match="unknown architecture 'vit'"):
+        archs.build_model("vit", {})

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import weights
+from .. import archs, weights
 from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.train import TrainConfig
@@ -268,4 +268,4 @@ def _model_gflop(ready: ReadyUpscaler) -> float | None:
     runs); None for an .onnx made elsewhere, whose architecture is unknown."""
     if ready.arch == "unknown":
         return None
-    return model_gflop_per_output_mp(weights.build_model(ready.arch, ready.config))
+    return model_gflop_per_output_mp(archs.build_model(ready.arch, ready.config))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import weights
+from .. import archs, weights
 from ..errors import UsageError
 from ..runtime.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx, parse_static
 from .common import JsonOpt, console, guard, stdout
@@ -91,7 +91,7 @@ def export_onnx_cmd(
         if calibrate is not None and not int8:
             raise UsageError("--calibrate is only used with --int8")
         shape = parse_static(static) if static else None
-        loaded = weights.load(model, expect_arch="srresnet")
+        loaded = archs.load(model, expect_arch="srresnet")
         path = output or _default_output(loaded.info.name, fp16, int8, shape)
         source = {
             "weights": loaded.info.name,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import weights
+from .. import archs, weights
 from ..errors import UsageError
 from .common import console, guard
 
@@ -35,7 +35,7 @@ def interpolate(
             raise UsageError(f"{output}: the output must be a .safetensors file")
         if output.exists() and not overwrite:
             raise UsageError(f"{output} exists", hint="pass --overwrite to replace it")
-        model, provenance = weights.interpolate(first, second, alpha)
+        model, provenance = archs.interpolate(first, second, alpha)
         first_info = weights.read_info(first)
         weights.save(output, model, trained_on=first_info.trained_on, provenance=provenance)
     console.print(f"[green]wrote[/] {output} ({1 - alpha:g} x {first} + {alpha:g} x {second})")

@@ -418,7 +418,9 @@ def assemble(out: str | Path, dest: str | Path | None = None) -> Path | None:
 
 def load_lapgan(name_or_path: str | Path) -> tuple[Lapgan, weights_mod.WeightsInfo]:
     """A LAPGAN from a weights file; any other kind of model is a clear error."""
-    loaded = weights_mod.load(name_or_path, expect_arch="lapgan")
+    loaded = weights_mod.load_model(
+        name_or_path, lambda arch, config: Lapgan(LapganConfig(**config)), expect_arch="lapgan"
+    )
     model = loaded.model
     assert isinstance(model, Lapgan)
     return model, loaded.info

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, weights
+from .. import __version__, archs, weights
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import UsageError
 from .base import SelfEnsemble, Upscaler
@@ -55,7 +55,7 @@ def cached_onnx(model: str, precision: str) -> tuple[Path, bool]:
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
     source = {"weights": info.name, "sha256": digest}
-    net = weights.load(info.path, expect_arch="srresnet").model
+    net = archs.load(info.path, expect_arch="srresnet").model
     export_onnx(net, path, opset=DEFAULT_OPSET, fp16=precision == "fp16", source=source, overwrite=True)
     return path, True
 
@@ -108,7 +108,7 @@ def build_upscaler(
         backend = "onnx" if onnx_file is not None else "torch"
 
     if backend == "torch":
-        loaded = weights.load(model, expect_arch="srresnet", expect_scale=expect_scale)
+        loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
         from .torch_backend import TorchUpscaler
@@ -207,7 +207,7 @@ def _lapgan_upscaler(
         raise UsageError(f"--mode lapgan runs in fp32, not {precision}")
     from ..lapgan.sample import LapganUpscaler
 
-    loaded = weights.load(model, expect_arch="lapgan")
+    loaded = archs.load(model, expect_arch="lapgan")
     dev = resolve_device(device)
     up = LapganUpscaler(loaded.model, device=dev, levels=levels, tile=tile, tile_pad=tile_pad)  # type: ignore[arg-type]
     return ReadyUpscaler(

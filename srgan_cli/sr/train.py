@@ -774,7 +774,12 @@ def _train(
     torch.manual_seed(config.seed)  # the same initial weights in every process
     trainer = Trainer(config, device, world)
     if not resume and config.init_weights:
-        init = weights_mod.load(config.init_weights, expect_arch="srresnet", expect_scale=config.scale)
+        init = weights_mod.load_model(
+            config.init_weights,
+            lambda arch, cfg: SRResNet(SRResNetConfig(**cfg)),
+            expect_arch="srresnet",
+            expect_scale=config.scale,
+        )
         weights_mod.load_state_dict(trainer.g, init.model.state_dict(), init.info.path)
         if trainer.ema is not None:
             trainer.ema.load_state_dict(trainer.g.state_dict())

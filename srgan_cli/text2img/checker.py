@@ -91,10 +91,13 @@ class ShapeChecker(nn.Module):
 def load_checker(path: str | Path | None = None) -> ShapeChecker:
     """The checker in a weights file (the shipped one when `path` is None), on the CPU in eval mode.
     Raises WeightsNotFound, WeightsFormatError or WeightsMismatch (with a hint on how to train one)."""
-    from ..weights import load
+    from ..weights import load_model
 
+    where = Path(path).expanduser() if path is not None else ARCH
     try:
-        model = load(Path(path).expanduser() if path is not None else ARCH, expect_arch=ARCH).model
+        model = load_model(
+            where, lambda arch, config: ShapeChecker(ShapeCheckerConfig(**config)), expect_arch=ARCH
+        ).model
     except WeightsError as exc:
         if not isinstance(exc, WeightsMismatch):  # a mismatch's hint says what the file is for
             exc.hint = _HINT

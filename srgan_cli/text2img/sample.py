@@ -10,12 +10,14 @@ import torch
 from .. import weights as weights_mod
 from ..errors import UsageError
 from .encoders import Encode, MiniLMEncoder
-from .models import Text2Img
+from .models import Text2Img, Text2ImgConfig
 
 
 def load_text2img(name_or_path: str | Path) -> tuple[Text2Img, weights_mod.WeightsInfo]:
     """A text-to-image model from a weights file; any other kind of model is a clear error."""
-    loaded = weights_mod.load(name_or_path, expect_arch="text2img")
+    loaded = weights_mod.load_model(
+        name_or_path, lambda arch, config: Text2Img(Text2ImgConfig(**config)), expect_arch="text2img"
+    )
     model = loaded.model
     assert isinstance(model, Text2Img)
     return model.eval(), loaded.info
