@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save
+
+from srgan_cli.atomic import atomic_open
 
 KEYS = ("psnr", "ssim", "lpips", "grid")
 NAMES = {"psnr": "psnr_y", "ssim": "ssim_y", "lpips": "lpips", "grid": "grid"}
@@ -41,12 +42,8 @@ def record(path: Path, report: dict) -> dict[str, float]:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
     meta["metrics"] = json.dumps(json.loads(meta.get("metrics", "{}")) | new, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(save(tensors, metadata=meta))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        fh.write(save(tensors, metadata=meta))
     return new
 
 

@@ -7,7 +7,6 @@ import errno
 import io
 import os
 import re
-import secrets
 import stat
 import struct
 import threading
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
+from .atomic import atomic_open
 from .errors import ImageReadError, ImageWriteError
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -696,60 +696,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; best effort, since not every OS or file system allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _commit(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write `data` to a hidden temp file beside `path`, fsync, then move it into place atomically."""
-    parent = path.parent
+    """Write `data` to `path` all at once or not at all (atomic.atomic_open), as ImageWriteErrors."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise ImageWriteError(path, "a parent of the path is not a directory") from exc
     except OSError as exc:
         raise ImageWriteError(path, _os_reason(exc)) from exc
-    tmp = parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask permissions.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with atomic_open(path, overwrite=overwrite) as fh:
+            _write_all(fh.fileno(), data)  # unbuffered, straight to the temporary file
+    except FileExistsError:  # appeared since write_image checked
+        raise ImageWriteError(path, "already exists; pass overwrite=True to replace it") from None
     except OSError as exc:
         raise ImageWriteError(path, _os_reason(exc)) from exc
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                # link() fails if the path appeared since the early check: no silent clobbering.
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ImageWriteError(path, "already exists; pass overwrite=True to replace it") from None
-            except OSError:
-                os.replace(tmp, path)  # file systems without hard links (FAT, some network mounts)
-            else:
-                tmp.unlink(missing_ok=True)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, ImageWriteError) or not isinstance(exc, Exception):
-            raise
-        reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
-        raise ImageWriteError(path, reason) from exc
-    _fsync_dir(parent)
 
 
 def write_image(

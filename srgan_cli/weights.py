@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_open
 from .errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
 
 FORMAT_VERSION = "1"
@@ -326,17 +327,8 @@ def save(
         k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        # written with open() rather than save_file so the file gets the usual umask permissions
-        with open(tmp, "wb") as fh:
-            fh.write(to_bytes(state, metadata=meta))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:  # (not save_file: the file gets the usual umask permissions)
+        fh.write(to_bytes(state, metadata=meta))
     return path
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_open
 from ..errors import OnnxError, UsageError
 from .fused import fuse
 
@@ -205,15 +206,8 @@ def to_fp16(proto: Any) -> Any:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        fh.write(data)
 
 
 def verify(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_open
+
 CODES = ".codes"
 PALETTE = ".palette"
 MAX_VALUES = 256  # what a uint8 index can address
@@ -80,7 +82,7 @@ def unpack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def pack_file(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> tuple[int, int]:
     """Write `src` (safetensors) packed to `dst`, checking that it unpacks to exactly `src`'s
     tensors. Returns (tensors packed, tensors in all). Refuses to replace `dst` unless `overwrite`."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
@@ -90,11 +92,6 @@ def pack_file(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> t
     back = unpack(packed)
     if back.keys() != state.keys() or not all(torch.equal(back[k], state[k]) for k in state):
         raise PaletteError(f"packing {src} did not round-trip")  # a bug, never expected
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        save_file(packed, str(tmp), metadata={"packing": "palette", "source": src.name})
-        tmp.replace(dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(dst) as fh:
+        fh.write(save(packed, metadata={"packing": "palette", "source": src.name}))
     return sum(1 for k in packed if k.endswith(CODES)), len(state)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import weights as weights_mod
+from ..atomic import atomic_open
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
 from ..errors import PerceptualWeightsError, TrainingError
@@ -307,15 +308,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # a kill at any moment leaves the old checkpoint or the new one
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:  # a kill at any moment leaves the old checkpoint or the new one
+        torch.save(obj, fh)
 
 
 def lr_at(config: TrainConfig, step: int, base: float) -> float:
@@ -642,13 +636,8 @@ def _sample_grid(
 def _save_png(path: Path, pixels: np.ndarray) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        Image.fromarray(pixels).save(fh, format="PNG")
 
 
 class _TensorBoard:
@@ -821,7 +810,7 @@ def _train(
             )
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{CHECKPOINT}.tmp-*"):  # a checkpoint write cut short by a kill
+        for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
             stale.unlink(missing_ok=True)
 
     val_pairs = (

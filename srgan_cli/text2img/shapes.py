@@ -9,7 +9,6 @@ text-to-image can be trained, tested and measured with no download.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_open
 from ..errors import UsageError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -268,11 +268,8 @@ def make_shapes(
         records.append({"image": name, "captions": caps, "attributes": asdict(spec)})
         if on_progress is not None:
             on_progress(i + 1, n)
-    tmp = index.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, index)
+    with atomic_open(index) as f:  # the index last, and whole: it is what marks the data set done
+        f.write("".join(json.dumps(rec) + "\n" for rec in records).encode("utf-8"))
     meta = {"generator": "srgan text2img make-shapes", "n": n, "seed": seed, "size": size, "choices": CHOICES}
     (out / "README.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return index

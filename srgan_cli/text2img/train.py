@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import weights as weights_mod
+from ..atomic import atomic_open
 from ..devices import resolve_device
 from ..errors import TrainingError
 from ..gan import (
@@ -224,12 +225,11 @@ def _flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.
 
 
 def _save_encoder(encoder: BuiltinTextEncoder, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(tmp), metadata={"config": json.dumps(encoder.config.to_dict())})
-    tmp.replace(path)
+    with atomic_open(path) as fh:
+        fh.write(save(state, metadata={"config": json.dumps(encoder.config.to_dict())}))
 
 
 def _load_encoder(path: Path) -> BuiltinTextEncoder:

@@ -1,0 +1,60 @@
+"""Atomic file writes: a file appears whole under its name, or not at all (the one implementation
+that images, weights, ONNX exports, checkpoints and data-set indexes are written through)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through.
+
+    Writes go to a hidden temporary file beside `path` (same folder, so the final move is a
+    rename). When the block ends cleanly the data is fsynced and moved into place, then the folder
+    is fsynced; if the block raises, or the process is killed, `path` keeps what it had (a kill
+    leaves at most a hidden `.<name>.<random>.tmp`). With `overwrite=False` a file that appeared
+    at `path` meanwhile is never replaced: FileExistsError. The file gets the usual umask
+    permissions (0o666 & ~umask), not mkstemp's 0o600. Errors are the OS's (OSError): callers
+    turn them into their own typed errors.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if the path appeared since the caller checked: no clobbering
+            except FileExistsError:
+                raise
+            except OSError:
+                os.replace(tmp, path)  # file systems without hard links (FAT, some network mounts)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a link, or when the block failed
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable; best effort, since not every OS or file system allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
