@@ -370,7 +370,7 @@ def test_text2img_model_round_trips_through_weights(tmp_path: Path) -> None:
 
 
 def test_running_means_average_and_stop_on_non_finite_losses() -> None:
-    from srgan_cli.gan import RunningMeans
+    from srgan_cli.training import RunningMeans
 
     meter = RunningMeans()
     meter.add({"loss_D": torch.tensor(1.0), "D(x)": torch.tensor(0.5)})

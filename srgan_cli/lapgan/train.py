@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import training
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import (
+from ..sr.models import count_parameters
+from ..training import (
+    Event,
     GanPair,
     RunningMeans,
     config_from_dict,
     event_log,
+    load_checkpoint,
     read_run,
     require_positive,
     restore_rng,
     rng_state,
+    save_png,
 )
-from ..sr.models import count_parameters
-from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CropSampler
 from .models import Lapgan, LapganConfig, coarse_noise, level_models, noise_plane
 from .pyramid import expand, gaussian_pyramid, reduce
@@ -48,8 +50,6 @@ RUN_FILE = "run.json"
 LOG = "log.jsonl"
 WEIGHTS = "lapgan.safetensors"
 SAMPLES = "samples"
-
-Event = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -298,7 +298,7 @@ def _train_level(
     data_rng = torch.Generator().manual_seed(config.seed * 1000 + level)
     step, elapsed = 0, 0.0
     if resume and ckpt.exists():
-        state = _load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt)
         if state.get("model") != model_config.to_dict():
             raise TrainingError(f"{ckpt} belongs to another model config; use --overwrite or another --out")
         trainer.load_state_dict(state)
@@ -333,12 +333,12 @@ def _train_level(
             "train": {**config.to_dict(), "device": str(device)},  # levels may differ in steps/batch/lr
             **rng_state(device, data_rng),
         }
-        _atomic_torch_save(state, ckpt)
+        training.save_checkpoint(state, ckpt)
 
     def save_grid() -> None:
         grid = _level_grid(trainer, grid_real, grid_labels_dev)
         path = out / SAMPLES / f"level{level}_step{step:07d}.png"
-        _save_png(path, grid)
+        save_png(path, grid)
         log("sample", {"level": level, "step": step, "path": str(path)})
 
     trainer.g.train()
@@ -370,7 +370,7 @@ def level_steps(out: str | Path) -> dict[int, int]:
     steps = {}
     for path in sorted(Path(out).glob("level*.pt")):
         try:
-            steps[int(path.stem.removeprefix("level"))] = int(_load_checkpoint(path)["step"])
+            steps[int(path.stem.removeprefix("level"))] = int(load_checkpoint(path)["step"])
         except (ValueError, KeyError):
             continue
     return steps
@@ -389,7 +389,7 @@ def assemble(out: str | Path, dest: str | Path | None = None) -> Path | None:
         ckpt = out / f"level{k}.pt"
         if not ckpt.is_file():
             return None
-        state = _load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt)
         model.generators[k].load_state_dict(state["G"])
         train = state.get("train", {})
         per_level[str(k)] = {

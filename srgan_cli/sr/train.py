@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import training
 from .. import weights as weights_mod
-from ..atomic import atomic_open
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
 from ..errors import PerceptualWeightsError, TrainingError
 from ..runtime.torch_backend import TorchUpscaler
+from ..training import Event, load_checkpoint, save_png
 from .data import (
     CropPool,
     DataSource,
@@ -289,27 +290,12 @@ class TrainResult:
     stopped: str | None = None  # why the run stopped before `config.steps`: "time limit" or "stop request"
 
 
-Event = Callable[[str, dict[str, Any]], None]
-
-
 def read_checkpoint_config(out: str | Path) -> TrainConfig:
     """The config a run in `out` was started with (for `--resume` without restating options)."""
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    return TrainConfig.from_dict(_load_checkpoint(path)["config"])
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_open(path) as fh:  # a kill at any moment leaves the old checkpoint or the new one
-        torch.save(obj, fh)
+    return TrainConfig.from_dict(load_checkpoint(path)["config"])
 
 
 def lr_at(config: TrainConfig, step: int, base: float) -> float:
@@ -633,13 +619,6 @@ def _sample_grid(
     return np.concatenate(rows, axis=0)
 
 
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_open(path) as fh:
-        Image.fromarray(pixels).save(fh, format="PNG")
-
-
 class _TensorBoard:
     def __init__(self, folder: Path) -> None:
         try:
@@ -789,7 +768,7 @@ def _train(
 
     step, prior_seconds = 0, 0.0  # training time of earlier calls, from the checkpoint
     if resume:
-        state = _load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path)
         saved = TrainConfig.from_dict(state["config"])
         diff = [f for f in _RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
         if diff:
@@ -897,7 +876,7 @@ def _train(
         rngs = gather_objects(_rng_state(), world)
         data_rngs = gather_objects(generator.get_state(), world)
         if main:
-            _atomic_torch_save(
+            training.save_checkpoint(
                 {
                     **trainer.state_dict(),
                     "step": step,
@@ -921,7 +900,7 @@ def _train(
         )
         if crops:
             grid = _sample_grid(crops, upscaler, config.scale)
-            _save_png(out / SAMPLES / f"step_{step:07d}.png", grid)
+            save_png(out / SAMPLES / f"step_{step:07d}.png", grid)
             if tb is not None:
                 tb.image(step, grid)
         trainer.g.train()

@@ -34,22 +34,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import training
 from .. import weights as weights_mod
 from ..atomic import atomic_open
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..gan import (
+from ..sr.models import count_parameters
+from ..training import (
+    Event,
     GanPair,
     RunningMeans,
     config_from_dict,
     event_log,
+    load_checkpoint,
     read_run,
     require_positive,
     restore_rng,
     rng_state,
+    save_png,
 )
-from ..sr.models import count_parameters
-from ..sr.train import _atomic_torch_save, _load_checkpoint, _save_png
 from .data import CaptionSet, load_caption_set
 from .encoders import (
     BuiltinEncoderConfig,
@@ -67,8 +70,6 @@ ENCODER_FILE = "text_encoder.safetensors"
 EMBEDDINGS = "embeddings.pt"
 WEIGHTS = "text2img.safetensors"
 SAMPLES = "samples"
-
-Event = Callable[[str, dict[str, Any]], None]
 
 
 def variant_name(cls: bool, interpolate: bool) -> str:
@@ -295,11 +296,11 @@ def _embeddings(
     key = digest.hexdigest()
     cache = out / EMBEDDINGS
     if cache.is_file():
-        state = _load_checkpoint(cache)
+        state = load_checkpoint(cache)
         if state.get("key") == key:
             return CaptionEmbeddings(state["vectors"], first, count)
     vectors = encode(texts).float()
-    _atomic_torch_save({"key": key, "vectors": vectors}, cache)
+    training.save_checkpoint({"key": key, "vectors": vectors}, cache)
     return CaptionEmbeddings(vectors, first, count)
 
 
@@ -415,7 +416,7 @@ def _train_gan(
     data_rng = torch.Generator().manual_seed(config.seed)
     step, elapsed = 0, 0.0
     if resume and ckpt.exists():
-        state = _load_checkpoint(ckpt)
+        state = load_checkpoint(ckpt)
         if state.get("model") != model_config.to_dict():
             raise TrainingError(f"{ckpt} belongs to another model config; use --overwrite or another --out")
         trainer.load_state_dict(state)
@@ -446,7 +447,7 @@ def _train_gan(
             "train": {**config.to_dict(), "device": str(device)},
             **rng_state(device, data_rng),
         }
-        _atomic_torch_save(state, ckpt)
+        training.save_checkpoint(state, ckpt)
 
     n = data.images.shape[0]
     meter = RunningMeans()
@@ -467,7 +468,7 @@ def _train_gan(
             t_log = now
         if step % config.sample_every == 0 or step == config.steps:
             path = out / SAMPLES / f"step{step:07d}.png"
-            _save_png(path, _grid(trainer.g, fixed, fixed_z))
+            save_png(path, _grid(trainer.g, fixed, fixed_z))
             log("sample", {"step": step, "path": str(path)})
         if step % config.checkpoint_every == 0 or step == config.steps:
             elapsed += time.perf_counter() - t_seg
@@ -479,7 +480,7 @@ def _train_gan(
 
 def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncoder | None) -> Path:
     """Write the generator (and builtin encoder) of the run's checkpoint as text2img.safetensors."""
-    state = _load_checkpoint(out / CHECKPOINT)
+    state = load_checkpoint(out / CHECKPOINT)
     model = Text2Img(model_config)
     model.generator.load_state_dict(state["G"])
     if encoder is not None:

@@ -1,5 +1,6 @@
-"""What the DCGAN-style trainers (LAPGAN levels, text-to-image) share: G and D with their Adam
-optimisers, their RNG streams for exact resume, and the running means of the logged quantities."""
+"""What the trainers share: checkpoint and sample-grid files (written atomically), the event type
+and log, the running means of logged quantities, config parsing; and for the DCGAN-style trainers
+(LAPGAN levels, text-to-image) G and D with their Adam optimisers and their RNG streams."""
 
 from __future__ import annotations
 
@@ -11,10 +12,36 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_open
 from .errors import TrainingError
+
+Event = Callable[[str, dict[str, Any]], None]  # on_event(kind, payload): "start", "log", "val", ...
+
+
+def save_checkpoint(state: Any, path: Path) -> None:
+    """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one."""
+    with atomic_open(path) as fh:
+        torch.save(state, fh)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by save_checkpoint (tensors and plain data only: weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """A sample grid ((H, W, 3) uint8) as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_open(path) as fh:
+        Image.fromarray(pixels).save(fh, format="PNG")
 
 
 class GanPair:
@@ -95,7 +122,6 @@ def read_run(path: Path, parse_config: Callable[[dict[str, Any]], Any]) -> dict[
 
 
 C = TypeVar("C")
-Event = Callable[[str, dict[str, Any]], None]
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
