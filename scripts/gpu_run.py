@@ -192,7 +192,7 @@ def pack_photos(photos: Path, sets: list[str], max_side: int, fmt: str, quality:
     sys.path.insert(0, str(REPO))
     from PIL import Image
 
-    from srgan_cli.sr.data import list_images, load_rgb_uint8
+    from srgan_cli.photos import list_images, load_rgb_uint8
 
     settings = {"sets": sets, "max_side": max_side, "format": fmt, "quality": quality}
     if (ROOT / PACKING).is_file() and json.loads((ROOT / PACKING).read_text()) == settings:

@@ -24,8 +24,9 @@ from PIL import Image, ImageDraw
 
 from srgan_cli import archs, weights
 from srgan_cli.devices import resolve_device
+from srgan_cli.photos import list_images, load_rgb_uint8
 from srgan_cli.runtime.torch_backend import TorchUpscaler
-from srgan_cli.sr.data import bicubic_downscale, bicubic_upscale, list_images, load_rgb_uint8
+from srgan_cli.sr.data import bicubic_downscale, bicubic_upscale
 from srgan_cli.sr.evaluate import lpips_score, score
 
 

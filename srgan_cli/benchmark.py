@@ -138,8 +138,9 @@ def benchmark_train(
     The GAN stage needs VGG weights for its content loss; speed does not depend on their values,
     so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used."""
     from .devices import resolve_device
+    from .photos import list_images
     from .sr import losses
-    from .sr.data import CropPool, list_images
+    from .sr.data import CropPool
     from .sr.train import Trainer
 
     device = resolve_device(config.device)

@@ -22,6 +22,10 @@ from .errors import TrainingError
 Event = Callable[[str, dict[str, Any]], None]  # on_event(kind, payload): "start", "log", "val", ...
 
 
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def save_checkpoint(state: Any, path: Path) -> None:
     """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one."""
     with atomic_open(path) as fh:

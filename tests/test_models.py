@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srgan_cli.sr.models import Discriminator, SRResNet, SRResNetConfig, count_parameters
+from srgan_cli.sr.models import Discriminator, SRResNet, SRResNetConfig
+from srgan_cli.training import count_parameters
 
 from .conftest import tiny_model
 

@@ -212,7 +212,8 @@ def sample(
     import torch
 
     from ..imageio import read_image
-    from ..lapgan.sample import coarse_from_image, draw, image_grid, level_strip
+    from ..lapgan.sample import coarse_from_image, draw, level_strip
+    from ..photos import image_grid
 
     with guard():
         net, info, _dev = _load(model, device)

@@ -254,7 +254,7 @@ def generate(
     import torch
 
     from ..devices import resolve_device
-    from ..lapgan.sample import image_grid
+    from ..photos import image_grid
     from ..text2img.sample import TextToImage, load_text2img, read_captions_file
 
     with guard():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
-from ..sr.data import list_images, read_photos
+from ..photos import list_images, read_photos
 
 
 def class_names(folder: Path, files: list[Path]) -> list[str]:

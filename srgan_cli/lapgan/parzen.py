@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import UsageError
-from ..sr.models import count_parameters
+from ..training import count_parameters
 from .models import Lapgan
 from .sample import draw
 

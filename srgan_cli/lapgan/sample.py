@@ -3,14 +3,13 @@ image, and x2-per-level upscaling of real images with the conditional generators
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..devices import free_memory_bytes
 from ..errors import UsageError
+from ..photos import image_grid
 from ..runtime.base import auto_tile, shrink_on_oom
 from ..runtime.torch_backend import is_torch_oom
 from ..tiling import tiled_apply
@@ -76,26 +75,6 @@ def draw(
         coarse=coarse,
     )
     return [level.float().cpu() for level in levels]
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return (x.detach().float().clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(images: torch.Tensor, columns: int, *, cell: int = 0, gap: int = 2) -> np.ndarray:
-    """(N, 3, h, w) -> one uint8 picture, `columns` wide, each image enlarged (nearest) to `cell`."""
-    n, _, h, w = images.shape
-    if cell and cell != h:
-        images = F.interpolate(images.float(), size=(cell, cell * w // h), mode="nearest")
-        h, w = images.shape[-2:]
-    rows = math.ceil(n / columns)
-    canvas = np.full((rows * (h + gap) + gap, columns * (w + gap) + gap, 3), 255, np.uint8)
-    for i, img in enumerate(_to_uint8(images)):
-        r, c = divmod(i, columns)
-        y, x = gap + r * (h + gap), gap + c * (w + gap)
-        canvas[y : y + h, x : x + w] = img
-    return canvas
 
 
 def level_strip(levels: list[torch.Tensor], index: int, *, gap: int = 2) -> np.ndarray:

@@ -27,12 +27,13 @@ from .. import training
 from .. import weights as weights_mod
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..sr.models import count_parameters
+from ..photos import image_grid
 from ..training import (
     Event,
     GanPair,
     RunningMeans,
     config_from_dict,
+    count_parameters,
     event_log,
     load_checkpoint,
     read_run,
@@ -44,7 +45,6 @@ from ..training import (
 from .data import CropSampler
 from .models import Lapgan, LapganConfig, coarse_noise, level_models, noise_plane
 from .pyramid import expand, gaussian_pyramid, reduce
-from .sample import image_grid
 
 RUN_FILE = "run.json"
 LOG = "log.jsonl"

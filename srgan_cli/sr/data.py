@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import ImageError, TrainingError
-from ..imageio import READABLE_SUFFIXES, read_image
-
-
-def list_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
-    """Image files below `folder`, sorted, by suffix (contents are checked when they are read)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TrainingError(f"data folder not found: {folder}")
-    pattern = "**/*" if recursive else "*"
-    return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+from ..errors import TrainingError
+from ..photos import list_images, load_rgb_uint8, read_photos
 
 
 @dataclass(frozen=True)
@@ -83,41 +73,6 @@ def gather_sources(specs: Sequence[str]) -> list[DataSource]:
     if not sources:
         raise TrainingError(f"no images found in {', '.join(map(str, specs)) or 'no --data folder'}")
     return sources
-
-
-def load_rgb_uint8(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; grayscale is replicated, alpha dropped, 16-bit rounded to 8-bit."""
-    img = read_image(path)
-    pixels = img.pixels if not img.is_gray else np.repeat(img.pixels, 3, axis=2)
-    return np.ascontiguousarray(np.rint(pixels * 255.0).astype(np.uint8))
-
-
-def read_photos(
-    files: list[Path],
-    min_side: int,
-    min_name: str,
-    prepare: Callable[[np.ndarray], Any] = lambda img: img,
-) -> tuple[list[Any], list[Path], list[tuple[Path, str]]]:
-    """Decode training photos: (prepare(image) for each kept one, their paths, (path, reason) for
-    each one skipped).
-
-    Unreadable files and images smaller than `min_side` (the `min_name`, e.g. "crop") on either side
-    are skipped with the reason, so a bad file never stops training. `prepare` runs on each photo
-    as it is read (e.g. shrinking it), so only one full-size photo is held at a time."""
-    images, kept, skipped = [], [], []
-    for path in files:
-        try:
-            img = load_rgb_uint8(path)
-        except (ImageError, OSError) as exc:
-            skipped.append((path, str(exc)))
-            continue
-        h, w = img.shape[:2]
-        if h < min_side or w < min_side:
-            skipped.append((path, f"smaller than the {min_side}px {min_name} ({w}x{h})"))
-            continue
-        images.append(prepare(img))
-        kept.append(path)
-    return images, kept, skipped
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:

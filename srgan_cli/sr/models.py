@@ -160,7 +160,3 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.pool(self.features(x * 2 - 1))  # (N, 8F, 6, 6)
         return self.classifier(feat)  # (N, 1) logits
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -26,7 +26,7 @@ from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
 from ..errors import PerceptualWeightsError, TrainingError
 from ..runtime.torch_backend import TorchUpscaler
-from ..training import Event, load_checkpoint, save_png
+from ..training import Event, count_parameters, load_checkpoint, save_png
 from .data import (
     CropPool,
     DataSource,
@@ -48,7 +48,7 @@ from .losses import (
     r1_penalty,
     tv_loss,
 )
-from .models import Discriminator, DiscriminatorConfig, SRResNet, SRResNetConfig, count_parameters
+from .models import Discriminator, DiscriminatorConfig, SRResNet, SRResNetConfig
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"

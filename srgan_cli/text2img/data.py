@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, TrainingError
-from ..sr.data import list_images, load_rgb_uint8
+from ..photos import list_images, load_rgb_uint8
 
 JSONL_NAME = "captions.jsonl"
 CUB_TEXT_DIR = "text_c10"

@@ -39,12 +39,12 @@ from .. import weights as weights_mod
 from ..atomic import atomic_open
 from ..devices import resolve_device
 from ..errors import TrainingError
-from ..sr.models import count_parameters
 from ..training import (
     Event,
     GanPair,
     RunningMeans,
     config_from_dict,
+    count_parameters,
     event_log,
     load_checkpoint,
     read_run,
@@ -388,7 +388,7 @@ def train_text2img(
 
 def _grid(g: Generator, fixed: torch.Tensor, z: torch.Tensor) -> np.ndarray:
     """Rows: the fixed captions; columns: the same 8 noise vectors in every row and every grid."""
-    from ..lapgan.sample import image_grid
+    from ..photos import image_grid
 
     g.eval()
     with torch.no_grad():
