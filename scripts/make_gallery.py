@@ -113,7 +113,7 @@ def main() -> None:
     upscalers = [(m.info.name, TorchUpscaler(m.model, device=device, tile=None)) for m in models]
     lpips = None
     if args.lpips_weights:
-        from srgan_cli.sr.lpips import load_lpips
+        from srgan_cli.metrics.lpips import load_lpips
 
         lpips = load_lpips(args.lpips_weights, device=device)
     photos = [p for path in args.inputs for p in (list_images(path) if path.is_dir() else [path])]

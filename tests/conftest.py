@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from srgan_cli import weights
-from srgan_cli.sr import lpips as lpips_mod
+from srgan_cli.metrics import lpips as lpips_mod
 from srgan_cli.sr.models import SRResNet, SRResNetConfig
 
 

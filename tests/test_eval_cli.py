@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from srgan_cli import weights
 from srgan_cli.cli.app import app
-from srgan_cli.sr import lpips as lpips_mod
+from srgan_cli.metrics import lpips as lpips_mod
 
 from .conftest import tiny_model
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from srgan_cli.errors import PerceptualWeightsError, WeightsError
-from srgan_cli.sr import lpips as lpips_mod
+from srgan_cli.metrics import lpips as lpips_mod
+from srgan_cli.metrics.lpips import LPIPS, load_lpips
 from srgan_cli.sr.data import EvalPair, bicubic_downscale
 from srgan_cli.sr.evaluate import evaluate
-from srgan_cli.sr.lpips import LPIPS, load_lpips
 
 from .conftest import lpips_state, make_photo, write_lpips_weights
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from srgan_cli.sr.metrics import grid_y, psnr_y, rgb_to_y, ssim_y
+from srgan_cli.metrics.luma import grid_y, psnr_y, rgb_to_y, ssim_y
 
 
 def test_y_channel_range() -> None:

@@ -13,13 +13,13 @@ from rich.table import Table
 from .. import weights
 from ..devices import resolve_device
 from ..errors import PerceptualWeightsError, UsageError
+from ..metrics.lpips import ENV_VAR as LPIPS_ENV
+from ..metrics.lpips import LPIPS, load_lpips
 from ..runtime.base import Rescaled
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
-from ..sr.lpips import ENV_VAR as LPIPS_ENV
-from ..sr.lpips import LPIPS, load_lpips
 from .common import (
     DeviceOpt,
     Ensemble,

@@ -348,7 +348,7 @@ def evaluate(
         texts, specs, real = held_out_pairs(heldout, n_captions, seed)
         lpips = None
         if lpips_weights is not None:
-            from ..sr.lpips import load_lpips
+            from ..metrics.lpips import load_lpips
 
             lpips = load_lpips(lpips_weights, device=dev)
         reports = [evaluate_real(judge, real, specs)]

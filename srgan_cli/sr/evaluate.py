@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..metrics.luma import grid_y, psnr_y, ssim_y
 from .data import EvalPair, bicubic_upscale, to_tensor
-from .metrics import grid_y, psnr_y, ssim_y
 
 GRID_BLOCK = 32  # tile side of the checkerboard measure (a multiple of 2, 4 and 8)
 
 if TYPE_CHECKING:
-    from .lpips import LPIPS
+    from ..metrics.lpips import LPIPS
 
 
 @dataclass

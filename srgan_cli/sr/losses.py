@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PerceptualWeightsError
-from .metrics import phase_spread
+from ..metrics.luma import phase_spread
 from .palette import PaletteError, unpack
 
 ENV_VGG = "SRGAN_VGG_WEIGHTS"

@@ -800,7 +800,7 @@ def _train(
     lpips_net = None
     lpips_note = ""
     if main and val_pairs:
-        from .lpips import load_lpips
+        from ..metrics.lpips import load_lpips
 
         if config.lpips_weights:
             lpips_net = load_lpips(config.lpips_weights, device=device)  # asked for: errors are fatal

@@ -25,7 +25,7 @@ from .shapes import ATTRIBUTES, ShapeSpec, spec_from_record
 
 # generate(captions, n, gen) -> (len(captions) * n, 3, 64, 64) in [0, 1], caption-major
 Generate = Callable[[list[str], int, torch.Generator], torch.Tensor]
-# an LPIPS network (srgan_cli.sr.lpips.LPIPS): (a, b) both (P, 3, H, W) in [0, 1] -> (P,) distances
+# an LPIPS network (srgan_cli.metrics.lpips.LPIPS): (a, b) both (P, 3, H, W) in [0, 1] -> (P,) distances
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -111,7 +111,7 @@ def evaluate_generator(
     `generate` is called with at most `chunk` captions at a time and must return (len * n, 3, 64, 64)
     in [0, 1] grouped caption-major (caption 0's n samples first). Diversity is the mean over
     captions of the mean pairwise distance between that caption's samples; with `lpips` (e.g.
-    `srgan_cli.sr.lpips.load_lpips(...)`) the same is also computed with LPIPS."""
+    `srgan_cli.metrics.lpips.load_lpips(...)`) the same is also computed with LPIPS."""
     if len(captions) != len(specs):
         raise ValueError(f"{len(captions)} captions for {len(specs)} specs")
     if not captions:

@@ -1,4 +1,5 @@
-"""PSNR and SSIM on the BT.601 Y channel with a border crop: the SR field's reporting protocol."""
+"""PSNR and SSIM on the BT.601 Y channel with a border crop (the SR field's reporting protocol), and the
+checkerboard (grid) measure of sub-pixel upscalers."""
 
 from __future__ import annotations
 
