@@ -12,9 +12,9 @@ from rich.table import Table
 
 from .. import weights
 from ..devices import resolve_device
-from ..errors import PerceptualWeightsError, UsageError
+from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
-from ..metrics.lpips import LPIPS, load_lpips
+from ..metrics.lpips import lpips_if_available
 from ..runtime.base import Rescaled
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..sr.data import load_eval_pairs
@@ -150,17 +150,12 @@ def evaluate(
             )
         scale = scales.pop()
         labels = _labels(requested, [w.name for w in loaded])
-        lpips: LPIPS | None = None
-        if lpips_weights is not None:
-            lpips = load_lpips(lpips_weights, device=dev)  # asked for explicitly: a bad folder is an error
-        else:
-            try:
-                lpips = load_lpips(None, device=dev)
-            except PerceptualWeightsError as exc:
-                hint = f" To enable it: {exc.hint}." if exc.hint else ""
-                console.print(
-                    f"[yellow]note: LPIPS skipped: {escape(exc.message)}.{escape(hint)}[/]", soft_wrap=True
-                )
+        lpips, why = lpips_if_available(lpips_weights, device=dev)
+        if why is not None:
+            hint = f" To enable it: {why.hint}." if why.hint else ""
+            console.print(
+                f"[yellow]note: LPIPS skipped: {escape(why.message)}.{escape(hint)}[/]", soft_wrap=True
+            )
         pairs = load_eval_pairs(data, scale, limit=limit or None)
         reports: list[EvalReport] = []
         with console.status(f"evaluating {', '.join(labels)} on {len(pairs)} image(s)"):

@@ -248,3 +248,17 @@ def load_lpips(source: str | os.PathLike[str] | None = None, *, device: str | to
         feats, lin = _from_lpips_package(head)
         origin = f"{head} + torchvision AlexNet"
     return LPIPS(feats, lin, origin=origin).to(device)
+
+
+def lpips_if_available(
+    source: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu"
+) -> tuple[LPIPS | None, PerceptualWeightsError | None]:
+    """LPIPS where it is optional (evaluation, validation): from `source` when one is given (then a
+    bad folder raises: it was asked for), else from $SRGAN_LPIPS_WEIGHTS or the `lpips` package
+    when either has weights; with none, (None, why) so the caller can say LPIPS was skipped."""
+    if source is not None and str(source) != "":
+        return load_lpips(source, device=device), None
+    try:
+        return load_lpips(None, device=device), None
+    except PerceptualWeightsError as exc:
+        return None, exc

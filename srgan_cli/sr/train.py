@@ -24,7 +24,7 @@ from .. import training
 from .. import weights as weights_mod
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
-from ..errors import PerceptualWeightsError, TrainingError
+from ..errors import TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from ..training import Event, count_parameters, load_checkpoint, save_png
 from .data import (
@@ -797,18 +797,13 @@ def _train(
         if config.val and main
         else []
     )
-    lpips_net = None
-    lpips_note = ""
+    lpips_net, lpips_note = None, ""
     if main and val_pairs:
-        from ..metrics.lpips import load_lpips
+        from ..metrics.lpips import lpips_if_available
 
-        if config.lpips_weights:
-            lpips_net = load_lpips(config.lpips_weights, device=device)  # asked for: errors are fatal
-        else:
-            try:  # $SRGAN_LPIPS_WEIGHTS, then the lpips package
-                lpips_net = load_lpips(None, device=device)
-            except PerceptualWeightsError as exc:
-                lpips_note = f"LPIPS not reported: {exc.message} (give --lpips-weights DIR)"
+        lpips_net, why = lpips_if_available(config.lpips_weights, device=device)
+        if why is not None:
+            lpips_note = f"LPIPS not reported: {why.message} (give --lpips-weights DIR)"
     crops = _sample_crops(val_pairs, pool, config.samples, config.scale) if main else []
     tb = _TensorBoard(out / "tb") if config.tensorboard and main else None
 
