@@ -15,6 +15,7 @@ from .. import archs, weights
 from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.train import TrainConfig
+from .choices import Amp, ContentLayer
 from .common import (
     DeviceOpt,
     JsonOpt,
@@ -27,7 +28,6 @@ from .common import (
     print_table,
     stdout,
 )
-from .train import Amp, ContentLayer
 
 app = typer.Typer(help="Measure throughput on this machine (see docs/benchmarks.md).", no_args_is_help=True)
 

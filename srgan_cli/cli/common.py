@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,6 +111,16 @@ TileOpt = Annotated[
 TilePadOpt = Annotated[
     int, typer.Option("--tile-pad", min=0, help="Overlap in LR pixels around each tile (hides seams).")
 ]
+
+
+def panel_option(default_panel: str) -> Callable[..., Any]:
+    """A typer.Option maker for one command's options: each lands in `default_panel` of --help
+    unless it is given panel=."""
+
+    def option(*names: str, panel: str = default_panel, **kw: Any) -> Any:
+        return typer.Option(*names, rich_help_panel=panel, **kw)
+
+    return option
 
 
 def given_options(params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from . import common
 from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
 app = typer.Typer(
@@ -21,8 +22,7 @@ _MODEL = "Model (fixed by the first run in --out)"
 _OPT = "Optimisation"
 
 
-def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
-    return typer.Option(*names, rich_help_panel=panel, **kw)
+_opt = common.panel_option(_OPT)
 
 
 @app.command("train", no_args_is_help=True)

@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from . import common
 from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
 app = typer.Typer(
@@ -26,8 +27,7 @@ _OPT = "Optimisation"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
-def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
-    return typer.Option(*names, rich_help_panel=panel, **kw)
+_opt = common.panel_option(_OPT)
 
 
 def _progress() -> Progress:

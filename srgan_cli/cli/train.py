@@ -7,7 +7,6 @@ import re
 import signal
 import threading
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -18,50 +17,8 @@ from rich.markup import escape
 from ..distributed import world_from_env
 from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
-from .common import console, given_options, guard, training_progress
-
-
-class Stage(str, Enum):
-    pretrain = "pretrain"
-    gan = "gan"
-
-
-class Loss(str, Enum):
-    mse = "mse"
-    l1 = "l1"
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-    step = "step"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    off = "off"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class ContentLayer(str, Enum):
-    vgg54 = "vgg54"
-    vgg22 = "vgg22"
-    vgg16_53 = "vgg16_53"
-    vgg16_22 = "vgg16_22"
-    vgg19_multi = "vgg19_multi"
-
-
-class VggInput(str, Enum):
-    auto = "auto"
-    torchvision = "torchvision"
-    caffe = "caffe"
-
-
-class GanLoss(str, Enum):
-    standard = "standard"
-    ragan = "ragan"
-
+from .choices import Amp, ContentLayer, GanLoss, Loss, Schedule, Stage, VggInput
+from .common import console, given_options, guard, panel_option, training_progress
 
 _GAN = "GAN stage"
 _RUN = "Run"
@@ -70,8 +27,7 @@ _OPT = "Optimisation"
 _MACHINE = "Machine"
 
 
-def _opt(*names: str, panel: str = _OPT, **kw: Any) -> Any:
-    return typer.Option(*names, rich_help_panel=panel, **kw)
+_opt = panel_option(_OPT)
 
 
 def train(

@@ -53,7 +53,13 @@ from .models import Discriminator, DiscriminatorConfig, SRResNet, SRResNetConfig
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 SAMPLES = "samples"
+# the choices of TrainConfig's string fields (validate() checks them; the CLI builds its choices from them)
 STAGES = ("pretrain", "gan")
+LOSSES = ("mse", "l1")
+SCHEDULES = ("constant", "cosine", "step")
+AMPS = ("auto", "off", "bf16", "fp16")
+GAN_LOSSES = ("standard", "ragan")
+VGG_INPUTS = ("auto", "torchvision", "caffe")
 
 # Fields that define the run: a resumed run must agree with its checkpoint on these.
 _RUN_FIELDS = (
@@ -172,12 +178,12 @@ class TrainConfig:
         one_of("stage", STAGES)
         for spec in self.data:
             parse_data_spec(spec)  # raises on a bad weight
-        one_of("loss", ("mse", "l1"))
-        one_of("schedule", ("constant", "cosine", "step"))
-        one_of("amp", ("auto", "off", "bf16", "fp16"))
-        one_of("gan_loss", ("standard", "ragan"))
+        one_of("loss", LOSSES)
+        one_of("schedule", SCHEDULES)
+        one_of("amp", AMPS)
+        one_of("gan_loss", GAN_LOSSES)
         one_of("content_layer", tuple(CONTENT_LAYERS))
-        one_of("vgg_input", ("auto", "torchvision", "caffe"))
+        one_of("vgg_input", VGG_INPUTS)
         if self.steps < 1 or self.batch_size < 1:
             raise TrainingError("steps and batch size must be positive")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
