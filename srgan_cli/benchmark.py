@@ -141,7 +141,7 @@ def benchmark_train(
     from .photos import list_images
     from .sr import losses
     from .sr.data import CropPool
-    from .sr.train import Trainer
+    from .sr.trainer import Trainer
 
     device = resolve_device(config.device)
     if device.type == "cuda":

@@ -11,7 +11,8 @@ import torch
 
 from srgan_cli import archs, weights
 from srgan_cli.errors import TrainingError
-from srgan_cli.sr.train import CHECKPOINT, TrainConfig, train
+from srgan_cli.sr.config import CHECKPOINT, TrainConfig
+from srgan_cli.sr.train import train
 
 
 def _config(photo_dir: Path, out: Path, steps: int, **kw: object) -> TrainConfig:

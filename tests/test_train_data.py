@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from srgan_cli import weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import TrainingError
+from srgan_cli.sr.config import TrainConfig, apply_init_arch, load_toml
 from srgan_cli.sr.data import CropPool, gather_sources, parse_data_spec
-from srgan_cli.sr.train import TrainConfig, apply_init_arch, load_toml
 
 from .conftest import make_photo, tiny_model
 

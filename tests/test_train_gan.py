@@ -18,7 +18,8 @@ from srgan_cli import archs, weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import PerceptualWeightsError, TrainingError
 from srgan_cli.sr import losses
-from srgan_cli.sr.train import CHECKPOINT, SAMPLES, TrainConfig, apply_init_arch, load_toml, train
+from srgan_cli.sr.config import CHECKPOINT, SAMPLES, TrainConfig, apply_init_arch, load_toml
+from srgan_cli.sr.train import train
 
 from .conftest import tiny_model
 
@@ -267,7 +268,7 @@ def test_two_gloo_processes_end_with_identical_weights(
 def test_gan_step_with_the_multi_layer_content_loss(
     photo_dir: Path, tmp_path: Path, init_weights: Path
 ) -> None:
-    from srgan_cli.sr.train import Trainer
+    from srgan_cli.sr.trainer import Trainer
 
     torch.manual_seed(3)
     state = losses._features("vgg19", 100).state_dict()  # a random VGG19: the loss's wiring, not its values
@@ -307,9 +308,9 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
     """The code `--amp bf16|fp16` runs on CUDA (autocast regions, the float casts around every loss,
     fp16's loss scalers and their checkpointed state), executed under the CPU's autocast: CI has no
     GPU, and the CLI keeps --amp to CUDA, so the Trainer's dtype is forced here."""
-    from srgan_cli.sr import train as train_module
+    from srgan_cli.sr import trainer as trainer_module
 
-    monkeypatch.setattr(train_module, "amp_dtype", lambda amp, device: dtype)
+    monkeypatch.setattr(trainer_module, "amp_dtype", lambda amp, device: dtype)
     terms = dict(pixel_weight=1.0, grid_weight=1.0, r1_gamma=1.0)
     straight_weights = _straight_and_killed_then_resumed(
         lambda out: _gan(photo_dir, out, init_weights, vgg_file, 6, **terms), tmp_path

@@ -18,7 +18,8 @@ from srgan_cli import weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import TrainingError
 from srgan_cli.sr import train as train_mod
-from srgan_cli.sr.train import CHECKPOINT, TrainConfig, train
+from srgan_cli.sr.config import CHECKPOINT, TrainConfig
+from srgan_cli.sr.train import train
 
 from .test_train import _config
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from .. import archs, weights
 from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
-from ..sr.train import TrainConfig
+from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
 from .common import (
     DeviceOpt,

@@ -1,12 +1,12 @@
 """The choices of `srgan train` and `srgan benchmark train` options, as the str Enums typer needs,
-built from the library's own lists (sr/train.py, sr/losses.py) so each list is written once."""
+built from the library's own lists (sr/config.py, sr/losses.py) so each list is written once."""
 
 from __future__ import annotations
 
 from enum import Enum
 
+from ..sr.config import AMPS, GAN_LOSSES, LOSSES, SCHEDULES, STAGES, VGG_INPUTS
 from ..sr.losses import CONTENT_LAYERS
-from ..sr.train import AMPS, GAN_LOSSES, LOSSES, SCHEDULES, STAGES, VGG_INPUTS
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:

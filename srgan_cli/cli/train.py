@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from ..distributed import world_from_env
-from ..sr.train import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
+from ..sr.config import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
 from .choices import Amp, ContentLayer, GanLoss, Loss, Schedule, Stage, VggInput
 from .common import console, given_options, guard, panel_option, training_progress

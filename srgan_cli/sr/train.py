@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
-import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import training
 from .. import weights as weights_mod
 from ..devices import free_memory_bytes, precision_name, resolve_device
-from ..distributed import World, all_reduce_mean_, any_flag, gather_objects, init_group, world_from_env
+from ..distributed import World, any_flag, gather_objects, init_group, world_from_env
 from ..errors import TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from ..training import Event, count_parameters, load_checkpoint, save_png
+from .config import (
+    CHECKPOINT,
+    LOG,
+    RUN_FIELDS,
+    SAMPLES,
+    TrainConfig,
+)
 from .data import (
     CropPool,
     DataSource,
@@ -34,255 +38,10 @@ from .data import (
     bicubic_upscale,
     gather_sources,
     load_eval_pairs,
-    parse_data_spec,
 )
 from .evaluate import EvalReport, evaluate
-from .losses import (
-    CONTENT_LAYERS,
-    ContentLoss,
-    VGGFeatures,
-    discriminator_loss,
-    generator_adv_loss,
-    grid_loss,
-    load_vgg,
-    r1_penalty,
-    tv_loss,
-)
-from .models import Discriminator, DiscriminatorConfig, SRResNet, SRResNetConfig
-
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
-SAMPLES = "samples"
-# the choices of TrainConfig's string fields (validate() checks them; the CLI builds its choices from them)
-STAGES = ("pretrain", "gan")
-LOSSES = ("mse", "l1")
-SCHEDULES = ("constant", "cosine", "step")
-AMPS = ("auto", "off", "bf16", "fp16")
-GAN_LOSSES = ("standard", "ragan")
-VGG_INPUTS = ("auto", "torchvision", "caffe")
-
-# Fields that define the run: a resumed run must agree with its checkpoint on these.
-_RUN_FIELDS = (
-    "stage",
-    "scale",
-    "n_blocks",
-    "n_feats",
-    "global_skip",
-    "d_feats",
-    "crop",
-    "batch_size",
-    "loss",
-    "content_layer",
-    "gan_loss",
-    "seed",
-    "ema",
-    "augment",
-)
-_ARCH_FIELDS = ("scale", "n_blocks", "n_feats", "global_skip")  # the generator's, from --init
-_RETIRED = ("cache_images", "workers")  # options of older versions, ignored in old checkpoints
-
-
-@dataclass
-class TrainConfig:
-    # --- run ----------------------------------------------------------------------------------
-    # folders of HR training photos (searched recursively), each "DIR" or "DIR:WEIGHT"; crops are
-    # drawn in proportion to weight x pixels (sr.data.CropPool); a str is taken as one folder
-    data: list[str] = field(default_factory=list)
-    val: str | None = None  # folder of HR validation photos; None skips validation
-    out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
-    stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
-    init: str | None = None  # generator weights to start from (gan stage default: srresnet_x<scale>)
-    # --- generator (taken from --init in the gan stage) -----------------------------------------
-    scale: int = 4  # 2, 4 or 8
-    n_blocks: int = 16  # residual blocks (paper: 16)
-    n_feats: int = 64  # channels per block (paper: 64)
-    global_skip: bool = False  # learn a residual over bicubic upscaling (not in the paper)
-    # --- discriminator --------------------------------------------------------------------------
-    d_feats: int = 64  # channels of D's first conv (paper: 64)
-    # --- data -----------------------------------------------------------------------------------
-    crop: int = 96  # HR crop side; LR crops are crop/scale (paper: 96)
-    batch_size: int = 16  # crops per step and process (paper: 16)
-    augment: bool = True  # random flips and 90-degree rotations of each crop
-    data_device: str = "auto"  # where decoded photos live: auto (GPU if they fit), cpu, or the device
-    # --- optimisation ---------------------------------------------------------------------------
-    steps: int = 100_000  # total optimiser steps (paper: 10^6 SRResNet, 2x10^5 SRGAN)
-    lr: float = 1e-4  # Adam learning rate of G (paper: 1e-4)
-    d_lr: float | None = None  # Adam learning rate of D; None = the same as lr
-    schedule: str = "constant"  # constant, cosine (to lr_min), or step (x lr_gamma at lr_step_at)
-    lr_min: float = 1e-6  # floor of the cosine schedule
-    lr_step_at: float = 0.5  # step schedule: fraction of the steps where the rate drops
-    lr_gamma: float = 0.1  # step schedule: factor of the drop (paper: 1e-4 -> 1e-5 halfway)
-    beta1: float = 0.9  # Adam beta1 (paper: 0.9)
-    beta2: float = 0.999
-    # --- losses ---------------------------------------------------------------------------------
-    loss: str = "mse"  # pixel loss: mse (paper) or l1; the whole loss of the pretrain stage
-    pixel_weight: float = 0.0  # gan stage: weight of the pixel loss (paper: 0)
-    content_layer: str = "vgg54"  # gan stage: vgg54 (paper), vgg22, vgg16_53, vgg16_22, vgg19_multi
-    content_weight: float = 1.0  # weight of the VGG content loss (paper: 1)
-    vgg_weights: str | None = None  # VGG weights file; None = $SRGAN_VGG_WEIGHTS or torchvision's
-    vgg_input: str = "auto"  # input convention of those weights: auto, torchvision or caffe
-    content_scale: float | None = None  # feature rescale; None = the paper's 1/12.75 (Caffe units)
-    adv_weight: float = 1e-3  # weight of the adversarial loss (paper: 1e-3)
-    gan_loss: str = "standard"  # standard (paper: -log D(G(z)), BCE for D) or ragan (ESRGAN)
-    r1_gamma: float = 0.0  # R1 penalty on D's gradient at real images; 0 = off
-    tv_weight: float = 2e-8  # total-variation regulariser (paper: 2e-8)
-    grid_weight: float = 0.0  # phase-consistency (anti-checkerboard) loss, not in the paper; 0 = off
-    # --- averaging, validation, logging --------------------------------------------------------
-    ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
-    val_every: int = 1000  # steps between validations (and interim weights, and sample grids)
-    val_limit: int = 0  # validate on at most this many photos; 0 = all
-    lpips_weights: str | None = None  # LPIPS weights folder; None = $SRGAN_LPIPS_WEIGHTS (else no LPIPS)
-    samples: int = 4  # sample crops in the grid saved at each validation; 0 = none
-    snapshots: bool = False  # keep the weights of each validation as <name>_step<N>.safetensors
-    checkpoint_every: int = 500  # steps between checkpoints
-    log_every: int = 20  # steps between log lines (the only host-device syncs of the loop)
-    tensorboard: bool = False  # also write TensorBoard events to <out>/tb
-    # --- machine --------------------------------------------------------------------------------
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N (under torchrun: each process's own GPU)
-    amp: str = "auto"  # mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16
-    compile: bool = False  # torch.compile the networks (slow start, faster steps on GPUs)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, (str, os.PathLike)):  # one folder (and checkpoints of older versions)
-            self.data = [str(self.data)] if str(self.data) else []
-        else:
-            self.data = [str(d) for d in self.data]
-
-    @classmethod
-    def for_stage(cls, stage: str) -> TrainConfig:
-        """The defaults of a stage (the gan stage follows the paper's SRGAN schedule)."""
-        if stage == "gan":
-            return cls(stage="gan", steps=200_000, schedule="step")
-        return cls(stage=stage)
-
-    @property
-    def name(self) -> str:
-        return f"{'srgan' if self.stage == 'gan' else 'srresnet'}_x{self.scale}"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out or f"runs/{self.name}")
-
-    @property
-    def init_weights(self) -> str | None:
-        if self.init:
-            return self.init
-        return f"srresnet_x{self.scale}" if self.stage == "gan" else None
-
-    def validate(self) -> None:
-        def one_of(field: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, field) not in allowed:
-                raise TrainingError(f"unknown {field} {getattr(self, field)!r}: use {', '.join(allowed)}")
-
-        one_of("stage", STAGES)
-        for spec in self.data:
-            parse_data_spec(spec)  # raises on a bad weight
-        one_of("loss", LOSSES)
-        one_of("schedule", SCHEDULES)
-        one_of("amp", AMPS)
-        one_of("gan_loss", GAN_LOSSES)
-        one_of("content_layer", tuple(CONTENT_LAYERS))
-        one_of("vgg_input", VGG_INPUTS)
-        if self.steps < 1 or self.batch_size < 1:
-            raise TrainingError("steps and batch size must be positive")
-        if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
-            raise TrainingError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
-        if not 0.0 <= self.ema < 1.0:
-            raise TrainingError("ema must be in [0, 1)")
-        if not 0.0 < self.lr_step_at <= 1.0:
-            raise TrainingError("lr_step_at is a fraction of the steps, in (0, 1]")
-        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
-            raise TrainingError("val_every, checkpoint_every and log_every must be positive")
-        SRResNetConfig(self.scale, self.n_blocks, self.n_feats)  # raises on a bad scale
-        if self.crop % self.scale:
-            raise TrainingError(f"crop size {self.crop} must be a multiple of the scale {self.scale}")
-        if self.grid_weight < 0:
-            raise TrainingError("grid_weight must be 0 (off) or positive")
-        if self.grid_weight > 0 and self.crop < 8 * self.scale:
-            raise TrainingError(
-                f"the grid loss works on tiles of {8 * self.scale} px (8 x the scale): "
-                f"use --crop {8 * self.scale} or more, or --grid-weight 0"
-            )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = {k.replace("-", "_"): v for k, v in data.items() if k not in _RETIRED}
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise TrainingError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A `--config` file: TOML with the TrainConfig field names (dashes or underscores), flat or in
-    tables ([model], [gan], ...) whose keys are merged; every name is checked."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TrainingError(f"{path} is not valid TOML: {exc}") from exc
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        for k, v in items:
-            k = k.replace("-", "_")
-            if k in flat:
-                raise TrainingError(f"{path}: option {k!r} is set twice")
-            flat[k] = v
-    known = {f.name: f for f in fields(TrainConfig)}
-    unknown = sorted(set(flat) - set(known))
-    if unknown:
-        raise TrainingError(f"{path}: unknown option(s): {', '.join(unknown)}")
-    defaults = TrainConfig()
-    for k, v in flat.items():
-        want = type(getattr(defaults, k)) if getattr(defaults, k) is not None else None
-        ok = want is None or isinstance(v, want) or (want is float and isinstance(v, int))
-        if want is list:  # data: one folder, or a list of them
-            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
-                raise TrainingError(f"{path}: {k} should be a folder or a list of folders, got {v!r}")
-            continue
-        if not ok or (want is int and isinstance(v, bool)):
-            raise TrainingError(f"{path}: {k} should be a {want.__name__ if want else 'value'}, got {v!r}")
-        if want is float:
-            flat[k] = float(v)
-    return flat
-
-
-def apply_init_arch(config: TrainConfig, given: set[str]) -> TrainConfig:
-    """With --init (always in the gan stage; in pretrain to fine-tune, e.g. the shipped weights on
-    your photos) the generator's shape comes from those weights; options the user set explicitly
-    (`given`) must agree with them."""
-    init = config.init_weights
-    if init is None:
-        return config
-    info = weights_mod.read_info(init)
-    if info.arch != "srresnet":
-        raise TrainingError(f"--init {init} is a {info.arch} model; training starts from srresnet weights")
-    arch = {k: info.config[k] for k in _ARCH_FIELDS if k in info.config}
-    clash = [
-        f"{k}: {getattr(config, k)} (given) vs {v} (in {init})"
-        for k, v in arch.items()
-        if k in given and getattr(config, k) != v
-    ]
-    if clash:
-        raise TrainingError(
-            f"the generator's shape comes from --init, which disagrees: {'; '.join(clash)}",
-            hint="leave out the shape options, or pick --init weights of that shape",
-        )
-    return replace(config, **arch)
+from .models import SRResNet, SRResNetConfig
+from .trainer import Trainer, global_rng_state, set_global_rng_state
 
 
 @dataclass
@@ -294,279 +53,6 @@ class TrainResult:
     generator: nn.Module | None = None  # the trained (EMA) generator, on its training device
     discriminator: nn.Module | None = None
     stopped: str | None = None  # why the run stopped before `config.steps`: "time limit" or "stop request"
-
-
-def read_checkpoint_config(out: str | Path) -> TrainConfig:
-    """The config a run in `out` was started with (for `--resume` without restating options)."""
-    path = Path(out) / CHECKPOINT
-    if not path.is_file():
-        raise TrainingError(f"nothing to resume: {path} does not exist")
-    return TrainConfig.from_dict(load_checkpoint(path)["config"])
-
-
-def lr_at(config: TrainConfig, step: int, base: float) -> float:
-    if config.schedule == "constant":
-        return base
-    t = min(step / max(config.steps, 1), 1.0)
-    if config.schedule == "step":
-        return base * (config.lr_gamma if t >= config.lr_step_at else 1.0)
-    floor = min(config.lr_min, base)
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t))
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or device.type != "cuda":
-        if amp in ("bf16", "fp16") and device.type != "cuda":
-            raise TrainingError(f"--amp {amp} needs a CUDA device; use --amp off on the CPU")
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
-        eb.copy_(b)  # BN running statistics follow the live model
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
-
-
-class Trainer:
-    """The networks, optimisers and the two step functions of both stages (also used by
-    `srgan benchmark train`, so the benchmark times exactly the training step)."""
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        device: torch.device,
-        world: World | None = None,
-        *,
-        vgg: VGGFeatures | None = None,  # the content loss's network; None = load_vgg(config...)
-    ) -> None:
-        self.config, self.device, self.world = config, device, world or World()
-        self.amp = amp_dtype(config.amp, device)
-        self.channels_last = device.type == "cuda"
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        gan = config.stage == "gan"
-
-        self.g = SRResNet(
-            SRResNetConfig(config.scale, config.n_blocks, config.n_feats, global_skip=config.global_skip)
-        ).to(device, memory_format=fmt)
-        self.ema = copy.deepcopy(self.g).eval().requires_grad_(False) if config.ema > 0 else None
-        self.g_opt = torch.optim.Adam(self.g.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-        self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-        self.d: Discriminator | None = None
-        self.content: ContentLoss | None = None
-        if gan:
-            self.d = Discriminator(DiscriminatorConfig(n_feats=config.d_feats)).to(device, memory_format=fmt)
-            self.d_opt = torch.optim.Adam(
-                self.d.parameters(), lr=config.d_lr or config.lr, betas=(config.beta1, config.beta2)
-            )
-            self.d_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-            if config.content_weight > 0:
-                if vgg is None:
-                    vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
-                self.content = ContentLoss(vgg.to(device, memory_format=fmt), config.content_scale)
-        self.pixel_loss = F.mse_loss if config.loss == "mse" else F.l1_loss
-
-        # G is the network DDP wraps (one forward, one backward per step). D's gradients are
-        # averaged by hand instead: R1's double backward and RaGAN's coupled real/fake loss do not
-        # fit DDP's one-forward-one-backward contract.
-        self.g_run: nn.Module = self.g
-        if self.world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.g_run = DistributedDataParallel(
-                self.g, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.d_run: nn.Module | None = self.d
-        if config.compile:
-            self.g_run = torch.compile(self.g_run)  # type: ignore[assignment]
-            if self.d is not None and config.r1_gamma == 0:
-                self.d_run = torch.compile(self.d)  # type: ignore[assignment]
-            if self.content is not None:
-                self.content.vgg = torch.compile(self.content.vgg)  # type: ignore[assignment]
-
-    # --- helpers ------------------------------------------------------------------------------
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def set_lr(self, step: int) -> float:
-        lr_g = lr_at(self.config, step, self.config.lr)
-        for group in self.g_opt.param_groups:
-            group["lr"] = lr_g
-        if self.d is not None:
-            lr_d = lr_at(self.config, step, self.config.d_lr or self.config.lr)
-            for group in self.d_opt.param_groups:
-                group["lr"] = lr_d
-        return lr_g
-
-    def _after_g_step(self, step: int) -> None:
-        if self.ema is not None:
-            # warm-up: early on the average would be dominated by the random initial weights
-            _ema_update(self.ema, self.g, min(self.config.ema, (1 + step) / (10 + step)))
-
-    # --- the pretrain stage: SRResNet with a pixel loss ----------------------------------------
-    def pretrain_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        lr_img, hr_img = self._prepare(lr_img), self._prepare(hr_img)
-        with self._autocast():
-            sr = self.g_run(lr_img)  # (N, 3, sH, sW)
-        loss = self.pixel_loss(sr.float(), hr_img)
-        self.g_opt.zero_grad(set_to_none=True)
-        self.g_scaler.scale(loss).backward()
-        self.g_scaler.step(self.g_opt)
-        self.g_scaler.update()
-        self._after_g_step(step)
-        return {"loss": loss.detach()}
-
-    # --- the gan stage: one D step, then one G step --------------------------------------------
-    def gan_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        cfg, d, d_run = self.config, self.d, self.d_run
-        assert d is not None and d_run is not None
-        lr_img, hr_img = self._prepare(lr_img), self._prepare(hr_img)
-        with self._autocast():
-            sr = self.g_run(lr_img)  # G(z): (N, 3, sH, sW)
-
-        # D step: push D(x) up and D(G(z)) down (BCE with logits, or RaGAN), plus optional R1.
-        d.requires_grad_(True)
-        real_in = hr_img.detach().requires_grad_(True) if cfg.r1_gamma > 0 else hr_img
-        with self._autocast():
-            real_logits = d_run(real_in).float()  # (N, 1)
-            fake_logits = d_run(sr.detach()).float()
-        d_loss = discriminator_loss(real_logits, fake_logits, cfg.gan_loss)
-        r1 = r1_penalty(real_logits, real_in) if cfg.r1_gamma > 0 else torch.zeros((), device=self.device)
-        self.d_opt.zero_grad(set_to_none=True)
-        self.d_scaler.scale(d_loss + 0.5 * cfg.r1_gamma * r1).backward()
-        all_reduce_mean_([p.grad for p in d.parameters() if p.grad is not None], self.world)
-        self.d_scaler.step(self.d_opt)
-        self.d_scaler.update()
-
-        # G step: content (VGG) + adversarial + TV (+ pixel, + grid), with D frozen.
-        d.requires_grad_(False)
-        with self._autocast():
-            fake_for_g = d_run(sr).float()
-            real_for_g = None
-            if cfg.gan_loss == "ragan":
-                with torch.no_grad():
-                    real_for_g = d_run(hr_img).float()
-        adversarial = generator_adv_loss(fake_for_g, real_for_g, cfg.gan_loss)
-        zero = torch.zeros((), device=self.device)
-        content = zero
-        if self.content is not None:
-            with self._autocast():
-                content = self.content(sr, hr_img)
-        tv = tv_loss(sr) if cfg.tv_weight > 0 else zero
-        pixel = self.pixel_loss(sr.float(), hr_img) if cfg.pixel_weight > 0 else zero
-        grid = grid_loss(sr, hr_img, cfg.scale) if cfg.grid_weight > 0 else zero
-        g_loss = (
-            cfg.content_weight * content
-            + cfg.adv_weight * adversarial
-            + cfg.tv_weight * tv
-            + cfg.pixel_weight * pixel
-            + cfg.grid_weight * grid
-        )
-        self.g_opt.zero_grad(set_to_none=True)
-        self.g_scaler.scale(g_loss).backward()
-        self.g_scaler.step(self.g_opt)
-        self.g_scaler.update()
-        self._after_g_step(step)
-        return {
-            "loss": g_loss.detach(),
-            "content": content.detach(),
-            "adversarial": adversarial.detach(),
-            "tv": tv.detach(),
-            "pixel": pixel.detach(),
-            "grid": grid.detach(),
-            "d_loss": d_loss.detach(),
-            "r1": r1.detach(),
-            "D(x)": torch.sigmoid(real_logits.detach()).mean(),
-            "D(G(z))": torch.sigmoid(fake_logits.detach()).mean(),
-        }
-
-    def step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        if self.config.stage == "gan":
-            return self.gan_step(lr_img, hr_img, step)
-        return self.pretrain_step(lr_img, hr_img, step)
-
-    # --- state ----------------------------------------------------------------------------------
-    @property
-    def generator(self) -> SRResNet:
-        """The weights to ship: the EMA when there is one."""
-        return self.ema if self.ema is not None else self.g  # type: ignore[return-value]
-
-    def finite(self) -> bool:
-        nets = [self.g] + ([self.d] if self.d is not None else [])
-        return all(bool(torch.isfinite(p).all()) for net in nets for p in net.parameters())
-
-    def sync_buffers(self) -> None:
-        """Average BN running statistics across processes, so every rank holds the same weights."""
-        nets = (
-            [self.g] + ([self.ema] if self.ema is not None else []) + ([self.d] if self.d is not None else [])
-        )
-        all_reduce_mean_([b for net in nets for b in net.buffers() if b.is_floating_point()], self.world)
-
-    def broadcast_from_main(self) -> None:
-        """Give every process rank 0's weights (DDP does this for G alone, and only when wrapping)."""
-        if not self.world.distributed:
-            return
-        import torch.distributed as dist
-
-        nets = (
-            [self.g] + ([self.ema] if self.ema is not None else []) + ([self.d] if self.d is not None else [])
-        )
-        for net in nets:
-            for tensor in [*net.parameters(), *net.buffers()]:
-                dist.broadcast(tensor.data, src=0)
-
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "generator": self.g.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
-            "g_optimizer": self.g_opt.state_dict(),
-            "g_scaler": self.g_scaler.state_dict(),
-        }
-        if self.d is not None:
-            state.update(
-                discriminator=self.d.state_dict(),
-                d_optimizer=self.d_opt.state_dict(),
-                d_scaler=self.d_scaler.state_dict(),
-            )
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.g.load_state_dict(state["generator"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.g_opt.load_state_dict(state["g_optimizer"])
-        self.g_scaler.load_state_dict(state["g_scaler"])
-        if self.d is not None:
-            self.d.load_state_dict(state["discriminator"])
-            self.d_opt.load_state_dict(state["d_optimizer"])
-            self.d_scaler.load_state_dict(state["d_scaler"])
 
 
 def _pool_device(config: TrainConfig, device: torch.device, files: list[Path]) -> torch.device:
@@ -776,7 +262,7 @@ def _train(
     if resume:
         state = load_checkpoint(ckpt_path)
         saved = TrainConfig.from_dict(state["config"])
-        diff = [f for f in _RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
+        diff = [f for f in RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
         if diff:
             detail = ", ".join(f"{f}: {getattr(saved, f)} -> {getattr(config, f)}" for f in diff)
             raise TrainingError(f"cannot resume with different settings ({detail})")
@@ -786,7 +272,7 @@ def _train(
                 hint="resume with the same --nproc-per-node (each process continues its own data stream)",
             )
         trainer.load_state_dict(state)
-        _set_rng_state(state["rng"][world.rank])
+        set_global_rng_state(state["rng"][world.rank])
         generator.set_state(state["data_rng"][world.rank])
         step, prior_seconds = int(state["step"]), float(state["elapsed"])
         if step >= config.steps:
@@ -874,7 +360,7 @@ def _train(
         if any_flag(not trainer.finite(), world, device):
             raise TrainingError(f"weights became non-finite at step {step}; the last checkpoint is kept")
         trainer.sync_buffers()
-        rngs = gather_objects(_rng_state(), world)
+        rngs = gather_objects(global_rng_state(), world)
         data_rngs = gather_objects(generator.get_state(), world)
         if main:
             training.save_checkpoint(

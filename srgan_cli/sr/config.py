@@ -1,0 +1,262 @@
+"""`srgan train`'s configuration: TrainConfig (every hyper-parameter, typed, with its default and
+why), the run folder's file names, the TOML loader, and the shape taken from --init weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .. import weights as weights_mod
+from ..errors import TrainingError
+from ..training import load_checkpoint
+from .data import (
+    parse_data_spec,
+)
+from .losses import (
+    CONTENT_LAYERS,
+)
+from .models import SRResNetConfig
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+SAMPLES = "samples"
+# the choices of TrainConfig's string fields (validate() checks them; the CLI builds its choices from them)
+STAGES = ("pretrain", "gan")
+LOSSES = ("mse", "l1")
+SCHEDULES = ("constant", "cosine", "step")
+AMPS = ("auto", "off", "bf16", "fp16")
+GAN_LOSSES = ("standard", "ragan")
+VGG_INPUTS = ("auto", "torchvision", "caffe")
+
+# Fields that define the run: a resumed run must agree with its checkpoint on these.
+RUN_FIELDS = (
+    "stage",
+    "scale",
+    "n_blocks",
+    "n_feats",
+    "global_skip",
+    "d_feats",
+    "crop",
+    "batch_size",
+    "loss",
+    "content_layer",
+    "gan_loss",
+    "seed",
+    "ema",
+    "augment",
+)
+ARCH_FIELDS = ("scale", "n_blocks", "n_feats", "global_skip")  # the generator's, from --init
+RETIRED = ("cache_images", "workers")  # options of older versions, ignored in old checkpoints
+
+
+@dataclass
+class TrainConfig:
+    # --- run ----------------------------------------------------------------------------------
+    # folders of HR training photos (searched recursively), each "DIR" or "DIR:WEIGHT"; crops are
+    # drawn in proportion to weight x pixels (sr.data.CropPool); a str is taken as one folder
+    data: list[str] = field(default_factory=list)
+    val: str | None = None  # folder of HR validation photos; None skips validation
+    out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
+    stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
+    init: str | None = None  # generator weights to start from (gan stage default: srresnet_x<scale>)
+    # --- generator (taken from --init in the gan stage) -----------------------------------------
+    scale: int = 4  # 2, 4 or 8
+    n_blocks: int = 16  # residual blocks (paper: 16)
+    n_feats: int = 64  # channels per block (paper: 64)
+    global_skip: bool = False  # learn a residual over bicubic upscaling (not in the paper)
+    # --- discriminator --------------------------------------------------------------------------
+    d_feats: int = 64  # channels of D's first conv (paper: 64)
+    # --- data -----------------------------------------------------------------------------------
+    crop: int = 96  # HR crop side; LR crops are crop/scale (paper: 96)
+    batch_size: int = 16  # crops per step and process (paper: 16)
+    augment: bool = True  # random flips and 90-degree rotations of each crop
+    data_device: str = "auto"  # where decoded photos live: auto (GPU if they fit), cpu, or the device
+    # --- optimisation ---------------------------------------------------------------------------
+    steps: int = 100_000  # total optimiser steps (paper: 10^6 SRResNet, 2x10^5 SRGAN)
+    lr: float = 1e-4  # Adam learning rate of G (paper: 1e-4)
+    d_lr: float | None = None  # Adam learning rate of D; None = the same as lr
+    schedule: str = "constant"  # constant, cosine (to lr_min), or step (x lr_gamma at lr_step_at)
+    lr_min: float = 1e-6  # floor of the cosine schedule
+    lr_step_at: float = 0.5  # step schedule: fraction of the steps where the rate drops
+    lr_gamma: float = 0.1  # step schedule: factor of the drop (paper: 1e-4 -> 1e-5 halfway)
+    beta1: float = 0.9  # Adam beta1 (paper: 0.9)
+    beta2: float = 0.999
+    # --- losses ---------------------------------------------------------------------------------
+    loss: str = "mse"  # pixel loss: mse (paper) or l1; the whole loss of the pretrain stage
+    pixel_weight: float = 0.0  # gan stage: weight of the pixel loss (paper: 0)
+    content_layer: str = "vgg54"  # gan stage: vgg54 (paper), vgg22, vgg16_53, vgg16_22, vgg19_multi
+    content_weight: float = 1.0  # weight of the VGG content loss (paper: 1)
+    vgg_weights: str | None = None  # VGG weights file; None = $SRGAN_VGG_WEIGHTS or torchvision's
+    vgg_input: str = "auto"  # input convention of those weights: auto, torchvision or caffe
+    content_scale: float | None = None  # feature rescale; None = the paper's 1/12.75 (Caffe units)
+    adv_weight: float = 1e-3  # weight of the adversarial loss (paper: 1e-3)
+    gan_loss: str = "standard"  # standard (paper: -log D(G(z)), BCE for D) or ragan (ESRGAN)
+    r1_gamma: float = 0.0  # R1 penalty on D's gradient at real images; 0 = off
+    tv_weight: float = 2e-8  # total-variation regulariser (paper: 2e-8)
+    grid_weight: float = 0.0  # phase-consistency (anti-checkerboard) loss, not in the paper; 0 = off
+    # --- averaging, validation, logging --------------------------------------------------------
+    ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
+    val_every: int = 1000  # steps between validations (and interim weights, and sample grids)
+    val_limit: int = 0  # validate on at most this many photos; 0 = all
+    lpips_weights: str | None = None  # LPIPS weights folder; None = $SRGAN_LPIPS_WEIGHTS (else no LPIPS)
+    samples: int = 4  # sample crops in the grid saved at each validation; 0 = none
+    snapshots: bool = False  # keep the weights of each validation as <name>_step<N>.safetensors
+    checkpoint_every: int = 500  # steps between checkpoints
+    log_every: int = 20  # steps between log lines (the only host-device syncs of the loop)
+    tensorboard: bool = False  # also write TensorBoard events to <out>/tb
+    # --- machine --------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N (under torchrun: each process's own GPU)
+    amp: str = "auto"  # mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16
+    compile: bool = False  # torch.compile the networks (slow start, faster steps on GPUs)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):  # one folder (and checkpoints of older versions)
+            self.data = [str(self.data)] if str(self.data) else []
+        else:
+            self.data = [str(d) for d in self.data]
+
+    @classmethod
+    def for_stage(cls, stage: str) -> TrainConfig:
+        """The defaults of a stage (the gan stage follows the paper's SRGAN schedule)."""
+        if stage == "gan":
+            return cls(stage="gan", steps=200_000, schedule="step")
+        return cls(stage=stage)
+
+    @property
+    def name(self) -> str:
+        return f"{'srgan' if self.stage == 'gan' else 'srresnet'}_x{self.scale}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.name}")
+
+    @property
+    def init_weights(self) -> str | None:
+        if self.init:
+            return self.init
+        return f"srresnet_x{self.scale}" if self.stage == "gan" else None
+
+    def validate(self) -> None:
+        def one_of(field: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, field) not in allowed:
+                raise TrainingError(f"unknown {field} {getattr(self, field)!r}: use {', '.join(allowed)}")
+
+        one_of("stage", STAGES)
+        for spec in self.data:
+            parse_data_spec(spec)  # raises on a bad weight
+        one_of("loss", LOSSES)
+        one_of("schedule", SCHEDULES)
+        one_of("amp", AMPS)
+        one_of("gan_loss", GAN_LOSSES)
+        one_of("content_layer", tuple(CONTENT_LAYERS))
+        one_of("vgg_input", VGG_INPUTS)
+        if self.steps < 1 or self.batch_size < 1:
+            raise TrainingError("steps and batch size must be positive")
+        if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
+            raise TrainingError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
+        if not 0.0 <= self.ema < 1.0:
+            raise TrainingError("ema must be in [0, 1)")
+        if not 0.0 < self.lr_step_at <= 1.0:
+            raise TrainingError("lr_step_at is a fraction of the steps, in (0, 1]")
+        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
+            raise TrainingError("val_every, checkpoint_every and log_every must be positive")
+        SRResNetConfig(self.scale, self.n_blocks, self.n_feats)  # raises on a bad scale
+        if self.crop % self.scale:
+            raise TrainingError(f"crop size {self.crop} must be a multiple of the scale {self.scale}")
+        if self.grid_weight < 0:
+            raise TrainingError("grid_weight must be 0 (off) or positive")
+        if self.grid_weight > 0 and self.crop < 8 * self.scale:
+            raise TrainingError(
+                f"the grid loss works on tiles of {8 * self.scale} px (8 x the scale): "
+                f"use --crop {8 * self.scale} or more, or --grid-weight 0"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k.replace("-", "_"): v for k, v in data.items() if k not in RETIRED}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrainingError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A `--config` file: TOML with the TrainConfig field names (dashes or underscores), flat or in
+    tables ([model], [gan], ...) whose keys are merged; every name is checked."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingError(f"{path} is not valid TOML: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            k = k.replace("-", "_")
+            if k in flat:
+                raise TrainingError(f"{path}: option {k!r} is set twice")
+            flat[k] = v
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise TrainingError(f"{path}: unknown option(s): {', '.join(unknown)}")
+    defaults = TrainConfig()
+    for k, v in flat.items():
+        want = type(getattr(defaults, k)) if getattr(defaults, k) is not None else None
+        ok = want is None or isinstance(v, want) or (want is float and isinstance(v, int))
+        if want is list:  # data: one folder, or a list of them
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+                raise TrainingError(f"{path}: {k} should be a folder or a list of folders, got {v!r}")
+            continue
+        if not ok or (want is int and isinstance(v, bool)):
+            raise TrainingError(f"{path}: {k} should be a {want.__name__ if want else 'value'}, got {v!r}")
+        if want is float:
+            flat[k] = float(v)
+    return flat
+
+
+def apply_init_arch(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """With --init (always in the gan stage; in pretrain to fine-tune, e.g. the shipped weights on
+    your photos) the generator's shape comes from those weights; options the user set explicitly
+    (`given`) must agree with them."""
+    init = config.init_weights
+    if init is None:
+        return config
+    info = weights_mod.read_info(init)
+    if info.arch != "srresnet":
+        raise TrainingError(f"--init {init} is a {info.arch} model; training starts from srresnet weights")
+    arch = {k: info.config[k] for k in ARCH_FIELDS if k in info.config}
+    clash = [
+        f"{k}: {getattr(config, k)} (given) vs {v} (in {init})"
+        for k, v in arch.items()
+        if k in given and getattr(config, k) != v
+    ]
+    if clash:
+        raise TrainingError(
+            f"the generator's shape comes from --init, which disagrees: {'; '.join(clash)}",
+            hint="leave out the shape options, or pick --init weights of that shape",
+        )
+    return replace(config, **arch)
+
+
+def read_checkpoint_config(out: str | Path) -> TrainConfig:
+    """The config a run in `out` was started with (for `--resume` without restating options)."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        raise TrainingError(f"nothing to resume: {path} does not exist")
+    return TrainConfig.from_dict(load_checkpoint(path)["config"])
