@@ -18,9 +18,9 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import weights
-from ..batch import JobResult, OutputOptions, plan_jobs, run_job
 from ..distributed import World, gather_objects, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
+from ..runtime.batch import JobResult, OutputOptions, plan_jobs, run_job
 from ..runtime.loader import build_upscaler, with_self_ensemble
 from .common import (
     Backend,

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ImageError, SrganError, UsageError
-from .imageio import (
+from ..errors import ImageError, SrganError, UsageError
+from ..imageio import (
     READABLE_SUFFIXES,
     WRITE_FORMATS,
     format_for_suffix,
@@ -17,7 +17,7 @@ from .imageio import (
     suffix_for_format,
     write_image,
 )
-from .runtime.base import Upscaler, upscale_image
+from .base import Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
 
