@@ -1,6 +1,6 @@
 """Folders of photos and pictures made of them: scanning a folder, decoding photos to uint8 RGB
 (skipping the unusable ones with a reason), and image grids. Shared by the trainers, evaluation,
-the gallery script and the CLI (the file formats themselves live in imageio.py)."""
+the gallery script and the CLI (the file formats themselves live in imageio/)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from srgan_cli import imageio
 from srgan_cli.errors import ImageReadError, ImageWriteError
 from srgan_cli.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -29,6 +28,7 @@ from srgan_cli.imageio import (
     suffix_for_format,
     write_image,
 )
+from srgan_cli.imageio import write as imageio_write
 
 ONE_8 = 1 / 255 + 1e-6
 ONE_16 = 1 / 65535 + 1e-7
@@ -640,7 +640,7 @@ def test_write_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pyt
         os.write(fd, data[:10])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(imageio, "_write_all", disk_full)
+    monkeypatch.setattr(imageio_write, "_write_all", disk_full)
     with pytest.raises(ImageWriteError) as info:
         write_image(target, old.replace(pixels=np.ones((4, 4, 3), np.float32)), overwrite=True)
     assert info.value.path == target and info.value.reason == "no space left on device"
@@ -651,7 +651,7 @@ def test_write_encoder_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: object) -> bytes:
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(imageio, "_encode", broken)
+    monkeypatch.setattr(imageio_write, "_encode", broken)
     with pytest.raises(ImageWriteError, match="encoder exploded"):
         write_image(tmp_path / "a.png", ImageData(pixels=np.zeros((2, 2, 3), np.float32), alpha=None))
     assert _leftovers(tmp_path) == []
@@ -661,13 +661,13 @@ def test_write_does_not_clobber_file_that_appears_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "a.png"
-    real_encode = imageio._encode
+    real_encode = imageio_write._encode
 
     def racing_encode(*args: object) -> bytes:
         target.write_bytes(b"someone else's")  # another process wins the race during encoding
         return real_encode(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(imageio, "_encode", racing_encode)
+    monkeypatch.setattr(imageio_write, "_encode", racing_encode)
     with pytest.raises(ImageWriteError, match="already exists"):
         write_image(target, ImageData(pixels=np.zeros((2, 2, 3), np.float32), alpha=None))
     assert target.read_bytes() == b"someone else's" and _leftovers(tmp_path) == ["a.png"]

@@ -1,0 +1,29 @@
+"""Image files <-> float32 arrays: the only package that decodes or encodes image formats.
+
+formats.py (what is read and written, ImageData), read.py (read_image), write.py (write_image),
+alpha.py (fill_transparent).
+"""
+
+from .alpha import fill_transparent
+from .formats import (
+    DEFAULT_MAX_PIXELS,
+    READABLE_SUFFIXES,
+    WRITE_FORMATS,
+    ImageData,
+    format_for_suffix,
+    suffix_for_format,
+)
+from .read import read_image
+from .write import write_image
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "READABLE_SUFFIXES",
+    "WRITE_FORMATS",
+    "ImageData",
+    "fill_transparent",
+    "format_for_suffix",
+    "read_image",
+    "suffix_for_format",
+    "write_image",
+]
