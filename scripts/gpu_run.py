@@ -411,10 +411,7 @@ def chunk(args: argparse.Namespace) -> None:
             continue_runs(args, console, deadline)
         else:
             run, cmd = stage_command(args, console, deadline)
-            limit = deadline - time.monotonic() - 10
-            if limit < 30:
-                sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
-            srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
+            train_until(cmd, deadline, args, console)
     finally:
         if monitor is not None:
             monitor.terminate()
@@ -451,28 +448,31 @@ def stage_command(args: argparse.Namespace, console: Path, deadline: float) -> t
         left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
         steps = args.steps or planned_steps(rate, left, GAN["batch"], 100)
         say(f"gan: {rate:.1f} crops/s -> {steps} steps in this call")
-        cmd = [
-            "train",
-            "--stage",
-            "gan",
-            *data_options(None, args.extra_share),
-            "--val",
-            str(VAL),
-            "--out",
-            str(run),
-        ]
-        cmd += [
-            "--init",
-            str(INIT_FILE),
-            "--vgg-weights",
-            str(VGG_FILE),
-            "--lpips-weights",
-            str(LPIPS_DIR),
-        ]
-        cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
-        cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
-        cmd += ["--checkpoint-every", str(steps), "--seed", "0", *device, *amp]
+        cmd = gan_command(INIT_FILE, run, steps, data_options(None, args.extra_share), [*device, *amp])
     return run, cmd
+
+
+def gan_command(init: Path, run: Path, steps: int, data: list[str], machine: list[str]) -> list[str]:
+    """`srgan train` of the GAN recipe from `init`, validating four times and keeping each
+    validation's weights (--snapshots), one checkpoint at the end."""
+    lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
+    cmd = ["train", "--stage", "gan", *data, "--val", str(VAL), "--out", str(run)]
+    cmd += ["--init", str(init), "--vgg-weights", str(VGG_FILE), *lpips]
+    cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
+    cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
+    return cmd + ["--checkpoint-every", str(steps), "--seed", "0", *machine]
+
+
+def train_until(
+    cmd: list[str], deadline: float, args: argparse.Namespace, console: Path, limit: float | None = None
+) -> None:
+    """Run `srgan train` (with the options after `--`) stopping cleanly 10 s before `deadline`, or
+    after `limit` seconds when that comes first."""
+    left = deadline - time.monotonic() - 10
+    limit = left if limit is None else min(limit, left)
+    if limit < 30:
+        sys.exit(f"only {limit:.0f} s left for training: give more --minutes (or a lower --pretrain-share)")
+    srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
 
 
 def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> None:
@@ -503,26 +503,14 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     ]
     cmd += [*CONTINUE["args"], "--steps", str(steps), "--val-every", str(max(steps // 4, 1))]
     cmd += ["--checkpoint-every", str(steps), "--samples", "0", *lpips, *machine]
-    limit = min(left * share, deadline - time.monotonic() - 10)
-    if limit < 30:
-        sys.exit(f"only {limit:.0f} s left for training: give more --minutes")
-    srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
+    train_until(cmd, deadline, args, console, limit=left * share)
     if args.skip_gan:
         return
     left = deadline - time.monotonic() - 60  # data loading, VGG, four validations
     gan_steps = args.gan_steps or planned_steps(gan_rate, left, GAN["batch"], 100)
     say(f"continue: gan {gan_rate:.1f} crops/s -> {gan_steps} steps")
-    cmd = ["train", "--stage", "gan", *data_args, "--val", str(VAL), "--out", str(CONTINUE_GAN_RUN)]
-    cmd += ["--init", str(CONTINUE_RUN / "srresnet_x4.safetensors"), "--vgg-weights", str(VGG_FILE), *lpips]
-    cmd += ["--batch-size", str(GAN["batch"]), "--crop", str(GAN["crop"]), *GAN["args"]]
-    cmd += ["--steps", str(gan_steps), "--val-every", str(max(gan_steps // 4, 1))]
-    cmd += ["--checkpoint-every", str(gan_steps), "--seed", "0", *machine]
-    limit = deadline - time.monotonic() - 10
-    if limit < 30:
-        sys.exit(
-            f"only {limit:.0f} s left for the GAN stage: give more --minutes or a lower --pretrain-share"
-        )
-    srgan(*cmd, *args.extra, "--time-limit", f"{limit:.0f}", log=console)
+    init = CONTINUE_RUN / "srresnet_x4.safetensors"
+    train_until(gan_command(init, CONTINUE_GAN_RUN, gan_steps, data_args, machine), deadline, args, console)
 
 
 def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:
@@ -565,17 +553,26 @@ def returned(stage: str, run: Path, out: Path) -> None:
         manifest["weights"] = weights
         files += [weights, *parts]
     else:
-        # the weights where the run stopped (a time limit may stop it between validations), and
-        # as many of the latest validations' snapshots as the file limit leaves room for
-        weights = "srgan_x4.safetensors"
-        shutil.copyfile(run / weights, out / weights)
-        files.append(weights)
-        room = MAX_FILES - len(files) - 1  # the manifest is one file too
-        snaps = sorted(run.glob("srgan_x4_step*.safetensors"))[-room:]
-        for snap in snaps:
-            shutil.copyfile(snap, out / snap.name)
-        files += [s.name for s in snaps]
-        manifest["weights"] = weights
+        manifest["weights"] = return_gan_weights(run, out, files)
+    write_manifest(out, manifest, files)
+
+
+def return_gan_weights(run: Path, out: Path, files: list[str]) -> str:
+    """Into $OUT: the GAN weights where the run stopped (a time limit may stop it between
+    validations), and as many of the latest validations' snapshots as the file limit leaves room
+    for; their names are added to `files`."""
+    weights = "srgan_x4.safetensors"
+    shutil.copyfile(run / weights, out / weights)
+    files.append(weights)
+    room = MAX_FILES - len(files) - 1  # the manifest is one file too
+    for snap in sorted(run.glob("srgan_x4_step*.safetensors"))[-room:]:
+        shutil.copyfile(snap, out / snap.name)
+        files.append(snap.name)
+    return weights
+
+
+def write_manifest(out: Path, manifest: dict, files: list[str]) -> None:
+    """manifest.json beside the returned files, after checking them against the tool's limits."""
     manifest["files"] = files
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     too_big = [n for n in files if (out / n).stat().st_size >= 16 * 2**20]
@@ -631,16 +628,9 @@ def returned_continue(args: argparse.Namespace, out: Path) -> None:
     files = ["logs.tar.gz", "srresnet_x4.safetensors"]
     manifest: dict = {"stage": "continue", "step": last_step(pre), "data": args.only or "all"}
     if not args.skip_gan:
-        shutil.copyfile(gan / "srgan_x4.safetensors", out / "srgan_x4.safetensors")
-        files.append("srgan_x4.safetensors")
-        room = MAX_FILES - len(files) - 1  # the manifest is one file too
-        for snap in sorted(gan.glob("srgan_x4_step*.safetensors"))[-room:]:
-            shutil.copyfile(snap, out / snap.name)
-            files.append(snap.name)
+        return_gan_weights(gan, out, files)
         manifest["gan_step"] = last_step(gan)
-    manifest["files"] = files
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    say(f"returned: {', '.join(files)}, manifest.json")
+    write_manifest(out, manifest, files)
 
 
 def main(argv: list[str] | None = None) -> None:
