@@ -1,12 +1,15 @@
-"""What the trainers share: checkpoint and sample-grid files (written atomically), the event type
-and log, the running means of logged quantities, config parsing; and for the DCGAN-style trainers
-(LAPGAN levels, text-to-image) G and D with their Adam optimisers and their RNG streams."""
+"""What the three trainers (SRGAN, LAPGAN levels, text-to-image) share: checkpoint and sample-grid
+files (written atomically), the event type and log, RNG capture and restore, the running means of
+logged quantities, config parsing, the stop clock and TensorBoard; and for the DCGAN-style trainers
+(LAPGAN levels, text-to-image) G and D with their Adam optimisers."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -74,6 +77,28 @@ class GanPair:
         self.opt_d.load_state_dict(state["opt_d"])
 
 
+# --- RNG state ----------------------------------------------------------------------------------
+# Two checkpoint layouts, both kept so that existing runs resume: the SRGAN trainer stores, per
+# process, the global streams below (torch, Python, every GPU) next to its data sampler's, because
+# under torchrun each rank has its own; the single-process DCGAN-style trainers store one dict with
+# the data sampler, torch and the training GPU (`rng_state`).
+
+
+def global_rng_state() -> dict[str, Any]:
+    """torch's, Python's and every visible GPU's random state."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def rng_state(device: torch.device, data_rng: torch.Generator) -> dict[str, Any]:
     """Every random stream a step draws from: the data sampler's, torch's and the GPU's."""
     state = {"data_rng": data_rng.get_state(), "torch_rng": torch.get_rng_state()}
@@ -101,16 +126,25 @@ class RunningMeans:
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
         self.count += 1
 
-    def take(self, where: str, step: int) -> dict[str, float]:
-        """The means since the last take (then reset); non-finite losses stop the run."""
+    def pop(self) -> dict[str, float]:
+        """The means since the last pop (one host sync), then start again."""
         means = {key: float(v) / max(self.count, 1) for key, v in self.sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
+        self.sums, self.count = {}, 0
+        return means
+
+    def take(self, where: str, step: int) -> dict[str, float]:
+        """`pop`, and non-finite losses stop the run."""
+        means = self.pop()
+        if not all_finite(means):
             raise TrainingError(
                 f"{where}the losses became non-finite at step {step}; the last checkpoint is kept",
                 hint="lower --lr",
             )
-        self.sums, self.count = {}, 0
         return means
+
+
+def all_finite(values: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in values.values())
 
 
 def read_run(path: Path, parse_config: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
@@ -155,3 +189,74 @@ def event_log(path: Path, emit: Event) -> Iterator[Event]:
             emit(kind, payload)
 
         yield log
+
+
+class StopClock:
+    """Decides, between steps, whether a training call should stop: on request, or before a step
+    that would run past the time limit. Validation and checkpoint time is measured apart from the
+    steps, so a step's cost is predicted from the steps alone and the next validation from the last
+    one."""
+
+    def __init__(self, limit: float | None, should_stop: Callable[[], bool] | None) -> None:
+        self.limit, self.should_stop = limit, should_stop
+        self.start = time.perf_counter()  # the limit counts from here: loading the data counts too
+        self.begin(0)
+
+    def begin(self, step: int) -> None:
+        """The training loop starts at `step`: the step time is measured from here."""
+        self.loop_start, self.first_step = time.perf_counter(), step
+        self.spent = {"val": 0.0, "checkpoint": 0.0}  # total seconds of each overhead
+        self.last = {"val": 0.0, "checkpoint": 0.0}  # seconds of its last occurrence
+
+    def loop_seconds(self) -> float:
+        """Seconds since `begin`."""
+        return time.perf_counter() - self.loop_start
+
+    @contextlib.contextmanager
+    def overhead(self, kind: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last[kind] = time.perf_counter() - t0
+            self.spent[kind] += self.last[kind]
+
+    def reason(self, step: int, next_steps: int, val_due: bool) -> str | None:
+        """ "stop request", "time limit" (the next `next_steps` steps would not fit), or None."""
+        if self.should_stop is not None and self.should_stop():
+            return "stop request"
+        if self.limit is None:
+            return None
+        now = time.perf_counter()
+        loop = now - self.loop_start - sum(self.spent.values())
+        per_step = loop / max(step - self.first_step, 1)
+        need = per_step * next_steps + self.last["checkpoint"] + (self.last["val"] if val_due else 0.0)
+        return "time limit" if now - self.start + need > self.limit else None
+
+
+class TensorBoard:
+    """Scalars and sample images for `--tensorboard` (the optional tensorboard package)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise TrainingError(
+                "--tensorboard needs the tensorboard package",
+                hint="pip install 'srgan-cli[tensorboard]' (or pip install tensorboard)",
+            ) from exc
+        self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, step: int, values: dict[str, float | None], prefix: str) -> None:
+        """Each value that is not None, as `prefix/key`."""
+        for key, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
+    def image(self, step: int, pixels: np.ndarray) -> None:
+        self.writer.add_image("samples", pixels, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

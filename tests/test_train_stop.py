@@ -14,10 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from srgan_cli import weights
+from srgan_cli import training, weights
 from srgan_cli.cli.app import app
 from srgan_cli.errors import TrainingError
-from srgan_cli.sr import train as train_mod
 from srgan_cli.sr.config import CHECKPOINT, TrainConfig
 from srgan_cli.sr.train import train
 
@@ -76,8 +75,8 @@ def test_weights_written_at_a_stop_say_which_step_was_validated(photo_dir: Path,
 
 def test_the_time_limit_predicts_the_next_step_and_a_due_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
-    clock = train_mod._StopClock(10.0, None)
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    clock = training.StopClock(10.0, None)
     now[0] += 1.0  # loading the data: counts against the limit, not as step time
     clock.begin(0)
     now[0] += 3.0  # 3 steps of 1 s
@@ -90,7 +89,7 @@ def test_the_time_limit_predicts_the_next_step_and_a_due_validation(monkeypatch:
     assert clock.reason(5, 1, val_due=False) is None  # 9 + 1 = 10, still within
     now[0] += 0.5
     assert clock.reason(5, 1, val_due=False) == "time limit"
-    assert train_mod._StopClock(None, None).reason(1, 1, val_due=True) is None
+    assert training.StopClock(None, None).reason(1, 1, val_due=True) is None
     with pytest.raises(TrainingError, match="0 or more seconds"):
         train(TrainConfig(data="x"), time_limit=-1)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from typing import Any
 
 import torch
@@ -55,20 +54,6 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
     for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
         eb.copy_(b)  # BN running statistics follow the live model
-
-
-def global_rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_global_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

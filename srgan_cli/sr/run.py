@@ -1,0 +1,406 @@
+"""One `srgan train` call's state and everything its loop delegates: the photos and the crop pool,
+the Trainer (fresh, from --init or from the checkpoint), validation and sample grids, the event log
+and TensorBoard, shipped weights and checkpoints, and when to stop. `train.py` holds the loop."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import training
+from .. import weights as weights_mod
+from ..devices import free_memory_bytes, precision_name, resolve_device
+from ..distributed import World, any_flag, gather_objects
+from ..errors import TrainingError
+from ..runtime.torch_backend import TorchUpscaler
+from ..training import Event, RunningMeans, StopClock, TensorBoard, count_parameters, save_png
+from .config import CHECKPOINT, LOG, RUN_FIELDS, SAMPLES, TrainConfig
+from .data import CropPool, DataSource, EvalPair, bicubic_upscale, gather_sources, load_eval_pairs
+from .evaluate import EvalReport, evaluate
+from .models import SRResNet, SRResNetConfig
+from .trainer import Trainer
+
+
+class Run:
+    """A training call of one stage, between `train()`'s process setup and its loop. Only the main
+    process (rank 0) writes files; every process trains, and they agree where they must (the stop
+    decision, non-finite losses) with one all-reduce.
+
+    Use as a context manager: leaving it closes the event log and TensorBoard."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        resume: bool,
+        on_event: Event | None,
+        world: World,
+        device: torch.device,
+        clock: StopClock,
+    ) -> None:
+        self.config, self.world, self.device, self.clock = config, world, device, clock
+        self.main = world.is_main
+        self.emit: Event = (on_event or _ignore) if self.main else _ignore
+        self.out = config.run_dir
+        self.checkpoint_path = self.out / CHECKPOINT
+        if self.checkpoint_path.exists() and not resume:
+            raise TrainingError(
+                f"{self.out} already holds a training run",
+                hint="pass --resume to continue it, or choose another --out",
+            )
+        self.sources = gather_sources(config.data)
+        files = [f for s in self.sources for f in s.files]
+        source_of = {f: s for s in self.sources for f in s.files}
+        if world.distributed and len(files) >= world.size:
+            files = files[world.rank :: world.size]  # each process its own shard of the photos
+
+        self.trainer = _new_trainer(config, device, world, resume)
+        self.pool = CropPool.from_files(
+            files,
+            scale=config.scale,
+            crop=config.crop,
+            augment=config.augment,
+            device=_pool_device(config, device, files),
+            weights=[source_of[f].weight for f in files],
+        )
+        self.data_rng = self.pool.generator(config.seed * 1_000_003 + world.rank)
+        self.shares = _source_shares(self.sources, self.pool)
+
+        self.step, self.prior_seconds = 0, 0.0  # training time of earlier calls, from the checkpoint
+        if resume:
+            self._restore()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
+                stale.unlink(missing_ok=True)
+
+        self.val_pairs: list[EvalPair] = []
+        if config.val and self.main:
+            self.val_pairs = load_eval_pairs(config.val, config.scale, limit=config.val_limit or None)
+        self.lpips, self.lpips_note = self._lpips()
+        self.crops = (
+            _sample_crops(self.val_pairs, self.pool, config.samples, config.scale) if self.main else []
+        )
+        self.validates = bool(self.val_pairs or self.crops)
+        self.last_val: EvalReport | None = None
+        self.last_val_step = 0
+        self.means = RunningMeans()
+        self.lr_now = config.lr
+        self.final: Path | None = None
+        self.log: Event = _ignore  # the event log, from `begin` on (rank 0 only)
+
+        self._files = contextlib.ExitStack()
+        self.tb = (
+            self._files.enter_context(contextlib.closing(TensorBoard(self.out / "tb")))
+            if (config.tensorboard and self.main)
+            else None
+        )
+
+    # --- setup --------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Continue from the checkpoint: same settings and world size, or a clear error."""
+        config, world = self.config, self.world
+        state = training.load_checkpoint(self.checkpoint_path)
+        saved = TrainConfig.from_dict(state["config"])
+        diff = [f for f in RUN_FIELDS if getattr(saved, f) != getattr(config, f)]
+        if diff:
+            detail = ", ".join(f"{f}: {getattr(saved, f)} -> {getattr(config, f)}" for f in diff)
+            raise TrainingError(f"cannot resume with different settings ({detail})")
+        if int(state.get("world_size", 1)) != world.size:
+            raise TrainingError(
+                f"the run was trained by {state.get('world_size', 1)} process(es), now {world.size}",
+                hint="resume with the same --nproc-per-node (each process continues its own data stream)",
+            )
+        self.trainer.load_state_dict(state)
+        training.set_global_rng_state(state["rng"][world.rank])
+        self.data_rng.set_state(state["data_rng"][world.rank])
+        self.step, self.prior_seconds = int(state["step"]), float(state["elapsed"])
+        if self.step >= config.steps:
+            raise TrainingError(
+                f"the run in {self.out} already finished {self.step} steps",
+                hint="raise --steps to train longer",
+            )
+
+    def _lpips(self) -> tuple[Any, str]:
+        """The LPIPS network for validation, or None and a note saying why not."""
+        if not (self.main and self.val_pairs):
+            return None, ""
+        from ..metrics.lpips import lpips_if_available
+
+        net, why = lpips_if_available(self.config.lpips_weights, device=self.device)
+        note = f"LPIPS not reported: {why.message} (give --lpips-weights DIR)" if why is not None else ""
+        return net, note
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._files.close()
+
+    def begin(self) -> None:
+        """Announce the run, open the event log, and start the clocks."""
+        config, trainer = self.config, self.trainer
+        self.emit(
+            "start",
+            {
+                "stage": config.stage,
+                "step": self.step,
+                "steps": config.steps,
+                "device": str(self.device),
+                "amp": precision_name(trainer.amp) if trainer.amp else "off",
+                "params": count_parameters(trainer.g),
+                "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
+                "images": len(self.pool.files),
+                "sources": self.shares,
+                "pool": f"{self.pool.nbytes / 1e6:.0f} MB on {self.pool.device}",
+                "skipped": [f"{p}: {why}" for p, why in self.pool.skipped],
+                "world_size": self.world.size,
+                "note": self.lpips_note,
+            },
+        )
+        self.log = (
+            self._files.enter_context(training.event_log(self.out / LOG, self.emit)) if self.main else _ignore
+        )
+        self.clock.begin(self.step)
+        self.t_log = time.perf_counter()
+        trainer.g.train()
+        if trainer.d is not None:
+            trainer.d.train()
+
+    # --- what the loop calls ------------------------------------------------------------------
+    def due(self, every: int) -> bool:
+        """Whether a task done every `every` steps (and after the last) is due after this step."""
+        return self.step % every == 0 or self.step == self.config.steps
+
+    def train_step(self) -> None:
+        lr_img, hr_img = self.pool.batch(self.config.batch_size, self.data_rng)
+        self.lr_now = self.trainer.set_lr(self.step)
+        self.means.add(self.trainer.step(lr_img, hr_img, self.step))  # summed on the device: no sync
+        self.step += 1
+
+    def log_progress(self) -> None:
+        """The mean losses since the last log line, the learning rate and the speed."""
+        config, steps = self.config, self.means.count
+        means = self.means.pop()
+        if any_flag(not training.all_finite(means), self.world, self.device):
+            raise TrainingError(
+                f"the loss became non-finite at step {self.step} ({means.get('loss')}); stopped, "
+                "the last checkpoint is kept",
+                hint="lower --lr, or try --amp off",
+            )
+        now = time.perf_counter()
+        speed = steps * config.batch_size * self.world.size / max(now - self.t_log, 1e-9)
+        values = {**means, "lr": self.lr_now, "images_per_s": speed}
+        self.log("log", {"step": self.step, **values})
+        if self.tb is not None:
+            self.tb.scalars(self.step, values, "train")
+        self.t_log = now
+
+    def validate(self) -> None:
+        """Scores on --val (if given) and a sample grid, with the weights that will be shipped;
+        then those weights are written (and kept per step with --snapshots)."""
+        with self.clock.overhead("val"):
+            report = self._evaluate()
+        if report is not None:
+            self.last_val, self.last_val_step = report, self.step
+            val = {"psnr": report.psnr, "ssim": report.ssim, "lpips": report.lpips, "grid": report.grid}
+            self.log("val", {"step": self.step, **val})
+            if self.tb is not None:
+                self.tb.scalars(self.step, val, "val")
+        written = self.save_weights()
+        if self.config.snapshots and self.main:  # the rewritten file, kept per validation step
+            shutil.copyfile(written, self.out / f"{self.config.name}_step{self.step:07d}.safetensors")
+
+    def _evaluate(self) -> EvalReport | None:
+        config, net = self.config, self.trainer.generator
+        net.eval()
+        upscaler = TorchUpscaler(net, device=self.device, tile=None)
+        report = None
+        if self.val_pairs:
+            report = evaluate(self.val_pairs, config.scale, upscaler, config.name, lpips=self.lpips)
+        if self.crops:
+            grid = _sample_grid(self.crops, upscaler, config.scale)
+            save_png(self.out / SAMPLES / f"step_{self.step:07d}.png", grid)
+            if self.tb is not None:
+                self.tb.image(self.step, grid)
+        self.trainer.g.train()
+        return report
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly: networks, optimisers, every process's RNGs."""
+        world, trainer = self.world, self.trainer
+        with self.clock.overhead("checkpoint"):
+            if any_flag(not trainer.finite(), world, self.device):
+                raise TrainingError(
+                    f"weights became non-finite at step {self.step}; the last checkpoint is kept"
+                )
+            trainer.sync_buffers()
+            rngs = gather_objects(training.global_rng_state(), world)
+            data_rngs = gather_objects(self.data_rng.get_state(), world)
+            if self.main:
+                state = {
+                    **trainer.state_dict(),
+                    "step": self.step,
+                    "elapsed": self.seconds(),
+                    "config": self.config.to_dict(),
+                    "world_size": world.size,
+                    "rng": rngs,
+                    "data_rng": data_rngs,
+                }
+                training.save_checkpoint(state, self.checkpoint_path)
+            self.log("checkpoint", {"step": self.step, "path": str(self.checkpoint_path)})
+
+    def stop_reason(self) -> str | None:
+        """Why to stop before the next step ("stop request", "time limit"), or None to go on.
+
+        A single process may stop at any step; processes that train together agree on it with one
+        all-reduce, so they only ask where they already sync (the log lines)."""
+        config, step = self.config, self.step
+        every = config.log_every if self.world.distributed else 1
+        if step >= config.steps or step % every:
+            return None
+        horizon = range(step + 1, min(step + every, config.steps) + 1)
+        val_due = self.validates and any(s % config.val_every == 0 or s == config.steps for s in horizon)
+        reason = self.clock.reason(step, len(horizon), val_due)
+        if any_flag(reason is not None, self.world, self.device):
+            return reason or "stop request"  # another process asked
+        return None
+
+    def finish(self, stopped: str | None) -> None:
+        """Write the final weights and say how the call ended."""
+        if not self.main:
+            return
+        self.final = self.save_weights()
+        end = {"step": self.step, "seconds": self.seconds(), "weights": str(self.final)}
+        if stopped:
+            self.log("stopped", {"step": self.step, "reason": stopped, **end})
+        else:
+            self.log("done", end)
+
+    # --- files --------------------------------------------------------------------------------
+    def seconds(self) -> float:
+        """Training time of the run so far: earlier calls plus this call's loop."""
+        return self.prior_seconds + self.clock.loop_seconds()
+
+    def save_weights(self) -> Path:
+        """The shipped (EMA) generator as a weights file with its provenance and last scores."""
+        config = self.config
+        provenance: dict[str, Any] = {
+            "stage": config.stage,
+            "steps": self.step,
+            "data": config.data,
+            "data_sources": self.shares,
+            "train_seconds": round(self.seconds(), 1),
+            "device": str(self.device),
+            "world_size": self.world.size,
+            "init": config.init_weights if config.stage == "gan" else config.init,
+            "train_config": config.to_dict(),
+        }
+        metrics: dict[str, Any] = {}
+        if self.last_val:
+            val = self.last_val
+            metrics = {"val_psnr_y": round(val.psnr, 3), "val_ssim_y": round(val.ssim, 4)}
+            if val.lpips is not None:
+                metrics["val_lpips"] = round(val.lpips, 4)
+            if val.grid is not None:
+                metrics["val_grid"] = round(val.grid, 4)
+            provenance["val_step"] = self.last_val_step  # differs from `steps` after an early stop
+        return weights_mod.save(
+            self.weights_path,
+            self.trainer.generator,
+            trained_on=" + ".join(f"{Path(s.name).name} ({len(s.files)} photos)" for s in self.sources),
+            provenance=provenance,
+            metrics=metrics,
+        )
+
+    @property
+    def weights_path(self) -> Path:
+        return self.out / f"{self.config.name}.safetensors"
+
+
+def _ignore(kind: str, data: dict[str, Any]) -> None:
+    pass
+
+
+def _new_trainer(config: TrainConfig, device: torch.device, world: World, resume: bool) -> Trainer:
+    """The same initial weights in every process (from --init's file for a new run), then each
+    process its own random streams."""
+    torch.manual_seed(config.seed)
+    trainer = Trainer(config, device, world)
+    if not resume and config.init_weights:
+        init = weights_mod.load_model(
+            config.init_weights,
+            lambda arch, cfg: SRResNet(SRResNetConfig(**cfg)),
+            expect_arch="srresnet",
+            expect_scale=config.scale,
+        )
+        weights_mod.load_state_dict(trainer.g, init.model.state_dict(), init.info.path)
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(trainer.g.state_dict())
+    trainer.broadcast_from_main()
+    torch.manual_seed(config.seed + world.rank)
+    random.seed(config.seed + world.rank)
+    return trainer
+
+
+def _pool_device(config: TrainConfig, device: torch.device, files: list[Path]) -> torch.device:
+    if config.data_device == "cpu":
+        return torch.device("cpu")
+    if config.data_device not in ("auto", ""):
+        return resolve_device(config.data_device)
+    if device.type != "cuda":
+        return device
+    # keep the photos on the GPU when they take at most a quarter of its free memory
+    need = CropPool.nbytes_needed(files)
+    return device if need < free_memory_bytes(device) // 4 else torch.device("cpu")
+
+
+def _source_shares(sources: list[DataSource], pool: CropPool) -> list[dict[str, Any]]:
+    """Per source: photos kept in this process's pool and the share of the crops drawn from them."""
+    kept = {f: i for i, f in enumerate(pool.files)}
+    rows = []
+    for source in sources:
+        index = [kept[f] for f in source.files if f in kept]
+        share = float(pool.shares[index].sum()) if index else 0.0
+        rows.append({"name": source.name, "photos": len(index), "weight": source.weight, "share": share})
+    return rows
+
+
+def _sample_crops(pairs: list[EvalPair], pool: CropPool, n: int, scale: int) -> list[EvalPair]:
+    """Fixed crops for the sample grid: the centres of the validation photos, else training crops."""
+    side = max(16, 128 // scale)  # LR side; HR is 128 px at x4
+    out = []
+    for pair in pairs[:n]:
+        h, w = pair.lr.shape[:2]
+        if h < side or w < side:
+            continue
+        top, left = (h - side) // 2, (w - side) // 2
+        lr = pair.lr[top : top + side, left : left + side]
+        hr = pair.hr[top * scale : (top + side) * scale, left * scale : (left + side) * scale]
+        out.append(EvalPair(pair.name, np.ascontiguousarray(lr), np.ascontiguousarray(hr)))
+    if not out and n > 0:
+        lr_t, hr_t = (
+            (t.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            for t in pool.batch(n, pool.generator(12345))
+        )
+        out += [EvalPair(f"crop{i}", lr_t[i], hr_t[i]) for i in range(n)]
+    return out
+
+
+def _sample_grid(
+    crops: list[EvalPair], upscale: Callable[[np.ndarray], np.ndarray], scale: int
+) -> np.ndarray:
+    """(rows * S, 3 * S, 3) uint8: each row is bicubic | model | original."""
+    rows = []
+    for pair in crops:
+        sr = upscale(pair.lr.astype(np.float32) / 255.0)
+        sr8 = np.clip(sr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        rows.append(np.concatenate([bicubic_upscale(pair.lr, scale), sr8, pair.hr], axis=1))
+    return np.concatenate(rows, axis=0)
