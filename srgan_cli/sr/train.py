@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
-from ..distributed import World, init_group, world_from_env
+from ..distributed import init_group, world_from_env
 from ..errors import TrainingError
 from ..training import Event, StopClock
 from .config import TrainConfig
@@ -60,7 +60,7 @@ def train(
         device = torch.device("cuda", world.local_rank)
     owns_group = init_group(world, device)
     try:
-        return _train(config, resume, on_event, world, device, clock)
+        return _loop(Run(config, resume, on_event, world, device, clock))
     finally:
         if owns_group:
             import torch.distributed as dist
@@ -68,16 +68,10 @@ def train(
             dist.destroy_process_group()
 
 
-def _train(
-    config: TrainConfig,
-    resume: bool,
-    on_event: Event | None,
-    world: World,
-    device: torch.device,
-    clock: StopClock,
-) -> TrainResult:
+def _loop(run: Run) -> TrainResult:
+    config = run.config
     stopped: str | None = None
-    with Run(config, resume, on_event, world, device, clock) as run:
+    with run:
         run.begin()
         while run.step < config.steps:
             run.train_step()
