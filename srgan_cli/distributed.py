@@ -33,6 +33,14 @@ def world_from_env() -> World:
     return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def rank_device(device: str, world: World) -> str:
+    """`device` for this process: under torchrun "auto" and "cuda" become the GPU of its LOCAL_RANK
+    (wrapped around the visible GPUs); anything else, or a single process, is left as given."""
+    if world.distributed and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{world.local_rank % torch.cuda.device_count()}"
+    return device
+
+
 def init_group(world: World, device: torch.device) -> bool:
     """Join the process group (NCCL on GPUs, gloo on CPU); True if this call created it."""
     if not world.distributed or dist.is_initialized():

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from srgan_cli.runtime.fused import BicubicUpsample, FusedSRResNet, fold_batchnorm, fuse, space_to_depth_conv
+from srgan_cli.runtime.tiling import fixed_window_apply, tiled_apply
 from srgan_cli.runtime.torch_backend import TorchUpscaler
 from srgan_cli.sr.models import SRResNet
-from srgan_cli.tiling import fixed_window_apply, tiled_apply
 
 from .conftest import tiny_model
 

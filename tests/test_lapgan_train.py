@@ -16,7 +16,7 @@ from srgan_cli.lapgan.data import CropSampler
 from srgan_cli.lapgan.models import Lapgan, LapganConfig
 from srgan_cli.lapgan.parzen import parzen_eval, parzen_log_likelihood
 from srgan_cli.lapgan.pyramid import gaussian_pyramid
-from srgan_cli.lapgan.sample import LapganUpscaler, coarse_from_image, draw, level_strip
+from srgan_cli.lapgan.sample import coarse_from_image, draw, level_strip
 from srgan_cli.lapgan.train import (
     LapganTrainConfig,
     LevelTrainer,
@@ -25,6 +25,7 @@ from srgan_cli.lapgan.train import (
     load_lapgan,
     train_lapgan,
 )
+from srgan_cli.runtime.lapgan_backend import LapganUpscaler
 
 from .conftest import make_photo
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from srgan_cli.cli.app import app
 from srgan_cli.errors import UsageError
-from srgan_cli.runtime.base import SelfEnsemble
+from srgan_cli.runtime.ensemble import SelfEnsemble
 from srgan_cli.runtime.loader import build_upscaler, with_self_ensemble
 from srgan_cli.runtime.onnx_export import export_onnx
 from srgan_cli.runtime.torch_backend import TorchUpscaler

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from srgan_cli.runtime.tiling import pick_tile, tile_grid, tiled_apply
 from srgan_cli.runtime.torch_backend import TorchUpscaler
 from srgan_cli.sr.models import SRResNet
-from srgan_cli.tiling import pick_tile, tile_grid, tiled_apply
 
 from .conftest import tiny_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from srgan_cli.imageio import ImageData
-from srgan_cli.runtime.base import upscale_image
+from srgan_cli.runtime.upscaler import upscale_image
 
 
 class Nearest:

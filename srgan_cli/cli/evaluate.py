@@ -15,8 +15,8 @@ from ..devices import resolve_device
 from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
 from ..metrics.lpips import lpips_if_available
-from ..runtime.base import Rescaled
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
+from ..runtime.upscaler import Rescaled
 from ..sr.data import load_eval_pairs
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval

@@ -18,9 +18,17 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import weights
-from ..distributed import World, gather_objects, world_from_env
+from ..distributed import rank_device, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
-from ..runtime.batch import JobResult, OutputOptions, plan_jobs, run_job
+from ..runtime.batch import (
+    JobResult,
+    OutputOptions,
+    gather_results,
+    input_megapixels,
+    plan_jobs,
+    run_job,
+    shard_jobs,
+)
 from ..runtime.loader import build_upscaler, with_self_ensemble
 from .common import (
     Backend,
@@ -52,21 +60,6 @@ class OutFormat(str, Enum):
     jpg = "jpg"
     webp = "webp"
     tiff = "tiff"
-
-
-def _megapixels(path: Path) -> float:
-    """Header-only size for the progress bar; unreadable files count as 0 (they fail later)."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # oversized headers are reported by the job itself
-            with Image.open(path) as im:
-                return im.size[0] * im.size[1] / 1e6
-    except Exception:
-        return 0.0
 
 
 def upscale(
@@ -155,16 +148,11 @@ def upscale(
     world = world_from_env()
     quiet = as_json or not world.is_main
     with guard():
-        if world.distributed and device in ("auto", "cuda"):
-            import torch
-
-            if torch.cuda.is_available():
-                device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
         ready = build_upscaler(
             model,
             backend=backend.value,
             onnx=onnx,
-            device=device,
+            device=rank_device(device, world),
             precision=precision.value,
             tile=tile_size,
             tile_pad=tile_pad,
@@ -177,9 +165,9 @@ def upscale(
             for note in ready.notes:
                 console.print(f"[yellow]note:[/] {note}")
         plan = plan_jobs(inputs, options, ready.scale, recursive=recursive)
-        jobs = plan.jobs[world.rank :: world.size]  # this process's share (all of it when alone)
+        jobs = shard_jobs(plan, world)
         results: list[JobResult] = list(plan.failed) if world.is_main else []
-        sizes = [_megapixels(job.src) for job in jobs]
+        sizes = [input_megapixels(job) for job in jobs]
         total_mp = sum(sizes)
         share = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
         columns = (
@@ -211,7 +199,7 @@ def upscale(
                     task, completed=done_mp if total_mp else done_files, mp=done_mp, files=done_files
                 )
             progress.update(task, description="done")
-        results = _gather(results, world)
+        results = gather_results(results, world)
 
     if not world.is_main:
         raise typer.Exit(0)  # the main process reports for everyone
@@ -233,21 +221,6 @@ def upscale(
     else:
         _print_summary(results, counts)
     raise typer.Exit(1 if counts["failed"] else 0)
-
-
-def _gather(results: list[JobResult], world: World) -> list[JobResult]:
-    """Under torchrun: every process's results, in rank order, on the main process (gloo, CPU)."""
-    if not world.distributed:
-        return results
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    try:
-        parts = gather_objects(results, world)
-    finally:
-        dist.destroy_process_group()
-    return [r for part in parts for r in part]
 
 
 def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:

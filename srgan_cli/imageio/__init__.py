@@ -1,6 +1,6 @@
 """Image files <-> float32 arrays: the only package that decodes or encodes image formats.
 
-formats.py (what is read and written, ImageData), read.py (read_image), write.py (write_image),
+formats.py (what is read and written, ImageData), read.py (read_image, header_size), write.py (write_image),
 alpha.py (fill_transparent).
 """
 
@@ -13,7 +13,7 @@ from .formats import (
     format_for_suffix,
     suffix_for_format,
 )
-from .read import read_image
+from .read import header_size, read_image
 from .write import write_image
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ImageData",
     "fill_transparent",
     "format_for_suffix",
+    "header_size",
     "read_image",
     "suffix_for_format",
     "write_image",

@@ -355,3 +355,15 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
                 icc_profile=_icc_for(icc if isinstance(icc, bytes) else None, pixels.shape[2]),
                 exif=_exif_upright(im),
             )
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header alone, without decoding; None when it cannot be read
+    (`read_image` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an oversized header is reported by read_image
+            with Image.open(path) as im:
+                return im.size
+    except Exception:
+        return None

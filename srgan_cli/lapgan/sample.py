@@ -1,5 +1,5 @@
-"""Using a trained LAPGAN: coarse-to-fine draws, per-sample level strips, draws from a given coarse
-image, and x2-per-level upscaling of real images with the conditional generators."""
+"""Using a trained LAPGAN: coarse-to-fine draws, per-sample level strips, and draws from a given
+coarse image. (x2-per-level upscaling of real images is runtime/lapgan_backend.py.)"""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..devices import free_memory_bytes
 from ..errors import UsageError
 from ..photos import image_grid
-from ..runtime.base import auto_tile, shrink_on_oom
-from ..runtime.torch_backend import is_torch_oom
-from ..tiling import tiled_apply
 from .models import Lapgan
 from .pyramid import gaussian_pyramid
 
@@ -84,76 +80,3 @@ def level_strip(levels: list[torch.Tensor], index: int, *, gap: int = 2) -> np.n
     panels = [F.interpolate(level[index : index + 1], size=(size, size), mode="nearest") for level in levels]
     # the grid of one row, without its outer margin
     return image_grid(torch.cat(panels), len(panels), gap=gap)[gap:-gap, gap:-gap]
-
-
-class LapganUpscaler:
-    """x2 per conditional level on real images: I <- clamp(expand(I) + G_k(z_k, expand(I))).
-
-    The input plays the coarse image. `levels` picks how many conditional generators run (the
-    finest ones: G_{K-levels+1} .. G_K, whose bands are the finest detail the model learned);
-    the scale is 2^levels. The noise is seeded per call, so one image always gives one result;
-    `noise` scales it (0 = the generators' mean behaviour). Same interface as the SR upscalers."""
-
-    backend = "torch"
-
-    def __init__(
-        self,
-        model: Lapgan,
-        *,
-        device: torch.device,
-        levels: int | None = None,
-        tile: int | None = None,
-        tile_pad: int = 16,
-        seed: int = 0,
-        noise: float = 1.0,
-    ) -> None:
-        top = model.config.levels - 1
-        if top < 1:
-            raise UsageError(
-                "this LAPGAN has only the coarse level (a single-scale GAN): it has no conditional "
-                "levels to upscale with"
-            )
-        if model.config.n_classes:
-            raise UsageError("class-conditional LAPGAN models cannot upscale (which class would it be?)")
-        self.levels = top if levels is None else levels
-        if not 1 <= self.levels <= top:
-            raise UsageError(f"this LAPGAN can upscale with 1 to {top} level(s), not {self.levels}")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.scale = 2**self.levels
-        self.tile, self.tile_pad, self.seed, self.noise = tile, tile_pad, seed, noise
-        self.last_tile = 0
-
-    def _run(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        top = self.model.config.levels - 1
-        for k in range(top - self.levels + 1, top + 1):
-            x = self.model.refine(x, k, generator, noise=self.noise)
-        return x
-
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> (N, 3, sH, sW) float32 on self.device."""
-        x = x.to(self.device, torch.float32)
-        height, width = x.shape[-2:]
-        tile = self.tile
-        if tile is None:  # the SR estimate: n_feats maps at the output size dominate here too
-            free = free_memory_bytes(self.device)
-            n_feats = self.model.config.n_feats
-            tile = auto_tile(free, height, width, scale=self.scale, n_feats=n_feats, elem_bytes=4)
-
-        def attempt(side: int) -> torch.Tensor:
-            generator = torch.Generator().manual_seed(self.seed)  # one image, one result
-            with torch.inference_mode():
-                return tiled_apply(x, lambda t: self._run(t, generator), self.scale, side, self.tile_pad)
-
-        def cleanup() -> None:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-        out, self.last_tile = shrink_on_oom(
-            attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
-        )
-        return out
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
-        return self.upscale_tensor(x)[0].permute(1, 2, 0).cpu().numpy()

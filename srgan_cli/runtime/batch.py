@@ -1,4 +1,5 @@
-"""Batch upscaling: turn inputs (files, folders, globs) into jobs, and run one job safely."""
+"""Batch upscaling: turn inputs (files, folders, globs) into jobs, share them among the processes
+of a torchrun, run each job safely, and gather the results."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..distributed import World, gather_objects, init_group
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import (
     READABLE_SUFFIXES,
     WRITE_FORMATS,
     format_for_suffix,
+    header_size,
     read_image,
     suffix_for_format,
     write_image,
 )
-from .base import Upscaler, upscale_image
+from .upscaler import Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
 
@@ -202,3 +205,33 @@ def run_job(
         result.hint = "try a smaller --tile"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def shard_jobs(plan: Plan, world: World) -> list[Job]:
+    """This process's jobs: every `world.size`-th one from its rank (all of them when alone). A rerun
+    skips finished outputs, so a crashed share can be redone."""
+    return plan.jobs[world.rank :: world.size]
+
+
+def input_megapixels(job: Job) -> float:
+    """The input's size in megapixels from its header (for progress); 0 when unreadable, as the job
+    will fail and say why."""
+    size = header_size(job.src)
+    return size[0] * size[1] / 1e6 if size else 0.0
+
+
+def gather_results(results: list[JobResult], world: World) -> list[JobResult]:
+    """Under torchrun: every process's results, in rank order, on every process (over a CPU group,
+    which is also what a GPU run of `srgan upscale` has: its processes share nothing else)."""
+    if not world.distributed:
+        return results
+    import torch
+    import torch.distributed as dist
+
+    owns_group = init_group(world, torch.device("cpu"))
+    try:
+        parts = gather_objects(results, world)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+    return [r for part in parts for r in part]

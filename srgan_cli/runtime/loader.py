@@ -11,7 +11,8 @@ from typing import Any
 from .. import __version__, archs, weights
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import UsageError
-from .base import SelfEnsemble, Upscaler
+from .ensemble import SelfEnsemble
+from .upscaler import Upscaler
 
 BACKENDS = ("auto", "torch", "onnx")
 MODES = ("sr", "lapgan", "auto")
@@ -175,7 +176,7 @@ def build_upscaler(
 
 def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
     """`ready` with its upscaler run `passes` (2, 4 or 8) times on mirrored and rotated copies of
-    each image and averaged (base.SelfEnsemble); 1 runs it once."""
+    each image and averaged (ensemble.SelfEnsemble); 1 runs it once."""
     inner = ready.upscaler.inner if isinstance(ready.upscaler, SelfEnsemble) else ready.upscaler
     try:
         ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
@@ -205,7 +206,7 @@ def _lapgan_upscaler(
         raise UsageError("--compile is not supported with --mode lapgan")
     if precision not in ("auto", "fp32"):
         raise UsageError(f"--mode lapgan runs in fp32, not {precision}")
-    from ..lapgan.sample import LapganUpscaler
+    from .lapgan_backend import LapganUpscaler
 
     loaded = archs.load(model, expect_arch="lapgan")
     dev = resolve_device(device)

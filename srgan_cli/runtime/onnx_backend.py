@@ -14,9 +14,8 @@ import torch
 
 from ..devices import free_memory_bytes
 from ..errors import OnnxError, UsageError, WeightsFormatError, WeightsNotFound
-from ..tiling import fixed_window_apply, tiled_apply
-from .base import auto_tile, shrink_on_oom
 from .onnx_export import META_PREFIX
+from .tiling import auto_tile, fixed_window_apply, shrink_on_oom, tiled_apply
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 _SHORT = {CPU: "CPU", CUDA: "CUDA", TENSORRT: "TensorRT"}

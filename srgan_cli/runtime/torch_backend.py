@@ -1,17 +1,18 @@
-"""PyTorch upscaler: a model on a device, run tile by tile on (H, W, 3) float32 arrays."""
+"""PyTorch upscalers: `TensorUpscaler`, what every torch-run upscaler shares (tiles, `--tile auto`,
+the out-of-memory retry, numpy in and out), and `TorchUpscaler`, a super-resolution model on it."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..devices import free_memory_bytes
-from ..tiling import tiled_apply
-from .base import auto_tile, shrink_on_oom
 from .fused import fuse
+from .tiling import auto_tile, shrink_on_oom, tiled_apply
 
 
 def is_torch_oom(exc: BaseException) -> bool:
@@ -23,7 +24,58 @@ def is_torch_oom(exc: BaseException) -> bool:
     )
 
 
-class TorchUpscaler:
+class TensorUpscaler:
+    """An upscaler whose passes are torch functions on self.device: runs them tile by tile (0 = the
+    whole image at once; None = a side picked from the free memory), halving the tile and trying
+    again on out-of-memory. A subclass sets the attributes below and gives `_pass`."""
+
+    backend = "torch"
+    device: torch.device
+    scale: int
+    tile: int | None
+    tile_pad: int
+    tile_batch: int = 1  # tiles of one shape run together
+    n_feats: int = 64  # widest feature map, and bytes per element: the `--tile auto` estimate
+    elem_bytes: int = 4
+    last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
+
+    def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function one attempt applies to each (N, 3, h, w) tile on self.device."""
+        raise NotImplementedError
+
+    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] on any device -> (N, 3, sH, sW) float32 on self.device."""
+        x = x.to(self.device, torch.float32)
+        height, width = x.shape[-2:]
+        tile = self.tile
+        if tile is None:
+            free = free_memory_bytes(self.device)
+            tile = auto_tile(
+                free, height, width, scale=self.scale, n_feats=self.n_feats, elem_bytes=self.elem_bytes
+            )
+
+        def attempt(side: int) -> torch.Tensor:
+            fn = self._pass()
+            with torch.inference_mode():
+                return tiled_apply(x, fn, self.scale, side, self.tile_pad, batch=self.tile_batch)
+
+        def cleanup() -> None:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        out, self.last_tile = shrink_on_oom(
+            attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
+        )
+        return out
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """(H, W, 3) float32 in [0, 1] -> (sH, sW, 3) float32 in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
+        y = self.upscale_tensor(x)
+        return y[0].permute(1, 2, 0).cpu().numpy()
+
+
+class TorchUpscaler(TensorUpscaler):
     """Upscale float32 (H, W, 3) arrays in [0, 1] with a torch model.
 
     The fast path is the default: the model is rewritten into its fused inference form
@@ -38,8 +90,6 @@ class TorchUpscaler:
     compile: torch.compile the model; on CUDA with CUDA graphs ("reduce-overhead"), which pays off
     for many inputs of one size (video frames, fixed tiles) and costs a recompile per new shape.
     """
-
-    backend = "torch"
 
     def __init__(
         self,
@@ -56,6 +106,7 @@ class TorchUpscaler:
         self.device, self.dtype = device, dtype
         self.scale = int(model.config.scale)  # type: ignore[union-attr]
         self.n_feats = int(getattr(model.config, "n_feats", 64))  # type: ignore[union-attr]
+        self.elem_bytes = torch.finfo(dtype).bits // 8
         self.fast = fast
         # never the caller's module: fuse() copies, and the plain path copies too
         net = fuse(model) if fast else copy.deepcopy(model)
@@ -64,7 +115,6 @@ class TorchUpscaler:
         self.model = self.model.to(memory_format=self.layout)
         self.tile, self.tile_pad = tile, tile_pad
         self.tile_batch = tile_batch if tile_batch is not None else (8 if device.type == "cuda" else 1)
-        self.last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._forward = self.model
@@ -77,31 +127,5 @@ class TorchUpscaler:
         y = self._forward(x.to(self.dtype).contiguous(memory_format=self.layout))
         return y.float().clamp_(0, 1)
 
-    def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float in [0, 1] on any device -> (N, 3, sH, sW) float32 on self.device."""
-        x = x.to(self.device, torch.float32)
-        height, width = x.shape[-2:]
-        tile = self.tile
-        if tile is None:
-            free = free_memory_bytes(self.device)
-            elem = torch.finfo(self.dtype).bits // 8
-            tile = auto_tile(free, height, width, scale=self.scale, n_feats=self.n_feats, elem_bytes=elem)
-
-        def attempt(side: int) -> torch.Tensor:
-            with torch.inference_mode():
-                return tiled_apply(x, self._run, self.scale, side, self.tile_pad, batch=self.tile_batch)
-
-        def cleanup() -> None:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-        out, self.last_tile = shrink_on_oom(
-            attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
-        )
-        return out
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float32 in [0, 1] -> (sH, sW, 3) float32 in [0, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
-        y = self.upscale_tensor(x)
-        return y[0].permute(1, 2, 0).cpu().numpy()
+    def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self._run

@@ -1,4 +1,6 @@
-"""Tiled inference shared by every backend: a pure function of arrays (torch tensors or numpy)."""
+"""Tiles, for every backend: the tile grid and tiled inference (pure functions of torch tensors or
+numpy arrays), and the tile policy: the side `--tile auto` picks from free memory, and the smaller
+tiles an out-of-memory retry falls back to."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..errors import OutOfMemory
+
 Array = TypeVar("Array")  # torch.Tensor or np.ndarray, shaped (N, C, H, W)
+T = TypeVar("T")
 
 
 def _spans(length: int, tile: int) -> list[tuple[int, int]]:
@@ -128,3 +133,41 @@ def pick_tile(free_bytes: int, bytes_per_lr_pixel: float, *, budget: float = 0.5
     """Largest square LR tile whose activations fit in `budget` of the free memory."""
     side = int(math.sqrt(max(free_bytes * budget, 0) / max(bytes_per_lr_pixel, 1.0)))
     return max(minimum, side // 8 * 8)
+
+
+MIN_TILE = 32  # the smallest tile an out-of-memory retry goes down to
+
+
+def auto_tile(free_bytes: int, height: int, width: int, *, scale: int, n_feats: int, elem_bytes: int) -> int:
+    """The LR tile side for `--tile auto`: 0 (whole image) when it fits in half of `free_bytes`.
+
+    Peak activation memory per LR pixel of an SRResNet pass sits around the last x2 upsample:
+    4*F channels at (s/2)^2 pixels per LR pixel for the conv output plus the next map of about the
+    same size, with a 2x margin for the allocator.
+    """
+    per_pixel = elem_bytes * n_feats * (4 * (scale / 2) ** 2 + scale**2) * 2.0
+    side = pick_tile(free_bytes, per_pixel, minimum=MIN_TILE)
+    return 0 if max(height, width) <= side else side
+
+
+def shrink_on_oom(
+    attempt: Callable[[int], T],
+    tile: int,
+    full_side: int,
+    is_oom: Callable[[BaseException], bool],
+    where: str,
+    cleanup: Callable[[], None] = lambda: None,
+) -> tuple[T, int]:
+    """Run `attempt(tile)`; on out-of-memory halve the tile (0 = whole image) and retry, down to
+    MIN_TILE. Returns the result and the tile side that worked."""
+    while True:
+        try:
+            return attempt(tile), tile
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            cleanup()
+            current = tile if tile > 0 else full_side
+            if current <= MIN_TILE:
+                raise OutOfMemory(f"out of memory on {where} even with {MIN_TILE}px tiles") from exc
+            tile = max(MIN_TILE, current // 2)
