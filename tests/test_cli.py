@@ -275,3 +275,27 @@ def test_train_command_and_resume(photo_dir: Path, tmp_path: Path) -> None:
     assert code == 2 and "--data" in text
     code, text = run(*args)
     assert code == 1 and "--resume" in text
+
+
+def test_training_help_shows_each_default_from_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training commands' options default to None (saved runs and --config fill the gaps), so
+    their help says each default itself, taken from the config dataclass, escaped from Rich markup."""
+    from srgan_cli.lapgan.train import LapganTrainConfig
+    from srgan_cli.sr.config import TrainConfig
+    from srgan_cli.text2img.train import Text2ImgTrainConfig
+
+    monkeypatch.setenv("COLUMNS", "200")
+    cases = {
+        ("train",): [
+            f"Residual blocks. [default: {TrainConfig().n_blocks}]",
+            "[default: 1e-4]",
+            "[default: 2e-8]",
+        ],
+        ("lapgan", "train"): [f"Coarsest side. [default: {LapganTrainConfig().base}]", "[default: 2e-4]"],
+        ("text2img", "train"): [f"G width. [default: {Text2ImgTrainConfig().ngf}]", "[default: spectral]"],
+    }
+    for command, expected in cases.items():
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        for text in expected:
+            assert text in result.output, (command, text)

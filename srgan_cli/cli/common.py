@@ -113,14 +113,58 @@ TilePadOpt = Annotated[
 ]
 
 
-def panel_option(default_panel: str) -> Callable[..., Any]:
+def panel_option(default_panel: str, defaults: object | None = None) -> Callable[..., Any]:
     """A typer.Option maker for one command's options: each lands in `default_panel` of --help
-    unless it is given panel=."""
+    unless it is given panel=.
 
-    def option(*names: str, panel: str = default_panel, **kw: Any) -> Any:
+    Training options default to None (so that a run's saved settings and --config can fill what
+    the command line leaves out), so typer cannot show their defaults. With `defaults` (the command's
+    config dataclass) an option whose long name is a field (--n-blocks: n_blocks; or field=) gets
+    "[default: value]" from that field at the end of its help; default="text" says it in words
+    where the value depends on something else. (Before this, the defaults were written by hand
+    into each help text, unescaped, and Rich dropped every one of them from --help.)"""
+
+    def option(
+        *names: str,
+        panel: str = default_panel,
+        field: str | None = None,
+        default: str | None = None,
+        **kw: Any,
+    ) -> Any:
+        text = default if default is not None else _default_text(defaults, field or _field_name(names))
+        if text is not None:
+            # escaped: typer reads help as Rich markup, where a bare "[default: 16]" is a tag
+            kw["help"] = f"{kw.get('help') or ''} \\[default: {text}]".lstrip()
         return typer.Option(*names, rich_help_panel=panel, **kw)
 
     return option
+
+
+def _field_name(names: tuple[str, ...]) -> str:
+    """--n-blocks -> n_blocks; --cls/--no-cls -> cls."""
+    long = next((n for n in names if n.startswith("--")), "")
+    return long.split("/")[0].removeprefix("--").replace("-", "_")
+
+
+def _default_text(defaults: object | None, name: str) -> str | None:
+    if defaults is None or not hasattr(defaults, name):
+        return None
+    value = getattr(defaults, name)
+    if value is None or isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return _short_float(value)
+    return str(value)
+
+
+def _short_float(value: float) -> str:
+    """1e-4 rather than 0.0001, 0.5 rather than 0.500000."""
+    if value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
 
 
 def given_options(params: dict[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:

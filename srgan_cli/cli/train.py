@@ -27,7 +27,13 @@ _OPT = "Optimisation"
 _MACHINE = "Machine"
 
 
-_opt = panel_option(_OPT)
+_opt = panel_option(_OPT, TrainConfig())
+_GAN_DEFAULTS = TrainConfig.for_stage("gan")
+_STEPS_DEFAULT = f"{TrainConfig().steps}; gan {_GAN_DEFAULTS.steps}"
+_SCHEDULE_DEFAULT = (
+    f"{TrainConfig().schedule}; gan: {_GAN_DEFAULTS.schedule} (x{_GAN_DEFAULTS.lr_gamma:g} "
+    f"at {_GAN_DEFAULTS.lr_step_at:.0%} of the steps)"
+)
 
 
 def train(
@@ -43,7 +49,7 @@ def train(
     val: Annotated[Path | None, _opt("--val", panel=_RUN, help="Folder of HR validation photos.")] = None,
     out: Annotated[
         Path | None,
-        _opt("--out", panel=_RUN, help="Run folder. [default: runs/srresnet_x4 or runs/srgan_x4]"),
+        _opt("--out", default="runs/srresnet_x4 or runs/srgan_x4", panel=_RUN, help="Run folder."),
     ] = None,
     stage: Annotated[
         Stage | None,
@@ -65,15 +71,15 @@ def train(
     ] = None,
     init: Annotated[
         str | None,
-        _opt("--init", panel=_RUN, help="Start G from these weights. [default for gan: srresnet_x<scale>]"),
+        _opt(
+            "--init",
+            panel=_RUN,
+            help="Start G from these weights (gan stage: srresnet_x<scale> if not given).",
+        ),
     ] = None,
-    scale: Annotated[int | None, _opt("--scale", panel=_MODEL, help="2, 4 or 8. [default: 4]")] = None,
-    n_blocks: Annotated[
-        int | None, _opt("--n-blocks", panel=_MODEL, min=1, help="Residual blocks. [default: 16]")
-    ] = None,
-    n_feats: Annotated[
-        int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Channels. [default: 64]")
-    ] = None,
+    scale: Annotated[int | None, _opt("--scale", panel=_MODEL, help="2, 4 or 8.")] = None,
+    n_blocks: Annotated[int | None, _opt("--n-blocks", panel=_MODEL, min=1, help="Residual blocks.")] = None,
+    n_feats: Annotated[int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Channels.")] = None,
     global_skip: Annotated[
         bool | None,
         _opt(
@@ -84,95 +90,81 @@ def train(
         ),
     ] = None,
     d_feats: Annotated[
-        int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width. [default: 64]")
+        int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width.")
     ] = None,
-    crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side. [default: 96]")] = None,
-    batch_size: Annotated[
-        int | None, _opt("--batch-size", min=1, help="Crops per step and process. [default: 16]")
-    ] = None,
-    steps: Annotated[
-        int | None, _opt("--steps", min=1, help="Total steps. [default: 100000; gan 200000]")
-    ] = None,
-    lr: Annotated[float | None, _opt("--lr", help="Adam learning rate of G. [default: 1e-4]")] = None,
-    d_lr: Annotated[float | None, _opt("--d-lr", help="Adam learning rate of D. [default: --lr]")] = None,
-    schedule: Annotated[
-        Schedule | None, _opt("--schedule", help="[default: constant; gan: step (x0.1 halfway)]")
-    ] = None,
-    lr_min: Annotated[
-        float | None, _opt("--lr-min", help="Floor of the cosine schedule. [default: 1e-6]")
-    ] = None,
+    crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side.")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", min=1, help="Crops per step and process.")] = None,
+    steps: Annotated[int | None, _opt("--steps", default=_STEPS_DEFAULT, min=1, help="Total steps.")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Adam learning rate of G.")] = None,
+    d_lr: Annotated[float | None, _opt("--d-lr", default="--lr", help="Adam learning rate of D.")] = None,
+    schedule: Annotated[Schedule | None, _opt("--schedule", default=_SCHEDULE_DEFAULT)] = None,
+    lr_min: Annotated[float | None, _opt("--lr-min", help="Floor of the cosine schedule.")] = None,
     lr_step_at: Annotated[
-        float | None, _opt("--lr-step-at", help="Step schedule: fraction of steps. [default: 0.5]")
+        float | None, _opt("--lr-step-at", help="Step schedule: fraction of steps.")
     ] = None,
-    lr_gamma: Annotated[
-        float | None, _opt("--lr-gamma", help="Step schedule: factor. [default: 0.1]")
-    ] = None,
-    beta1: Annotated[float | None, _opt("--beta1", help="Adam beta1. [default: 0.9]")] = None,
-    loss: Annotated[Loss | None, _opt("--loss", help="Pixel loss. [default: mse]")] = None,
-    ema: Annotated[
-        float | None, _opt("--ema", help="EMA decay of G's weights, 0 = off. [default: 0.999]")
-    ] = None,
+    lr_gamma: Annotated[float | None, _opt("--lr-gamma", help="Step schedule: factor.")] = None,
+    beta1: Annotated[float | None, _opt("--beta1", help="Adam beta1.")] = None,
+    loss: Annotated[Loss | None, _opt("--loss", help="Pixel loss.")] = None,
+    ema: Annotated[float | None, _opt("--ema", help="EMA decay of G's weights, 0 = off.")] = None,
     augment: Annotated[
         bool | None, _opt("--augment/--no-augment", help="Flips and rotations.", show_default=False)
     ] = None,
     pixel_weight: Annotated[
-        float | None, _opt("--pixel-weight", panel=_GAN, help="Weight of the pixel loss. [default: 0]")
+        float | None, _opt("--pixel-weight", panel=_GAN, help="Weight of the pixel loss.")
     ] = None,
     content_layer: Annotated[
         ContentLayer | None,
         _opt(
             "--content-layer",
             panel=_GAN,
-            help="VGG layer; vgg19_multi: 5 layers before ReLU, L1 (ESRGAN-style). [default: vgg54]",
+            help="VGG layer; vgg19_multi: 5 layers before ReLU, L1 (ESRGAN-style).",
         ),
     ] = None,
-    content_weight: Annotated[float | None, _opt("--content-weight", panel=_GAN, help="[default: 1]")] = None,
+    content_weight: Annotated[float | None, _opt("--content-weight", panel=_GAN)] = None,
     vgg_weights: Annotated[
         str | None,
         _opt(
-            "--vgg-weights", panel=_GAN, help="VGG weights file. [default: $SRGAN_VGG_WEIGHTS, else download]"
+            "--vgg-weights", default="$SRGAN_VGG_WEIGHTS, else download", panel=_GAN, help="VGG weights file."
         ),
     ] = None,
     vgg_input: Annotated[
         VggInput | None,
-        _opt("--vgg-input", panel=_GAN, help="Input convention of those weights. [default: auto]"),
+        _opt("--vgg-input", panel=_GAN, help="Input convention of those weights."),
     ] = None,
     content_scale: Annotated[
-        float | None, _opt("--content-scale", panel=_GAN, help="VGG feature rescale. [default: paper's]")
+        float | None, _opt("--content-scale", default="paper's", panel=_GAN, help="VGG feature rescale.")
     ] = None,
-    adv_weight: Annotated[float | None, _opt("--adv-weight", panel=_GAN, help="[default: 1e-3]")] = None,
+    adv_weight: Annotated[float | None, _opt("--adv-weight", panel=_GAN)] = None,
     gan_loss: Annotated[
-        GanLoss | None, _opt("--gan-loss", panel=_GAN, help="standard (paper) or ragan. [default: standard]")
+        GanLoss | None, _opt("--gan-loss", panel=_GAN, help="standard (paper) or ragan.")
     ] = None,
     r1_gamma: Annotated[
-        float | None, _opt("--r1-gamma", panel=_GAN, help="R1 penalty on D, 0 = off. [default: 0]")
+        float | None, _opt("--r1-gamma", panel=_GAN, help="R1 penalty on D, 0 = off.")
     ] = None,
-    tv_weight: Annotated[float | None, _opt("--tv-weight", panel=_GAN, help="[default: 2e-8]")] = None,
+    tv_weight: Annotated[float | None, _opt("--tv-weight", panel=_GAN)] = None,
     grid_weight: Annotated[
         float | None,
-        _opt("--grid-weight", panel=_GAN, help="Anti-checkerboard (phase) loss, 0 = off. [default: 0]"),
+        _opt("--grid-weight", panel=_GAN, help="Anti-checkerboard (phase) loss, 0 = off."),
     ] = None,
     val_every: Annotated[
-        int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save. [default: 1000]")
+        int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save.")
     ] = None,
     val_limit: Annotated[
         int | None, _opt("--val-limit", panel=_RUN, min=0, help="Validate on at most N photos.")
     ] = None,
     lpips_weights: Annotated[
         str | None,
-        _opt("--lpips-weights", panel=_RUN, help="LPIPS weights folder. [default: $SRGAN_LPIPS_WEIGHTS]"),
+        _opt("--lpips-weights", default="$SRGAN_LPIPS_WEIGHTS", panel=_RUN, help="LPIPS weights folder."),
     ] = None,
     samples: Annotated[
-        int | None, _opt("--samples", panel=_RUN, min=0, help="Crops in each sample grid. [default: 4]")
+        int | None, _opt("--samples", panel=_RUN, min=0, help="Crops in each sample grid.")
     ] = None,
     snapshots: Annotated[
         bool | None,
         _opt("--snapshots", panel=_RUN, help="Keep each validation's weights as <name>_step<N>.safetensors."),
     ] = None,
-    checkpoint_every: Annotated[
-        int | None, _opt("--checkpoint-every", panel=_RUN, min=1, help="[default: 500]")
-    ] = None,
-    log_every: Annotated[int | None, _opt("--log-every", panel=_RUN, min=1, help="[default: 20]")] = None,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", panel=_RUN, min=1)] = None,
+    log_every: Annotated[int | None, _opt("--log-every", panel=_RUN, min=1)] = None,
     tensorboard: Annotated[
         bool | None, _opt("--tensorboard", panel=_RUN, help="Write TensorBoard events to <out>/tb.")
     ] = None,
@@ -182,9 +174,7 @@ def train(
         str | None,
         _opt("--data-device", panel=_MACHINE, help="Where decoded photos live: auto, cpu or a device."),
     ] = None,
-    amp: Annotated[
-        Amp | None, _opt("--amp", panel=_MACHINE, help="Mixed precision on CUDA. [default: auto]")
-    ] = None,
+    amp: Annotated[Amp | None, _opt("--amp", panel=_MACHINE, help="Mixed precision on CUDA.")] = None,
     compile_: Annotated[
         bool | None, _opt("--compile", panel=_MACHINE, help="torch.compile the networks (GPU).")
     ] = None,
