@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from .. import archs, weights
-from ..benchmark import benchmark_train, benchmark_upscale, model_gflop_per_output_mp
+from ..benchmark import UpscaleBenchmark, benchmark_train, benchmark_upscale, model_gflop_per_output_mp
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
@@ -215,6 +215,11 @@ def upscale(
     if as_json:
         stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
         return
+    _print_upscale_table(results, gflop)
+
+
+def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -> None:
+    """One row per backend and size, then the time ratios against the torch backend."""
     table = Table(show_edge=False, header_style="bold", title=f"upscaling throughput: {results[0].model}")
     for col in (
         "backend",

@@ -172,14 +172,19 @@ def evaluate(
         }
         stdout.print(json.dumps(payload, indent=2), markup=False)
         return
-    title = f"x{scale} on {data}: PSNR/SSIM on Y, border {scale}"
-    title += "; LPIPS on RGB, lower is better" if lpips is not None else ""
-    title += (
-        f"; models with a self-ensemble of {self_ensemble.value}" if self_ensemble != Ensemble.one else ""
-    )
+    _print_table(reports, f"x{scale} on {data}", scale, lpips is not None, grid, int(self_ensemble.value))
+
+
+def _print_table(
+    reports: list[EvalReport], what: str, scale: int, with_lpips: bool, grid: bool, ensemble: int
+) -> None:
+    """One row per image and a mean row; per method its PSNR, SSIM, LPIPS (if scored), grid (--grid)."""
+    title = f"{what}: PSNR/SSIM on Y, border {scale}"
+    title += "; LPIPS on RGB, lower is better" if with_lpips else ""
+    title += f"; models with a self-ensemble of {ensemble}" if ensemble > 1 else ""
     table = Table(show_edge=False, header_style="bold", title=escape(title))
     table.add_column("image", no_wrap=True)
-    metrics = ("PSNR", "SSIM") + (("LPIPS↓",) if lpips is not None else ()) + (("grid↓",) if grid else ())
+    metrics = ("PSNR", "SSIM") + (("LPIPS↓",) if with_lpips else ()) + (("grid↓",) if grid else ())
     for r in reports:
         for m in metrics:
             # two-line header (method over metric) keeps the columns as narrow as the numbers
@@ -188,7 +193,7 @@ def evaluate(
     def cells(values: list[tuple[float, float, float | None, float | None]], bold: bool = False) -> list[str]:
         out = []
         for p, s, lp, g in values:
-            out += [f"{p:.2f}", f"{s:.4f}"] + ([_fmt(lp, 4)] if lpips is not None else [])
+            out += [f"{p:.2f}", f"{s:.4f}"] + ([_fmt(lp, 4)] if with_lpips else [])
             out += [_fmt(g, 3)] if grid else []
         return [f"[bold]{c}" for c in out] if bold else out
 

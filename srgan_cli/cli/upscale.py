@@ -21,6 +21,7 @@ from .. import weights
 from ..distributed import rank_device, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..runtime.batch import (
+    Job,
     JobResult,
     OutputOptions,
     gather_results,
@@ -30,6 +31,7 @@ from ..runtime.batch import (
     shard_jobs,
 )
 from ..runtime.loader import build_upscaler, with_self_ensemble
+from ..runtime.upscaler import Upscaler
 from .common import (
     Backend,
     BackendOpt,
@@ -167,38 +169,17 @@ def upscale(
         plan = plan_jobs(inputs, options, ready.scale, recursive=recursive)
         jobs = shard_jobs(plan, world)
         results: list[JobResult] = list(plan.failed) if world.is_main else []
-        sizes = [input_megapixels(job) for job in jobs]
-        total_mp = sum(sizes)
-        share = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
-        columns = (
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn(f"{{task.fields[files]}}/{len(jobs)} files{share}"),
-            TextColumn("{task.fields[mp]:.2f}/{task.fields[mp_total]:.2f} MP"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+        label = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
+        results += _run_jobs(
+            ready.upscaler,
+            jobs,
+            options,
+            outscale=outscale,
+            max_pixels=int(max_megapixels * 1e6),
+            show=not quiet,
+            show_failures=not as_json,
+            label=label,
         )
-        n_failed_plan = len(results)
-        with Progress(*columns, console=console, disable=quiet or not jobs, transient=False) as progress:
-            task = progress.add_task(
-                "upscaling", total=total_mp or len(jobs), mp=0.0, mp_total=total_mp, files=0
-            )
-            done_mp = 0.0
-            for job, mp in zip(jobs, sizes, strict=True):
-                progress.update(task, description=f"[cyan]{job.src.name}")
-                result = run_job(
-                    ready.upscaler, job, options, outscale=outscale, max_pixels=int(max_megapixels * 1e6)
-                )
-                results.append(result)
-                if result.status == "failed" and not as_json:
-                    progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
-                done_mp += mp
-                done_files = len(results) - n_failed_plan
-                progress.update(
-                    task, completed=done_mp if total_mp else done_files, mp=done_mp, files=done_files
-                )
-            progress.update(task, description="done")
         results = gather_results(results, world)
 
     if not world.is_main:
@@ -221,6 +202,47 @@ def upscale(
     else:
         _print_summary(results, counts)
     raise typer.Exit(1 if counts["failed"] else 0)
+
+
+def _run_jobs(
+    upscaler: Upscaler,
+    jobs: list[Job],
+    options: OutputOptions,
+    *,
+    outscale: float | None,
+    max_pixels: int,
+    show: bool,
+    show_failures: bool,
+    label: str,
+) -> list[JobResult]:
+    """Run the jobs in order under a progress bar measured in megapixels (file headers)."""
+    sizes = [input_megapixels(job) for job in jobs]
+    total_mp = sum(sizes)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn(f"{{task.fields[files]}}/{len(jobs)} files{label}"),
+        TextColumn("{task.fields[mp]:.2f}/{task.fields[mp_total]:.2f} MP"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    results: list[JobResult] = []
+    with Progress(*columns, console=console, disable=not show or not jobs, transient=False) as progress:
+        task = progress.add_task("upscaling", total=total_mp or len(jobs), mp=0.0, mp_total=total_mp, files=0)
+        done_mp = 0.0
+        for job, mp in zip(jobs, sizes, strict=True):
+            progress.update(task, description=f"[cyan]{job.src.name}")
+            result = run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels)
+            results.append(result)
+            if result.status == "failed" and show_failures:
+                progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
+            done_mp += mp
+            progress.update(
+                task, completed=done_mp if total_mp else len(results), mp=done_mp, files=len(results)
+            )
+        progress.update(task, description="done")
+    return results
 
 
 def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:

@@ -109,34 +109,76 @@ def build_upscaler(
         backend = "onnx" if onnx_file is not None else "torch"
 
     if backend == "torch":
-        loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
-        dev = resolve_device(device)
-        dtype = resolve_precision(precision, dev)
-        from .torch_backend import TorchUpscaler
-
-        torch_up = TorchUpscaler(
-            loaded.model,
-            device=dev,
-            dtype=dtype,
-            tile=tile,
-            tile_pad=tile_pad,
-            compile=compile,
-            tile_batch=tile_batch,
-            fast=fast,
+        return _torch_upscaler(
+            model, expect_scale, device, precision, tile, tile_pad, compile, tile_batch, fast
         )
-        return ReadyUpscaler(
-            torch_up,
-            loaded.info.name,
-            loaded.info.scale,
-            "torch",
-            str(dev),
-            precision_name(dtype),
-            loaded.info.arch,
-            loaded.info.config,
-        )
-
     if compile:
         raise UsageError("--compile applies to the torch backend only")
+    return _onnx_upscaler(model, onnx_file, device, precision, tile, tile_pad, tile_batch, expect_scale)
+
+
+def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
+    """`ready` with its upscaler run `passes` (2, 4 or 8) times on mirrored and rotated copies of
+    each image and averaged (ensemble.SelfEnsemble); 1 runs it once."""
+    inner = ready.upscaler.inner if isinstance(ready.upscaler, SelfEnsemble) else ready.upscaler
+    try:
+        ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
+    except ValueError as exc:  # SelfEnsemble knows which counts exist
+        raise UsageError(f"--self-ensemble: {exc}") from None
+    ready.self_ensemble = passes
+    return ready
+
+
+def _torch_upscaler(
+    model: str,
+    expect_scale: int | None,
+    device: str,
+    precision: str,
+    tile: int | None,
+    tile_pad: int,
+    compile: bool,
+    tile_batch: int | None,
+    fast: bool,
+) -> ReadyUpscaler:
+    """Weights on the torch backend."""
+    loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    from .torch_backend import TorchUpscaler
+
+    torch_up = TorchUpscaler(
+        loaded.model,
+        device=dev,
+        dtype=dtype,
+        tile=tile,
+        tile_pad=tile_pad,
+        compile=compile,
+        tile_batch=tile_batch,
+        fast=fast,
+    )
+    return ReadyUpscaler(
+        torch_up,
+        loaded.info.name,
+        loaded.info.scale,
+        "torch",
+        str(dev),
+        precision_name(dtype),
+        loaded.info.arch,
+        loaded.info.config,
+    )
+
+
+def _onnx_upscaler(
+    model: str,
+    onnx_file: Path | None,
+    device: str,
+    precision: str,
+    tile: int | None,
+    tile_pad: int,
+    tile_batch: int | None,
+    expect_scale: int | None,
+) -> ReadyUpscaler:
+    """An .onnx file on ONNX Runtime, or weights through their cached export (`onnx_file` None)."""
     from .onnx_backend import OnnxUpscaler
 
     notes: list[str] = []
@@ -172,18 +214,6 @@ def build_upscaler(
         info.config,
         notes + onnx_up.notes,
     )
-
-
-def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
-    """`ready` with its upscaler run `passes` (2, 4 or 8) times on mirrored and rotated copies of
-    each image and averaged (ensemble.SelfEnsemble); 1 runs it once."""
-    inner = ready.upscaler.inner if isinstance(ready.upscaler, SelfEnsemble) else ready.upscaler
-    try:
-        ready.upscaler = inner if passes == 1 else SelfEnsemble(inner, passes)
-    except ValueError as exc:  # SelfEnsemble knows which counts exist
-        raise UsageError(f"--self-ensemble: {exc}") from None
-    ready.self_ensemble = passes
-    return ready
 
 
 def _lapgan_upscaler(

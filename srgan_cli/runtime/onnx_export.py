@@ -366,14 +366,6 @@ def quantize_int8(
     PSNR of the INT8 output against the fp32 PyTorch output on the calibration crops (the largest
     difference is reported as `max_abs_diff` too); under INT8_MIN_PSNR nothing is written.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     start = time.perf_counter()
     path = Path(path)
     if not calibration:
@@ -385,34 +377,7 @@ def quantize_int8(
     reference = model.eval().float()
     raw = _trace(fuse(reference), torch.rand(1, 3, 64, 64), opset, True)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            item = next(self.items, None)
-            return None if item is None else {INPUT_NAME: item}
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="srgan-int8-") as tmp:
-        fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        fp32_file.write_bytes(raw)
-        import onnx
-
-        keep_float = output_stage(onnx.load_from_string(raw))
-        quantize_static(
-            str(fp32_file),
-            str(int8_file),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=keep_float,
-        )
-        quantized = int8_file.read_bytes()
+    quantized = _quantize_qdq(raw, calibration)
     config = model.config.to_dict()  # type: ignore[union-attr, operator]
     scale = int(config["scale"])
     meta = onnx_metadata(
@@ -421,15 +386,7 @@ def quantize_int8(
     doc = f"srgan-cli x{scale} super-resolution (INT8 QDQ): input {INPUT_NAME} NCHW RGB in [0, 1]"
     data = _finish(quantized, meta, doc).SerializeToString()
 
-    session = _cpu_session(data)
-    worst, psnrs = 0.0, []
-    for crop in calibration[:8]:
-        with torch.inference_mode():
-            want = reference(torch.from_numpy(crop)).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: crop})[0]
-        worst = max(worst, float(np.abs(got - want).max()))
-        psnrs.append(_psnr(got, want))
-    psnr = float(np.mean(psnrs))
+    worst, psnr = _compare_with_fp32(_cpu_session(data), reference, calibration[:8])
     if psnr < INT8_MIN_PSNR:
         raise OnnxError(
             f"INT8 verification failed: {psnr:.1f} dB against fp32 on the calibration crops "
@@ -450,3 +407,54 @@ def quantize_int8(
         seconds=round(time.perf_counter() - start, 2),
         psnr_vs_fp32=round(psnr, 2),
     )
+
+
+def _quantize_qdq(raw: bytes, calibration: list[np.ndarray]) -> bytes:
+    """The fp32 ONNX model `raw` quantised statically in QDQ form, activation ranges from
+    `calibration`; the output stage stays in float."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self.items, None)
+            return None if item is None else {INPUT_NAME: item}
+
+    with tempfile.TemporaryDirectory(prefix="srgan-int8-") as tmp:
+        fp32_file, int8_file = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        fp32_file.write_bytes(raw)
+        quantize_static(
+            str(fp32_file),
+            str(int8_file),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=output_stage(onnx.load_from_string(raw)),
+        )
+        return int8_file.read_bytes()
+
+
+def _compare_with_fp32(session: Any, reference: nn.Module, crops: list[np.ndarray]) -> tuple[float, float]:
+    """(largest absolute difference, mean PSNR) of the session's output against `reference`'s."""
+    worst, psnrs = 0.0, []
+    for crop in crops:
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(crop)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: crop})[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+        psnrs.append(_psnr(got, want))
+    return worst, float(np.mean(psnrs))
