@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import make_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,3 +34,15 @@ def test_wheel_contains_weights_and_entry_point(tmp_path: Path) -> None:
         assert "srgan_cli/weights/README.md" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         assert "srgan = srgan_cli.cli.app:main" in zf.read(entry).decode()
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python block, as written, on a small generated photo."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README has a Python example"
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(make_photo(48, 40)).save("photo.jpg", quality=95)
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    with Image.open("photo_x4.png") as out:
+        assert out.size == (160, 192)
