@@ -20,6 +20,7 @@ from ..imageio import (
     suffix_for_format,
     write_image,
 )
+from ..photos import list_images
 from .upscaler import Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
@@ -90,10 +91,7 @@ def _scan(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | N
         if path.is_file():
             found.append((path, None))
         elif path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(
-                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES
-            )
+            files = list_images(path, recursive=recursive)
             if not files:
                 hint = None if recursive else "add --recursive to look in subfolders"
                 missing.append(JobResult(path, None, "failed", "folder holds no image files", hint))
