@@ -115,21 +115,29 @@ def restore_rng(state: dict[str, Any], device: torch.device, data_rng: torch.Gen
 
 
 class RunningMeans:
-    """Sums of a step's logged tensors, kept on the device (no sync per step), read as means."""
+    """Sums of a step's logged tensors, kept on the device (no sync per step), read as means. A
+    step's values are stacked and added as one vector: two kernels a step, not one per value."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+        self.total: torch.Tensor | None = None
         self.count = 0
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
-        for key, value in stats.items():
-            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        values = torch.stack([v.detach().float() for v in stats.values()])
+        if self.total is None:
+            self.names, self.total = list(stats), values
+        elif list(stats) != self.names:
+            raise ValueError(f"a step logged {list(stats)}, the steps before it {self.names}")
+        else:
+            self.total = self.total + values
         self.count += 1
 
     def pop(self) -> dict[str, float]:
         """The means since the last pop (one host sync), then start again."""
-        means = {key: float(v) / max(self.count, 1) for key, v in self.sums.items()}
-        self.sums, self.count = {}, 0
+        total = self.total.tolist() if self.total is not None else []  # the one sync
+        means = {key: v / max(self.count, 1) for key, v in zip(self.names, total, strict=True)}
+        self.names, self.total, self.count = [], None, 0
         return means
 
     def take(self, where: str, step: int) -> dict[str, float]:

@@ -129,3 +129,9 @@ def make_vgg_prefix(path: Path, convs: int = 4, seed: int = 0) -> Path:
 @pytest.fixture
 def vgg_file(tmp_path: Path) -> Path:
     return make_vgg_prefix(tmp_path / "vgg" / "vgg19_prefix.safetensors")
+
+
+@pytest.fixture
+def init_weights(tmp_path: Path) -> Path:
+    """A tiny x2 SRResNet standing in for the shipped pretrain weights."""
+    return weights.save(tmp_path / "init" / "tiny_x2.safetensors", tiny_model(2, seed=5), trained_on="test")

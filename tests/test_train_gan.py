@@ -21,14 +21,6 @@ from srgan_cli.sr import losses
 from srgan_cli.sr.config import CHECKPOINT, SAMPLES, TrainConfig, apply_init_arch, load_toml
 from srgan_cli.sr.train import train
 
-from .conftest import tiny_model
-
-
-@pytest.fixture
-def init_weights(tmp_path: Path) -> Path:
-    """A tiny x2 SRResNet standing in for the shipped pretrain weights."""
-    return weights.save(tmp_path / "init" / "tiny_x2.safetensors", tiny_model(2, seed=5), trained_on="test")
-
 
 def _gan(photo_dir: Path, out: Path, init: Path, vgg: Path, steps: int, **kw: object) -> TrainConfig:
     base = dict(

@@ -17,7 +17,7 @@ from rich.markup import escape
 from ..distributed import world_from_env
 from ..sr.config import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
-from .choices import Amp, ContentLayer, GanLoss, Loss, Schedule, Stage, VggInput
+from .choices import Amp, ContentLayer, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
 from .common import console, given_options, guard, panel_option, training_progress
 
 _GAN = "GAN stage"
@@ -175,8 +175,22 @@ def train(
         _opt("--data-device", panel=_MACHINE, help="Where decoded photos live: auto, cpu or a device."),
     ] = None,
     amp: Annotated[Amp | None, _opt("--amp", panel=_MACHINE, help="Mixed precision on CUDA.")] = None,
+    fast_step: Annotated[
+        FastStep | None,
+        _opt(
+            "--fast-step",
+            panel=_MACHINE,
+            help="The same step with fused Adam, no host syncs, and (CUDA, or with --compile) "
+            "compiled passes and losses in CUDA graphs; off = the plain eager step. auto = on CUDA.",
+        ),
+    ] = None,
     compile_: Annotated[
-        bool | None, _opt("--compile", panel=_MACHINE, help="torch.compile the networks (GPU).")
+        bool | None,
+        _opt(
+            "--compile",
+            panel=_MACHINE,
+            help="torch.compile: the fast step's passes and losses (also on the CPU), else the networks.",
+        ),
     ] = None,
 ) -> None:
     """Train a super-resolution model on your own photos (resumable; see docs/training.md)."""
@@ -295,7 +309,7 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                 progress.console.print(
                     f"{data['stage']}: {data['images']} photos ({data['pool']}), "
                     f"G {data['params'] / 1e6:.2f}M params{d_params}, device {data['device']}{procs}, "
-                    f"amp {data['amp']}, from step {data['step']}"
+                    f"amp {data['amp']}, step {data['step_mode']}, from step {data['step']}"
                 )
                 if len(data["sources"]) > 1:
                     progress.console.print(
@@ -319,6 +333,8 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                     f"step {data['step']}: val PSNR-Y {data['psnr']:.3f} dB, "
                     f"SSIM-Y {data['ssim']:.4f}{lp}{grid}"
                 )
+            elif kind == "note":
+                progress.console.print(f"[yellow]note:[/] {escape(data['message'])}")
             elif kind in ("done", "stopped"):
                 progress.update(task, completed=data["step"])
 

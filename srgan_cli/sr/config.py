@@ -29,6 +29,7 @@ SCHEDULES = ("constant", "cosine", "step")
 AMPS = ("auto", "off", "bf16", "fp16")
 GAN_LOSSES = ("standard", "ragan")
 VGG_INPUTS = ("auto", "torchvision", "caffe")
+FAST_STEPS = ("auto", "on", "off")
 
 # Fields that define the run: a resumed run must agree with its checkpoint on these.
 RUN_FIELDS = (
@@ -111,6 +112,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N (under torchrun: each process's own GPU)
     amp: str = "auto"  # mixed precision: auto (bf16/fp16 on CUDA, off on CPU), off, bf16, fp16
     compile: bool = False  # torch.compile the networks (slow start, faster steps on GPUs)
+    fast_step: str = "auto"  # fused, compiled, graph-captured step (sr/trainer.py): auto = on CUDA
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, os.PathLike)):  # one folder (and checkpoints of older versions)
@@ -153,6 +155,7 @@ class TrainConfig:
         one_of("gan_loss", GAN_LOSSES)
         one_of("content_layer", tuple(CONTENT_LAYERS))
         one_of("vgg_input", VGG_INPUTS)
+        one_of("fast_step", FAST_STEPS)
         if self.steps < 1 or self.batch_size < 1:
             raise TrainingError("steps and batch size must be positive")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":

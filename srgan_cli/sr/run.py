@@ -155,6 +155,7 @@ class Run:
                 "steps": config.steps,
                 "device": str(self.device),
                 "amp": precision_name(trainer.amp) if trainer.amp else "off",
+                "step_mode": trainer.step_mode,
                 "params": count_parameters(trainer.g),
                 "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
                 "images": len(self.pool.files),
@@ -184,6 +185,8 @@ class Run:
         self.lr_now = self.trainer.set_lr(self.step)
         self.means.add(self.trainer.step(lr_img, hr_img, self.step))  # summed on the device: no sync
         self.step += 1
+        while self.trainer.notes:  # e.g. a compile that fell back to eager, on the first step
+            self.log("note", {"step": self.step, "message": self.trainer.notes.pop(0)})
 
     def log_progress(self) -> None:
         """The mean losses since the last log line, the learning rate and the speed."""
