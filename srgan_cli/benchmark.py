@@ -7,7 +7,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +102,95 @@ def synthetic_photos(n: int = 8, size: int = 384, seed: int = 0) -> list[np.ndar
 
 
 @dataclass
+class StepProfile:
+    """Where a training step's time goes (torch.profiler over `steps` real steps)."""
+
+    steps: int
+    wall_ms_per_step: float  # with the profiler on: a little slower than the benchmark's own time
+    ops_per_step: float  # ATen operators dispatched from Python or autograd per step (not nested)
+    kernels_per_step: float | None  # device kernels launched per step (CUDA only)
+    device_busy_ms_per_step: float | None  # time some kernel was running (CUDA only)
+    device_idle_share: float | None  # share of the wall time the GPU ran nothing (CUDA only)
+    top: list[dict[str, Any]]  # the ops with the most self time: name, calls/step, ms/step, share
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _busy_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+def profile_steps(
+    step: Callable[[], object], device: torch.device, steps: int, *, top: int = 12
+) -> StepProfile:
+    """Run `step` `steps` times under torch.profiler: the ops with the most self time (on the GPU,
+    else on the CPU), how many ops and kernel launches a step costs, and how long the GPU idles."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall = time.perf_counter() - start
+    events = prof.events()
+    ops = [
+        e
+        for e in events
+        if e.device_type == DeviceType.CPU
+        and e.name.startswith("aten::")
+        and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))
+    ]
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else []
+    busy_ms = _busy_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1000 if cuda else None
+
+    def self_us(avg: Any) -> float:
+        if cuda:
+            return float(getattr(avg, "self_device_time_total", getattr(avg, "self_cuda_time_total", 0.0)))
+        return float(avg.self_cpu_time_total)
+
+    averages = [a for a in prof.key_averages() if self_us(a) > 0]
+    total = sum(self_us(a) for a in averages) or 1.0
+    rows = sorted(averages, key=self_us, reverse=True)[:top]
+    wall_ms = wall * 1000 / steps
+    return StepProfile(
+        steps=steps,
+        wall_ms_per_step=round(wall_ms, 3),
+        ops_per_step=round(len(ops) / steps, 1),
+        kernels_per_step=round(len(kernels) / steps, 1) if cuda else None,
+        device_busy_ms_per_step=round(busy_ms / steps, 3) if busy_ms is not None else None,
+        device_idle_share=round(max(0.0, 1 - busy_ms / steps / wall_ms), 3) if busy_ms is not None else None,
+        top=[
+            {
+                "name": a.key,
+                "calls_per_step": round(a.count / steps, 1),
+                "ms_per_step": round(self_us(a) / 1000 / steps, 3),
+                "share": round(self_us(a) / total, 3),
+            }
+            for a in rows
+        ],
+    )
+
+
+@dataclass
 class TrainBenchmark:
     stage: str
     device: str
     amp: str
     compile: bool
+    step_mode: str  # how the Trainer ran the step: "plain", "fast", "fast, CUDA graphs", ...
     batch_size: int
     crop: int
     model: str  # e.g. "srresnet 16x64 x4"
@@ -120,6 +204,8 @@ class TrainBenchmark:
     reference_gflops: float  # the machine's 3x3 conv throughput in the same process
     fraction_of_reference: float
     peak_memory_mb: float
+    profile: StepProfile | None = None  # with profile=N: N more steps under torch.profiler
+    notes: list[str] = field(default_factory=list)  # e.g. a compile that fell back to eager
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,8 +218,10 @@ def benchmark_train(
     warmup: int = 3,
     data: str | Path | None = None,
     random_vgg: bool = True,
+    profile: int = 0,
 ) -> TrainBenchmark:
-    """Time `steps` real training steps (Trainer.step on CropPool batches) of `config`'s stage.
+    """Time `steps` real training steps (Trainer.step on CropPool batches) of `config`'s stage;
+    with `profile`, run that many more under torch.profiler (StepProfile).
 
     The GAN stage needs VGG weights for its content loss; speed does not depend on their values,
     so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used."""
@@ -177,6 +265,7 @@ def benchmark_train(
 
     seconds = time_runs(one_step, device, warmup=warmup, runs=steps)
     median = statistics.median(seconds)
+    step_profile = profile_steps(one_step, device, profile) if profile else None
 
     # FLOPs per crop: every pass that needs gradients costs ~3x its forward (forward + 2x backward)
     lr_probe, hr_probe = pool.batch(2, pool.generator(1))
@@ -198,6 +287,7 @@ def benchmark_train(
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         amp=precision_name(amp) if amp else "off",
         compile=bool(config.compile),
+        step_mode=trainer.step_mode,
         batch_size=config.batch_size,
         crop=config.crop,
         model=f"srresnet {g_cfg.n_blocks}x{g_cfg.n_feats} x{g_cfg.scale}",
@@ -211,6 +301,8 @@ def benchmark_train(
         reference_gflops=round(reference, 1),
         fraction_of_reference=round(achieved / reference, 3),
         peak_memory_mb=round(peak_memory_mb(device), 1),
+        profile=step_profile,
+        notes=list(trainer.notes),
     )
 
 

@@ -26,6 +26,43 @@ def test_benchmark_train_json_schema() -> None:
         lo, hi = r["ms_per_step_spread"]
         assert lo <= r["ms_per_step"] <= hi
     assert rows[1]["vgg"] == "random (speed only)" and rows[1]["gflop_per_crop"] > rows[0]["gflop_per_crop"]
+    assert all(r["step_mode"] == "plain" and r["profile"] is None for r in rows)  # auto: plain on the CPU
+
+
+def test_benchmark_train_compares_step_modes_and_profiles() -> None:
+    args = ["benchmark", "train", "--stage", "pretrain", "--n-blocks", "1", "--n-feats", "8", "--crop", "32"]
+    args += [
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--fast-step",
+        "compare",
+    ]
+    result = CliRunner().invoke(app, [*args, "--profile", "--profile-steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["stage"], r["step_mode"]) for r in rows] == [("pretrain", "plain"), ("pretrain", "fast")]
+    plain, fast = (r["profile"] for r in rows)
+    for prof in (plain, fast):
+        assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0 and prof["ops_per_step"] > 0
+        assert prof["kernels_per_step"] is None and prof["device_idle_share"] is None  # no GPU here
+        assert (
+            0 < len(prof["top"]) <= 12
+            and {"name", "calls_per_step", "ms_per_step", "share"} <= prof["top"][0].keys()
+        )
+        assert sum(row["share"] for row in prof["top"]) <= 1.0 + 1e-6
+    assert fast["ops_per_step"] < plain["ops_per_step"]  # fused Adam, one-op EMA and logging
+
+    table = CliRunner().invoke(app, [*args, "--profile", "--profile-steps", "1"])
+    assert table.exit_code == 0, table.output
+    assert (
+        "pretrain: fast step (fast) / plain = " in table.output and "top ops by CPU self time" in table.output
+    )
 
 
 def test_conv_flops_counts_the_paper_generator() -> None:
@@ -35,3 +72,12 @@ def test_conv_flops_counts_the_paper_generator() -> None:
     per_px += 2 * 9 * 64 * 256  # first upsample conv at LR
     flops = per_px * 24 * 24 + 2 * 9 * 64 * 256 * 48 * 48 + 2 * 81 * 64 * 3 * 96 * 96
     assert conv_flops(model.eval(), torch.rand(1, 3, 24, 24)) == flops
+
+
+def test_gpu_busy_time_is_the_union_of_kernel_intervals() -> None:
+    """What the profile's GPU-idle share rests on (kernels on several streams may overlap)."""
+    from srgan_cli.benchmark import _busy_us
+
+    assert _busy_us([]) == 0.0
+    assert _busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17.0
+    assert _busy_us([(3, 4), (0, 1)]) == 2.0

@@ -12,7 +12,13 @@ import typer
 from rich.table import Table
 
 from .. import archs, weights
-from ..benchmark import UpscaleBenchmark, benchmark_train, benchmark_upscale, model_gflop_per_output_mp
+from ..benchmark import (
+    TrainBenchmark,
+    UpscaleBenchmark,
+    benchmark_train,
+    benchmark_upscale,
+    model_gflop_per_output_mp,
+)
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
@@ -44,6 +50,13 @@ class BenchStage(str, Enum):
     all = "all"
 
 
+class BenchStep(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+    compare = "compare"
+
+
 @app.command("train")
 def train(
     stage: Annotated[
@@ -59,6 +72,23 @@ def train(
     device: DeviceOpt = "auto",
     amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision on CUDA.")] = Amp.auto,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks.")] = False,
+    fast_step: Annotated[
+        BenchStep,
+        typer.Option(
+            "--fast-step",
+            help="The training step to time (see srgan train --fast-step); compare = off, then on, "
+            "and their ratio.",
+        ),
+    ] = BenchStep.auto,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="Also run --profile-steps steps under torch.profiler: the ops with the most time, "
+            "ops and kernel launches per step, and the share of the step the GPU sits idle.",
+        ),
+    ] = False,
+    profile_steps: Annotated[int, typer.Option("--profile-steps", min=1, help="Steps to profile.")] = 5,
     content_layer: Annotated[ContentLayer, typer.Option("--content-layer")] = ContentLayer.vgg54,
     vgg_weights: Annotated[
         str | None,
@@ -87,17 +117,42 @@ def train(
         ema=0.999,
     )
     stages = ["pretrain", "gan"] if stage == BenchStage.all else [stage.value]
+    modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
     results = []
     with guard():
         base.validate()
         for name in stages:
-            with console.status(f"timing {steps} {name} steps of batch {batch_size}"):
-                results.append(
-                    benchmark_train(replace(base, stage=name), steps=steps, warmup=warmup, data=data)
-                )
+            for mode in modes:
+                with console.status(f"timing {steps} {name} steps of batch {batch_size} (fast step {mode})"):
+                    config = replace(base, stage=name, fast_step=mode)
+                    results.append(
+                        benchmark_train(
+                            config,
+                            steps=steps,
+                            warmup=warmup,
+                            data=data,
+                            profile=profile_steps if profile else 0,
+                        )
+                    )
     if as_json:
         stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
         return
+    _print_train_table(results)
+    for r in results:
+        for note in r.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        if r.profile is not None:
+            _print_profile(r)
+    if fast_step == BenchStep.compare:
+        for plain, fast in zip(results[::2], results[1::2], strict=True):
+            console.print(
+                f"{plain.stage}: fast step ({fast.step_mode}) / plain = "
+                f"{fast.crops_per_s / plain.crops_per_s:.2f}x crops/s"
+            )
+
+
+def _print_train_table(results: list[TrainBenchmark]) -> None:
+    """One row per stage (and step mode)."""
     first = results[0]
     table = Table(
         show_edge=False,
@@ -107,6 +162,7 @@ def train(
     )
     for col in (
         "stage",
+        "step",
         "crops/s",
         "ms/step (min-max)",
         "GFLOP/crop",
@@ -114,11 +170,12 @@ def train(
         "of 3x3 conv ref",
         "peak MB",
     ):
-        table.add_column(col, justify="right" if col != "stage" else "left")
+        table.add_column(col, justify="right" if col not in ("stage", "step") else "left")
     for r in results:
         lo, hi = r.ms_per_step_spread
         table.add_row(
             r.stage,
+            r.step_mode,
             f"{r.crops_per_s:,.1f}",
             f"{r.ms_per_step:.1f} ({lo:.1f}-{hi:.1f})",
             f"{r.gflop_per_crop:.2f}",
@@ -129,6 +186,31 @@ def train(
     print_table(table)
     if any(r.vgg == "random (speed only)" for r in results):
         console.print("[dim]gan stage timed with a randomly initialised VGG (same shape, same speed)[/]")
+
+
+def _print_profile(r: TrainBenchmark) -> None:
+    """The profile of one stage: a summary line, then its top ops by self time."""
+    prof = r.profile
+    assert prof is not None
+    where = "GPU" if prof.kernels_per_step is not None else "CPU"
+    line = f"{r.stage} ({r.step_mode}): {prof.wall_ms_per_step:.1f} ms/step profiled"
+    line += f", {prof.ops_per_step:,.0f} ops"
+    if prof.kernels_per_step is not None:
+        line += f", {prof.kernels_per_step:,.0f} kernel launches"
+    line += " per step"
+    if prof.device_idle_share is not None:
+        line += (
+            f"; GPU busy {prof.device_busy_ms_per_step:.1f} ms, idle {prof.device_idle_share:.0%} of the step"
+        )
+    console.print(line)
+    table = Table(show_edge=False, header_style="bold", title=f"top ops by {where} self time")
+    for col in ("op", "calls/step", "ms/step", "share"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for row in prof.top:
+        table.add_row(
+            row["name"], f"{row['calls_per_step']:g}", f"{row['ms_per_step']:.3f}", f"{row['share']:.0%}"
+        )
+    print_table(table)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
