@@ -28,6 +28,12 @@ The first chunk measures the training step (`srgan benchmark train`) and sizes t
 the pretrain run gets as many steps as fit in --plan-minutes of training (so the cosine schedule
 ends where the planned chunks end), the GAN run as many as fit in its own call.
 
+Measuring the training step (issue 24's table: the plain and the fast step, each profiled):
+
+  there   python3 scripts/gpu_run.py chunk speed --minutes 5
+          (`srgan benchmark train --fast-step compare --profile` at each size of SPEED, then the
+          real `srgan train` loop for a minute; speed.json and the logs come back)
+
 Continuing from trained weights in one call (what a 15-minute loan allows: one ~9-minute command):
 
   here    python scripts/gpu_run.py prepare --perceptual DIR [--init WEIGHTS]
@@ -94,6 +100,13 @@ CONTINUE = dict(
     batch=PRETRAIN["batch"], crop=PRETRAIN["crop"], args=["--loss", "l1", "--schedule", "cosine",
     "--lr", "1e-4", "--ema", "0.999"],
 )  # fmt: skip
+# the training-step measurements of `chunk speed` (docs/benchmarks.md, issue 24's goals)
+SPEED = {
+    "pretrain_b64": ["--stage", "pretrain", "--batch-size", "64", "--crop", "96"],
+    "pretrain_b256": ["--stage", "pretrain", "--batch-size", "256", "--crop", "96"],
+    "gan_b16": ["--stage", "gan", "--batch-size", "16", "--crop", "96", "--content-layer", "vgg19_multi"],
+    "gan_b64": ["--stage", "gan", "--batch-size", "64", "--crop", "96", "--content-layer", "vgg19_multi"],
+}
 # sizes of what collect makes, for `plan` before it exists: the 16x64 pretrain checkpoint
 # (G, EMA and Adam state, measured 25,150,201 bytes) and its weights file (6,243,588 bytes)
 EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000, START_DIR: 6_250_000}
@@ -101,6 +114,7 @@ CALLS = {
     "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
     "pretrain (each next call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL, PRETRAIN_RUN]),
     "gan": ("chunk gan --minutes 7", [TRAIN, VAL, VGG_DIR, LPIPS_DIR, INIT_DIR]),
+    "speed (the step, plain and fast, profiled)": ("chunk speed --minutes 5", [TRAIN]),
     "continue (one call: pretrain, then gan)": (
         "chunk continue --minutes 9",
         [TRAIN, VAL, VGG_DIR, LPIPS_DIR, START_DIR],
@@ -362,9 +376,10 @@ def collect(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------- there
 
 
-def srgan(*args: str, log: Path, capture: bool = False) -> str:
+def srgan(*args: str, log: Path, capture: bool = False, timeout: float | None = None) -> str:
     """Run the CLI of this checkout (PYTHONPATH) in ROOT; its output goes to `log` as it comes (so a
-    call killed at its limit still returns it); with `capture`, stdout is returned instead."""
+    call killed at its limit still returns it); with `capture`, stdout is returned instead. After
+    `timeout` seconds it is killed (subprocess.TimeoutExpired)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
     cmd = [sys.executable, "-m", "srgan_cli", *args]
     say("$ srgan", " ".join(args))
@@ -372,7 +387,9 @@ def srgan(*args: str, log: Path, capture: bool = False) -> str:
         f.write(f"$ srgan {' '.join(args)}\n")
         f.flush()
         stdout = subprocess.PIPE if capture else f
-        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=f, text=True, check=False)
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=stdout, stderr=f, text=True, check=False, timeout=timeout
+        )
     tail = (log.read_text()[-2000:] if not capture or done.returncode else done.stdout[-1000:]).rstrip()
     print(tail, flush=True)
     if done.returncode:
@@ -407,7 +424,9 @@ def chunk(args: argparse.Namespace) -> None:
     console = out / "console.log"
     monitor = gpu_monitor(out / "gpu.csv")
     try:
-        if args.stage == "continue":
+        if args.stage == "speed":
+            measure_speed(args, out, console, deadline)
+        elif args.stage == "continue":
             continue_runs(args, console, deadline)
         else:
             run, cmd = stage_command(args, console, deadline)
@@ -415,7 +434,10 @@ def chunk(args: argparse.Namespace) -> None:
     finally:
         if monitor is not None:
             monitor.terminate()
-    if args.stage == "continue":
+    if args.stage == "speed":
+        files = [n for n in ("speed.json", "console.log", "gpu.csv") if (out / n).is_file()]
+        write_manifest(out, {"stage": "speed"}, files)
+    elif args.stage == "continue":
         returned_continue(args, out)
     else:
         returned(args.stage, run, out)
@@ -511,6 +533,61 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     say(f"continue: gan {gan_rate:.1f} crops/s -> {gan_steps} steps")
     init = CONTINUE_RUN / "srresnet_x4.safetensors"
     train_until(gan_command(init, CONTINUE_GAN_RUN, gan_steps, data_args, machine), deadline, args, console)
+
+
+def measure_speed(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
+    """The plain and the fast training step at each size of SPEED (--cases), profiled, then the
+    real `srgan train` loop of the paper-size pretrain for --loop-seconds: all into speed.json,
+    rewritten after each measurement so that a call killed at its limit returns what it has."""
+    results: dict = {"cases": {}, "loop": None}
+    path = out / "speed.json"
+    for name in args.cases or list(SPEED):
+        left = deadline - time.monotonic() - args.loop_seconds - 30
+        if left < 45:
+            say(f"speed: no time left for {name}")
+            results["cases"][name] = "skipped: no time left"
+            break
+        cmd = ["benchmark", "train", *SPEED[name], "--n-blocks", "16", "--n-feats", "64"]
+        cmd += ["--steps", str(args.bench_steps), "--warmup", str(min(5, args.bench_steps))]
+        cmd += ["--device", args.device, "--amp", args.amp, "--fast-step", "compare", "--profile", "--json"]
+        try:
+            text = srgan(*cmd, *args.extra, log=console, capture=True, timeout=min(left, 240))
+            results["cases"][name] = json.loads(text[text.index("[") :])
+        except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+            results["cases"][name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        path.write_text(json.dumps(results, indent=1))
+    seconds = min(args.loop_seconds, deadline - time.monotonic() - 30)
+    if seconds >= 10:
+        results["loop"] = loop_speed(args, console, seconds)
+        path.write_text(json.dumps(results, indent=1))
+
+
+def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
+    """images_per_s of the real `srgan train` loop (log.jsonl), paper-size pretrain at batch 64 x
+    96 px with the default (fast) step: to hold against the benchmark of the same recipe."""
+    run = RUNS / "speed_loop"
+    shutil.rmtree(ROOT / run, ignore_errors=True)
+    cmd = ["train", "--data", str(TRAIN), "--out", str(run), "--batch-size", "64", "--crop", "96"]
+    cmd += ["--n-blocks", "16", "--n-feats", "64", "--steps", "100000", "--log-every", "50", "--samples", "0"]
+    cmd += [
+        "--val-every",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--device",
+        args.device,
+        "--amp",
+        args.amp,
+    ]
+    cmd += ["--time-limit", f"{seconds:.0f}"]
+    try:
+        srgan(*cmd, *args.extra, log=console, timeout=seconds + 120)
+    except (subprocess.TimeoutExpired, RuntimeError) as exc:
+        return {"failed": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    events = [json.loads(line) for line in (ROOT / run / "log.jsonl").read_text().splitlines()]
+    speeds = [e["images_per_s"] for e in events if e["event"] == "log"]
+    start = next((e for e in events if e["event"] == "start"), {})
+    return {"images_per_s": speeds, "step_mode": start.get("step_mode"), "seconds": seconds}
 
 
 def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:
@@ -653,7 +730,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", help="the files_at folder of the chunk's call")
     p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
     p = sub.add_parser("chunk", help="one call's training (there)")
-    p.add_argument("stage", choices=("pretrain", "gan", "continue"))
+    p.add_argument("stage", choices=("pretrain", "gan", "continue", "speed"))
     p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
     p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
     p.add_argument(
@@ -669,6 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-gan", action="store_true", help="continue: pretrain only (the A/B call)")
     p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")
+    p.add_argument("--cases", nargs="*", choices=tuple(SPEED), help="speed: which sizes (default: all)")
+    p.add_argument("--loop-seconds", type=float, default=60.0, help="speed: the srgan train loop's time")
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16")
     p.add_argument("--out", default="", help="where returned files go (default: $OUT)")

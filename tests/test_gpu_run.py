@@ -235,3 +235,19 @@ def test_continue_pretrains_from_the_start_weights_then_the_gan_in_one_call(
     only = weights.read_info(back / "srresnet_x4.safetensors")
     assert [Path(s["name"]).name for s in only.provenance["data_sources"]] == ["train"]
     assert start.is_file()
+
+
+def test_the_speed_chunk_measures_both_steps_and_the_loop(gpu_run, tmp_path: Path, photo_dir: Path) -> None:  # noqa: ANN001
+    shutil.copytree(photo_dir, gpu_run.ROOT / gpu_run.TRAIN)
+    tiny = ["--n-blocks", "1", "--n-feats", "8", "--crop", "32"]
+    back = _call(
+        gpu_run, tmp_path, "s", "speed", "--device", "cpu", "--amp", "off", "--cases", "pretrain_b64",
+        "--bench-steps", "1", "--loop-seconds", "10", "--", *tiny,
+    )  # fmt: skip
+    assert json.loads((back / "manifest.json").read_text())["stage"] == "speed"
+    speed = json.loads((back / "speed.json").read_text())
+    plain, fast = speed["cases"]["pretrain_b64"]
+    assert (plain["step_mode"], fast["step_mode"], fast["batch_size"]) == ("plain", "fast", 64)
+    assert fast["profile"]["ops_per_step"] < plain["profile"]["ops_per_step"]
+    assert speed["loop"]["step_mode"] == "plain" and speed["loop"]["images_per_s"]  # auto: plain on the CPU
+    assert "$ srgan benchmark train --stage pretrain --batch-size 64" in (back / "console.log").read_text()

@@ -145,9 +145,12 @@ class Run:
         self._files.close()
 
     def begin(self) -> None:
-        """Announce the run, open the event log, and start the clocks."""
+        """Open the event log, announce the run (in the log too: how it ran), start the clocks."""
         config, trainer = self.config, self.trainer
-        self.emit(
+        self.log = (
+            self._files.enter_context(training.event_log(self.out / LOG, self.emit)) if self.main else _ignore
+        )
+        self.log(
             "start",
             {
                 "stage": config.stage,
@@ -165,9 +168,6 @@ class Run:
                 "world_size": self.world.size,
                 "note": self.lpips_note,
             },
-        )
-        self.log = (
-            self._files.enter_context(training.event_log(self.out / LOG, self.emit)) if self.main else _ignore
         )
         self.clock.begin(self.step)
         self.t_log = time.perf_counter()
