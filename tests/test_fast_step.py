@@ -124,6 +124,17 @@ def test_fast_gan_stage_resumes_bit_exactly(
     assert a["g_optimizer"]["param_groups"][0]["fused"]
 
 
+def test_resuming_with_the_other_step_keeps_the_adam_state_and_switches(vgg_file: Path) -> None:
+    fast, _ = _run(_gan_config(vgg_file, fast_step="on"), 2)
+    plain = Trainer(_gan_config(vgg_file, fast_step="off"), CPU)
+    plain.load_state_dict(fast.state_dict())
+    for opt, saved in ((plain.g_opt, fast.g_opt), (plain.d_opt, fast.d_opt)):
+        assert not opt.param_groups[0]["fused"]  # this run's choice, not the checkpoint's
+        for p, q in zip(opt.param_groups[0]["params"], saved.param_groups[0]["params"], strict=True):
+            torch.testing.assert_close(opt.state[p]["exp_avg"], saved.state[q]["exp_avg"], rtol=0, atol=0)
+    plain.step(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16), 2)  # and it trains on from there
+
+
 def test_running_means_stack_a_step_into_one_vector() -> None:
     means = RunningMeans()
     means.add({"a": torch.tensor(1.0), "b": torch.tensor(2, dtype=torch.float64)})

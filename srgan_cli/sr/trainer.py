@@ -375,9 +375,19 @@ class Trainer:
         self.g.load_state_dict(state["generator"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        self.g_opt.load_state_dict(state["g_optimizer"])
+        _load_adam(self.g_opt, state["g_optimizer"])
         self.g_scaler.load_state_dict(state["g_scaler"])
         if self.d is not None:
             self.d.load_state_dict(state["discriminator"])
-            self.d_opt.load_state_dict(state["d_optimizer"])
+            _load_adam(self.d_opt, state["d_optimizer"])
             self.d_scaler.load_state_dict(state["d_scaler"])
+
+
+def _load_adam(opt: torch.optim.Adam, state: dict[str, Any]) -> None:
+    """Adam's moments and step counts from a checkpoint, keeping this run's implementation: the
+    saved param groups would also bring back the fused/foreach choice of the run that saved them
+    (--fast-step may change between calls)."""
+    how = {key: opt.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
+    opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group.update(how)
