@@ -13,7 +13,7 @@ from srgan_cli.sr.config import CHECKPOINT, TrainConfig
 from srgan_cli.sr.trainer import Trainer, fast_step_on
 from srgan_cli.training import RunningMeans
 
-from .test_train_gan import _assert_same, _ddp_worker, _free_port, _gan, _straight_and_killed_then_resumed
+from .test_train_gan import _assert_same, _gan, _straight_and_killed_then_resumed, _two_processes_agree
 
 CPU = torch.device("cpu")
 
@@ -128,14 +128,8 @@ def test_fast_step_under_two_gloo_processes(
     photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
 ) -> None:
     """DDP with the fast step: fused Adam on both ranks, D's hand-averaged gradients, one log."""
-    import torch.multiprocessing as mp
-
     cfg = _gan(photo_dir, tmp_path / "ddp", init_weights, vgg_file, 3, val=None, fast_step="on")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    _assert_same(r0["g"], r1["g"])
-    _assert_same(r0["d"], r1["d"])
+    _two_processes_agree(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["g_optimizer"]["param_groups"][0]["fused"]
 

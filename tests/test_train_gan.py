@@ -222,6 +222,15 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str, r
     )
 
 
+def _two_processes_agree(cfg: TrainConfig, tmp_path: Path, resume: bool = False) -> None:
+    """Train `cfg` in two gloo processes and check that they end with identical G and D."""
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path), resume), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    _assert_same(r0["g"], r1["g"])
+    _assert_same(r0["d"], r1["d"])
+
+
 def test_two_gloo_processes_end_with_identical_weights(
     photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
 ) -> None:
@@ -235,11 +244,7 @@ def test_two_gloo_processes_end_with_identical_weights(
         checkpoint_every=2,
         schedule="constant",
     )
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    _assert_same(r0["g"], r1["g"])
-    _assert_same(r0["d"], r1["d"])
+    _two_processes_agree(cfg, tmp_path)
     ckpt = torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["data_rng"]) == 2
     assert not torch.equal(ckpt["data_rng"][0], ckpt["data_rng"][1])  # each rank its own stream
@@ -247,11 +252,7 @@ def test_two_gloo_processes_end_with_identical_weights(
     assert sum(json.loads(line)["event"] == "done" for line in lines) == 1  # rank 0 alone logs
 
     # a distributed run resumes too: every process continues its own stream, in step again
-    longer = replace(cfg, steps=6)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), longer, str(tmp_path), True), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    _assert_same(r0["g"], r1["g"])
+    _two_processes_agree(replace(cfg, steps=6), tmp_path, resume=True)
     assert torch.load(tmp_path / "ddp" / CHECKPOINT, weights_only=True)["step"] == 6
     with pytest.raises(TrainingError, match="trained by 2 process"):
         train(replace(cfg, steps=8), resume=True)  # one process cannot continue a two-process run
