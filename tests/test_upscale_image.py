@@ -58,3 +58,38 @@ def test_outscale_gives_the_exact_size() -> None:
         out = upscale_image(Nearest(), ImageData(rgb, None), outscale)
         assert out.pixels.shape[:2] == size
         assert out.pixels.min() >= 0.0 and out.pixels.max() <= 1.0
+
+
+def test_8bit_rgb_is_rounded_by_the_upscaler_and_written_byte_for_byte_the_same(tmp_path) -> None:  # noqa: ANN001
+    """The device-side uint8 result (upscale_u8) gives the same file as the float32 result."""
+    import torch
+
+    from srgan_cli.imageio import read_image, write_image
+    from srgan_cli.runtime.torch_backend import TorchUpscaler
+
+    from .conftest import make_photo, tiny_model
+
+    up = TorchUpscaler(tiny_model(2, global_skip=True), device=torch.device("cpu"), tile=0)
+    image = ImageData(make_photo(24, 20).astype(np.float32) / 255.0, None)
+    fast = upscale_image(up, image)
+    assert fast.pixels.dtype == np.uint8 and fast.pixels.shape == (48, 40, 3)
+    slow = image.replace(pixels=up(image.pixels))  # the float path, rounded by write_image
+    for fmt in ("png", "jpg", "webp", "tiff"):
+        a = write_image(tmp_path / f"fast.{fmt}", fast)
+        b = write_image(tmp_path / f"slow.{fmt}", slow)
+        assert a.read_bytes() == b.read_bytes(), fmt
+    assert np.array_equal(read_image(tmp_path / "fast.png").pixels, read_image(tmp_path / "slow.png").pixels)
+
+    # gray, alpha, other scales and 16-bit keep the float path
+    assert upscale_image(up, image, outscale=3).pixels.dtype == np.float32
+    assert upscale_image(up, image.replace(bit_depth=16)).pixels.dtype == np.float32
+    assert upscale_image(up, image.replace(alpha=np.ones((24, 20), np.float32))).pixels.dtype == np.float32
+    assert upscale_image(up, ImageData(image.pixels[..., :1], None)).pixels.dtype == np.float32
+    assert upscale_image(up, image, outscale=2.0).pixels.dtype == np.uint8  # the model's own scale
+
+
+def test_uint8_pixels_are_8bit() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="8-bit"):
+        ImageData(np.zeros((2, 2, 3), np.uint8), None, bit_depth=16)

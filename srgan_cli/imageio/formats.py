@@ -87,7 +87,9 @@ def suffix_for_format(fmt: str) -> str:
 class ImageData:
     """Decoded pixels plus what must survive a read -> upscale -> write round trip."""
 
-    pixels: np.ndarray  # float32 (H, W, C) in [0, 1]; C == 3 (RGB) or C == 1 (grayscale)
+    # float32 (H, W, C) in [0, 1], C == 3 (RGB) or C == 1 (grayscale); or, for 8-bit results made
+    # on the device (runtime.upscaler), uint8 (H, W, C) in [0, 255], written as they are
+    pixels: np.ndarray
     alpha: np.ndarray | None  # float32 (H, W) in [0, 1], or None
     bit_depth: int = 8  # 8 or 16: source precision, kept on output where the format allows
     source_format: str | None = None
@@ -101,6 +103,8 @@ class ImageData:
             raise ValueError(f"alpha must be {self.pixels.shape[:2]}, got shape {self.alpha.shape}")
         if self.bit_depth not in (8, 16):
             raise ValueError(f"bit_depth must be 8 or 16, got {self.bit_depth}")
+        if self.pixels.dtype == np.uint8 and self.bit_depth != 8:
+            raise ValueError("uint8 pixels are 8-bit: bit_depth must be 8")
 
     @property
     def height(self) -> int:

@@ -144,7 +144,8 @@ def _encode16(pixels: np.ndarray, alpha: np.ndarray | None, image: ImageData, fm
 
 
 def _encode8(pixels: np.ndarray, alpha: np.ndarray | None, image: ImageData, fmt: str, quality: int) -> bytes:
-    arr = np.rint(pixels * 255.0).astype(np.uint8)
+    """`pixels` float32 in [0, 1] (rounded here) or uint8 (as they are)."""
+    arr = pixels if pixels.dtype == np.uint8 else np.rint(pixels * 255.0).astype(np.uint8)
     if alpha is not None:
         arr = np.dstack([arr, np.rint(alpha * 255.0).astype(np.uint8)])
     im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
@@ -183,7 +184,11 @@ def _encode8(pixels: np.ndarray, alpha: np.ndarray | None, image: ImageData, fmt
 
 def _encode(image: ImageData, fmt: str, quality: int) -> bytes:
     """The complete file contents; encoding in memory means a failure never leaves a partial file."""
+    if image.pixels.dtype == np.uint8 and image.alpha is None:
+        return _encode8(image.pixels, None, image, fmt, quality)  # quantised already (on the device)
     pixels = np.asarray(image.pixels, dtype=np.float32)
+    if image.pixels.dtype == np.uint8:
+        pixels = pixels / 255.0
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ValueError(f"pixels must be (H, W, 1) or (H, W, 3), got shape {pixels.shape}")
     # NaN/inf from a diverging model would otherwise turn into arbitrary integers.

@@ -45,7 +45,18 @@ def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None =
     Alpha is upscaled on its own, as a gray image through the same model; before that, the colour
     hidden under transparent pixels is replaced by that of their visible neighbours, so it cannot
     bleed into the edges (the black fringe of naive RGBA upscaling).
+
+    The common case, an 8-bit RGB image without alpha at the model's own scale, is rounded to
+    8 bits by the upscaler itself where it can (`upscale_u8`: on the device) and comes back as
+    uint8 pixels, which write_image writes as they are: the same file, without a float32 copy
+    of the result on the host.
     """
+    to_u8 = getattr(upscaler, "upscale_u8", None)
+    at_scale = outscale is None or output_size(image, upscaler.scale, outscale) == output_size(
+        image, upscaler.scale, None
+    )
+    if to_u8 is not None and image.bit_depth == 8 and not image.is_gray and image.alpha is None and at_scale:
+        return image.replace(pixels=to_u8(image.pixels))
     rgb = np.repeat(image.pixels, 3, axis=2) if image.is_gray else image.pixels
     alpha = image.alpha
     opaque = alpha is None or float(alpha.min()) >= 1.0
