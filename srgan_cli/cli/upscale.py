@@ -27,10 +27,10 @@ from ..runtime.batch import (
     gather_results,
     input_megapixels,
     plan_jobs,
-    run_job,
     shard_jobs,
 )
 from ..runtime.loader import build_upscaler, with_self_ensemble
+from ..runtime.pipeline import run_jobs
 from ..runtime.upscaler import Upscaler
 from .common import (
     Backend,
@@ -135,6 +135,15 @@ def upscale(
     tile: TileOpt = "auto",
     tile_pad: TilePadOpt = 32,
     self_ensemble: SelfEnsembleOpt = Ensemble.one,
+    io_threads: Annotated[
+        int,
+        typer.Option(
+            "--io-threads",
+            min=0,
+            help="Threads that decode the next inputs and threads that write the results while the "
+            "model runs (each); 0 = one file at a time.",
+        ),
+    ] = 2,
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
     ] = DEFAULT_MAX_PIXELS / 1e6,
@@ -179,6 +188,7 @@ def upscale(
             show=not quiet,
             show_failures=not as_json,
             label=label,
+            io_threads=io_threads,
         )
         results = gather_results(results, world)
 
@@ -214,8 +224,10 @@ def _run_jobs(
     show: bool,
     show_failures: bool,
     label: str,
+    io_threads: int,
 ) -> list[JobResult]:
-    """Run the jobs in order under a progress bar measured in megapixels (file headers)."""
+    """Run the jobs (decoding and writing overlapped with the model: runtime/pipeline.py) under a
+    progress bar measured in megapixels (file headers); results in job order."""
     sizes = [input_megapixels(job) for job in jobs]
     total_mp = sum(sizes)
     columns = (
@@ -228,12 +240,20 @@ def _run_jobs(
         TimeRemainingColumn(),
     )
     results: list[JobResult] = []
+    pipeline = run_jobs(
+        upscaler,
+        jobs,
+        options,
+        outscale=outscale,
+        max_pixels=max_pixels,
+        readers=io_threads,
+        writers=io_threads,
+    )
     with Progress(*columns, console=console, disable=not show or not jobs, transient=False) as progress:
         task = progress.add_task("upscaling", total=total_mp or len(jobs), mp=0.0, mp_total=total_mp, files=0)
         done_mp = 0.0
-        for job, mp in zip(jobs, sizes, strict=True):
-            progress.update(task, description=f"[cyan]{job.src.name}")
-            result = run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels)
+        for result, mp in zip(pipeline, sizes, strict=True):
+            progress.update(task, description=f"[cyan]{result.src.name}")
             results.append(result)
             if result.status == "failed" and show_failures:
                 progress.console.print(f"[red]failed[/] {result.src}: {result.error}")

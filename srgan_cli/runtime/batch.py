@@ -6,14 +6,17 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..distributed import World, gather_objects, init_group
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import (
     READABLE_SUFFIXES,
     WRITE_FORMATS,
+    ImageData,
     format_for_suffix,
     header_size,
     read_image,
@@ -24,6 +27,7 @@ from ..photos import list_images
 from .upscaler import Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
+T = TypeVar("T")
 
 
 @dataclass
@@ -180,29 +184,57 @@ def run_job(
     """Read, upscale and atomically write one image; any failure is returned, never raised."""
     start = time.perf_counter()
     result = JobResult(job.src, job.dst, "ok")
-    if job.dst.exists() and not options.overwrite:
-        skip = options.skip_existing if options.skip_existing is not None else job.from_folder
-        if skip:
-            result.status = "skipped"
-            return result
-        result.status, result.error = "failed", "output already exists"
-        result.hint = "pass --overwrite to replace it, or --skip-existing to skip it"
-        return result
-    try:
-        image = read_image(job.src) if max_pixels is None else read_image(job.src, max_pixels=max_pixels)
-        result.in_size = (image.width, image.height)
-        out = upscale_image(upscaler, image, outscale)
-        write_image(job.dst, out, fmt=format_for_suffix(job.dst), quality=options.quality, overwrite=True)
-        result.out_size = (out.width, out.height)
-    except ImageError as exc:
-        result.status, result.error, result.hint = "failed", exc.reason, exc.hint
-    except SrganError as exc:
-        result.status, result.error, result.hint = "failed", exc.message, exc.hint
-    except MemoryError:
-        result.status, result.error = "failed", "out of memory"
-        result.hint = "try a smaller --tile"
+    if not settled_before_reading(job, options, result):
+        image = attempt(result, read_input, job, max_pixels, result)
+        out = attempt(result, upscale_image, upscaler, image, outscale) if image is not None else None
+        if out is not None:
+            attempt(result, write_output, job, out, options, result)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def read_input(job: Job, max_pixels: int | None, result: JobResult) -> ImageData:
+    """The job's input; its size goes into `result`."""
+    image = read_image(job.src) if max_pixels is None else read_image(job.src, max_pixels=max_pixels)
+    result.in_size = (image.width, image.height)
+    return image
+
+
+def write_output(job: Job, out: ImageData, options: OutputOptions, result: JobResult) -> None:
+    """The job's output, written atomically; its size goes into `result` once it is there."""
+    write_image(job.dst, out, fmt=format_for_suffix(job.dst), quality=options.quality, overwrite=True)
+    result.out_size = (out.width, out.height)
+
+
+def settled_before_reading(job: Job, options: OutputOptions, result: JobResult) -> bool:
+    """Whether the job ends before its input is read: its output exists and is skipped, or may not
+    be replaced (then `result` says so)."""
+    if not job.dst.exists() or options.overwrite:
+        return False
+    skip = options.skip_existing if options.skip_existing is not None else job.from_folder
+    if skip:
+        result.status = "skipped"
+    else:
+        result.status, result.error = "failed", "output already exists"
+        result.hint = "pass --overwrite to replace it, or --skip-existing to skip it"
+    return True
+
+
+def attempt(result: JobResult, fn: Callable[..., T], *args: Any) -> T | None:
+    """fn(*args), or None with the failure recorded in `result` (the user's kinds of failure: a bad
+    file, a refused size, out of memory; anything else is a bug and propagates)."""
+    try:
+        value = fn(*args)
+    except ImageError as exc:
+        result.status, result.error, result.hint = "failed", exc.reason, exc.hint
+        return None
+    except SrganError as exc:
+        result.status, result.error, result.hint = "failed", exc.message, exc.hint
+        return None
+    except MemoryError:
+        result.status, result.error, result.hint = "failed", "out of memory", "try a smaller --tile"
+        return None
+    return value
 
 
 def shard_jobs(plan: Plan, world: World) -> list[Job]:

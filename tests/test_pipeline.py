@@ -1,0 +1,126 @@
+"""The overlapped file-to-file path (runtime/pipeline.py): the same files and results as one file
+at a time, in order, with each job's failures its own and a bounded number of files in flight."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srgan_cli.errors import ImageWriteError
+from srgan_cli.runtime import batch, pipeline
+from srgan_cli.runtime.batch import OutputOptions, plan_jobs
+from srgan_cli.runtime.pipeline import run_jobs
+from srgan_cli.runtime.torch_backend import TorchUpscaler
+
+from .conftest import make_photo, tiny_model
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Eight inputs of three sizes and kinds, a corrupt one in the middle."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        pixels = make_photo(20 + 4 * (i % 3), 24, seed=i)
+        if i == 3:
+            (src / f"p{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        elif i % 2:
+            Image.fromarray(pixels).save(src / f"p{i}.jpg", quality=90)
+        else:
+            Image.fromarray(pixels).convert("RGBA").save(src / f"p{i}.png")  # alpha: the float path
+    return src
+
+
+def _up() -> TorchUpscaler:
+    return TorchUpscaler(tiny_model(2, global_skip=True), device=torch.device("cpu"), tile=0)
+
+
+def _run(folder: Path, out: Path, **kw: int) -> list[batch.JobResult]:
+    options = OutputOptions(output=out)
+    jobs = plan_jobs([str(folder)], options, 2).jobs
+    return list(run_jobs(_up(), jobs, options, **kw))
+
+
+def test_pipelined_equals_one_at_a_time(folder: Path, tmp_path: Path) -> None:
+    one = _run(folder, tmp_path / "one", readers=0, writers=0)
+    many = _run(folder, tmp_path / "many", readers=3, writers=2, ahead=4)
+    assert [(r.src.name, r.status, r.in_size, r.out_size, r.error) for r in one] == [
+        (r.src.name, r.status, r.in_size, r.out_size, r.error) for r in many
+    ]
+    assert [r.status for r in many] == ["ok"] * 3 + ["failed"] + ["ok"] * 4
+    assert "p3.png" in str(many[3].src) and many[3].out_size is None
+    for r in one:
+        if r.status == "ok":
+            assert r.dst is not None and r.dst.read_bytes() == (tmp_path / "many" / r.dst.name).read_bytes()
+    assert not list((tmp_path / "many").glob(".*"))  # no temporary file left behind
+
+
+def test_failures_in_the_middle_stay_with_their_file(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p0.png").write_bytes(b"earlier result")  # skipped (found in a folder)
+    write = batch.write_image
+
+    def failing_write(path: Path, image: object, **kw: object) -> Path:
+        if path.name == "p5.jpg":
+            raise ImageWriteError(path, "disk full")
+        return write(path, image, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "write_image", failing_write)
+    results = _run(folder, out, readers=2, writers=2)
+    assert [r.src.name for r in results] == [f"p{i}.{'jpg' if i % 2 and i != 3 else 'png'}" for i in range(8)]
+    assert [r.status for r in results] == ["skipped", "ok", "ok", "failed", "ok", "failed", "ok", "ok"]
+    assert results[5].error == "disk full" and results[5].in_size == (24, 28) and results[5].out_size is None
+    assert (out / "p0.png").read_bytes() == b"earlier result" and not (out / "p5.jpg").exists()
+
+
+def test_a_bug_stops_the_run_after_writing_what_came_before(folder: Path, tmp_path: Path) -> None:
+    class Broken:
+        backend, scale, calls = "test", 2, 0
+
+        def __call__(self, pixels: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("a bug, not a bad file")
+            return pixels.repeat(2, axis=0).repeat(2, axis=1)
+
+    options = OutputOptions(output=tmp_path / "out")
+    jobs = plan_jobs([str(folder)], options, 2).jobs
+    with pytest.raises(RuntimeError, match="a bug"):
+        list(run_jobs(Broken(), jobs, options))
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["p0.png", "p1.jpg"]  # the writes already under way finished, atomically
+
+
+def test_what_is_in_flight_is_bounded(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started, upscaled, most = [0], [0], [0]
+    lock = threading.Lock()
+    read = pipeline.read_input
+
+    def counting_read(*args: object) -> object:
+        with lock:
+            started[0] += 1
+            most[0] = max(most[0], started[0] - upscaled[0])
+        return read(*args)  # type: ignore[arg-type]
+
+    class Counting:
+        backend, scale = "test", 2
+
+        def __call__(self, pixels: np.ndarray) -> np.ndarray:
+            with lock:
+                upscaled[0] += 1
+            return pixels.repeat(2, axis=0).repeat(2, axis=1)
+
+    monkeypatch.setattr(pipeline, "read_input", counting_read)
+    options = OutputOptions(output=tmp_path / "out")
+    jobs = plan_jobs([str(folder)], options, 2).jobs
+    results = list(run_jobs(Counting(), jobs, options, readers=4, ahead=2))
+    assert len(results) == 8 and started[0] == 8
+    assert most[0] <= 3  # `ahead` decoded, plus the one being upscaled
