@@ -403,3 +403,87 @@ def benchmark_upscale(
         fraction_of_reference=None if achieved is None else round(achieved / reference_gflops, 3),
         peak_memory_mb=round(peak_memory_mb(torch_device), 1),
     )
+
+
+@dataclass
+class PipelineBenchmark:
+    """The real file-to-file path (read, upscale, write: runtime/pipeline.py) on a generated folder,
+    next to the model alone on the same images in the same process."""
+
+    backend: str
+    input_size: tuple[int, int]
+    files: int
+    formats: str  # e.g. "jpg -> png"
+    io_threads: int  # reader and writer threads each in the overlapped run
+    model_ms_per_image: float  # the upscaler alone: decoded image in memory, 8-bit result out
+    sequential_ms_per_image: float  # one file at a time (--io-threads 0)
+    pipelined_ms_per_image: float  # decoding and writing overlapped with the model
+    sequential_of_model: float  # model-only time / file-to-file time: 1.0 = IO costs nothing
+    pipelined_of_model: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def benchmark_pipeline(
+    ready: Any,
+    size: tuple[int, int],
+    *,
+    files: int = 8,
+    in_format: str = "jpg",
+    out_format: str = "png",
+    io_threads: int = 2,
+) -> PipelineBenchmark:
+    """Time `srgan upscale`'s path from files to files on `files` generated photos of `size`, one
+    file at a time and overlapped, and the model alone on the same decoded images."""
+    import tempfile
+
+    from .imageio import ImageData, read_image, write_image
+    from .runtime.batch import OutputOptions, plan_jobs
+    from .runtime.pipeline import run_jobs
+    from .runtime.upscaler import upscale_image
+
+    width, height = size
+    upscaler = ready.upscaler
+    device = getattr(upscaler, "device", torch.device("cpu"))
+    with tempfile.TemporaryDirectory(prefix="srgan-pipeline-") as tmp:
+        src = Path(tmp) / "in"
+        for i in range(files):
+            write_image(
+                src / f"photo{i:03d}.{in_format}", ImageData(synthetic_image(width, height, seed=i), None)
+            )
+        images = [read_image(path) for path in sorted(src.iterdir())]
+        upscale_image(upscaler, images[0])  # warm-up: compile, cudnn autotuning, allocator
+        sync(device)
+        start = time.perf_counter()
+        for image in images:
+            upscale_image(upscaler, image)
+        sync(device)
+        model = (time.perf_counter() - start) / files
+
+        def file_to_file(name: str, threads: int) -> float:
+            options = OutputOptions(output=Path(tmp) / name, fmt=out_format)
+            jobs = plan_jobs([str(src)], options, ready.scale).jobs
+            start = time.perf_counter()
+            results = list(run_jobs(upscaler, jobs, options, readers=threads, writers=threads))
+            sync(device)
+            seconds = time.perf_counter() - start
+            failed = [r.error for r in results if r.status != "ok"]
+            if failed:
+                raise RuntimeError(f"the pipeline benchmark's files failed: {failed[:3]}")
+            return seconds / files
+
+        sequential = file_to_file("sequential", 0)
+        pipelined = file_to_file("pipelined", io_threads)
+    return PipelineBenchmark(
+        backend=ready.backend,
+        input_size=(width, height),
+        files=files,
+        formats=f"{in_format} -> {out_format}",
+        io_threads=io_threads,
+        model_ms_per_image=round(model * 1000, 2),
+        sequential_ms_per_image=round(sequential * 1000, 2),
+        pipelined_ms_per_image=round(pipelined * 1000, 2),
+        sequential_of_model=round(model / sequential, 3),
+        pipelined_of_model=round(model / pipelined, 3),
+    )

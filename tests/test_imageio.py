@@ -745,3 +745,19 @@ def test_fill_transparent_gray_and_edge_cases() -> None:
     assert np.array_equal(fill_transparent(pixels, np.zeros((9, 7), np.float32)), pixels)
     # Nothing transparent: unchanged.
     assert np.array_equal(fill_transparent(pixels, np.ones((9, 7), np.float32)), pixels)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4], ids=["gray", "rgb", "rgba"])
+def test_png_compression_level_changes_size_not_pixels(tmp_path: Path, channels: int) -> None:
+    rng = np.random.default_rng(0)
+    smooth = np.linspace(0, 1, 64 * 48 * channels, dtype=np.float32).reshape(48, 64, channels)
+    noisy = np.clip(smooth + rng.normal(0, 0.02, smooth.shape).astype(np.float32), 0, 1)
+    image = ImageData(noisy[..., :3] if channels == 4 else noisy, noisy[..., 3] if channels == 4 else None)
+    fast = write_image(tmp_path / "fast.png", image, png_compression=0)
+    small = write_image(tmp_path / "small.png", image, png_compression=9)
+    assert fast.stat().st_size > small.stat().st_size
+    a, b = read_image(fast), read_image(small)
+    assert np.array_equal(a.pixels, b.pixels) and np.allclose(a.pixels, np.rint(image.pixels * 255) / 255)
+    assert (a.alpha is None) == (channels != 4) and a.is_gray == (channels == 1)
+    with pytest.raises(ImageWriteError, match="between 0 and 9"):
+        write_image(tmp_path / "bad.png", image, png_compression=10)

@@ -119,8 +119,45 @@ def test_what_is_in_flight_is_bounded(folder: Path, tmp_path: Path, monkeypatch:
             return pixels.repeat(2, axis=0).repeat(2, axis=1)
 
     monkeypatch.setattr(pipeline, "read_input", counting_read)
+    (folder / "p3.png").unlink()  # every read is upscaled: started - upscaled is what waits
     options = OutputOptions(output=tmp_path / "out")
     jobs = plan_jobs([str(folder)], options, 2).jobs
     results = list(run_jobs(Counting(), jobs, options, readers=4, ahead=2))
-    assert len(results) == 8 and started[0] == 8
+    assert len(results) == 7 and started[0] == 7
     assert most[0] <= 3  # `ahead` decoded, plus the one being upscaled
+
+
+def test_benchmark_upscale_pipeline_json(weights_dir: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from srgan_cli.cli.app import app
+
+    args = ["benchmark", "upscale", "-m", "tiny_x4", "--backend", "all", "--size", "24x16", "--runs", "1"]
+    args += [
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--pipeline",
+        "--files",
+        "3",
+        "--out-format",
+        "webp",
+        "--json",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [r["backend"] for r in payload["upscale"]] == ["torch", "onnx"]
+    flows = payload["pipeline"]
+    assert [f["backend"] for f in flows] == ["torch", "onnx"]
+    for f in flows:
+        assert f["files"] == 3 and f["formats"] == "jpg -> webp" and f["input_size"] == [24, 16]
+        assert min(f["model_ms_per_image"], f["sequential_ms_per_image"], f["pipelined_ms_per_image"]) > 0
+        assert f["pipelined_of_model"] == pytest.approx(
+            f["model_ms_per_image"] / f["pipelined_ms_per_image"], rel=0.01
+        )
+    table = CliRunner().invoke(app, args[:-1])
+    assert table.exit_code == 0 and "files to files: 3 photos, jpg -> webp" in table.output

@@ -13,8 +13,10 @@ from rich.table import Table
 
 from .. import archs, weights
 from ..benchmark import (
+    PipelineBenchmark,
     TrainBenchmark,
     UpscaleBenchmark,
+    benchmark_pipeline,
     benchmark_train,
     benchmark_upscale,
     model_gflop_per_output_mp,
@@ -248,6 +250,20 @@ def upscale(
             help="Also time the torch backend without its fast path (the paper's graph, NCHW): the baseline.",
         ),
     ] = False,
+    pipeline: Annotated[
+        bool,
+        typer.Option(
+            "--pipeline",
+            help="Also time the real path from files to files (a generated folder, one file at a time "
+            "and overlapped) against the model alone on the same images.",
+        ),
+    ] = False,
+    files: Annotated[int, typer.Option("--files", min=1, help="--pipeline: photos in the folder.")] = 8,
+    in_format: Annotated[str, typer.Option("--in-format", help="--pipeline: the photos' format.")] = "jpg",
+    out_format: Annotated[str, typer.Option("--out-format", help="--pipeline: the results' format.")] = "png",
+    io_threads: Annotated[
+        int, typer.Option("--io-threads", min=1, help="--pipeline: reader and writer threads (each).")
+    ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Upscaling throughput (ms per image, input/output MP/s, peak memory) per backend and size,
@@ -262,6 +278,7 @@ def upscale(
     if plain and "torch" in names:
         names.insert(names.index("torch") + 1, "torch-plain")
     results = []
+    flows: list[PipelineBenchmark] = []
     with guard():
         gflop: float | None = None
         references: dict[tuple[str, str], float] = {}
@@ -294,10 +311,26 @@ def upscale(
                     )
                 references[key] = r.reference_gflops
                 results.append(r)
+                if pipeline and name != "torch-plain":
+                    with console.status(f"timing {name} from {files} files to files at {wh[0]}x{wh[1]}"):
+                        flows.append(
+                            benchmark_pipeline(
+                                ready,
+                                wh,
+                                files=files,
+                                in_format=in_format,
+                                out_format=out_format,
+                                io_threads=io_threads,
+                            )
+                        )
     if as_json:
-        stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
+        rows = [r.to_dict() for r in results]
+        payload = {"upscale": rows, "pipeline": [f.to_dict() for f in flows]} if pipeline else rows
+        stdout.print(json.dumps(payload, indent=2), markup=False)
         return
     _print_upscale_table(results, gflop)
+    if flows:
+        _print_pipeline_table(flows)
 
 
 def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -> None:
@@ -348,6 +381,28 @@ def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -
         for other in ("onnx", "torch-plain"):
             if "torch" in ms and other in ms:
                 console.print(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
+
+
+def _print_pipeline_table(flows: list[PipelineBenchmark]) -> None:
+    """Files to files, one at a time and overlapped, against the model alone."""
+    first = flows[0]
+    table = Table(
+        show_edge=False,
+        header_style="bold",
+        title=f"files to files: {first.files} photos, {first.formats}, {first.io_threads} IO threads a way",
+    )
+    for col in ("backend", "input", "model ms/img", "one at a time", "overlapped", "overlapped of model"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for f in flows:
+        table.add_row(
+            f.backend,
+            f"{f.input_size[0]}x{f.input_size[1]}",
+            f"{f.model_ms_per_image:,.1f}",
+            f"{f.sequential_ms_per_image:,.1f} ({f.sequential_of_model:.0%})",
+            f"{f.pipelined_ms_per_image:,.1f}",
+            f"{f.pipelined_of_model:.0%}",
+        )
+    print_table(table)
 
 
 def _model_gflop(ready: ReadyUpscaler) -> float | None:

@@ -103,6 +103,15 @@ def upscale(
         OutFormat, typer.Option("--format", help="Output format; auto keeps the input's format.")
     ] = OutFormat.auto,
     quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    png_compression: Annotated[
+        int,
+        typer.Option(
+            "--png-compression",
+            min=0,
+            max=9,
+            help="PNG zlib level: 0 is fastest, 9 smallest (lossless either way).",
+        ),
+    ] = 6,
     recursive: Annotated[
         bool, typer.Option("-r", "--recursive", help="Look in subfolders of folder inputs.")
     ] = False,
@@ -155,7 +164,7 @@ def upscale(
     file (and GPU LOCAL_RANK); a rerun skips finished outputs, so a crashed share can be redone.
     """
     tile_size = parse_tile(tile)
-    options = OutputOptions(output, suffix, fmt.value, quality, overwrite, skip_existing)
+    options = OutputOptions(output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression)
     world = world_from_env()
     quiet = as_json or not world.is_main
     with guard():

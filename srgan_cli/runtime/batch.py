@@ -74,6 +74,7 @@ class OutputOptions:
     quality: int = 95
     overwrite: bool = False
     skip_existing: bool | None = None  # None: skip for inputs found in folders, fail for named files
+    png_compression: int = 6  # zlib level of PNG outputs: 0 (fastest) to 9 (smallest)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -202,7 +203,14 @@ def read_input(job: Job, max_pixels: int | None, result: JobResult) -> ImageData
 
 def write_output(job: Job, out: ImageData, options: OutputOptions, result: JobResult) -> None:
     """The job's output, written atomically; its size goes into `result` once it is there."""
-    write_image(job.dst, out, fmt=format_for_suffix(job.dst), quality=options.quality, overwrite=True)
+    write_image(
+        job.dst,
+        out,
+        fmt=format_for_suffix(job.dst),
+        quality=options.quality,
+        overwrite=True,
+        png_compression=options.png_compression,
+    )
     result.out_size = (out.width, out.height)
 
 
