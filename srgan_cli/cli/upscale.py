@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -24,6 +27,7 @@ from ..runtime.batch import (
     Job,
     JobResult,
     OutputOptions,
+    Plan,
     gather_results,
     input_megapixels,
     plan_jobs,
@@ -32,6 +36,7 @@ from ..runtime.batch import (
 from ..runtime.loader import build_upscaler, with_self_ensemble
 from ..runtime.pipeline import run_jobs
 from ..runtime.upscaler import Upscaler
+from ..runtime.video import VideoOptions, VideoResult, is_video, video_job, video_output
 from .common import (
     Backend,
     BackendOpt,
@@ -156,9 +161,44 @@ def upscale(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
     ] = DEFAULT_MAX_PIXELS / 1e6,
+    codec: Annotated[
+        str,
+        typer.Option(
+            "--codec",
+            help="Videos: auto (vp9 for .webm, else h264), h264, h265, av1 or vp9.",
+            rich_help_panel="Video",
+        ),
+    ] = "auto",
+    crf: Annotated[
+        int | None,
+        typer.Option(
+            "--crf",
+            min=0,
+            max=63,
+            help="Videos: constant rate factor, lower is better. Default: h264 18, h265 20, av1/vp9 30.",
+            rich_help_panel="Video",
+            show_default=False,
+        ),
+    ] = None,
+    pix_fmt: Annotated[
+        str,
+        typer.Option("--pix-fmt", help="Videos: pixel format of the encoded video.", rich_help_panel="Video"),
+    ] = "yuv420p",
+    frames: Annotated[
+        Path | None,
+        typer.Option(
+            "--frames",
+            metavar="DIR",
+            help="Videos: write the upscaled frames as PNG files into DIR instead of a video.",
+            rich_help_panel="Video",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upscale images with a super-resolution model (default: the shipped x4 weights).
+    """Upscale images and videos with a super-resolution model (default: the shipped x4 weights).
+
+    A video (.mp4, .mkv, .webm, .mov, .avi; recognised by its content) is upscaled frame by frame
+    and encoded again, with its audio and subtitles copied and its frame rate and timestamps kept.
 
     Under `torchrun --nproc-per-node N -m srgan_cli upscale ...` each process takes every N-th
     file (and GPU LOCAL_RANK); a rerun skips finished outputs, so a crashed share can be redone.
@@ -184,10 +224,29 @@ def upscale(
         if not quiet:
             for note in ready.notes:
                 console.print(f"[yellow]note:[/] {note}")
-        plan = plan_jobs(inputs, options, ready.scale, recursive=recursive)
+        videos = [Path(text) for text in inputs if Path(text).is_file() and is_video(text)]
+        images = [text for text in inputs if Path(text) not in videos]
+        plan = plan_jobs(images, options, ready.scale, recursive=recursive) if images else Plan()
         jobs = shard_jobs(plan, world)
         results: list[JobResult] = list(plan.failed) if world.is_main else []
         label = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
+        video_options = VideoOptions(codec, crf, pix_fmt, frames)
+        for src in videos[world.rank :: world.size]:
+            dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
+
+            def job(on_frame: Callable[[int, int], None], src: Path = src, dst: Path = dst) -> Any:
+                return video_job(
+                    ready.upscaler,
+                    src,
+                    dst,
+                    video_options,
+                    outscale=outscale,
+                    overwrite=overwrite,
+                    skip_existing=bool(skip_existing),
+                    on_frame=on_frame,
+                )
+
+            results.append(_run_video(job, src, dst, quiet))
         results += _run_jobs(
             ready.upscaler,
             jobs,
@@ -272,6 +331,42 @@ def _run_jobs(
             )
         progress.update(task, description="done")
     return results
+
+
+def _run_video(
+    job: Callable[[Callable[[int, int], None]], tuple[str, VideoResult | None, str | None, str | None]],
+    src: Path,
+    dst: Path,
+    quiet: bool,
+) -> JobResult:
+    """One video (`job(on_frame)`: runtime.video.video_job) under a progress bar of frames, with
+    frames/s and ETA, as a JobResult for the summary."""
+    columns = (
+        TextColumn(f"[cyan]{escape(src.name)}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.fields[frames]} frames"),
+        TextColumn("{task.fields[fps]:.1f} frames/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+        task = progress.add_task("video", total=None, frames="?", fps=0.0)
+        start = time.perf_counter()
+
+        def on_frame(done: int, total: int) -> None:
+            fps = done / max(time.perf_counter() - start, 1e-9)
+            progress.update(task, completed=done, total=total or None, frames=total or "?", fps=fps)
+
+        status, video, error, hint = job(on_frame)
+    result = JobResult(src, video.dst if video is not None else dst, status, error, hint)
+    if video is not None:
+        result.seconds, result.in_size, result.out_size = video.seconds, video.in_size, video.out_size
+        for note in video.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
+    if status == "failed" and not quiet:
+        console.print(f"[red]failed[/] {src}: {escape(error or '')}")
+    return result
 
 
 def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
