@@ -57,6 +57,8 @@ def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None =
     )
     if to_u8 is not None and image.bit_depth == 8 and not image.is_gray and image.alpha is None and at_scale:
         return image.replace(pixels=to_u8(image.pixels))
+    if image.pixels.dtype == np.uint8:  # the float path below works in [0, 1]
+        image = image.replace(pixels=image.pixels.astype(np.float32) / 255.0)
     rgb = np.repeat(image.pixels, 3, axis=2) if image.is_gray else image.pixels
     alpha = image.alpha
     opaque = alpha is None or float(alpha.min()) >= 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 from ..atomic import atomic_open
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import ImageData, write_image
+from .background import Behind, ahead
 from .upscaler import Upscaler, output_size, upscale_image
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
@@ -30,6 +31,7 @@ CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm",
 # --codec names -> FFmpeg encoders, and each one's default constant rate factor (visually lossless-ish)
 CODECS = {"h264": "libx264", "h265": "libx265", "av1": "libsvtav1", "vp9": "libvpx-vp9"}
 DEFAULT_CRF = {"h264": 18, "h265": 20, "av1": 30, "vp9": 30}
+_DEPTH = 4  # frames decoded ahead of the model, and frames waiting to be encoded behind it
 # FFmpeg's colour spaces (AVColorSpace) -> swscale's conversion matrices, for the RGB round trip
 _SWS_COLORSPACE = {1: "itu709", 5: "itu601", 6: "itu601", 7: "smpte240m", 9: "bt2020"}
 
@@ -136,14 +138,9 @@ def upscale_video(
             except av.error.FFmpegError as exc:
                 raise VideoError(src, f"is corrupt or truncated ({_reason(exc)})") from exc
 
-        def upscaled(frame: Any) -> np.ndarray:
-            space = _SWS_COLORSPACE.get(int(frame.colorspace))
-            rgb = (
-                frame.to_ndarray(format="rgb24", src_colorspace=space)
-                if space
-                else frame.to_ndarray(format="rgb24")
-            )
-            out = upscale_image(upscaler, ImageData(rgb.astype(np.float32) / 255.0, None), outscale)
+        def upscaled(rgb: np.ndarray) -> np.ndarray:
+            """(H, W, 3) uint8 -> the upscaled frame, uint8 at the output size."""
+            out = upscale_image(upscaler, ImageData(rgb, None), outscale)
             pixels = (
                 out.pixels if out.pixels.dtype == np.uint8 else np.rint(out.pixels * 255).astype(np.uint8)
             )
@@ -153,8 +150,8 @@ def upscale_video(
 
         count = _Counter(result, total, overwrite, on_frame)
         if options.frames_dir is not None:
-            frames = (frame for _, batch in decoded([video]) for frame in batch)
-            _write_frames(frames, upscaled, options, count)
+            frames = (_rgb(frame) for _, batch in decoded([video]) for frame in batch)
+            _write_frames(ahead(frames, _DEPTH), upscaled, options, count)
         else:
             _write_video(av, source, video, decoded, upscaled, dst, options, count)
     result.seconds = time.perf_counter() - start
@@ -185,16 +182,32 @@ class _Counter:
             self.on_frame(self.result.frames, self.total)
 
 
+def _rgb(frame: Any) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB, converted with the matrix the source is tagged with."""
+    space = _SWS_COLORSPACE.get(int(frame.colorspace))
+    if space:
+        return frame.to_ndarray(format="rgb24", src_colorspace=space)
+    return frame.to_ndarray(format="rgb24")
+
+
 def _write_frames(
-    frames: Any, upscaled: Callable[[Any], np.ndarray], options: VideoOptions, count: _Counter
+    frames: Iterator[np.ndarray],
+    upscaled: Callable[[np.ndarray], np.ndarray],
+    options: VideoOptions,
+    count: _Counter,
 ) -> None:
+    """Each upscaled frame as a numbered image, encoded and written on a thread behind the model."""
     folder = options.frames_dir
     assert folder is not None
-    for frame in frames:
-        pixels = upscaled(frame)
-        path = folder / f"frame_{count.result.frames + 1:06d}.{options.frame_format}"
-        write_image(path, ImageData(pixels, None), overwrite=count.overwrite)
-        count.tick()
+
+    def write(item: tuple[int, np.ndarray]) -> None:
+        path = folder / f"frame_{item[0]:06d}.{options.frame_format}"
+        write_image(path, ImageData(item[1], None), overwrite=count.overwrite)
+
+    with Behind(write, _DEPTH, "srgan-frames") as writer:
+        for rgb in frames:
+            writer.put((count.result.frames + 1, upscaled(rgb)))
+            count.tick()
 
 
 def _write_video(
@@ -225,21 +238,42 @@ def _write_video(
             _copy_colour_tags(video.codec_context, stream.codec_context)
             copies = _copy_streams(source, out, dst, result)
             space = _SWS_COLORSPACE.get(int(video.codec_context.colorspace))
-            for packet, frames in decoded([video, *copies]):
-                if packet.stream in copies:  # audio, subtitles: as they are
-                    if packet.dts is not None:  # not the flush packet at the end of a stream
-                        packet.stream = copies[packet.stream]
-                        out.mux(packet)
-                    continue
-                for frame in frames:
-                    if result.frames == 0 and getattr(frame, "rotation", 0):
-                        stream.set_display_rotation(frame.rotation)  # kept as a tag, like the source
-                    rgb = av.VideoFrame.from_ndarray(upscaled(frame), format="rgb24")
-                    new = rgb.reformat(format=options.pix_fmt, dst_colorspace=space) if space else rgb
-                    new.pts, new.time_base = frame.pts, frame.time_base
-                    for encoded in stream.encode(new):
-                        out.mux(encoded)
-                    count.tick()
+
+            def read() -> Iterator[tuple[Any, ...]]:  # on a thread ahead: demux, decode, to RGB
+                for packet, frames in decoded([video, *copies]):
+                    if packet.stream in copies:
+                        if packet.dts is not None:  # not the flush packet at the end of a stream
+                            yield ("copy", packet)
+                        continue
+                    for frame in frames:
+                        yield (
+                            "frame",
+                            _rgb(frame),
+                            frame.pts,
+                            frame.time_base,
+                            getattr(frame, "rotation", 0),
+                        )
+
+            def write(item: tuple[Any, ...]) -> None:  # on a thread behind: encode, mux
+                if item[0] == "copy":
+                    item[1].stream = copies[item[1].stream]
+                    out.mux(item[1])
+                    return
+                _, pixels, pts, time_base, rotation = item
+                if rotation and not stream.codec_context.is_open:
+                    stream.set_display_rotation(rotation)  # kept as a tag, like the source
+                rgb = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                new = rgb.reformat(format=options.pix_fmt, dst_colorspace=space) if space else rgb
+                new.pts, new.time_base = pts, time_base
+                for encoded in stream.encode(new):
+                    out.mux(encoded)
+
+            with Behind(write, _DEPTH, "srgan-encode") as writer:
+                for item in ahead(read(), _DEPTH, "srgan-decode"):
+                    if item[0] == "frame":  # the model, here, between the two threads
+                        item = ("frame", upscaled(item[1]), *item[2:])
+                        count.tick()
+                    writer.put(item)
             for encoded in stream.encode():
                 out.mux(encoded)
     except SrganError:
