@@ -420,6 +420,9 @@ class PipelineBenchmark:
     pipelined_ms_per_image: float  # decoding and writing overlapped with the model
     sequential_of_model: float  # model-only time / file-to-file time: 1.0 = IO costs nothing
     pipelined_of_model: float
+    video_frames: int  # a generated H.264 clip of that many frames, through srgan upscale's video path
+    video_ms_per_frame: float
+    video_of_model: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -475,6 +478,8 @@ def benchmark_pipeline(
 
         sequential = file_to_file("sequential", 0)
         pipelined = file_to_file("pipelined", io_threads)
+        clip = synthetic_clip(Path(tmp) / "clip.mp4", width, height, frames=files)
+        video = _time_video(ready.upscaler, clip, Path(tmp) / "clip_up.mp4", device) / files
     return PipelineBenchmark(
         backend=ready.backend,
         input_size=(width, height),
@@ -486,4 +491,36 @@ def benchmark_pipeline(
         pipelined_ms_per_image=round(pipelined * 1000, 2),
         sequential_of_model=round(model / sequential, 3),
         pipelined_of_model=round(model / pipelined, 3),
+        video_frames=files,
+        video_ms_per_frame=round(video * 1000, 2),
+        video_of_model=round(model / video, 3),
     )
+
+
+def synthetic_clip(path: Path, width: int, height: int, *, frames: int, fps: int = 25) -> Path:
+    """An H.264 clip of `frames` photo-like frames (synthetic_image, a new seed each), for timing."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        stream.options = {"crf": "18"}
+        for i in range(frames):
+            rgb = np.rint(synthetic_image(stream.width, stream.height, seed=i) * 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _time_video(upscaler: Any, src: Path, dst: Path, device: torch.device) -> float:
+    """Seconds of `srgan upscale`'s video path (decode, upscale, encode: runtime/video.py)."""
+    from .runtime.video import VideoOptions, upscale_video
+
+    start = time.perf_counter()
+    upscale_video(upscaler, src, dst, VideoOptions(), overwrite=True)
+    sync(device)
+    return time.perf_counter() - start

@@ -389,9 +389,11 @@ def _print_pipeline_table(flows: list[PipelineBenchmark]) -> None:
     table = Table(
         show_edge=False,
         header_style="bold",
-        title=f"files to files: {first.files} photos, {first.formats}, {first.io_threads} IO threads a way",
+        title=f"files to files: {first.files} photos, {first.formats}, {first.io_threads} IO threads a way; "
+        f"a {first.video_frames}-frame H.264 clip (in brackets: of the model alone)",
     )
-    for col in ("backend", "input", "model ms/img", "one at a time", "overlapped", "overlapped of model"):
+    columns = ("backend", "input", "model ms/img", "one at a time", "overlapped", "video ms/frame")
+    for col in columns:
         table.add_column(col, justify="left" if col == "backend" else "right")
     for f in flows:
         table.add_row(
@@ -399,8 +401,8 @@ def _print_pipeline_table(flows: list[PipelineBenchmark]) -> None:
             f"{f.input_size[0]}x{f.input_size[1]}",
             f"{f.model_ms_per_image:,.1f}",
             f"{f.sequential_ms_per_image:,.1f} ({f.sequential_of_model:.0%})",
-            f"{f.pipelined_ms_per_image:,.1f}",
-            f"{f.pipelined_of_model:.0%}",
+            f"{f.pipelined_ms_per_image:,.1f} ({f.pipelined_of_model:.0%})",
+            f"{f.video_ms_per_frame:,.1f} ({f.video_of_model:.0%})",
         )
     print_table(table)
 
