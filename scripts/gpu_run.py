@@ -34,6 +34,16 @@ Measuring the training step (issue 24's table: the plain and the fast step, each
           (`srgan benchmark train --fast-step compare --profile` at each size of SPEED, then the
           real `srgan train` loop for a minute; speed.json and the logs come back)
 
+Measuring upscaling from files to files and video (issue 25), with PyAV carried as a wheel:
+
+  here    echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: \
+            --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 -d .whl av==18.1.0
+  there   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+            PYTHONPATH=/tmp/site:. python3 scripts/gpu_run.py chunk upscale --minutes 6
+          (`srgan benchmark upscale --pipeline` at 960x540 and 1920x1080, fp16, with and without
+          --compile; then the val photos on the GPU in fp32 against the CPU; upscale.json back)
+
 Continuing from trained weights in one call (what a 15-minute loan allows: one ~9-minute command):
 
   here    python scripts/gpu_run.py prepare --perceptual DIR [--init WEIGHTS]
@@ -107,6 +117,12 @@ SPEED = {
     "gan_b16": ["--stage", "gan", "--batch-size", "16", "--crop", "96", "--content-layer", "vgg19_multi"],
     "gan_b64": ["--stage", "gan", "--batch-size", "64", "--crop", "96", "--content-layer", "vgg19_multi"],
 }
+# the upscaling measurements of `chunk upscale` (issue 25): name -> `srgan benchmark upscale` options
+UPSCALE = {
+    "540p_fp16": ["--size", "960x540", "--precision", "fp16", "--files", "24"],
+    "540p_fp16_compile": ["--size", "960x540", "--precision", "fp16", "--files", "24", "--compile"],
+    "1080p_fp16": ["--size", "1920x1080", "--precision", "fp16", "--files", "8"],
+}
 # sizes of what collect makes, for `plan` before it exists: the 16x64 pretrain checkpoint
 # (G, EMA and Adam state, measured 25,150,201 bytes) and its weights file (6,243,588 bytes)
 EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000, START_DIR: 6_250_000}
@@ -115,6 +131,7 @@ CALLS = {
     "pretrain (each next call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL, PRETRAIN_RUN]),
     "gan": ("chunk gan --minutes 7", [TRAIN, VAL, VGG_DIR, LPIPS_DIR, INIT_DIR]),
     "speed (the step, plain and fast, profiled)": ("chunk speed --minutes 5", [TRAIN]),
+    "upscale (files to files, video; carry .whl too)": ("chunk upscale --minutes 6", [VAL]),
     "continue (one call: pretrain, then gan)": (
         "chunk continue --minutes 9",
         [TRAIN, VAL, VGG_DIR, LPIPS_DIR, START_DIR],
@@ -426,6 +443,8 @@ def chunk(args: argparse.Namespace) -> None:
     try:
         if args.stage == "speed":
             measure_speed(args, out, console, deadline)
+        elif args.stage == "upscale":
+            measure_upscale(args, out, console, deadline)
         elif args.stage == "continue":
             continue_runs(args, console, deadline)
         else:
@@ -434,9 +453,9 @@ def chunk(args: argparse.Namespace) -> None:
     finally:
         if monitor is not None:
             monitor.terminate()
-    if args.stage == "speed":
-        files = [n for n in ("speed.json", "console.log", "gpu.csv") if (out / n).is_file()]
-        write_manifest(out, {"stage": "speed"}, files)
+    if args.stage in ("speed", "upscale"):
+        names = (f"{args.stage}.json", "console.log", "gpu.csv")
+        write_manifest(out, {"stage": args.stage}, [n for n in names if (out / n).is_file()])
     elif args.stage == "continue":
         returned_continue(args, out)
     else:
@@ -541,7 +560,7 @@ def measure_speed(args: argparse.Namespace, out: Path, console: Path, deadline: 
     rewritten after each measurement so that a call killed at its limit returns what it has."""
     results: dict = {"cases": {}, "loop": None}
     path = out / "speed.json"
-    for name in args.cases or list(SPEED):
+    for name in [n for n in args.cases or SPEED if n in SPEED]:
         left = deadline - time.monotonic() - args.loop_seconds - 30
         if left < 45:
             say(f"speed: no time left for {name}")
@@ -560,6 +579,56 @@ def measure_speed(args: argparse.Namespace, out: Path, console: Path, deadline: 
     if seconds >= 10:
         results["loop"] = loop_speed(args, console, seconds)
         path.write_text(json.dumps(results, indent=1))
+
+
+def measure_upscale(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
+    """Issue 25's GPU table: `srgan benchmark upscale --pipeline` (model alone, files to files one at
+    a time and overlapped, and an H.264 clip) at each size of UPSCALE (--cases), then the val photos
+    upscaled on the device in fp32 against the CPU. upscale.json is rewritten after each step."""
+    results: dict = {"cases": {}, "devices": None}
+    path = out / "upscale.json"
+    for name in [n for n in args.cases or UPSCALE if n in UPSCALE]:
+        left = deadline - time.monotonic() - 90
+        if left < 45:
+            results["cases"][name] = "skipped: no time left"
+            break
+        cmd = ["benchmark", "upscale", "--backend", "torch", "--device", args.device, "--runs", "10"]
+        cmd += [*UPSCALE[name], "--pipeline", "--json"]
+        try:
+            text = srgan(*cmd, *args.extra, log=console, capture=True, timeout=min(left, 240))
+            results["cases"][name] = json.loads(text[text.index("{") :])
+        except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+            results["cases"][name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        path.write_text(json.dumps(results, indent=1))
+    if deadline - time.monotonic() > 60:
+        results["devices"] = compare_devices(args, console, deadline - time.monotonic() - 30)
+        path.write_text(json.dumps(results, indent=1))
+
+
+def compare_devices(args: argparse.Namespace, console: Path, seconds: float) -> dict:
+    """The val photos upscaled on args.device and on the CPU, both fp32: the largest difference of
+    any pixel, in 8-bit levels (goal: at most 1)."""
+    import numpy as np
+
+    from srgan_cli.imageio import read_image
+
+    runs = {}
+    for device in (args.device, "cpu"):
+        folder = RUNS / f"devices_{device.replace(':', '_')}"
+        shutil.rmtree(ROOT / folder, ignore_errors=True)
+        cmd = ["upscale", str(VAL), "-o", str(folder), "--device", device, "--precision", "fp32"]
+        cmd += ["--format", "png", *args.extra]
+        try:
+            srgan(*cmd, log=console, timeout=seconds / 2)
+        except (subprocess.TimeoutExpired, RuntimeError) as exc:
+            return {"failed": f"{device}: {type(exc).__name__}: {str(exc)[:300]}"}
+        runs[device] = folder
+    worst = {}
+    for png in sorted((ROOT / runs["cpu"]).glob("*.png")):
+        a = read_image(png).pixels
+        b = read_image(ROOT / runs[args.device] / png.name).pixels
+        worst[png.name] = int(np.abs(np.rint(a * 255) - np.rint(b * 255)).max())
+    return {"max_level_difference": worst, "within_one_level": all(v <= 1 for v in worst.values())}
 
 
 def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
@@ -730,7 +799,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", help="the files_at folder of the chunk's call")
     p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
     p = sub.add_parser("chunk", help="one call's training (there)")
-    p.add_argument("stage", choices=("pretrain", "gan", "continue", "speed"))
+    p.add_argument("stage", choices=("pretrain", "gan", "continue", "speed", "upscale"))
     p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
     p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
     p.add_argument(
@@ -746,7 +815,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-gan", action="store_true", help="continue: pretrain only (the A/B call)")
     p.add_argument("--rate", type=float, default=0.0, help="crops/s to plan with (skips the benchmark)")
     p.add_argument("--bench-steps", type=int, default=20, help="timed steps of the benchmark")
-    p.add_argument("--cases", nargs="*", choices=tuple(SPEED), help="speed: which sizes (default: all)")
+    p.add_argument(
+        "--cases", nargs="*", choices=(*SPEED, *UPSCALE), help="speed, upscale: which sizes (default: all)"
+    )
     p.add_argument("--loop-seconds", type=float, default=60.0, help="speed: the srgan train loop's time")
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16")

@@ -251,3 +251,23 @@ def test_the_speed_chunk_measures_both_steps_and_the_loop(gpu_run, tmp_path: Pat
     assert fast["profile"]["ops_per_step"] < plain["profile"]["ops_per_step"]
     assert speed["loop"]["step_mode"] == "plain" and speed["loop"]["images_per_s"]  # auto: plain on the CPU
     assert "$ srgan benchmark train --stage pretrain --batch-size 64" in (back / "console.log").read_text()
+
+
+def test_the_upscale_chunk_measures_the_pipeline_and_compares_devices(  # noqa: ANN001
+    gpu_run, tmp_path: Path, photo_dir: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(photo_dir, gpu_run.ROOT / gpu_run.VAL)
+    monkeypatch.setattr(gpu_run, "UPSCALE", {"tiny": ["--size", "24x16", "--files", "2"]})
+    back = _call(
+        gpu_run, tmp_path, "u", "upscale", "--device", "cpu", "--cases", "tiny", "--", "-m", "tiny_x4"
+    )
+    result = json.loads((back / "upscale.json").read_text())
+    flow = result["cases"]["tiny"]["pipeline"][0]
+    assert flow["files"] == 2 and flow["video_frames"] == 2 and flow["pipelined_ms_per_image"] > 0
+    devices = result["devices"]
+    assert devices["within_one_level"] and set(devices["max_level_difference"]) == {
+        "p0.png",
+        "p1.png",
+        "p2.png",
+    }
+    assert "$ srgan benchmark upscale --backend torch --device cpu" in (back / "console.log").read_text()
