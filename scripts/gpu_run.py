@@ -73,6 +73,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent  # this checkout: its code runs, its git is asked
@@ -560,24 +561,51 @@ def measure_speed(args: argparse.Namespace, out: Path, console: Path, deadline: 
     rewritten after each measurement so that a call killed at its limit returns what it has."""
     results: dict = {"cases": {}, "loop": None}
     path = out / "speed.json"
-    for name in [n for n in args.cases or SPEED if n in SPEED]:
-        left = deadline - time.monotonic() - args.loop_seconds - 30
-        if left < 45:
-            say(f"speed: no time left for {name}")
-            results["cases"][name] = "skipped: no time left"
-            break
+
+    def command(name: str) -> list[str]:
         cmd = ["benchmark", "train", *SPEED[name], "--n-blocks", "16", "--n-feats", "64"]
         cmd += ["--steps", str(args.bench_steps), "--warmup", str(min(5, args.bench_steps))]
-        cmd += ["--device", args.device, "--amp", args.amp, "--fast-step", "compare", "--profile", "--json"]
-        try:
-            text = srgan(*cmd, *args.extra, log=console, capture=True, timeout=min(left, 240))
-            results["cases"][name] = json.loads(text[text.index("[") :])
-        except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
-            results["cases"][name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-        path.write_text(json.dumps(results, indent=1))
+        return cmd + [
+            "--device",
+            args.device,
+            "--amp",
+            args.amp,
+            "--fast-step",
+            "compare",
+            "--profile",
+            "--json",
+        ]
+
+    run_cases(args, SPEED, command, results, path, console, deadline - args.loop_seconds - 30)
     seconds = min(args.loop_seconds, deadline - time.monotonic() - 30)
     if seconds >= 10:
         results["loop"] = loop_speed(args, console, seconds)
+        path.write_text(json.dumps(results, indent=1))
+
+
+def run_cases(
+    args: argparse.Namespace,
+    table: dict[str, list[str]],
+    command: Callable[[str], list[str]],
+    results: dict,
+    path: Path,
+    console: Path,
+    until: float,
+) -> None:
+    """Each case of `table` (--cases picks some) as an `srgan` command with JSON on stdout, into
+    results["cases"], each time-boxed to end by `until`; `path` is rewritten after each."""
+    for name in [n for n in args.cases or table if n in table]:
+        left = until - time.monotonic()
+        if left < 45:
+            say(f"no time left for {name}")
+            results["cases"][name] = "skipped: no time left"
+            break
+        try:
+            text = srgan(*command(name), *args.extra, log=console, capture=True, timeout=min(left, 240))
+            start = min(i for i in (text.find("["), text.find("{")) if i >= 0)  # skip anything before
+            results["cases"][name] = json.loads(text[start:])
+        except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
+            results["cases"][name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         path.write_text(json.dumps(results, indent=1))
 
 
@@ -587,19 +615,12 @@ def measure_upscale(args: argparse.Namespace, out: Path, console: Path, deadline
     upscaled on the device in fp32 against the CPU. upscale.json is rewritten after each step."""
     results: dict = {"cases": {}, "devices": None}
     path = out / "upscale.json"
-    for name in [n for n in args.cases or UPSCALE if n in UPSCALE]:
-        left = deadline - time.monotonic() - 90
-        if left < 45:
-            results["cases"][name] = "skipped: no time left"
-            break
+
+    def command(name: str) -> list[str]:
         cmd = ["benchmark", "upscale", "--backend", "torch", "--device", args.device, "--runs", "10"]
-        cmd += [*UPSCALE[name], "--pipeline", "--json"]
-        try:
-            text = srgan(*cmd, *args.extra, log=console, capture=True, timeout=min(left, 240))
-            results["cases"][name] = json.loads(text[text.index("{") :])
-        except (subprocess.TimeoutExpired, RuntimeError, ValueError) as exc:
-            results["cases"][name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-        path.write_text(json.dumps(results, indent=1))
+        return cmd + [*UPSCALE[name], "--pipeline", "--json"]
+
+    run_cases(args, UPSCALE, command, results, path, console, deadline - 90)
     if deadline - time.monotonic() > 60:
         results["devices"] = compare_devices(args, console, deadline - time.monotonic() - 30)
         path.write_text(json.dumps(results, indent=1))
@@ -637,7 +658,7 @@ def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
     run = RUNS / "speed_loop"
     shutil.rmtree(ROOT / run, ignore_errors=True)
     cmd = ["train", "--data", str(TRAIN), "--out", str(run), "--batch-size", "64", "--crop", "96"]
-    cmd += ["--n-blocks", "16", "--n-feats", "64", "--steps", "100000", "--log-every", "50", "--samples", "0"]
+    cmd += ["--n-blocks", "16", "--n-feats", "64", "--steps", "100000", "--log-every", "20", "--samples", "0"]
     cmd += [
         "--val-every",
         "100000",
