@@ -67,7 +67,9 @@ def _probe(path: Path) -> dict[str, object]:
 
 def test_round_trip_keeps_frames_rate_timestamps_audio_and_tags(weights_dir: Path, tmp_path: Path) -> None:
     src = make_clip(tmp_path / "clip.mp4")
-    code = runner.invoke(app, ["upscale", str(src), "-m", "tiny_x2", "--device", "cpu", "--json"])
+    code = runner.invoke(
+        app, ["upscale", str(src), "-m", "tiny_x2", "--device", "cpu", "--video-batch", "3", "--json"]
+    )
     assert code.exit_code == 0, code.output
     summary = json.loads(code.stdout)
     assert summary["ok"] == 1 and summary["results"][0]["output_size"] == [48, 32]
@@ -120,3 +122,18 @@ def test_bad_and_existing_videos_fail_alone(weights_dir: Path, tmp_path: Path) -
     assert (tmp_path / "good_x2.mp4").read_bytes() == b"earlier" and not (tmp_path / "broken_x2.mp4").exists()
     again = runner.invoke(app, [*args[:-1], "--overwrite", "--json"])
     assert json.loads(again.stdout)["ok"] == 1 and _probe(tmp_path / "good_x2.mp4")["frames"] == 8
+
+
+def test_frames_in_batches_equal_frames_one_by_one(weights_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = make_clip(tmp_path / "clip.mp4")  # 8 frames: batches of 3, 3 and 2
+    for batch in ("1", "3"):
+        args = ["upscale", str(src), "-m", "tiny_x2", "--device", "cpu", "--video-batch", batch]
+        result = runner.invoke(app, [*args, "--frames", str(tmp_path / batch)])
+        assert result.exit_code == 0, result.output
+    one, three = sorted((tmp_path / "1").iterdir()), sorted((tmp_path / "3").iterdir())
+    assert [p.name for p in one] == [p.name for p in three] and len(one) == 8
+    for a, b in zip(one, three, strict=True):
+        with Image.open(a) as x, Image.open(b) as y:
+            assert np.array_equal(np.asarray(x), np.asarray(y)), a.name

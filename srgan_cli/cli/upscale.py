@@ -184,6 +184,15 @@ def upscale(
         str,
         typer.Option("--pix-fmt", help="Videos: pixel format of the encoded video.", rich_help_panel="Video"),
     ] = "yuv420p",
+    video_batch: Annotated[
+        int,
+        typer.Option(
+            "--video-batch",
+            min=0,
+            help="Videos: frames per model pass; 0 = 4 on a GPU, 1 on the CPU.",
+            rich_help_panel="Video",
+        ),
+    ] = 0,
     frames: Annotated[
         Path | None,
         typer.Option(
@@ -230,7 +239,7 @@ def upscale(
         jobs = shard_jobs(plan, world)
         results: list[JobResult] = list(plan.failed) if world.is_main else []
         label = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
-        video_options = VideoOptions(codec, crf, pix_fmt, frames)
+        video_options = VideoOptions(codec, crf, pix_fmt, frames, batch=video_batch)
         for src in videos[world.rank :: world.size]:
             dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
 

@@ -47,6 +47,7 @@ class VideoOptions:
     pix_fmt: str = "yuv420p"
     frames_dir: Path | None = None  # write frames as images here instead of a video
     frame_format: str = "png"
+    batch: int = 0  # frames per model pass; 0: 4 on a GPU (when the upscaler can), else 1
 
 
 @dataclass
@@ -138,19 +139,20 @@ def upscale_video(
             except av.error.FFmpegError as exc:
                 raise VideoError(src, f"is corrupt or truncated ({_reason(exc)})") from exc
 
-        def upscaled(rgb: np.ndarray) -> np.ndarray:
-            """(H, W, 3) uint8 -> the upscaled frame, uint8 at the output size."""
-            out = upscale_image(upscaler, ImageData(rgb, None), outscale)
-            pixels = (
-                out.pixels if out.pixels.dtype == np.uint8 else np.rint(out.pixels * 255).astype(np.uint8)
-            )
-            if pixels.shape[:2] != (height, width):  # --outscale to an even size for 4:2:0
-                pixels = np.ascontiguousarray(pixels[:height, :width])
-            return pixels
+        batch = _batch_size(upscaler, options, outscale)
 
-        count = _Counter(result, total, overwrite, on_frame)
+        def upscaled(frames: list[np.ndarray]) -> list[np.ndarray]:
+            """(H, W, 3) uint8 frames -> the upscaled frames, uint8 at the output size."""
+            if batch > 1:  # one pass for all of them (the u8 path: the same result as one by one)
+                outs = upscaler.upscale_u8_batch(frames)  # type: ignore[attr-defined]
+            else:
+                outs = [upscale_image(upscaler, ImageData(rgb, None), outscale).pixels for rgb in frames]
+            # [:height, :width]: --outscale to even sides for 4:2:0
+            return [np.ascontiguousarray(_to_u8(pixels)[:height, :width]) for pixels in outs]
+
+        count = _Counter(result, total, overwrite, on_frame, batch)
         if options.frames_dir is not None:
-            frames = (_rgb(frame) for _, batch in decoded([video]) for frame in batch)
+            frames = (_rgb(frame) for _, decoded_frames in decoded([video]) for frame in decoded_frames)
             _write_frames(ahead(frames, _DEPTH), upscaled, options, count)
         else:
             _write_video(av, source, video, decoded, upscaled, dst, options, count)
@@ -175,6 +177,7 @@ class _Counter:
     total: int
     overwrite: bool
     on_frame: Callable[[int, int], None] | None
+    batch: int = 1  # frames per model pass
 
     def tick(self) -> None:
         self.result.frames += 1
@@ -190,9 +193,35 @@ def _rgb(frame: Any) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _batch_size(upscaler: Upscaler, options: VideoOptions, outscale: float | None) -> int:
+    """Frames per model pass: as asked, or 4 where they can go through one batched pass (a torch
+    upscaler on a GPU, at the model's own scale), else 1."""
+    can = hasattr(upscaler, "upscale_u8_batch") and outscale in (None, float(upscaler.scale))
+    if options.batch:
+        return options.batch if can else 1
+    device = getattr(upscaler, "device", None)
+    return 4 if can and getattr(device, "type", "cpu") == "cuda" else 1
+
+
+def _to_u8(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.dtype == np.uint8 else np.rint(pixels * 255).astype(np.uint8)
+
+
+def _in_batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _write_frames(
     frames: Iterator[np.ndarray],
-    upscaled: Callable[[np.ndarray], np.ndarray],
+    upscaled: Callable[[list[np.ndarray]], list[np.ndarray]],
     options: VideoOptions,
     count: _Counter,
 ) -> None:
@@ -205,9 +234,10 @@ def _write_frames(
         write_image(path, ImageData(item[1], None), overwrite=count.overwrite)
 
     with Behind(write, _DEPTH, "srgan-frames") as writer:
-        for rgb in frames:
-            writer.put((count.result.frames + 1, upscaled(rgb)))
-            count.tick()
+        for chunk in _in_batches(frames, count.batch):
+            for pixels in upscaled(chunk):
+                writer.put((count.result.frames + 1, pixels))
+                count.tick()
 
 
 def _write_video(
@@ -215,7 +245,7 @@ def _write_video(
     source: Any,
     video: Any,
     decoded: Callable[[list[Any]], Any],
-    upscaled: Callable[[Any], np.ndarray],
+    upscaled: Callable[[list[np.ndarray]], list[np.ndarray]],
     dst: Path,
     options: VideoOptions,
     count: _Counter,
@@ -269,11 +299,15 @@ def _write_video(
                     out.mux(encoded)
 
             with Behind(write, _DEPTH, "srgan-encode") as writer:
-                for item in ahead(read(), _DEPTH, "srgan-decode"):
-                    if item[0] == "frame":  # the model, here, between the two threads
-                        item = ("frame", upscaled(item[1]), *item[2:])
-                        count.tick()
-                    writer.put(item)
+                waiting: list[tuple[Any, ...]] = []  # frames for the next model pass
+                for item in ahead(read(), _DEPTH + count.batch, "srgan-decode"):
+                    if item[0] == "copy":  # the muxer interleaves the streams by time itself
+                        writer.put(item)
+                        continue
+                    waiting.append(item)
+                    if len(waiting) == count.batch:
+                        _pass(waiting, upscaled, writer, count)  # the model, between the two threads
+                _pass(waiting, upscaled, writer, count)
             for encoded in stream.encode():
                 out.mux(encoded)
     except SrganError:
@@ -285,6 +319,21 @@ def _write_video(
     if result.frames == 0:
         dst.unlink(missing_ok=True)
         raise VideoError(result.src, "holds no frames that could be decoded")
+
+
+def _pass(
+    waiting: list[tuple[Any, ...]],
+    upscaled: Callable[[list[np.ndarray]], list[np.ndarray]],
+    writer: Behind[tuple[Any, ...]],
+    count: _Counter,
+) -> None:
+    """Upscale the waiting frames in one pass and hand them to the encoder, in order."""
+    if not waiting:
+        return
+    for item, pixels in zip(waiting, upscaled([item[1] for item in waiting]), strict=True):
+        writer.put(("frame", pixels, *item[2:]))
+        count.tick()
+    waiting.clear()
 
 
 def _copy_colour_tags(source: Any, target: Any) -> None:
