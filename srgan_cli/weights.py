@@ -268,33 +268,82 @@ def load_model(
             state = load_file(str(info.path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsFormatError(f"{info.path}: corrupt weights file: {exc}") from exc
-    try:
-        model = build(info.arch, info.config)
-    except (TypeError, ValueError) as exc:  # a config field the class does not take, or a bad value
-        raise WeightsMismatch(f"invalid {info.arch} config {info.config}: {exc}") from exc
+    _check_config(build, info, {k: tuple(v.shape) for k, v in state.items()})
+    model = _build(build, info)
     load_state_dict(model, state, info.path)
     model.eval()
     return LoadedWeights(model, info)
 
 
+class _TooManyTensors(Exception):
+    pass
+
+
+def _build(build: Build, info: WeightsInfo) -> nn.Module:
+    try:
+        return build(info.arch, info.config)
+    except (TypeError, ValueError) as exc:  # a config field the class does not take, or a bad value
+        raise WeightsMismatch(f"invalid {info.arch} config {info.config}: {exc}") from exc
+
+
+def _check_config(build: Build, info: WeightsInfo, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Compare the model the file's config describes with the tensors the file holds, before
+    anything is allocated: the model is built on the meta device (shapes without memory), and its
+    construction is cut short as soon as it registers more tensors than the file has, so a config
+    that claims a huge model is refused at once, whatever it claims."""
+    from torch.nn.modules import module as torch_module
+
+    limit, count = 2 * len(shapes) + 64, 0  # room for an honest mismatch to be named precisely
+
+    def on_tensor(*_: Any) -> None:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyTensors
+
+    hooks = [
+        torch_module.register_module_parameter_registration_hook(on_tensor),
+        torch_module.register_module_buffer_registration_hook(on_tensor),
+    ]
+    try:
+        with torch.device("meta"):
+            shape_model = _build(build, info)
+    except _TooManyTensors:
+        raise WeightsMismatch(
+            f"{info.path}: weights do not match the architecture config: the config describes a model "
+            f"of more than {limit} tensors, the file holds {len(shapes)}"
+        ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    problem = _mismatch({k: tuple(v.shape) for k, v in shape_model.state_dict().items()}, shapes)
+    if problem:
+        raise WeightsMismatch(f"{info.path}: weights do not match the architecture config: {problem}")
+
+
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<state>") -> None:
     """Strict load with a readable summary of what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            shapes = f"file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: {shapes}")
-        if missing:
-            parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
-        raise WeightsMismatch(f"{path}: weights do not match the architecture config: " + "; ".join(parts))
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problem = _mismatch(own, {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise WeightsMismatch(f"{path}: weights do not match the architecture config: {problem}")
     model.load_state_dict(state, strict=True)
+
+
+def _mismatch(own: dict[str, tuple[int, ...]], file: dict[str, tuple[int, ...]]) -> str:
+    """What does not fit between a model's tensor shapes and a file's, in one line ("" if all do)."""
+    missing = [k for k in own if k not in file]
+    unexpected = [k for k in file if k not in own]
+    wrong = [k for k in own if k in file and own[k] != file[k]]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: file {file[k]} vs model {own[k]}")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,3 +217,32 @@ def test_load_model_with_a_callers_class(tmp_path: Path) -> None:
         weights.load_model(path, lambda arch, cfg: SRResNet(SRResNetConfig(**cfg, colour="red")))
     with pytest.raises(WeightsMismatch, match="unknown architecture 'vit'"):
         archs.build_model("vit", {})
+
+
+@pytest.mark.parametrize(
+    ("name", "lie"),
+    [
+        ("srresnet_x4", {"n_feats": 10**7}),
+        ("srresnet_x4", {"n_blocks": 10**7}),
+        ("lapgan_photos64", {"n_feats": 10**7, "coarse_hidden": 10**8}),
+        ("text2img_shapes", {"ngf": 10**7, "z_dim": 10**9}),
+        ("shapes_checker", {"width": 10**8}),
+    ],
+)
+def test_a_config_that_claims_a_huge_model_is_refused_at_once(
+    tmp_path: Path, name: str, lie: dict[str, int]
+) -> None:
+    """The config is checked against the tensors' shapes before anything is allocated: building a
+    model of 10**7 features would take gigabytes and minutes."""
+    import resource
+    import time
+
+    info = archs.load(name).info  # the honest file loads (and its modules are imported: not timed)
+    doctored = tmp_path / f"{name}.safetensors"
+    _rewrite_metadata(info.path, doctored, config=json.dumps({**info.config, **lie}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(WeightsMismatch, match="do not match the architecture config"):
+        archs.load(doctored)
+    assert time.perf_counter() - start < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: under 200 MB
