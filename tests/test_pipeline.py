@@ -161,3 +161,32 @@ def test_benchmark_upscale_pipeline_json(weights_dir: Path) -> None:
         )
     table = CliRunner().invoke(app, args[:-1])
     assert table.exit_code == 0 and "files to files: 3 photos, jpg -> webp" in table.output
+
+
+def test_a_result_above_the_output_limit_is_refused_per_file_and_the_batch_goes_on(
+    weights_dir: Path, tmp_path: Path
+) -> None:
+    """`-s 100000` used to end in an OpenCV out-of-memory traceback that stopped the whole folder."""
+    import json
+    import time
+
+    from typer.testing import CliRunner
+
+    from srgan_cli.cli.app import app
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(make_photo(20, 24)).save(src / "a.png")
+    Image.fromarray(make_photo(200, 240, seed=1)).save(src / "b.png")
+    Image.fromarray(make_photo(20, 24, seed=2)).save(src / "c.png")
+    args = ["upscale", str(src), "-o", str(tmp_path / "out"), "-m", "tiny_x2", "--device", "cpu", "--json"]
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, [*args, "-s", "100000", "--max-output-megapixels", "0.2"])
+    assert time.perf_counter() - start < 10
+    rows = json.loads(result.stdout)["results"]
+    assert result.exit_code == 1 and [r["status"] for r in rows] == ["failed"] * 3
+    assert rows[0]["error"] == "the result would be 2400000x2000000 (4,800,000 MP), above the limit of 0.2 MP"
+    result = CliRunner().invoke(app, [*args, "--max-output-megapixels", "0.01"])  # x2: 1,920 and 192,000 px
+    rows = json.loads(result.stdout)["results"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[1]["error"] == "the result would be 480x400 (0.19 MP), above the limit of 0.01 MP"

@@ -35,7 +35,7 @@ from ..runtime.batch import (
 )
 from ..runtime.loader import build_upscaler, with_self_ensemble
 from ..runtime.pipeline import run_jobs
-from ..runtime.upscaler import Upscaler
+from ..runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler
 from ..runtime.video import VideoOptions, VideoResult, is_video, video_job, video_output
 from .common import (
     Backend,
@@ -161,6 +161,14 @@ def upscale(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
     ] = DEFAULT_MAX_PIXELS / 1e6,
+    max_output_megapixels: Annotated[
+        float,
+        typer.Option(
+            "--max-output-megapixels",
+            min=0.01,
+            help="Refuse results larger than this, before any work (memory guard).",
+        ),
+    ] = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
     codec: Annotated[
         str,
         typer.Option(
@@ -213,7 +221,10 @@ def upscale(
     file (and GPU LOCAL_RANK); a rerun skips finished outputs, so a crashed share can be redone.
     """
     tile_size = parse_tile(tile)
-    options = OutputOptions(output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression)
+    max_output = int(max_output_megapixels * 1e6)
+    options = OutputOptions(
+        output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression, max_output
+    )
     world = world_from_env()
     quiet = as_json or not world.is_main
     with guard():
@@ -239,7 +250,9 @@ def upscale(
         jobs = shard_jobs(plan, world)
         results: list[JobResult] = list(plan.failed) if world.is_main else []
         label = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
-        video_options = VideoOptions(codec, crf, pix_fmt, frames, batch=video_batch)
+        video_options = VideoOptions(
+            codec, crf, pix_fmt, frames, batch=video_batch, max_output_pixels=max_output
+        )
         for src in videos[world.rank :: world.size]:
             dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cv2
+
 from ..distributed import World, gather_objects, init_group
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import (
@@ -24,7 +26,7 @@ from ..imageio import (
     write_image,
 )
 from ..photos import list_images
-from .upscaler import Upscaler, upscale_image
+from .upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
 T = TypeVar("T")
@@ -75,6 +77,7 @@ class OutputOptions:
     overwrite: bool = False
     skip_existing: bool | None = None  # None: skip for inputs found in folders, fail for named files
     png_compression: int = 6  # zlib level of PNG outputs: 0 (fastest) to 9 (smallest)
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # larger results are refused up front
 
 
 def _glob_root(pattern: str) -> Path:
@@ -187,7 +190,7 @@ def run_job(
     result = JobResult(job.src, job.dst, "ok")
     if not settled_before_reading(job, options, result):
         image = attempt(result, read_input, job, max_pixels, result)
-        out = attempt(result, upscale_image, upscaler, image, outscale) if image is not None else None
+        out = None if image is None else attempt(result, upscale_input, upscaler, image, outscale, options)
         if out is not None:
             attempt(result, write_output, job, out, options, result)
     result.seconds = time.perf_counter() - start
@@ -212,6 +215,13 @@ def write_output(job: Job, out: ImageData, options: OutputOptions, result: JobRe
         png_compression=options.png_compression,
     )
     result.out_size = (out.width, out.height)
+
+
+def upscale_input(
+    upscaler: Upscaler, image: ImageData, outscale: float | None, options: OutputOptions
+) -> ImageData:
+    """The job's result; one above options.max_output_pixels is refused before any work."""
+    return upscale_image(upscaler, image, outscale, max_pixels=options.max_output_pixels)
 
 
 def settled_before_reading(job: Job, options: OutputOptions, result: JobResult) -> bool:
@@ -241,6 +251,10 @@ def attempt(result: JobResult, fn: Callable[..., T], *args: Any) -> T | None:
         return None
     except MemoryError:
         result.status, result.error, result.hint = "failed", "out of memory", "try a smaller --tile"
+        return None
+    except cv2.error as exc:  # OpenCV's resize or codecs, e.g. "Insufficient memory" on a huge image
+        result.status, result.error = "failed", f"OpenCV: {str(exc).strip().splitlines()[-1][:200]}"
+        result.hint = "try a smaller --outscale" if "memory" in str(exc).lower() else None
         return None
     return value
 

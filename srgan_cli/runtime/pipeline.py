@@ -21,9 +21,10 @@ from .batch import (
     read_input,
     run_job,
     settled_before_reading,
+    upscale_input,
     write_output,
 )
-from .upscaler import Upscaler, upscale_image
+from .upscaler import Upscaler
 
 
 @dataclass
@@ -78,7 +79,9 @@ def run_jobs(
             read_next()  # keep `ahead` inputs decoding while this one is upscaled
             if item.work is not None:
                 image = attempt(item.result, item.work.result)
-                out = attempt(item.result, upscale_image, upscaler, image, outscale) if image else None
+                out = (
+                    attempt(item.result, upscale_input, upscaler, image, outscale, options) if image else None
+                )
                 del image  # the input is not needed while the result is written
                 item.work = write_pool.submit(_write, item, out, options) if out is not None else None
             finishing.append(item)

@@ -8,6 +8,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ..errors import SrganError
 from ..imageio import ImageData, fill_transparent
 
 
@@ -38,8 +39,32 @@ def output_size(image: ImageData, scale: int, outscale: float | None) -> tuple[i
     return max(1, round(image.width * factor)), max(1, round(image.height * factor))
 
 
-def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None = None) -> ImageData:
-    """Upscale one image with any backend.
+DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000  # 400 MP: e.g. a 20000x20000 result, about 1.2 GB as bytes
+
+
+class OutputTooLarge(SrganError):
+    """A result bigger than the output limit (refused before any work)."""
+
+
+def check_output_size(width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse a result of width x height above `max_pixels` (None: no limit), before allocating it."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise OutputTooLarge(
+            f"the result would be {width}x{height} ({_mp(width * height)} MP), above the limit of "
+            f"{_mp(max_pixels)} MP",
+            hint="raise --max-output-megapixels, or ask for less with --outscale",
+        )
+
+
+def _mp(pixels: float) -> str:
+    megapixels = pixels / 1e6
+    return f"{megapixels:,.0f}" if megapixels >= 10 else f"{megapixels:.2g}"
+
+
+def upscale_image(
+    upscaler: Upscaler, image: ImageData, outscale: float | None = None, *, max_pixels: int | None = None
+) -> ImageData:
+    """Upscale one image with any backend; a result above `max_pixels` is refused before any work.
 
     Grayscale goes through the RGB model as three equal channels and comes back as one channel.
     Alpha is upscaled on its own, as a gray image through the same model; before that, the colour
@@ -51,6 +76,8 @@ def upscale_image(upscaler: Upscaler, image: ImageData, outscale: float | None =
     uint8 pixels, which write_image writes as they are: the same file, without a float32 copy
     of the result on the host.
     """
+    check_output_size(*output_size(image, upscaler.scale, outscale), max_pixels)
+    check_output_size(image.width * upscaler.scale, image.height * upscaler.scale, max_pixels)  # the model's
     to_u8 = getattr(upscaler, "upscale_u8", None)
     at_scale = outscale is None or output_size(image, upscaler.scale, outscale) == output_size(
         image, upscaler.scale, None

@@ -24,7 +24,7 @@ from ..atomic import atomic_open
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import ImageData, write_image
 from .background import Behind, ahead
-from .upscaler import Upscaler, output_size, upscale_image
+from .upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler, check_output_size, output_size, upscale_image
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".avi": "avi"}
@@ -48,6 +48,7 @@ class VideoOptions:
     frames_dir: Path | None = None  # write frames as images here instead of a video
     frame_format: str = "png"
     batch: int = 0  # frames per model pass; 0: 4 on a GPU (when the upscaler can), else 1
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # larger frames are refused up front
 
 
 @dataclass
@@ -129,6 +130,7 @@ def upscale_video(
         if not total and video.duration and video.time_base and result.fps:
             total = round(float(video.duration * video.time_base) * result.fps)
         width, height = _even(result.in_size, upscaler.scale, outscale, options)
+        check_output_size(width, height, options.max_output_pixels)
         result.out_size = (width, height)
 
         def decoded(streams: list[Any]) -> Any:
