@@ -280,3 +280,47 @@ def test_int8_output_stage_stays_float(tmp_path: Path) -> None:
     stage = onnx_export.output_stage(onnx.load(str(tmp_path / "f.onnx")))
     ops = {n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node if n.name in stage}
     assert {"Add", "Conv", "DepthToSpace"} <= ops and "PRelu" not in ops
+
+
+def _onnx_with_metadata(path: Path, node: str, scale_meta: str | None) -> Path:
+    """A one-node model over NCHW RGB (Identity, or an x2 nearest Resize) tagged as ours with any scale."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dyn = ["batch", 3, "height", "width"]
+    inits = []
+    if node == "Identity":
+        nodes = [helper.make_node("Identity", ["input"], ["output"])]
+    else:
+        scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+        inits.append(scales)
+        nodes = [helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="nearest")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dyn)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if scale_meta is not None:
+        helper.set_model_props(model, {"srgan_cli.scale": scale_meta, "srgan_cli.arch": "srresnet"})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("scale", ["4", "0", "-3", "1000", "two"])
+def test_onnx_metadata_that_disagrees_with_the_model_is_refused(tmp_path: Path, scale: str) -> None:
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(32, 32)).save(src)
+    model = _onnx_with_metadata(tmp_path / "liar.onnx", "Identity", scale)
+    code, out = run("upscale", src, "-m", model, "-o", tmp_path / "o.png")
+    assert code in (1, 2) and "Traceback" not in out, out
+    assert "upscales x1" in out or "not an integer upscale" in out or "corrupt srgan-cli metadata" in out, out
+    assert not (tmp_path / "o.png").exists()
+    honest = _onnx_with_metadata(tmp_path / "x2.onnx", "Resize", "2")
+    code, out = run("upscale", src, "-m", honest, "-o", tmp_path / "o.png")
+    assert code == 0, out
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (64, 64)

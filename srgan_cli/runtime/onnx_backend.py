@@ -199,6 +199,11 @@ class OnnxUpscaler:
             y = binding.copy_outputs_to_cpu()[0]
         else:
             y = self.session.run([self.info.output_name], {self.info.input_name: x})[0]
+        want = (x.shape[0], 3, self.scale * x.shape[2], self.scale * x.shape[3])
+        if tuple(y.shape) != want:  # a model whose output size depends on more than its input's
+            raise OnnxError(
+                f"{self.path.name}: gave {list(y.shape)} for a {list(x.shape)} input, not {list(want)}"
+            )
         return np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
 
     def _infer_each(self, x: np.ndarray) -> np.ndarray:
@@ -241,8 +246,31 @@ def _dim(d: Any) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+def _measure_scale(
+    path: Path, session: Any, inp: Any, out: Any, dtype: Any, static: tuple[int, int] | None, batch: int
+) -> int:
+    """The scale the model really applies: one run on a small (or its fixed-size) input, whose
+    output must be an RGB image an integer number of times larger on both sides."""
+    probe_hw = static or (16, 16)
+    probe = np.zeros((batch, 3, *probe_hw), dtype=dtype)
+    try:
+        y = session.run([out.name], {inp.name: probe})[0]
+    except Exception as exc:
+        raise OnnxError(f"{path}: a test run on a {probe_hw[0]}x{probe_hw[1]} input failed: {exc}") from exc
+    scale = y.shape[-1] // probe_hw[1] if y.ndim == 4 else 0
+    if (
+        y.ndim != 4
+        or y.shape[1] != 3
+        or scale < 1
+        or tuple(y.shape[-2:]) != (scale * probe_hw[0], scale * probe_hw[1])
+    ):
+        raise OnnxError(f"{path}: output shape {list(y.shape)} is not an integer upscale of the input")
+    return int(scale)
+
+
 def read_onnx_info(path: Path, session: Any) -> OnnxModelInfo:
-    """Scale, names and shapes from the srgan-cli metadata; probed by one small run when absent."""
+    """Scale, names and shapes: the scale measured by one small run, and for our exports checked
+    against the srgan-cli metadata (which also gives the architecture and precision)."""
     meta = dict(session.get_modelmeta().custom_metadata_map)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
@@ -255,31 +283,22 @@ def read_onnx_info(path: Path, session: Any) -> OnnxModelInfo:
     static = (hw[0], hw[1]) if hw[0] is not None and hw[1] is not None else None
     dtype = _dtype(inp.type)
     srgan = META_PREFIX + "scale" in meta
+    measured = _measure_scale(path, session, inp, out, dtype, static, _dim(shape[0]) or 1)
     if srgan:
         try:
             scale = int(meta[META_PREFIX + "scale"])
             config = json.loads(meta.get(META_PREFIX + "config", "{}"))
         except (ValueError, json.JSONDecodeError) as exc:
             raise OnnxError(f"{path}: corrupt srgan-cli metadata: {exc}") from exc
+        if scale != measured:  # the behaviour is what counts; a file that says otherwise is refused
+            raise OnnxError(
+                f"{path}: its metadata says x{scale}, but the model upscales x{measured}",
+                hint="export it again with srgan export-onnx",
+            )
         precision = meta.get(META_PREFIX + "precision", "fp16" if dtype == np.float16 else "fp32")
         arch = meta.get(META_PREFIX + "arch", "unknown")
-    else:  # a model exported elsewhere: measure the scale with one small input
-        probe_hw = static or (16, 16)
-        probe = np.zeros((_dim(shape[0]) or 1, 3, *probe_hw), dtype=dtype)
-        try:
-            y = session.run([out.name], {inp.name: probe})[0]
-        except Exception as exc:
-            raise OnnxError(
-                f"{path}: a test run on a {probe_hw[0]}x{probe_hw[1]} input failed: {exc}"
-            ) from exc
-        scale = y.shape[-1] // probe_hw[1] if y.ndim == 4 else 0
-        if (
-            y.ndim != 4
-            or y.shape[-2] != scale * probe_hw[0]
-            or y.shape[-1] != scale * probe_hw[1]
-            or scale < 1
-        ):
-            raise OnnxError(f"{path}: output shape {list(y.shape)} is not an integer upscale of the input")
+    else:  # a model exported elsewhere: its measured scale
+        scale = measured
         config, precision, arch = {}, ("fp16" if dtype == np.float16 else "fp32"), "unknown"
     return OnnxModelInfo(
         path=path,
