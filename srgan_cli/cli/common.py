@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -193,6 +194,22 @@ def report_error(exc: SrganError) -> None:
         console.print(f"[yellow]hint:[/] {exc.hint}")
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some space, or write somewhere else; finished files are kept",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EROFS: "choose a folder on a writable disk",
+    errno.EEXIST: "a file has that name: choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def _os_message(exc: OSError) -> str:
+    """`path: reason` for an OS error, e.g. "runs/x: File exists" or "out.png: No space left on device"."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason}" if where else reason
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """Turn a library error into one red line (plus a hint) and the error's exit code."""
@@ -201,6 +218,9 @@ def guard() -> Iterator[None]:
     except SrganError as exc:
         report_error(exc)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # a path that is a file, a read-only folder, a full disk: never a traceback
+        report_error(SrganError(_os_message(exc), hint=_OS_HINTS.get(exc.errno or 0)))
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None

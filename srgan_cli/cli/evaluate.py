@@ -17,7 +17,7 @@ from ..metrics.lpips import ENV_VAR as LPIPS_ENV
 from ..metrics.lpips import lpips_if_available
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..runtime.upscaler import Rescaled
-from ..sr.data import load_eval_pairs
+from ..sr.data import load_eval_set
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
 from .common import (
@@ -156,7 +156,9 @@ def evaluate(
             console.print(
                 f"[yellow]note: LPIPS skipped: {escape(why.message)}.{escape(hint)}[/]", soft_wrap=True
             )
-        pairs = load_eval_pairs(data, scale, limit=limit or None)
+        pairs, skipped = load_eval_set(data, scale, limit=limit or None)
+        for path, why in skipped:
+            console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(why)}")
         reports: list[EvalReport] = []
         with console.status(f"evaluating {', '.join(labels)} on {len(pairs)} image(s)"):
             reports.append(run_eval(pairs, scale, None, "bicubic", lpips=lpips))
@@ -168,11 +170,14 @@ def evaluate(
             "scale": scale,
             "lpips": lpips is not None,
             "self_ensemble": int(self_ensemble.value),
+            "skipped": [{"path": str(path), "reason": why} for path, why in skipped],
             "results": [r.to_dict() for r in reports],
         }
         stdout.print(json.dumps(payload, indent=2), markup=False)
-        return
-    _print_table(reports, f"x{scale} on {data}", scale, lpips is not None, grid, int(self_ensemble.value))
+    else:
+        _print_table(reports, f"x{scale} on {data}", scale, lpips is not None, grid, int(self_ensemble.value))
+    if skipped:  # as `srgan upscale` does: the others are scored, the exit code says not all were
+        raise typer.Exit(1)
 
 
 def _print_table(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import TrainingError
+from ..errors import ImageError, TrainingError
 from ..photos import list_images, load_rgb_uint8, read_photos
 
 
@@ -226,14 +226,41 @@ class EvalPair:
 
 
 def load_eval_pairs(folder: str | Path, scale: int, *, limit: int | None = None) -> list[EvalPair]:
-    """HR photos cropped to a multiple of the scale, LR by antialiased bicubic (DESIGN.md protocol)."""
+    """HR photos cropped to a multiple of the scale, LR by antialiased bicubic (DESIGN.md protocol);
+    files that cannot be scored are left out (`load_eval_set` says which and why)."""
+    return load_eval_set(folder, scale, limit=limit)[0]
+
+
+def min_eval_side(scale: int) -> int:
+    """The smallest HR side that can be scored: SSIM's 11x11 window after a border of `scale` px."""
+    return 11 + 2 * scale
+
+
+def load_eval_set(
+    folder: str | Path, scale: int, *, limit: int | None = None
+) -> tuple[list[EvalPair], list[tuple[Path, str]]]:
+    """(pairs, skipped): each readable photo as an EvalPair, and (path, reason) for each one that is
+    unreadable or too small to score; no usable photo at all is an error."""
     files = list_images(folder)
     if not files:
         raise TrainingError(f"no images found in {folder}")
-    pairs = []
+    pairs, skipped = [], []
+    smallest = min_eval_side(scale)
     for path in files[:limit]:
-        hr = load_rgb_uint8(path)
+        try:
+            hr = load_rgb_uint8(path)
+        except ImageError as exc:
+            skipped.append((path, exc.reason))
+            continue
         h, w = hr.shape[:2]
+        if min(h, w) < smallest:
+            skipped.append(
+                (path, f"{w}x{h} is too small to score at x{scale} (at least {smallest} px a side)")
+            )
+            continue
         hr = np.ascontiguousarray(hr[: h - h % scale, : w - w % scale])
         pairs.append(EvalPair(path.stem, bicubic_downscale(hr, scale), hr))
-    return pairs
+    if not pairs:
+        reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:3])
+        raise TrainingError(f"no image in {folder} can be scored ({reasons})")
+    return pairs, skipped

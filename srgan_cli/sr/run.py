@@ -23,7 +23,7 @@ from ..errors import TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from ..training import Event, RunningMeans, StopClock, TensorBoard, count_parameters, save_png
 from .config import CHECKPOINT, LOG, RUN_FIELDS, SAMPLES, TrainConfig
-from .data import CropPool, DataSource, EvalPair, bicubic_upscale, gather_sources, load_eval_pairs
+from .data import CropPool, DataSource, EvalPair, bicubic_upscale, gather_sources, load_eval_set
 from .evaluate import EvalReport, evaluate
 from .models import SRResNet, SRResNetConfig
 from .trainer import Trainer
@@ -82,8 +82,11 @@ class Run:
                 stale.unlink(missing_ok=True)
 
         self.val_pairs: list[EvalPair] = []
+        self.val_skipped: list[tuple[Path, str]] = []
         if config.val and self.main:
-            self.val_pairs = load_eval_pairs(config.val, config.scale, limit=config.val_limit or None)
+            self.val_pairs, self.val_skipped = load_eval_set(
+                config.val, config.scale, limit=config.val_limit or None
+            )
         self.lpips, self.lpips_note = self._lpips()
         self.crops = (
             _sample_crops(self.val_pairs, self.pool, config.samples, config.scale) if self.main else []
@@ -164,7 +167,8 @@ class Run:
                 "images": len(self.pool.files),
                 "sources": self.shares,
                 "pool": f"{self.pool.nbytes / 1e6:.0f} MB on {self.pool.device}",
-                "skipped": [f"{p}: {why}" for p, why in self.pool.skipped],
+                "skipped": [f"{p}: {why}" for p, why in self.pool.skipped]
+                + [f"{p} (--val): {why}" for p, why in self.val_skipped],
                 "world_size": self.world.size,
                 "note": self.lpips_note,
             },
