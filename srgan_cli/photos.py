@@ -4,7 +4,9 @@ the gallery script and the CLI (the file formats themselves live in imageio/).""
 
 from __future__ import annotations
 
+import errno
 import math
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,34 @@ from .errors import ImageError, TrainingError
 from .imageio import READABLE_SUFFIXES, read_image
 
 
-def list_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
-    """Image files below `folder`, sorted, by suffix (contents are checked when they are read)."""
+def path_problem(path: Path) -> str:
+    """What `path` is, when it is not what was asked for: in words, for an error message."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a link to nowhere (broken symlink)" if path.is_symlink() else "no such file or folder"
+    except OSError as exc:
+        return "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISREG(mode):
+        return "a file, not a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a file or folder"
+    return "not a regular file or folder"
+
+
+def require_folder(folder: str | Path, what: str = "data folder", hint: str | None = None) -> Path:
+    """`folder` as a Path, or a TrainingError saying what it is instead."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise TrainingError(f"data folder not found: {folder}")
+        raise TrainingError(f"{what} {folder}: {path_problem(folder)}", hint=hint)
+    return folder
+
+
+def list_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Image files below `folder`, sorted, by suffix (contents are checked when they are read)."""
+    folder = require_folder(folder)
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
 

@@ -37,10 +37,19 @@ def save_checkpoint(state: Any, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by save_checkpoint (tensors and plain data only: weights_only)."""
+    hint = "delete the run folder's checkpoint to start again, or put back a copy"
     try:
+        if path.stat().st_size == 0:
+            raise TrainingError(f"checkpoint {path} is empty (0 bytes): its write was cut short", hint=hint)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
+    except TrainingError:
+        raise
+    except OSError as exc:
+        raise TrainingError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # PyTorch's own text would suggest weights_only=False: never do that
+        raise TrainingError(
+            f"checkpoint {path} is damaged or not one of this tool's ({type(exc).__name__})", hint=hint
+        ) from exc
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:

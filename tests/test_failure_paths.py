@@ -132,3 +132,33 @@ def test_a_bad_path_file_or_size_gets_a_message_not_a_traceback(place: Path, cas
     assert result.exit_code in (1, 2), f"{case}: exit {result.exit_code}\n{result.output}"
     assert "Traceback" not in result.output
     assert result.output.strip(), f"{case}: no message"
+
+
+def test_messages_say_what_the_path_is_and_never_advise_unsafe_loading(place: Path) -> None:
+    import os
+
+    from srgan_cli.errors import TrainingError
+    from srgan_cli.training import load_checkpoint
+
+    (place / "loop").symlink_to(place / "loop")
+    os.mkfifo(place / "pipe")
+    (place / "dangling").symlink_to(place / "gone.png")
+    result = runner.invoke(
+        app, ["upscale", str(place / "loop"), str(place / "pipe"), str(place / "dangling")]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "a symlink loop" in text and "named pipe (FIFO)" in text
+    assert "broken symlink" in text
+
+    result = runner.invoke(
+        app, ["train", "--data", str(place / "photos" / "p0.png"), "--out", str(place / "r")]
+    )
+    assert result.exit_code == 1 and "a file, not a folder" in " ".join(result.output.split())
+
+    (place / "empty.pt").write_bytes(b"")
+    with pytest.raises(TrainingError, match=r"is empty \(0 bytes\)"):
+        load_checkpoint(place / "empty.pt")
+    (place / "bad.pt").write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    with pytest.raises(TrainingError, match="damaged") as caught:
+        load_checkpoint(place / "bad.pt")
+    assert "weights_only" not in str(caught.value) and "weights_only" not in (caught.value.hint or "")

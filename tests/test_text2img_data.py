@@ -202,9 +202,9 @@ def test_detection_order(tmp_path: Path) -> None:
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="not found"):
+    with pytest.raises(TrainingError, match="no such file or folder"):
         detect_format(tmp_path / "nope")
-    with pytest.raises(TrainingError, match="not found"):
+    with pytest.raises(TrainingError, match="no such file or folder"):
         load_caption_set(tmp_path / "nope", 8)
 
 

@@ -81,7 +81,7 @@ def test_empty_or_missing_data_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainingError, match="no images"):
         train(_config(tmp_path / "empty", tmp_path / "o", 2))
-    with pytest.raises(TrainingError, match="not found"):
+    with pytest.raises(TrainingError, match="no such file or folder"):
         train(_config(tmp_path / "missing", tmp_path / "o", 2))
 
 

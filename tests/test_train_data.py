@@ -58,7 +58,7 @@ def test_sources_from_folders_and_a_folder_of_folders(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="reached twice") as err:
         gather_sources([str(root), str(root / "train")])
     assert "once" in (err.value.hint or "")
-    with pytest.raises(TrainingError, match="not found"):
+    with pytest.raises(TrainingError, match="no such file or folder"):
         gather_sources([str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainingError, match="no images"):

@@ -155,7 +155,7 @@ def _bomb_reason(pixels: int, max_pixels: int, size: tuple[int, int] | None) -> 
     dims = f"{size[0]}x{size[1]} = " if size else ""
     return (
         f"image is {dims}{_megapixels(pixels)} MP, over the limit of {max_pixels / 1e6:g} MP "
-        "(decompression-bomb guard); raise it with max_pixels"
+        "(decompression-bomb guard); raise it with --max-megapixels (max_pixels in Python)"
     )
 
 

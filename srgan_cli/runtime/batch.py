@@ -25,7 +25,7 @@ from ..imageio import (
     suffix_for_format,
     write_image,
 )
-from ..photos import list_images
+from ..photos import list_images, path_problem
 from .upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
@@ -111,7 +111,7 @@ def _scan(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, Path | N
                 missing.append(JobResult(path, None, "failed", "no image files match this pattern"))
             found.extend((f, _glob_root(text)) for f in files)
         else:
-            missing.append(JobResult(path, None, "failed", "no such file or folder"))
+            missing.append(JobResult(path, None, "failed", path_problem(path)))
     return found, missing
 
 

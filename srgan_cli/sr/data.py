@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ImageError, TrainingError
-from ..photos import list_images, load_rgb_uint8, read_photos
+from ..photos import list_images, load_rgb_uint8, read_photos, require_folder
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,7 @@ def gather_sources(specs: Sequence[str]) -> list[DataSource]:
     seen: dict[Path, str] = {}  # each photo's --data value
     for spec in specs:
         folder, weight = parse_data_spec(spec)
-        if not folder.is_dir():
-            raise TrainingError(f"data folder not found: {folder}")
+        require_folder(folder, "--data")
         groups: dict[str, list[Path]] = {}
         for path in list_images(folder):
             rel = path.relative_to(folder)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, TrainingError
-from ..photos import list_images, load_rgb_uint8
+from ..photos import list_images, load_rgb_uint8, require_folder
 
 JSONL_NAME = "captions.jsonl"
 CUB_TEXT_DIR = "text_c10"
@@ -277,10 +277,7 @@ def _index_sidecar(folder: Path) -> tuple[list[CaptionedImage], list[tuple[Path,
 
 
 def _existing_folder(folder: str | Path) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TrainingError(f"data folder not found: {folder}", hint=LAYOUT_HINT)
-    return folder
+    return require_folder(folder, "--data", hint=LAYOUT_HINT)
 
 
 def _check_limit(limit: int | None) -> None:
