@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -44,6 +45,30 @@ def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     finally:
         tmp.unlink(missing_ok=True)  # after a link, or when the block failed
     fsync_dir(path.parent)
+
+
+_STARTED = time.time()
+
+
+def remove_stale_temps(folder: Path, names: set[str]) -> int:
+    """Remove the hidden temporary files (`.<name>.<random>.tmp`) that writes of `names` in `folder`
+    left behind when an earlier process was killed mid-write; files made since this process
+    started are left alone (they may be another writer's, live). Returns how many went."""
+    removed = 0
+    for name in names:
+        for stale in folder.glob(f".{glob_escape(name)}.*.tmp"):
+            try:
+                if stale.stat().st_mtime < _STARTED:
+                    stale.unlink()
+                    removed += 1
+            except OSError:
+                pass  # gone already, or not ours to remove: leave it
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def fsync_dir(directory: Path) -> None:

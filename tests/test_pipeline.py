@@ -190,3 +190,68 @@ def test_a_result_above_the_output_limit_is_refused_per_file_and_the_batch_goes_
     rows = json.loads(result.stdout)["results"]
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert rows[1]["error"] == "the result would be 480x400 (0.19 MP), above the limit of 0.01 MP"
+
+
+class _Counting:
+    """x2 nearest, counting its calls."""
+
+    backend, scale = "test", 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return pixels.repeat(2, axis=0).repeat(2, axis=1)
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_full_disk_stops_the_batch_and_an_unwritable_folder_costs_no_work(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    (folder / "p3.png").unlink()
+    for i in range(8, 20):  # 19 photos: more than the pipeline holds in flight
+        Image.fromarray(make_photo(20, 24, seed=i)).save(folder / f"p{i}.png")
+    options = OutputOptions(output=tmp_path / "out")
+    jobs = plan_jobs([str(folder)], options, 2).jobs
+    write, writes = batch.write_image, []
+
+    def filling_write(path: Path, image: object, **kw: object) -> Path:
+        writes.append(path.name)
+        if len(writes) >= 3:
+            raise ImageWriteError(path, "no space left on device")
+        return write(path, image, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "write_image", filling_write)
+    up = _Counting()
+    results = list(run_jobs(up, jobs, options, readers=threads, writers=threads, ahead=2))
+    assert [r.status for r in results][:2] == ["ok", "ok"] and results[2].error == "no space left on device"
+    assert len(results) == 19
+    assert results[-1].error == "not attempted: no space left on device (an earlier file)"
+    assert all(r.status == "failed" for r in results[2:])
+    assert up.calls <= 10  # in flight when the disk filled up, at most; not the 19 files
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(writes[:2])
+
+    blocked = OutputOptions(output=tmp_path / "out" / "p0.png" / "sub")  # a file where a folder should be
+    up = _Counting()
+    results = list(run_jobs(up, plan_jobs([str(folder)], blocked, 2).jobs, blocked, readers=threads))
+    assert up.calls == 0 and all(r.status == "failed" for r in results)
+    assert "cannot write to" in (results[0].error or "") and "not a directory" in (results[0].error or "")
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(folder: Path, tmp_path: Path) -> None:
+    import os
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".p0.png.1a2b3c4d.tmp"  # what atomic_open leaves when killed mid-write
+    stale.write_bytes(b"half an image")
+    other = out / ".notes.txt.1a2b3c4d.tmp"  # not one of this batch's outputs: left alone
+    other.write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    options = OutputOptions(output=out)
+    results = list(run_jobs(_Counting(), plan_jobs([str(folder)], options, 2).jobs, options))
+    assert results[0].status == "ok" and not stale.exists() and other.exists()

@@ -11,6 +11,7 @@ from .formats import (
     WRITE_FORMATS,
     ImageData,
     format_for_suffix,
+    os_reason,
     suffix_for_format,
 )
 from .read import header_size, read_image
@@ -24,6 +25,7 @@ __all__ = [
     "fill_transparent",
     "format_for_suffix",
     "header_size",
+    "os_reason",
     "read_image",
     "suffix_for_format",
     "write_image",

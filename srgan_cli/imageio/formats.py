@@ -129,7 +129,7 @@ class ImageData:
 # --------------------------------------------------------------------------------------------- errors
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """A short human reason for an OS-level failure (the path is already in the error message)."""
     reasons = {
         errno.ENOENT: "no such file",

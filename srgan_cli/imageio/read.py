@@ -32,7 +32,7 @@ from .formats import (
     _bomb_reason,
     _cv2_quiet,
     _icc_for,
-    _os_reason,
+    os_reason,
 )
 
 # ---------------------------------------------------------------------------------------------- read
@@ -276,7 +276,7 @@ def _open_checked(path: Path) -> BinaryIO:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ImageReadError(path, _os_reason(exc)) from exc
+        raise ImageReadError(path, os_reason(exc)) from exc
     if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(path, "is a directory")
     if not stat.S_ISREG(st.st_mode):
@@ -287,7 +287,7 @@ def _open_checked(path: Path) -> BinaryIO:
     try:
         return open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
     except OSError as exc:
-        raise ImageReadError(path, _os_reason(exc)) from exc
+        raise ImageReadError(path, os_reason(exc)) from exc
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -303,7 +303,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         except UnidentifiedImageError as exc:
             raise ImageReadError(path, _NOT_AN_IMAGE) from exc
         except OSError as exc:
-            raise ImageReadError(path, _os_reason(exc)) from exc
+            raise ImageReadError(path, os_reason(exc)) from exc
         except Exception as exc:  # Pillow plugins raise assorted errors on malformed headers
             raise ImageReadError(path, f"corrupt image header ({exc})") from exc
         with im:

@@ -25,8 +25,8 @@ from .formats import (
     _cv2_quiet,
     _icc_for,
     _normalise_format,
-    _os_reason,
     format_for_suffix,
+    os_reason,
 )
 
 # --------------------------------------------------------------------------------------------- write
@@ -234,14 +234,14 @@ def _commit(path: Path, data: bytes, overwrite: bool) -> None:
     except (FileExistsError, NotADirectoryError) as exc:
         raise ImageWriteError(path, "a parent of the path is not a directory") from exc
     except OSError as exc:
-        raise ImageWriteError(path, _os_reason(exc)) from exc
+        raise ImageWriteError(path, os_reason(exc)) from exc
     try:
         with atomic_open(path, overwrite=overwrite) as fh:
             _write_all(fh.fileno(), data)  # unbuffered, straight to the temporary file
     except FileExistsError:  # appeared since write_image checked
         raise ImageWriteError(path, "already exists; pass overwrite=True to replace it") from None
     except OSError as exc:
-        raise ImageWriteError(path, _os_reason(exc)) from exc
+        raise ImageWriteError(path, os_reason(exc)) from exc
 
 
 def write_image(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import cv2
 
+from ..atomic import remove_stale_temps
 from ..distributed import World, gather_objects, init_group
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import (
@@ -21,6 +23,7 @@ from ..imageio import (
     ImageData,
     format_for_suffix,
     header_size,
+    os_reason,
     read_image,
     suffix_for_format,
     write_image,
@@ -224,9 +227,37 @@ def upscale_input(
     return upscale_image(upscaler, image, outscale, max_pixels=options.max_output_pixels)
 
 
-def settled_before_reading(job: Job, options: OutputOptions, result: JobResult) -> bool:
-    """Whether the job ends before its input is read: its output exists and is skipped, or may not
-    be replaced (then `result` says so)."""
+# write failures that doom every later write to the same place: a batch stops at the first one
+DESTINATION_LOST = ("no space left on device", "disk quota exceeded", "read-only file system")
+
+
+def unwritable_folders(jobs: list[Job]) -> dict[Path, str]:
+    """Each output folder the jobs need that cannot be written (created if missing, then a probe
+    file made and removed), with the reason: its jobs fail at once instead of being upscaled for
+    nothing. Stale temporary files of earlier, killed runs are removed from the folders that can."""
+    blocked: dict[Path, str] = {}
+    for folder in sorted({job.dst.parent for job in jobs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".srgan-probe-"):
+                pass
+        except OSError as exc:
+            blocked[folder] = f"cannot write to {folder}: {os_reason(exc)}"
+            continue
+        names = {job.dst.name for job in jobs if job.dst.parent == folder}
+        remove_stale_temps(folder, names)
+    return blocked
+
+
+def settled_before_reading(
+    job: Job, options: OutputOptions, result: JobResult, blocked: dict[Path, str] | None = None
+) -> bool:
+    """Whether the job ends before its input is read: its folder cannot be written, or its output
+    exists and is skipped or may not be replaced (then `result` says so)."""
+    if blocked and job.dst.parent in blocked:
+        result.status, result.error = "failed", blocked[job.dst.parent]
+        result.hint = "choose an output folder you can write to (-o)"
+        return True
     if not job.dst.exists() or options.overwrite:
         return False
     skip = options.skip_existing if options.skip_existing is not None else job.from_folder

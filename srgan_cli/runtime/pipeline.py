@@ -11,9 +11,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..imageio import ImageData
 from .batch import (
+    DESTINATION_LOST,
     Job,
     JobResult,
     OutputOptions,
@@ -21,6 +23,7 @@ from .batch import (
     read_input,
     run_job,
     settled_before_reading,
+    unwritable_folders,
     upscale_input,
     write_output,
 )
@@ -50,10 +53,52 @@ def run_jobs(
     ahead: int = 3,
 ) -> Iterator[JobResult]:
     """Each job's result, in order, as soon as it and every job before it are done. With
-    `readers` and `writers` 0, the jobs run one after the other (`batch.run_job`)."""
+    `readers` and `writers` 0, the jobs run one after the other (`batch.run_job`).
+
+    Jobs whose output folder cannot be written fail at once, without being upscaled; after a
+    write fails for lack of space (or a read-only disk, a quota), no further job is started: the
+    jobs in flight finish, the rest are reported as not attempted."""
+    jobs = list(jobs)
+    blocked = unwritable_folders(jobs)
+    lost: list[str] = []  # the reason the destination was lost, once it was
+    results = _run(upscaler, jobs, options, outscale, max_pixels, blocked, lost, readers, writers, ahead)
+    done = 0
+    for result in results:
+        done += 1
+        if result.status == "failed" and result.error in DESTINATION_LOST and not lost:
+            lost.append(result.error)
+        yield result
+    for job in jobs[done:]:  # never started: the destination was lost
+        yield JobResult(
+            job.src,
+            job.dst,
+            "failed",
+            f"not attempted: {lost[0]} (an earlier file)",
+            "free space, then rerun",
+        )
+
+
+def _run(
+    upscaler: Upscaler,
+    jobs: list[Job],
+    options: OutputOptions,
+    outscale: float | None,
+    max_pixels: int | None,
+    blocked: dict[Path, str],
+    lost: list[str],
+    readers: int,
+    writers: int,
+    ahead: int,
+) -> Iterator[JobResult]:
     if readers == 0 and writers == 0:
         for job in jobs:
-            yield run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels)
+            if lost:
+                return
+            result = JobResult(job.src, job.dst, "ok")
+            if settled_before_reading(job, options, result, blocked):
+                yield result
+            else:
+                yield run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels)
         return
     todo = iter(jobs)
     reading: deque[_InFlight] = deque()  # decoded (or decoding) inputs, in order
@@ -64,11 +109,11 @@ def run_jobs(
     ):
 
         def read_next() -> None:
-            job = next(todo, None)
+            job = None if lost else next(todo, None)  # nothing new once the destination is lost
             if job is None:
                 return
             item = _InFlight(job, JobResult(job.src, job.dst, "ok"), time.perf_counter())
-            if not settled_before_reading(job, options, item.result):
+            if not settled_before_reading(job, options, item.result, blocked):
                 item.work = read_pool.submit(read_input, job, max_pixels, item.result)
             reading.append(item)
 
