@@ -203,3 +203,63 @@ def test_train_needs_data_and_reports_skipped_records(tmp_path: Path) -> None:
     )
     assert code == 0, text
     assert "3 images" in text and "skipped" in text and "img0.png" in text
+
+
+def test_many_captions_are_made_a_batch_at_a_time(
+    t2i_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100k captions used to be generated in one batch (5.7 GB); into a folder they now go a batch
+    at a time, and a grid too large for one image is refused before any work."""
+    from srgan_cli.cli import text2img as cli
+    from srgan_cli.text2img.sample import TextToImage
+
+    sizes: list[int] = []
+    generate = TextToImage.generate
+
+    def spy(self: TextToImage, captions: list[str], n: int = 1, seed: int = 0) -> torch.Tensor:
+        sizes.append(len(captions) * n)
+        return generate(self, captions, n=n, seed=seed)
+
+    monkeypatch.setattr(TextToImage, "generate", spy)
+    monkeypatch.setattr(cli, "_BATCH_IMAGES", 4)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join([CAPTION] * 9))
+    out = tmp_path / "many"
+    result = runner.invoke(
+        app,
+        [
+            "text2img",
+            "generate",
+            "--captions",
+            str(captions),
+            "-m",
+            str(t2i_file),
+            "-n",
+            "2",
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sizes == [4, 4, 4, 4, 2] and len(list(out.iterdir())) == 18
+    monkeypatch.setattr(cli, "_GRID_LIMIT", 10)
+    result = runner.invoke(
+        app,
+        [
+            "text2img",
+            "generate",
+            "--captions",
+            str(captions),
+            "-m",
+            str(t2i_file),
+            "-n",
+            "2",
+            "-o",
+            str(tmp_path / "g.png"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 2 and "too many for one grid" in " ".join(result.output.split())

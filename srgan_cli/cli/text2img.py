@@ -11,6 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
+from ..errors import UsageError
 from ..text2img.train import Text2ImgTrainConfig
 from . import common
 from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
@@ -26,6 +27,8 @@ _RUN = "Run"
 _MODEL = "Model (fixed by the first run in --out)"
 _OPT = "Optimisation"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+_BATCH_IMAGES = 256  # images generated (and upscaled, written) per batch into a folder
+_GRID_LIMIT = 4096  # images in one grid file (64 x 64 cells)
 
 
 _opt = common.panel_option(_OPT, Text2ImgTrainConfig())
@@ -272,37 +275,52 @@ def generate(
         net, info = load_text2img(model)
         t2i = TextToImage(net, dev)
         if interpolate is not None:
-            images = t2i.interpolate(interpolate[0], interpolate[1], steps=steps, rows=n, seed=seed)
             rows, columns = [f"{interpolate[0]} -> {interpolate[1]}"] * n, steps
         else:
-            images = t2i.generate(texts, n=n, seed=seed)
             rows, columns = texts, n
-        pictures = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in images]
-        sr_name = None
+        folder = output.suffix.lower() not in _IMAGE_SUFFIXES
+        if not folder and len(rows) * columns > _GRID_LIMIT:
+            raise UsageError(
+                f"{len(rows) * columns} images are too many for one grid image (at most {_GRID_LIMIT})",
+                hint="give a folder as -o: the images are then made and written a batch at a time",
+            )
+        upscaler, sr_name = None, None
         if upscale or upscale_model is not None:
             from ..runtime.loader import build_upscaler
             from ..weights import DEFAULT_MODEL as SR_DEFAULT
 
             ready = build_upscaler(upscale_model or SR_DEFAULT, mode="sr", device=device)
-            sr_name = f"{ready.name} x{ready.scale}"
-            with console.status(f"upscaling {len(pictures)} image(s) with {sr_name}"):
-                pictures = [ready.upscaler(p) for p in pictures]
-        folder = output.suffix.lower() not in _IMAGE_SUFFIXES
-        written: list[Path] = []
+            upscaler, sr_name = ready.upscaler, f"{ready.name} x{ready.scale}"
         if folder:
             output.mkdir(parents=True, exist_ok=True)
-            for i, pixels in enumerate(pictures):
-                row, col = divmod(i, columns)
-                name = f"{row:02d}-{_slug(rows[row])}-{col:02d}.png"
-                written.append(_write(output / name, pixels, overwrite))
-        elif len(pictures) == 1:
+        written: list[Path] = []
+        pictures: list[np.ndarray] = []  # kept for a grid only; a folder gets them a batch at a time
+        per_batch = max(1, _BATCH_IMAGES // columns)  # captions per batch: memory stays flat
+        for start in range(0, len(rows), per_batch):
+            if interpolate is not None:
+                images = t2i.interpolate(interpolate[0], interpolate[1], steps=steps, rows=n, seed=seed)
+            else:
+                images = t2i.generate(texts[start : start + per_batch], n=n, seed=seed)
+            batch = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in images]
+            if upscaler is not None:
+                with console.status(f"upscaling {len(batch)} image(s) with {sr_name}"):
+                    batch = [upscaler(picture) for picture in batch]
+            if folder:
+                for i, pixels in enumerate(batch, start=start * columns):
+                    row, col = divmod(i, columns)
+                    name = f"{row:02d}-{_slug(rows[row])}-{col:02d}.png"
+                    written.append(_write(output / name, pixels, overwrite))
+            else:
+                pictures += batch
+            size, made = batch[0].shape[0], start * columns + len(batch)
+            if interpolate is not None:
+                break  # one pass makes every row of an interpolation
+        if not folder and len(pictures) == 1:
             written.append(_write(output, pictures[0], overwrite))
-        else:
-            side = pictures[0].shape[0]
+        elif not folder:
             stack = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)
-            written.append(_write(output, image_grid(stack, columns, cell=side * zoom), overwrite))
-    size = pictures[0].shape[0]
-    what = f"{len(pictures)} image(s) {size}x{size}" + (f" (upscaled with {sr_name})" if sr_name else "")
+            written.append(_write(output, image_grid(stack, columns, cell=size * zoom), overwrite))
+    what = f"{made} image(s) {size}x{size}" + (f" (upscaled with {sr_name})" if sr_name else "")
     target = f"{len(written)} files in {output}" if folder else str(written[0])
     console.print(f"[green]{what}[/] from {info.name}, seed {seed} -> {target}")
     if not folder and len(pictures) > 1:

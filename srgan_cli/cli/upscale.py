@@ -6,8 +6,9 @@ import json
 import time
 from collections.abc import Callable
 from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -255,19 +256,8 @@ def upscale(
         )
         for src in videos[world.rank :: world.size]:
             dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
-
-            def job(on_frame: Callable[[int, int], None], src: Path = src, dst: Path = dst) -> Any:
-                return video_job(
-                    ready.upscaler,
-                    src,
-                    dst,
-                    video_options,
-                    outscale=outscale,
-                    overwrite=overwrite,
-                    skip_existing=bool(skip_existing),
-                    on_frame=on_frame,
-                )
-
+            job = partial(video_job, ready.upscaler, src, dst, video_options, outscale=outscale)
+            job = partial(job, overwrite=overwrite, skip_existing=bool(skip_existing))
             results.append(_run_video(job, src, dst, quiet))
         results += _run_jobs(
             ready.upscaler,
@@ -356,7 +346,7 @@ def _run_jobs(
 
 
 def _run_video(
-    job: Callable[[Callable[[int, int], None]], tuple[str, VideoResult | None, str | None, str | None]],
+    job: Callable[..., tuple[str, VideoResult | None, str | None, str | None]],
     src: Path,
     dst: Path,
     quiet: bool,
@@ -380,7 +370,7 @@ def _run_video(
             fps = done / max(time.perf_counter() - start, 1e-9)
             progress.update(task, completed=done, total=total or None, frames=total or "?", fps=fps)
 
-        status, video, error, hint = job(on_frame)
+        status, video, error, hint = job(on_frame=on_frame)
     result = JobResult(src, video.dst if video is not None else dst, status, error, hint)
     if video is not None:
         result.seconds, result.in_size, result.out_size = video.seconds, video.in_size, video.out_size

@@ -41,6 +41,9 @@ def coarse_from_image(pixels: np.ndarray, model: Lapgan) -> torch.Tensor:
     return gaussian_pyramid(x.clamp(0, 1), model.config.levels)[-1]
 
 
+DRAW_CHUNK = 256  # draws per pass of the generators
+
+
 @torch.no_grad()
 def draw(
     model: Lapgan,
@@ -52,7 +55,9 @@ def draw(
 ) -> list[torch.Tensor]:
     """n draws, every level: [(n, 3, base, base), ..., (n, 3, size, size)] on the CPU.
 
-    `coarse` (1 or n, 3, base, base) replaces level 0, so the draws differ only in their detail."""
+    `coarse` (1 or n, 3, base, base) replaces level 0, so the draws differ only in their detail.
+    The draws are made DRAW_CHUNK at a time from one random stream, so memory stays flat however
+    many are asked for (the first DRAW_CHUNK draws of a seed do not depend on n)."""
     if n < 1:
         raise UsageError("the number of samples must be at least 1")
     model.eval()
@@ -64,13 +69,17 @@ def draw(
         if tuple(coarse.shape[-2:]) != (base, base):
             raise UsageError(f"a coarse image must be {base}x{base}, got {tuple(coarse.shape[-2:])}")
         coarse = coarse.expand(n, -1, -1, -1)
-    levels = model.sample(
-        n,
-        generator,
-        labels=labels.to(device) if labels is not None else None,
-        coarse=coarse,
-    )
-    return [level.float().cpu() for level in levels]
+    parts: list[list[torch.Tensor]] = []
+    for start in range(0, n, DRAW_CHUNK):
+        stop = min(start + DRAW_CHUNK, n)
+        levels = model.sample(
+            stop - start,
+            generator,
+            labels=labels[start:stop].to(device) if labels is not None else None,
+            coarse=coarse[start:stop] if coarse is not None else None,
+        )
+        parts.append([level.float().cpu() for level in levels])
+    return [torch.cat(level) for level in zip(*parts, strict=True)]
 
 
 def level_strip(levels: list[torch.Tensor], index: int, *, gap: int = 2) -> np.ndarray:
