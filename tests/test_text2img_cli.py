@@ -225,41 +225,21 @@ def test_many_captions_are_made_a_batch_at_a_time(
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join([CAPTION] * 9))
     out = tmp_path / "many"
-    result = runner.invoke(
-        app,
-        [
-            "text2img",
-            "generate",
-            "--captions",
-            str(captions),
-            "-m",
-            str(t2i_file),
-            "-n",
-            "2",
-            "-o",
-            str(out),
-            "--device",
-            "cpu",
-        ],
-    )
+    args = [
+        "text2img",
+        "generate",
+        "--captions",
+        str(captions),
+        "-m",
+        str(t2i_file),
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(app, [*args, "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert sizes == [4, 4, 4, 4, 2] and len(list(out.iterdir())) == 18
     monkeypatch.setattr(cli, "_GRID_LIMIT", 10)
-    result = runner.invoke(
-        app,
-        [
-            "text2img",
-            "generate",
-            "--captions",
-            str(captions),
-            "-m",
-            str(t2i_file),
-            "-n",
-            "2",
-            "-o",
-            str(tmp_path / "g.png"),
-            "--device",
-            "cpu",
-        ],
-    )
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "g.png")])
     assert result.exit_code == 2 and "too many for one grid" in " ".join(result.output.split())
