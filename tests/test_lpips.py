@@ -185,6 +185,18 @@ def test_lpips_package_without_torchvision_weights(tmp_path: Path, monkeypatch: 
     with pytest.raises(PerceptualWeightsError, match="not torchvision's AlexNet weights.*unreachable"):
         load_lpips()
 
+    # tried once: the next runs say so without waiting on the network again, for a day
+    def must_not_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", must_not_download)
+    with pytest.raises(PerceptualWeightsError, match="download failed 0.0 h ago .*network is unreachable"):
+        load_lpips()
+    marker = tmp_path / "torch_home" / "hub" / lpips_mod.DOWNLOAD_FAILED
+    marker.unlink()  # deleting the marker tries again
+    with pytest.raises(PerceptualWeightsError, match="not torchvision's AlexNet weights: downloaded again"):
+        load_lpips()
+
 
 def test_evaluate_with_and_without_lpips(net: LPIPS) -> None:
     hr = make_photo(48, 40)

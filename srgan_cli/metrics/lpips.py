@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -189,6 +191,10 @@ def _from_dir(folder: Path, origin: str) -> tuple[dict[str, torch.Tensor], dict[
     return _read_safetensors(folder / FEATURES_FILE), _read_safetensors(folder / LIN_FILE)
 
 
+DOWNLOAD_FAILED = "srgan-cli-alexnet-download-failed"  # a marker in torch's hub folder
+RETRY_AFTER = 24 * 3600  # seconds before a failed AlexNet download is tried again
+
+
 def _lpips_package_head() -> Path | None:
     """The v0.1 AlexNet head shipped inside the `lpips` package, found without importing it."""
     try:
@@ -210,15 +216,29 @@ def _from_lpips_package(head: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         lin = torch.load(head, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or pickled-code file: report it, never fall back to random
         raise PerceptualWeightsError(f"cannot read {head}: {exc}", hint=_HINT) from exc
-    try:
-        from torchvision.models import AlexNet_Weights
+    from torchvision.models import AlexNet_Weights
 
-        feats = AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except Exception as exc:  # offline, or a blocked download
+    weights = AlexNet_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    failed = Path(torch.hub.get_dir()) / DOWNLOAD_FAILED
+    if not cached.is_file() and failed.is_file() and time.time() - failed.stat().st_mtime < RETRY_AFTER:
+        hours, why = (time.time() - failed.stat().st_mtime) / 3600, failed.read_text().strip()[:120]
+        raise PerceptualWeightsError(  # tried once already: no network wait on every run
+            f"found the lpips package's head ({head}); torchvision's AlexNet download failed "
+            f"{hours:.1f} h ago ({why}), not tried again for a day (delete {failed} to try now)",
+            hint=_HINT,
+        )
+    try:
+        feats = weights.get_state_dict(progress=False)
+    except Exception as exc:  # offline, or a blocked download: remembered, so later runs do not wait
+        with contextlib.suppress(OSError):
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(f"{type(exc).__name__}: {exc}")
         raise PerceptualWeightsError(
             f"found the lpips package's head ({head}) but not torchvision's AlexNet weights: {exc}",
             hint=_HINT,
         ) from exc
+    failed.unlink(missing_ok=True)
     return feats, lin
 
 
