@@ -162,3 +162,29 @@ def test_messages_say_what_the_path_is_and_never_advise_unsafe_loading(place: Pa
     with pytest.raises(TrainingError, match="damaged") as caught:
         load_checkpoint(place / "bad.pt")
     assert "weights_only" not in str(caught.value) and "weights_only" not in (caught.value.hint or "")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
+    place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write goes through atomic.atomic_open, whose fsync is where a full disk shows up."""
+    import errno
+    import os
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    commands = {
+        "train": ["train", "--data", str(place / "photos"), "--out", str(place / "run"), *TINY],
+        "export-onnx": ["export-onnx", "-m", "tiny_x2", "-o", str(place / "m.onnx")],
+        "upscale": ["upscale", str(place / "photos"), "-m", "tiny_x2", "-o", str(place / "up")],
+    }
+    for name, args in commands.items():
+        result = runner.invoke(app, args)
+        text = " ".join(result.output.split()).lower()
+        assert result.exit_code == 1, f"{name}: {result.exit_code} {result.output}"
+        assert result.exception is None or isinstance(result.exception, SystemExit), name
+        assert "no space left on device" in text, f"{name}: {result.output}"
+    leftovers = [p for p in place.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [] and not (place / "m.onnx").exists()
