@@ -14,20 +14,8 @@ from srgan_cli.cli.app import app
 from .conftest import make_photo
 
 runner = CliRunner()
-TINY = [
-    "--n-blocks",
-    "1",
-    "--n-feats",
-    "8",
-    "--crop",
-    "16",
-    "--batch-size",
-    "2",
-    "--steps",
-    "2",
-    "--scale",
-    "2",
-]
+TINY = ["--n-blocks", "1", "--n-feats", "8", "--crop", "16", "--batch-size", "2"]
+TINY += ["--steps", "2", "--scale", "2"]
 
 
 @pytest.fixture

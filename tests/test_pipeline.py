@@ -135,18 +135,8 @@ def test_benchmark_upscale_pipeline_json(weights_dir: Path) -> None:
     from srgan_cli.cli.app import app
 
     args = ["benchmark", "upscale", "-m", "tiny_x4", "--backend", "all", "--size", "24x16", "--runs", "1"]
-    args += [
-        "--warmup",
-        "0",
-        "--device",
-        "cpu",
-        "--pipeline",
-        "--files",
-        "3",
-        "--out-format",
-        "webp",
-        "--json",
-    ]
+    args += ["--warmup", "0", "--device", "cpu", "--pipeline", "--files", "3", "--out-format", "webp"]
+    args += ["--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)

@@ -108,13 +108,12 @@ def build_upscaler(
     if backend == "auto":
         backend = "onnx" if onnx_file is not None else "torch"
 
+    tiling = {"tile": tile, "tile_pad": tile_pad, "tile_batch": tile_batch}
     if backend == "torch":
-        return _torch_upscaler(
-            model, expect_scale, device, precision, tile, tile_pad, compile, tile_batch, fast
-        )
+        return _torch_upscaler(model, expect_scale, device, precision, compile=compile, fast=fast, **tiling)
     if compile:
         raise UsageError("--compile applies to the torch backend only")
-    return _onnx_upscaler(model, onnx_file, device, precision, tile, tile_pad, tile_batch, expect_scale)
+    return _onnx_upscaler(model, onnx_file, device, precision, expect_scale, **tiling)
 
 
 def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
@@ -130,32 +129,15 @@ def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
 
 
 def _torch_upscaler(
-    model: str,
-    expect_scale: int | None,
-    device: str,
-    precision: str,
-    tile: int | None,
-    tile_pad: int,
-    compile: bool,
-    tile_batch: int | None,
-    fast: bool,
+    model: str, expect_scale: int | None, device: str, precision: str, **options: Any
 ) -> ReadyUpscaler:
-    """Weights on the torch backend."""
+    """Weights on the torch backend; `options` are TorchUpscaler's (tiles, compile, fast)."""
     loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     from .torch_backend import TorchUpscaler
 
-    torch_up = TorchUpscaler(
-        loaded.model,
-        device=dev,
-        dtype=dtype,
-        tile=tile,
-        tile_pad=tile_pad,
-        compile=compile,
-        tile_batch=tile_batch,
-        fast=fast,
-    )
+    torch_up = TorchUpscaler(loaded.model, device=dev, dtype=dtype, **options)
     return ReadyUpscaler(
         torch_up,
         loaded.info.name,
@@ -169,16 +151,10 @@ def _torch_upscaler(
 
 
 def _onnx_upscaler(
-    model: str,
-    onnx_file: Path | None,
-    device: str,
-    precision: str,
-    tile: int | None,
-    tile_pad: int,
-    tile_batch: int | None,
-    expect_scale: int | None,
+    model: str, onnx_file: Path | None, device: str, precision: str, expect_scale: int | None, **tiling: Any
 ) -> ReadyUpscaler:
-    """An .onnx file on ONNX Runtime, or weights through their cached export (`onnx_file` None)."""
+    """An .onnx file on ONNX Runtime, or weights through their cached export (`onnx_file` None);
+    `tiling` is OnnxUpscaler's tile, tile_pad and tile_batch."""
     from .onnx_backend import OnnxUpscaler
 
     notes: list[str] = []
@@ -194,7 +170,7 @@ def _onnx_upscaler(
         onnx_file, fresh = cached_onnx(model, want)
         if fresh:
             notes.append(f"exported {model} to {onnx_file} (cached for next time)")
-    onnx_up = OnnxUpscaler(onnx_file, device=device, tile=tile, tile_pad=tile_pad, tile_batch=tile_batch)
+    onnx_up = OnnxUpscaler(onnx_file, device=device, **tiling)
     info = onnx_up.info
     if given and precision not in ("auto", info.precision):
         raise UsageError(
