@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, remove_stale_temps
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import ImageData, write_image
 from .background import Behind, ahead
@@ -393,6 +393,8 @@ def video_job(
         if skip_existing:
             return "skipped", None, None, None
         return "failed", None, "output already exists", "pass --overwrite to replace it"
+    if options.frames_dir is None and dst.parent.is_dir():
+        remove_stale_temps(dst.parent, {dst.name})  # what a killed run left while writing it
     try:
         result = upscale_video(
             upscaler, src, dst, options, outscale=outscale, overwrite=overwrite, on_frame=on_frame
