@@ -40,23 +40,42 @@ def _up() -> TorchUpscaler:
     return TorchUpscaler(tiny_model(2, global_skip=True), device=torch.device("cpu"), tile=0)
 
 
-def _run(folder: Path, out: Path, **kw: int) -> list[batch.JobResult]:
+def _run(folder: Path, out: Path, **kw: int) -> list[batch.JobResult]:  # noqa: D103
     options = OutputOptions(output=out)
     jobs = plan_jobs([str(folder)], options, 2).jobs
     return list(run_jobs(_up(), jobs, options, **kw))
 
 
-def test_pipelined_equals_one_at_a_time(folder: Path, tmp_path: Path) -> None:
+def test_pipelined_equals_one_at_a_time(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(8, 12):  # more 8-bit RGB images of one size: batches of the model form
+        Image.fromarray(make_photo(24, 24, seed=i)).save(folder / f"p{i}.jpg", quality=90)
     one = _run(folder, tmp_path / "one", readers=0, writers=0)
     many = _run(folder, tmp_path / "many", readers=3, writers=2, ahead=4)
+    passes: list[int] = []
+    u8_batch = TorchUpscaler.upscale_u8_batch
+
+    def counted(self: TorchUpscaler, images: list[np.ndarray]) -> list[np.ndarray]:
+        passes.append(len(images))
+        return u8_batch(self, images)
+
+    monkeypatch.setattr(TorchUpscaler, "upscale_u8_batch", counted)
+    batched = _run(folder, tmp_path / "batched", readers=2, writers=2, batch=3)  # what a GPU does
+    assert max(passes) > 1  # some images of one size did go through together
+    assert [(r.status, r.out_size, r.error) for r in batched] == [
+        (r.status, r.out_size, r.error) for r in one
+    ]
     assert [(r.src.name, r.status, r.in_size, r.out_size, r.error) for r in one] == [
         (r.src.name, r.status, r.in_size, r.out_size, r.error) for r in many
     ]
-    assert [r.status for r in many] == ["ok"] * 3 + ["failed"] + ["ok"] * 4
-    assert "p3.png" in str(many[3].src) and many[3].out_size is None
+    assert [r.status for r in many] == ["failed" if r.src.name == "p3.png" else "ok" for r in many]
+    assert len(many) == 12 and all(r.out_size is None for r in many if r.src.name == "p3.png")
     for r in one:
         if r.status == "ok":
-            assert r.dst is not None and r.dst.read_bytes() == (tmp_path / "many" / r.dst.name).read_bytes()
+            assert r.dst is not None
+            for other in ("many", "batched"):
+                assert r.dst.read_bytes() == (tmp_path / other / r.dst.name).read_bytes(), (other, r.dst.name)
     assert not list((tmp_path / "many").glob(".*"))  # no temporary file left behind
 
 

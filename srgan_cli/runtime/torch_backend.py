@@ -86,8 +86,13 @@ class TensorUpscaler:
         """`upscale_u8` of several images of one size (video frames) in one pass."""
         y = self.upscale_tensor(torch.cat([_to_tensor(image) for image in images]))
         y = torch.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)
-        out = y.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return list(out)
+        q = y.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        if q.is_cuda:  # into page-locked memory (PyTorch caches those blocks): a full-speed copy
+            host = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(q, non_blocking=True)
+            torch.cuda.current_stream(q.device).synchronize()
+            return list(host.numpy())
+        return list(q.numpy())
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
