@@ -1,0 +1,240 @@
+"""The promised Python surface: `srgan_cli.Upscaler`.
+
+    import srgan_cli
+    up = srgan_cli.Upscaler("srresnet_x4")          # shipped weights, a file, or an .onnx export
+    big = up("photo.jpg")                           # a path, PIL image, numpy array or torch tensor
+
+Everything else in the package stays importable, but only what this module exports (and
+`srgan_cli.__version__`) keeps its shape between versions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import numpy as np
+
+from .errors import UsageError
+from .imageio import DEFAULT_MAX_PIXELS, ImageData, read_image, write_image
+from .runtime.batch import JobResult, OutputOptions, plan_jobs
+from .runtime.loader import build_upscaler, with_self_ensemble
+from .runtime.pipeline import run_jobs
+from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, upscale_image
+from .weights import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
+
+
+class Upscaler:
+    """A super-resolution model ready to upscale, on the best device available.
+
+    model: shipped weights by name (`srgan models` lists them), a weights file written by
+        `srgan train`, or an `.onnx` file made by `srgan export-onnx`.
+    device: "auto" (the first GPU, else the CPU), "cpu", "cuda" or "cuda:N".
+    precision: "auto" (fp16 on a GPU, fp32 on the CPU), "fp32", "fp16" or "bf16".
+    backend: "auto", "torch" or "onnx" (ONNX Runtime).
+    tile: "auto" (from free memory), 0 (whole image) or a tile side in input pixels.
+    outscale: a final scale other than the model's (the model's pass, then a resample).
+    self_ensemble: 1, 2, 4 or 8 passes over mirrored/rotated copies, averaged.
+
+    The same image handling as `srgan upscale`: gray stays gray, alpha is upscaled without
+    fringes, 16-bit sources keep 16 bits when written; a result above `max_output_megapixels` is
+    refused before any work.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        backend: str = "auto",
+        tile: int | str = "auto",
+        tile_pad: int = 32,
+        outscale: float | None = None,
+        self_ensemble: int = 1,
+        compile: bool = False,
+        max_output_megapixels: float = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
+    ) -> None:
+        if tile != "auto" and not isinstance(tile, int):
+            raise UsageError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")
+        ready = build_upscaler(
+            str(model),
+            backend=backend,
+            device=device,
+            precision=precision,
+            tile=None if tile == "auto" else int(tile),
+            tile_pad=tile_pad,
+            compile=compile,
+            mode="auto",
+        )
+        self._ready = with_self_ensemble(ready, self_ensemble)
+        self.outscale = outscale
+        self.max_output_pixels = int(max_output_megapixels * 1e6)
+
+    # --- what it is ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._ready.name
+
+    @property
+    def scale(self) -> int:
+        """The model's own scale (the result's is `outscale` when it is given)."""
+        return self._ready.scale
+
+    @property
+    def device(self) -> str:
+        return self._ready.device
+
+    @property
+    def precision(self) -> str:
+        return self._ready.precision
+
+    def __repr__(self) -> str:
+        where = f"{self._ready.backend} on {self.device}"
+        return f"Upscaler({self.name!r}, x{self.scale}, {where}, {self.precision})"
+
+    # --- upscaling ----------------------------------------------------------------------------
+    @overload
+    def __call__(self, image: str | os.PathLike[str]) -> Image.Image: ...
+    @overload
+    def __call__(self, image: Image.Image) -> Image.Image: ...
+    @overload
+    def __call__(self, image: Array) -> Array: ...
+    def __call__(self, image: Any) -> Any:
+        """Upscale one image, returned as the kind it came as: a PIL image for a PIL image or a
+        path (read with EXIF orientation, ICC and alpha), a numpy array of the same dtype and
+        layout ((H, W), (H, W, 1|3|4); uint8, uint16 or float in [0, 1]), or a torch tensor
+        ((3, H, W) or (N, 3, H, W), float in [0, 1], on the device it came from)."""
+        if isinstance(image, (str, os.PathLike)):
+            return _to_pil(self._upscale(read_image(image)))
+        if _is_pil(image):
+            return _to_pil(self._upscale(_from_pil(image)))
+        if isinstance(image, np.ndarray):
+            return _to_array(self._upscale(_from_array(image)), image)
+        if type(image).__module__.startswith("torch"):
+            return self._upscale_tensor(image)
+        raise UsageError(
+            f"cannot upscale a {type(image).__name__}: give a path, PIL image, numpy array or tensor"
+        )
+
+    def upscale_file(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        quality: int = 95,
+    ) -> Path:
+        """Read `src`, upscale, write `dst` (format from its suffix) atomically; returns `dst`."""
+        out = self._upscale(read_image(src, max_pixels=DEFAULT_MAX_PIXELS))
+        return write_image(dst, out, quality=quality, overwrite=overwrite)
+
+    def upscale_folder(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        recursive: bool = False,
+        overwrite: bool = False,
+        fmt: str = "auto",
+        quality: int = 95,
+    ) -> list[JobResult]:
+        """Every image in `src` into `dst` (names and subfolders kept), as `srgan upscale` does it:
+        overlapped reading and writing, existing outputs skipped unless `overwrite`, one failed
+        file never stopping the others. Returns one result per file (`.status`, `.error`)."""
+        options = OutputOptions(
+            Path(dst), fmt=fmt, quality=quality, overwrite=overwrite, max_output_pixels=self.max_output_pixels
+        )
+        plan = plan_jobs([str(src)], options, self.scale, recursive=recursive)
+        return list(plan.failed) + list(
+            run_jobs(self._ready.upscaler, plan.jobs, options, outscale=self.outscale)
+        )
+
+    def _upscale(self, image: ImageData) -> ImageData:
+        return upscale_image(self._ready.upscaler, image, self.outscale, max_pixels=self.max_output_pixels)
+
+    def _upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if x.ndim not in (3, 4) or x.shape[-3] != 3:
+            raise UsageError(f"a tensor must be (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
+        batch = x[None] if x.ndim == 3 else x
+        outs = []
+        for one in batch:
+            pixels = one.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            out = self._upscale(ImageData(np.ascontiguousarray(pixels), None)).pixels
+            out = out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out
+            outs.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1))
+        y = torch.stack(outs).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        return y[0] if x.ndim == 3 else y
+
+
+def _is_pil(image: Any) -> bool:
+    return type(image).__module__.startswith("PIL.")
+
+
+def _from_pil(image: Image.Image) -> ImageData:
+    """A PIL image as ImageData, through the same conversions read_image uses."""
+    from .imageio.read import _pil_arrays
+
+    pixels, alpha, depth = _pil_arrays(image)
+    return ImageData(
+        np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha), depth
+    )
+
+
+def _to_pil(image: ImageData) -> Image.Image:
+    from PIL import Image
+
+    if image.bit_depth == 16 and image.alpha is None and image.is_gray:
+        return Image.fromarray(np.rint(_unit(image.pixels)[..., 0] * 65535).astype(np.uint16))
+    arr = _u8(image.pixels)
+    if image.alpha is not None:
+        arr = np.dstack([arr, _u8(image.alpha[..., None])])
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+
+
+def _from_array(array: np.ndarray) -> ImageData:
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise UsageError(f"an image array is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.dtype == np.uint8:
+        unit, depth = array.astype(np.float32) / 255.0, 8
+    elif array.dtype == np.uint16:
+        unit, depth = array.astype(np.float32) / 65535.0, 16
+    elif np.issubdtype(array.dtype, np.floating):
+        unit, depth = np.clip(array.astype(np.float32), 0, 1), 8
+    else:
+        raise UsageError(f"an image array is uint8, uint16 or float in [0, 1], not {array.dtype}")
+    alpha = unit[..., 3] if unit.shape[2] == 4 else None
+    return ImageData(np.ascontiguousarray(unit[..., :3] if alpha is not None else unit), alpha, depth)
+
+
+def _to_array(image: ImageData, like: np.ndarray) -> np.ndarray:
+    """The result in `like`'s dtype and layout."""
+    unit = _unit(image.pixels)
+    if image.alpha is not None:
+        unit = np.dstack([unit, image.alpha])
+    if like.ndim == 2:
+        unit = unit[..., 0]
+    if like.dtype == np.uint8:
+        return np.rint(unit * 255).astype(np.uint8)
+    if like.dtype == np.uint16:
+        return np.rint(unit * 65535).astype(np.uint16)
+    return unit.astype(like.dtype)
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+
+
+def _u8(pixels: np.ndarray) -> np.ndarray:
+    return pixels if pixels.dtype == np.uint8 else np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
