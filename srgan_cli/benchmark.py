@@ -337,10 +337,12 @@ class UpscaleBenchmark:
         return asdict(self)
 
 
-def model_gflop_per_output_mp(model: nn.Module) -> float:
-    """Conv GFLOP per output megapixel (conv work grows linearly with pixels)."""
-    scale = int(model.config.scale)  # type: ignore[union-attr]
-    probe = torch.rand(1, 3, 32, 32)
+def model_gflop_per_output_mp(model: nn.Module, scale: int | None = None) -> float:
+    """Conv and linear GFLOP per output megapixel (that work grows linearly with pixels; attention's
+    own matrix products, in transformer models, are not counted)."""
+    scale = scale or int(model.config.scale)  # type: ignore[union-attr]
+    param = next(model.parameters())
+    probe = torch.rand(1, 3, 32, 32, device=param.device, dtype=param.dtype)
     return conv_flops(model.eval(), probe) / (32 * scale) ** 2 * 1e6 / 1e9
 
 

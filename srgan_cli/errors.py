@@ -43,6 +43,10 @@ class WeightsFormatError(WeightsError):
     """Not a weights file, truncated or corrupt, or refused (pickled code)."""
 
 
+class ForeignWeights(WeightsFormatError):
+    """A model file that is not srgan-cli's: the runtime tries spandrel's architectures on it."""
+
+
 class WeightsMismatch(WeightsError):
     """The tensors in the file do not fit the architecture config, or the scale is wrong."""
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_open
-from .errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
+from .errors import ForeignWeights, WeightsFormatError, WeightsMismatch, WeightsNotFound
 
 FORMAT_VERSION = "1"
 DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
@@ -147,9 +147,9 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 def _info_from_metadata(path: Path, meta: dict[str, str], n_params: int) -> WeightsInfo:
     if "arch" not in meta or "config" not in meta:
-        raise WeightsFormatError(
+        raise ForeignWeights(
             f"{path}: safetensors file without srgan-cli metadata (arch/config)",
-            hint="weights made elsewhere: load the tensors yourself and use weights.load_state_dict",
+            hint="weights made elsewhere run through spandrel (srgan models --inspect FILE says what it is)",
         )
     try:
         config = json.loads(meta["config"])
@@ -217,7 +217,7 @@ def infer_srresnet_config(state: dict[str, torch.Tensor], path: Path) -> tuple[s
         blocks = {int(k.split(".")[1]) for k in state if k.startswith("body.")}
         ups = {int(k.split(".")[1]) for k in state if k.startswith("upsample.")}
     except (KeyError, IndexError, ValueError) as exc:
-        raise WeightsMismatch(
+        raise ForeignWeights(
             f"{path}: tensor names do not match srgan-cli's SRResNet (e.g. 'head.0.weight' missing)"
         ) from exc
     return "srresnet", {

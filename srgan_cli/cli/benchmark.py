@@ -412,4 +412,6 @@ def _model_gflop(ready: ReadyUpscaler) -> float | None:
     runs); None for an .onnx made elsewhere, whose architecture is unknown."""
     if ready.arch == "unknown":
         return None
+    if ready.arch.startswith("spandrel:"):  # counted from the model's own graph
+        return model_gflop_per_output_mp(ready.upscaler.model, scale=ready.scale)  # type: ignore[attr-defined]
     return model_gflop_per_output_mp(archs.build_model(ready.arch, ready.config))

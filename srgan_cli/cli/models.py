@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from rich.table import Table
 
 from .. import weights
-from .common import JsonOpt, console, stdout
+from ..errors import ForeignWeights
+from .common import JsonOpt, console, guard, stdout
 
 
-def models(as_json: JsonOpt = False) -> None:
+def models(
+    inspect: Annotated[
+        Path | None,
+        typer.Option(
+            "--inspect",
+            metavar="FILE",
+            help="Say what a model file is (ours, or any architecture spandrel knows): architecture, "
+            "scale, parameters, precisions, size needs.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List shipped weights (and those in SRGAN_WEIGHTS_DIR) with scale, size and validation numbers."""
+    if inspect is not None:
+        with guard():
+            facts = _inspect(inspect)
+        if as_json:
+            stdout.print(json.dumps(facts, indent=2), markup=False, highlight=False)
+        else:
+            for key, value in facts.items():
+                console.print(f"[bold]{key}[/]: {value}", highlight=False)
+        return
     infos = weights.list_models()
     if as_json:
         rows = [
@@ -59,3 +83,23 @@ def models(as_json: JsonOpt = False) -> None:
     console.print(table)
     console.print("[dim]PSNR-Y (dB), LPIPS: each file's recorded validation (shipped: weights/README.md)[/]")
     console.print("[dim]paths and training details: srgan models --json[/]")
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    """What a model file is: srgan-cli weights from their header, anything else through spandrel."""
+    try:
+        info = weights.read_info(path)
+    except ForeignWeights:
+        from ..runtime.third_party import describe, summary
+
+        return {"file": str(path), "kind": "third-party (spandrel)", **summary(describe(path))}
+    return {
+        "file": str(info.path),
+        "kind": "srgan-cli weights",
+        "architecture": info.arch,
+        "scale": info.scale,
+        "parameters": info.n_params,
+        "config": info.config,
+        "trained_on": info.trained_on,
+        "metrics": info.metrics,
+    }

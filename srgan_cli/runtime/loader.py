@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__, archs, weights
 from ..devices import precision_name, resolve_device, resolve_precision
-from ..errors import UsageError
+from ..errors import ForeignWeights, UsageError
 from .ensemble import SelfEnsemble
 from .upscaler import Upscaler
 
@@ -92,7 +92,11 @@ def build_upscaler(
         raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     chosen = mode
     if mode == "auto":
-        mode = "lapgan" if not is_onnx_path(model) and weights.read_info(model).arch == "lapgan" else "sr"
+        mode = (
+            "lapgan"
+            if not is_onnx_path(model) and not _foreign(model) and weights.read_info(model).arch == "lapgan"
+            else "sr"
+        )
     if mode == "lapgan":
         return _lapgan_upscaler(
             model, backend, onnx, device, precision, tile, tile_pad, compile, lapgan_levels
@@ -100,6 +104,7 @@ def build_upscaler(
     if lapgan_levels is not None and chosen == "sr":
         raise UsageError("--lapgan-levels applies to --mode lapgan only")
     onnx_file = Path(onnx) if onnx is not None else (Path(model) if is_onnx_path(model) else None)
+    tiling = {"tile": tile, "tile_pad": tile_pad, "tile_batch": tile_batch}
     if backend == "torch" and onnx_file is not None:
         raise UsageError(
             f"{onnx_file} is an ONNX model; the torch backend needs weights (.safetensors)",
@@ -107,8 +112,13 @@ def build_upscaler(
         )
     if backend == "auto":
         backend = "onnx" if onnx_file is not None else "torch"
+    if onnx_file is None and _foreign(model):  # a community model: spandrel knows its architecture
+        if backend == "onnx":
+            raise UsageError(
+                "third-party models run on the torch backend (export them with srgan export-onnx)"
+            )
+        return _spandrel_upscaler(model, expect_scale, device, precision, compile=compile, **tiling)
 
-    tiling = {"tile": tile, "tile_pad": tile_pad, "tile_batch": tile_batch}
     if backend == "torch":
         return _torch_upscaler(model, expect_scale, device, precision, compile=compile, fast=fast, **tiling)
     if compile:
@@ -126,6 +136,38 @@ def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
         raise UsageError(f"--self-ensemble: {exc}") from None
     ready.self_ensemble = passes
     return ready
+
+
+def _foreign(model: str) -> bool:
+    """Whether `model` names a model file that is not srgan-cli's (tried with spandrel)."""
+    try:
+        weights.read_info(model)
+    except ForeignWeights:
+        return True
+    return False
+
+
+def _spandrel_upscaler(
+    model: str, expect_scale: int | None, device: str, precision: str, *, compile: bool, **tiling: Any
+) -> ReadyUpscaler:
+    """A community model (runtime/third_party.py) on the torch backend."""
+    from .third_party import SpandrelUpscaler, describe, summary
+
+    if compile:
+        raise UsageError("--compile is not supported for third-party models yet")
+    path = weights.resolve(model)
+    descriptor = describe(path)
+    if expect_scale is not None and descriptor.scale != expect_scale:
+        raise UsageError(f"{path} is a x{descriptor.scale} model, but x{expect_scale} was requested")
+    dev = resolve_device(device)
+    notes: list[str] = []
+    up = SpandrelUpscaler(
+        descriptor, device=dev, dtype=resolve_precision(precision, dev), notes=notes, **tiling
+    )
+    info = summary(descriptor)
+    name = path.name.rsplit(".", 1)[0]
+    arch = f"spandrel:{info['arch_id']}"
+    return ReadyUpscaler(up, name, up.scale, "torch", str(dev), precision_name(up.dtype), arch, info, notes)
 
 
 def _torch_upscaler(

@@ -1,0 +1,120 @@
+"""Community models through spandrel: tiny random RRDBNet (Real-ESRGAN), Compact (SRVGGNet) and
+SwinIR built from spandrel's own classes, saved as .pth and .safetensors, found and run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import srgan_cli
+from srgan_cli.cli.app import app
+
+from .conftest import make_photo
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> dict[str, Path]:
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(0)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        swinir = SwinIR(img_size=16, embed_dim=12, depths=[1], num_heads=[2], window_size=4, upscale=2,
+                        upsampler="pixelshuffledirect", mlp_ratio=2)  # fmt: skip
+    compact = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    torch.save(compact.state_dict(), folder / "compact_x2.pth")
+    save_file(
+        ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).state_dict(),
+        folder / "rrdb_x4.safetensors",
+    )
+    torch.save(swinir.state_dict(), folder / "swinir_x2.pth")
+    return {
+        "compact": folder / "compact_x2.pth",
+        "rrdb": folder / "rrdb_x4.safetensors",
+        "swinir": folder / "swinir_x2.pth",
+    }
+
+
+@pytest.mark.parametrize(("name", "scale"), [("compact", 2), ("rrdb", 4), ("swinir", 2)])
+def test_detected_and_upscaled_tiled_as_untiled(
+    models: dict[str, Path], tmp_path: Path, name: str, scale: int
+) -> None:
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(40, 36)).save(src)
+    outs = {}
+    for tile in ("0", "16"):
+        out = tmp_path / f"{name}_{tile}.png"
+        args = [
+            "upscale",
+            str(src),
+            "-m",
+            str(models[name]),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--tile",
+            tile,
+        ]
+        result = runner.invoke(app, [*args, "--tile-pad", "16"])
+        assert result.exit_code == 0, result.output
+        outs[tile] = np.asarray(Image.open(out)).astype(int)
+    assert outs["0"].shape == (40 * scale, 36 * scale, 3)
+    if name != "swinir":  # convolutions: a tile with enough context sees what the whole image does
+        assert np.abs(outs["0"] - outs["16"]).max() <= 1
+    up = srgan_cli.Upscaler(models[name], device="cpu")
+    assert up.scale == scale and up(make_photo(20, 18)).shape == (20 * scale, 18 * scale, 3)
+
+
+def test_inspect_says_what_a_file_is(models: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["models", "--inspect", str(models["rrdb"]), "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["kind"] == "third-party (spandrel)" and facts["architecture"] == "ESRGAN"
+    assert (
+        facts["scale"] == 4
+        and facts["purpose"] == "SR"
+        and "fp32" in facts["precisions"]
+        and facts["parameters"] > 0
+    )
+    text = runner.invoke(app, ["models", "--inspect", str(models["swinir"])]).output
+    assert "architecture: SwinIR" in text and "tiling: discouraged" in text
+
+
+def test_unknown_tensors_and_pickles_with_code_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(16, 16)).save(src)
+    odd = tmp_path / "odd.pth"
+    torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, odd)
+    result = runner.invoke(app, ["upscale", str(src), "-m", str(odd), "-o", str(tmp_path / "o.png")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "neither srgan-cli weights nor an architecture spandrel knows" in text
+    assert "2 tensors" in text and "Traceback" not in result.output
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"params": Evil()}))
+    result = runner.invoke(app, ["upscale", str(src), "-m", str(bad), "-o", str(tmp_path / "o.png")])
+    assert (
+        result.exit_code == 2
+        and "pwned" not in result.output
+        and "refused" in " ".join(result.output.split())
+    )
