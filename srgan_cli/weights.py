@@ -91,10 +91,11 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     looks_like_path = has_folder or path.suffix in (".safetensors", ".pth", ".pt")
     if not has_folder and path.suffix in ("", ".safetensors"):  # a bare name: search the folders
         stem = path.name.removesuffix(".safetensors")
-        for folder in search_dirs():
-            cand = folder / f"{stem}.safetensors"
-            if cand.is_file():
-                return cand
+        for folder in search_dirs():  # ours first, then community models of that name
+            for suffix in (".safetensors", *FOREIGN_SUFFIXES):
+                cand = folder / f"{stem}{suffix}"
+                if cand.is_file():
+                    return cand
     if looks_like_path:
         raise WeightsNotFound(f"weights file not found: {path}")
     available = ", ".join(info.name for info in list_models()) or "none"
@@ -379,6 +380,32 @@ def save(
     with atomic_open(path) as fh:  # (not save_file: the file gets the usual umask permissions)
         fh.write(to_bytes(state, metadata=meta))
     return path
+
+
+FOREIGN_SUFFIXES = (".pth", ".pt", ".ckpt")  # community model files (run through spandrel)
+
+
+def list_foreign() -> list[Path]:
+    """Model files in the search folders that are not srgan-cli weights (.pth/.pt/.ckpt, and
+    .safetensors without our metadata), by name, first one wins; their contents are not read
+    beyond a safetensors header (`srgan models --inspect` says what one is)."""
+    seen: dict[str, Path] = {}
+    ours = {info.name for info in list_models()}
+    for folder in search_dirs():
+        for file in sorted(folder.iterdir()) if folder.is_dir() else []:
+            name = file.name.rsplit(".", 1)[0]
+            if name in seen or name in ours or not file.is_file():
+                continue
+            if file.suffix in FOREIGN_SUFFIXES:
+                seen[name] = file
+            elif file.suffix == ".safetensors":
+                try:
+                    read_info(file)
+                except ForeignWeights:
+                    seen[name] = file
+                except (WeightsFormatError, WeightsMismatch):
+                    continue
+    return list(seen.values())
 
 
 def list_models() -> list[WeightsInfo]:

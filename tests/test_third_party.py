@@ -118,3 +118,21 @@ def test_unknown_tensors_and_pickles_with_code_are_refused(tmp_path: Path) -> No
         and "pwned" not in result.output
         and "refused" in " ".join(result.output.split())
     )
+
+
+def test_the_weights_folder_holds_both_kinds(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from srgan_cli import weights
+
+    monkeypatch.setenv(weights.ENV_DIR, str(models["rrdb"].parent))
+    listing = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+    foreign = {row["name"] for row in listing if row["arch"] == "third-party"}
+    assert foreign == {"compact_x2", "rrdb_x4", "swinir_x2"}
+    assert "third-party models" in runner.invoke(app, ["models"]).output
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(12, 12)).save(src)
+    result = runner.invoke(app, ["upscale", str(src), "-m", "compact_x2", "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (24, 24)

@@ -36,7 +36,7 @@ def models(
             for key, value in facts.items():
                 console.print(f"[bold]{key}[/]: {value}", highlight=False)
         return
-    infos = weights.list_models()
+    infos, foreign = weights.list_models(), weights.list_foreign()
     if as_json:
         rows = [
             {
@@ -54,6 +54,7 @@ def models(
             }
             for i in infos
         ]
+        rows += [{"name": _stem(f), "arch": "third-party", "path": str(f), "default": False} for f in foreign]
         stdout.print(json.dumps(rows, indent=2), markup=False, highlight=False)
         return
     if not infos:
@@ -82,6 +83,9 @@ def models(
         )
     console.print(table)
     console.print("[dim]PSNR-Y (dB), LPIPS: each file's recorded validation (shipped: weights/README.md)[/]")
+    if foreign:
+        names = ", ".join(f"{_stem(f)} ({f.stat().st_size / 2**20:.1f} MB)" for f in foreign)
+        console.print(f"third-party models (run through spandrel; --inspect FILE for details): {names}")
     console.print("[dim]paths and training details: srgan models --json[/]")
 
 
@@ -103,3 +107,7 @@ def _inspect(path: Path) -> dict[str, Any]:
         "trained_on": info.trained_on,
         "metrics": info.metrics,
     }
+
+
+def _stem(path: Path) -> str:
+    return path.name.rsplit(".", 1)[0]
