@@ -136,3 +136,24 @@ def test_the_weights_folder_holds_both_kinds(
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "o.png") as im:
         assert im.size == (24, 24)
+
+
+def test_export_onnx_where_the_architecture_exports(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "compact.onnx"
+    result = runner.invoke(app, ["export-onnx", "-m", str(models["compact"]), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dynamic"] and report["max_abs_diff"] <= report["tolerance"]
+    src = tmp_path / "p.png"
+    Image.fromarray(make_photo(20, 16)).save(src)
+    ran = runner.invoke(app, ["upscale", str(src), "-m", str(out), "-o", str(tmp_path / "o.png")])
+    assert ran.exit_code == 0, ran.output
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (32, 40)
+    # SwinIR traces its window padding at one size: the dynamic export is refused, a static one works
+    bad = runner.invoke(app, ["export-onnx", "-m", str(models["swinir"]), "-o", str(tmp_path / "s.onnx")])
+    assert bad.exit_code == 1 and "--static" in bad.output and not (tmp_path / "s.onnx").exists()
+    good = runner.invoke(
+        app, ["export-onnx", "-m", str(models["swinir"]), "-o", str(tmp_path / "s.onnx"), "--static", "32x32"]
+    )
+    assert good.exit_code == 0, good.output

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import archs, weights
-from ..errors import UsageError
+from ..errors import ForeignWeights, UsageError
 from ..runtime.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx, parse_static
 from .common import JsonOpt, console, guard, stdout
 
@@ -91,26 +91,19 @@ def export_onnx_cmd(
         if calibrate is not None and not int8:
             raise UsageError("--calibrate is only used with --int8")
         shape = parse_static(static) if static else None
-        loaded = archs.load(model, expect_arch="srresnet")
-        path = output or _default_output(loaded.info.name, fp16, int8, shape)
-        source = {
-            "weights": loaded.info.name,
-            "trained_on": loaded.info.trained_on,
-            "metrics": loaded.info.metrics,
-        }
+        net, name, source = _model_to_export(model)
+        path = output or _default_output(name, fp16, int8, shape)
         if int8:
             from ..runtime.onnx_export import quantize_int8
 
             assert calibrate is not None
             crops = _calibration(calibrate, calibrate_limit)
             with console.status(f"calibrating INT8 on {len(crops)} crop(s) of {calibrate}"):
-                report = quantize_int8(
-                    loaded.model, path, crops, opset=opset, overwrite=overwrite, source=source
-                )
+                report = quantize_int8(net, path, crops, opset=opset, overwrite=overwrite, source=source)
         else:
-            with console.status(f"exporting {loaded.info.name} to {path}"):
+            with console.status(f"exporting {name} to {path}"):
                 report = export_onnx(
-                    loaded.model,
+                    net,
                     path,
                     opset=opset,
                     fp16=fp16,
@@ -126,6 +119,24 @@ def export_onnx_cmd(
         stdout.print(json.dumps(payload, indent=2), markup=False, highlight=False)
         return
     _print_report(report)
+
+
+def _model_to_export(model: str) -> tuple[Any, str, dict[str, Any]]:
+    """(network, name, source facts) of our weights, or of a community model (spandrel)."""
+    try:
+        loaded = archs.load(model, expect_arch="srresnet")
+    except ForeignWeights:
+        from ..runtime.third_party import ExportableModel, describe
+
+        path = weights.resolve(model)
+        net = ExportableModel(describe(path))
+        return net, path.name.rsplit(".", 1)[0], {"weights": path.name, "architecture": net.arch}
+    source = {
+        "weights": loaded.info.name,
+        "trained_on": loaded.info.trained_on,
+        "metrics": loaded.info.metrics,
+    }
+    return loaded.model, loaded.info.name, source
 
 
 def _print_report(r: ExportReport) -> None:

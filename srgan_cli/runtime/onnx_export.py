@@ -227,7 +227,15 @@ def verify(
         x = rng.random(shape, dtype=np.float32)
         with torch.inference_mode():
             want = reference(torch.from_numpy(x)).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(input_dtype)})[0].astype(np.float32)
+        try:
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(input_dtype)})[0].astype(np.float32)
+        except Exception as exc:  # a graph traced at one size that cannot run at another
+            first = str(exc).strip().splitlines()[0][:200]
+            raise OnnxError(
+                f"the exported model does not run at {shape[2]}x{shape[3]} in ONNX Runtime ({first}); "
+                "nothing was written",
+                hint="this architecture may only export at one size: try --static HxW",
+            ) from None
         if got.shape != want.shape:
             raise OnnxError(f"ONNX output shape {got.shape} != PyTorch {want.shape} for input {shape}")
         worst = max(worst, float(np.abs(got - want).max()))

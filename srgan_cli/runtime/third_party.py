@@ -142,3 +142,26 @@ class SpandrelUpscaler(TensorUpscaler):
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         y = self.model(x.to(self.dtype))
         return y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+
+
+class _Config:
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.facts)
+
+
+class ExportableModel(torch.nn.Module):
+    """A spandrel model dressed as ours for `onnx_export.export_onnx`: `.arch` and `.config`
+    (its --inspect facts, with its scale)."""
+
+    def __init__(self, descriptor: Any) -> None:
+        super().__init__()
+        self.net = descriptor.model
+        facts = summary(descriptor)
+        self.arch = f"spandrel:{facts['arch_id']}"
+        self.config = _Config(facts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
