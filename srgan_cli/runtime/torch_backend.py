@@ -52,7 +52,7 @@ class TensorUpscaler:
         height, width = x.shape[-2:]
         tile = self.tile
         if tile is None:
-            free = free_memory_bytes(self.device)
+            free = free_memory_bytes(self.device) // max(int(x.shape[0]), 1)  # a batch shares it
             tile = auto_tile(
                 free, height, width, scale=self.scale, n_feats=self.n_feats, elem_bytes=self.elem_bytes
             )
