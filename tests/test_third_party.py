@@ -157,3 +157,18 @@ def test_export_onnx_where_the_architecture_exports(models: dict[str, Path], tmp
         app, ["export-onnx", "-m", str(models["swinir"]), "-o", str(tmp_path / "s.onnx"), "--static", "32x32"]
     )
     assert good.exit_code == 0, good.output
+
+
+def test_benchmark_and_eval_take_community_models(models: dict[str, Path], tmp_path: Path) -> None:
+    args = ["benchmark", "upscale", "-m", str(models["compact"]), "--size", "24x16", "--runs", "1"]
+    result = runner.invoke(app, [*args, "--warmup", "0", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["backend"] for r in rows] == ["torch"]  # ONNX: export the model first
+    assert rows[0]["gflop_per_output_mp"] > 0 and rows[0]["output_size"] == [48, 32]
+    photos = tmp_path / "val"
+    photos.mkdir()
+    Image.fromarray(make_photo(40, 40)).save(photos / "a.png")
+    result = runner.invoke(app, ["eval", "--data", str(photos), "-m", str(models["compact"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["method"] for r in json.loads(result.stdout)["results"]][0] == "bicubic"

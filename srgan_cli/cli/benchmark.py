@@ -21,7 +21,7 @@ from ..benchmark import (
     benchmark_upscale,
     model_gflop_per_output_mp,
 )
-from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
+from ..runtime.loader import ReadyUpscaler, build_upscaler, is_foreign, is_onnx_path
 from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
 from .common import (
@@ -275,6 +275,10 @@ def upscale(
         if backend == BenchBackend.torch:
             raise typer.BadParameter("an .onnx model runs on the onnx backend only")
         names = ["onnx"]
+    if "onnx" in names and not is_onnx_path(model) and is_foreign(model):
+        if backend == BenchBackend.onnx:
+            raise typer.BadParameter("a community model runs on the torch backend (export it first)")
+        names = [n for n in names if n != "onnx"]  # community models: export them, then time the .onnx
     if plain and "torch" in names:
         names.insert(names.index("torch") + 1, "torch-plain")
     results = []

@@ -94,7 +94,7 @@ def build_upscaler(
     if mode == "auto":
         mode = (
             "lapgan"
-            if not is_onnx_path(model) and not _foreign(model) and weights.read_info(model).arch == "lapgan"
+            if not is_onnx_path(model) and not is_foreign(model) and weights.read_info(model).arch == "lapgan"
             else "sr"
         )
     if mode == "lapgan":
@@ -112,7 +112,7 @@ def build_upscaler(
         )
     if backend == "auto":
         backend = "onnx" if onnx_file is not None else "torch"
-    if onnx_file is None and _foreign(model):  # a community model: spandrel knows its architecture
+    if onnx_file is None and is_foreign(model):  # a community model: spandrel knows its architecture
         if backend == "onnx":
             raise UsageError(
                 "third-party models run on the torch backend (export them with srgan export-onnx)"
@@ -138,7 +138,7 @@ def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
     return ready
 
 
-def _foreign(model: str) -> bool:
+def is_foreign(model: str) -> bool:
     """Whether `model` names a model file that is not srgan-cli's (tried with spandrel)."""
     try:
         weights.read_info(model)
