@@ -19,7 +19,7 @@ import numpy as np
 from .errors import UsageError
 from .imageio import DEFAULT_MAX_PIXELS, ImageData, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
-from .runtime.loader import build_upscaler, with_self_ensemble
+from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
 from .runtime.pipeline import run_jobs
 from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, upscale_image
 from .weights import DEFAULT_MODEL
@@ -42,6 +42,8 @@ class Upscaler:
     tile: "auto" (from free memory), 0 (whole image) or a tile side in input pixels.
     outscale: a final scale other than the model's (the model's pass, then a resample).
     self_ensemble: 1, 2, 4 or 8 passes over mirrored/rotated copies, averaged.
+    mode: "sr", "lapgan" (a LAPGAN's conditional levels, x2 each; `lapgan_levels` of them) or
+        "auto" (whichever the weights hold). onnx: an exported file to run instead of `model`.
 
     The same image handling as `srgan upscale`: gray stays gray, alpha is upscaled without
     fringes, 16-bit sources keep 16 bits when written; a result above `max_output_megapixels` is
@@ -61,18 +63,23 @@ class Upscaler:
         self_ensemble: int = 1,
         compile: bool = False,
         max_output_megapixels: float = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
+        mode: str = "auto",
+        lapgan_levels: int | None = None,
+        onnx: str | os.PathLike[str] | None = None,
     ) -> None:
         if tile != "auto" and not isinstance(tile, int):
             raise UsageError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")
         ready = build_upscaler(
             str(model),
             backend=backend,
+            onnx=onnx,
             device=device,
             precision=precision,
             tile=None if tile == "auto" else int(tile),
             tile_pad=tile_pad,
             compile=compile,
-            mode="auto",
+            mode=mode,
+            lapgan_levels=lapgan_levels,
         )
         self._ready = with_self_ensemble(ready, self_ensemble)
         self.outscale = outscale
@@ -95,6 +102,16 @@ class Upscaler:
     @property
     def precision(self) -> str:
         return self._ready.precision
+
+    @property
+    def notes(self) -> list[str]:
+        """One-line remarks about how it runs (a fallback, a fresh ONNX export)."""
+        return list(self._ready.notes)
+
+    @property
+    def runtime(self) -> ReadyUpscaler:
+        """The runtime's view (backend, the upscaler object, its config): not promised."""
+        return self._ready
 
     def __repr__(self) -> str:
         where = f"{self._ready.backend} on {self.device}"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from . import benchmark, evaluate, export, interpolate, lapgan, models, text2img, train, upscale
 
 app = typer.Typer(

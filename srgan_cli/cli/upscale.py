@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import weights
+from .. import api, weights
 from ..distributed import rank_device, world_from_env
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..runtime.batch import (
@@ -34,7 +34,6 @@ from ..runtime.batch import (
     plan_jobs,
     shard_jobs,
 )
-from ..runtime.loader import build_upscaler, with_self_ensemble
 from ..runtime.pipeline import run_jobs
 from ..runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler
 from ..runtime.video import VideoOptions, VideoResult, is_video, video_job, video_output
@@ -229,19 +228,20 @@ def upscale(
     world = world_from_env()
     quiet = as_json or not world.is_main
     with guard():
-        ready = build_upscaler(
+        up = api.Upscaler(
             model,
             backend=backend.value,
             onnx=onnx,
             device=rank_device(device, world),
             precision=precision.value,
-            tile=tile_size,
+            tile="auto" if tile_size is None else tile_size,
             tile_pad=tile_pad,
             compile=compile_,
             mode=mode.value,
             lapgan_levels=lapgan_levels,
+            self_ensemble=int(self_ensemble.value),
         )
-        ready = with_self_ensemble(ready, int(self_ensemble.value))
+        ready = up.runtime  # the same Upscaler as `import srgan_cli`; the runs below use its parts
         if not quiet:
             for note in ready.notes:
                 console.print(f"[yellow]note:[/] {note}")

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, archs, weights
+from .. import archs, weights
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import ForeignWeights, UsageError
+from ..version import __version__
 from .ensemble import SelfEnsemble
 from .upscaler import Upscaler
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..atomic import atomic_open
 from ..errors import OnnxError, UsageError
+from ..version import __version__
 from .fused import fuse
 
 MIN_OPSET = 11  # Pad with edge mode and DepthToSpace CRD need 11
