@@ -172,3 +172,12 @@ def test_benchmark_and_eval_take_community_models(models: dict[str, Path], tmp_p
     result = runner.invoke(app, ["eval", "--data", str(photos), "-m", str(models["compact"]), "--json"])
     assert result.exit_code == 0, result.output
     assert [r["method"] for r in json.loads(result.stdout)["results"]][0] == "bicubic"
+
+
+def test_compile_runs_a_community_model_the_same(models: dict[str, Path]) -> None:
+    """torch.compile of a spandrel model (the CPU's compiler here; CUDA graphs on a GPU)."""
+    photo = make_photo(16, 16)
+    plain = srgan_cli.Upscaler(models["compact"], device="cpu", tile=0)
+    compiled = srgan_cli.Upscaler(models["compact"], device="cpu", tile=0, compile=True)
+    assert compiled.runtime.upscaler.compiled  # type: ignore[attr-defined]
+    assert np.abs(plain(photo).astype(int) - compiled(photo).astype(int)).max() <= 1

@@ -154,17 +154,14 @@ def _spandrel_upscaler(
     """A community model (runtime/third_party.py) on the torch backend."""
     from .third_party import SpandrelUpscaler, describe, summary
 
-    if compile:
-        raise UsageError("--compile is not supported for third-party models yet")
     path = weights.resolve(model)
     descriptor = describe(path)
     if expect_scale is not None and descriptor.scale != expect_scale:
         raise UsageError(f"{path} is a x{descriptor.scale} model, but x{expect_scale} was requested")
     dev = resolve_device(device)
     notes: list[str] = []
-    up = SpandrelUpscaler(
-        descriptor, device=dev, dtype=resolve_precision(precision, dev), notes=notes, **tiling
-    )
+    dtype = resolve_precision(precision, dev)
+    up = SpandrelUpscaler(descriptor, device=dev, dtype=dtype, compile=compile, notes=notes, **tiling)
     info = summary(descriptor)
     name = path.name.rsplit(".", 1)[0]
     arch = f"spandrel:{info['arch_id']}"

@@ -96,6 +96,7 @@ class SpandrelUpscaler(TensorUpscaler):
         tile: int | None = None,
         tile_pad: int = 32,
         tile_batch: int | None = None,
+        compile: bool = False,
         notes: list[str] | None = None,
     ) -> None:
         if descriptor.purpose != "SR" or descriptor.scale < 2:
@@ -124,7 +125,11 @@ class SpandrelUpscaler(TensorUpscaler):
         self.tile = tile if tile is not None or tiling == "SUPPORTED" else 0
         self.tile_pad = tile_pad
         self.tile_batch = tile_batch if tile_batch is not None else (4 if device.type == "cuda" else 1)
-        self.compiled = False
+        self.compiled = compile
+        self._forward: Any = self.model
+        if compile:  # as TorchUpscaler does: CUDA graphs on a GPU, one compile per input size
+            mode = "reduce-overhead" if device.type == "cuda" else "default"
+            self._forward = torch.compile(self.model, mode=mode, dynamic=False)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -140,7 +145,7 @@ class SpandrelUpscaler(TensorUpscaler):
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        y = self.model(x.to(self.dtype))
+        y = self._forward(x.to(self.dtype))
         return y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
 
 
