@@ -150,6 +150,12 @@ def test_export_onnx_where_the_architecture_exports(models: dict[str, Path], tmp
     assert ran.exit_code == 0, ran.output
     with Image.open(tmp_path / "o.png") as im:
         assert im.size == (32, 40)
+    half = runner.invoke(
+        app,
+        ["export-onnx", "-m", str(models["compact"]), "-o", str(tmp_path / "c16.onnx"), "--fp16", "--json"],
+    )
+    assert half.exit_code == 0, half.output  # its Resize keeps float32 scales in the fp16 graph
+    assert json.loads(half.stdout)["precision"] == "fp16"
     # SwinIR traces its window padding at one size: the dynamic export is refused, a static one works
     bad = runner.invoke(app, ["export-onnx", "-m", str(models["swinir"]), "-o", str(tmp_path / "s.onnx")])
     assert bad.exit_code == 1 and "--static" in bad.output and not (tmp_path / "s.onnx").exists()

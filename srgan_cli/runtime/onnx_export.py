@@ -179,7 +179,9 @@ def to_fp16(proto: Any) -> Any:
 
     Converting the graph is exact and quick; tracing the model in fp16 instead runs half-precision
     convolutions on the CPU, which takes minutes for nothing. Our graphs hold only Conv, PRelu, Add,
-    Pad, DepthToSpace and constants, all of which have float16 kernels in ONNX Runtime.
+    Pad, DepthToSpace and constants, all of which have float16 kernels in ONNX Runtime. Community
+    models may hold Resize (or Upsample), whose scales and region inputs must stay float32; other
+    ops that have no float16 kernel make the export's verification fail, and nothing is written.
     """
     import onnx
     from onnx import numpy_helper
@@ -191,16 +193,22 @@ def to_fp16(proto: Any) -> Any:
             half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
             tensor.CopyFrom(half)
 
+    keep = {
+        name for node in proto.graph.node if node.op_type in ("Resize", "Upsample") for name in node.input[1:]
+    }
     for init in proto.graph.initializer:
-        convert(init)
+        if init.name not in keep:
+            convert(init)
     for node in proto.graph.node:
+        if node.op_type == "Constant" and node.output[0] in keep:
+            continue
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 convert(attr.t)
             if node.op_type == "Cast" and attr.name == "to" and attr.i == float_type:
                 attr.i = half_type
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        if value.type.tensor_type.elem_type == float_type:
+        if value.type.tensor_type.elem_type == float_type and value.name not in keep:
             value.type.tensor_type.elem_type = half_type
     return proto
 
