@@ -41,9 +41,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _torch_load(path)
 
 
+def _spandrel() -> Any:
+    """spandrel, with spandrel-extra-arches' architectures added when that package is installed
+    (`pip install 'srgan-cli[extra-arches]'`: non-commercial licences, so off by default)."""
+    import spandrel
+
+    global _EXTRA_DONE
+    if not _EXTRA_DONE:
+        _EXTRA_DONE = True
+        try:
+            import spandrel_extra_arches
+        except ImportError:
+            pass
+        else:
+            spandrel_extra_arches.install()
+    return spandrel
+
+
+_EXTRA_DONE = False
+
+
 def describe(path: str | os.PathLike[str]) -> Any:
     """spandrel's ModelDescriptor of the model in `path` (on the CPU, in eval mode)."""
-    import spandrel
+    spandrel = _spandrel()
 
     path = Path(path)
     state = read_state_dict(path)
