@@ -145,13 +145,7 @@ class SpandrelUpscaler(TensorUpscaler):
         self.tile = tile if tile is not None or tiling == "SUPPORTED" else 0
         self.tile_pad = tile_pad
         self.tile_batch = tile_batch if tile_batch is not None else (4 if device.type == "cuda" else 1)
-        self.compiled = compile
-        self._forward: Any = self.model
-        if compile:  # as TorchUpscaler does: CUDA graphs on a GPU, one compile per input size
-            mode = "reduce-overhead" if device.type == "cuda" else "default"
-            self._forward = torch.compile(self.model, mode=mode, dynamic=False)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        self._forward = self._prepare_forward(self.model, compile)
 
     def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return self._run

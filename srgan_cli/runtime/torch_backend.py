@@ -43,6 +43,18 @@ class TensorUpscaler:
         """The function one attempt applies to each (N, 3, h, w) tile on self.device."""
         raise NotImplementedError
 
+    def _prepare_forward(self, model: nn.Module, compile: bool) -> Callable[..., torch.Tensor]:
+        """`model` as a step calls it: torch.compile'd when asked (with CUDA graphs on a GPU, which
+        pay off for many inputs of one size and compile once per new one), and cudnn's autotuning
+        on for GPUs (once per input shape)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.compiled = compile
+        if not compile:
+            return model
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[return-value]
+
     def upscale_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float in [0, 1] or uint8 in [0, 255], on any device -> (N, 3, sH, sW)
         float32 in [0, 1] on self.device."""
@@ -142,13 +154,7 @@ class TorchUpscaler(TensorUpscaler):
         self.model = self.model.to(memory_format=self.layout)
         self.tile, self.tile_pad = tile, tile_pad
         self.tile_batch = tile_batch if tile_batch is not None else (8 if device.type == "cuda" else 1)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        self._forward = self.model
-        self.compiled = compile
-        if compile:
-            mode = "reduce-overhead" if device.type == "cuda" else "default"
-            self._forward = torch.compile(self.model, mode=mode, dynamic=False)  # type: ignore[assignment]
+        self._forward = self._prepare_forward(self.model, compile)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = self._forward(x.to(self.dtype).contiguous(memory_format=self.layout))
