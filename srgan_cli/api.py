@@ -21,7 +21,7 @@ from .imageio import DEFAULT_MAX_PIXELS, ImageData, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
 from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
 from .runtime.pipeline import run_jobs
-from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, upscale_image
+from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, to_uint8, upscale_image
 from .weights import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -212,9 +212,9 @@ def _to_pil(image: ImageData) -> Image.Image:
 
     if image.bit_depth == 16 and image.alpha is None and image.is_gray:
         return Image.fromarray(np.rint(_unit(image.pixels)[..., 0] * 65535).astype(np.uint16))
-    arr = _u8(image.pixels)
+    arr = to_uint8(image.pixels)
     if image.alpha is not None:
-        arr = np.dstack([arr, _u8(image.alpha[..., None])])
+        arr = np.dstack([arr, to_uint8(image.alpha[..., None])])
     return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
 
 
@@ -251,7 +251,3 @@ def _to_array(image: ImageData, like: np.ndarray) -> np.ndarray:
 
 def _unit(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
-
-
-def _u8(pixels: np.ndarray) -> np.ndarray:
-    return pixels if pixels.dtype == np.uint8 else np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)

@@ -28,7 +28,7 @@ from .batch import (
     upscale_input,
     write_output,
 )
-from .upscaler import Upscaler, check_output_size
+from .upscaler import Upscaler, check_output_size, images_per_pass, takes_u8_path
 
 
 @dataclass
@@ -57,7 +57,7 @@ def run_jobs(
     """Each job's result, in order, as soon as it and every job before it are done. With
     `readers` and `writers` 0, the jobs run one after the other (`batch.run_job`). `batch`
     consecutive 8-bit RGB images of one size go through the model in one pass (default: 4 on a
-    GPU, 1 elsewhere: image_batch); the files are the same either way.
+    GPU, 1 elsewhere: upscaler.images_per_pass); the files are the same either way.
 
     Jobs whose output folder cannot be written fail at once, without being upscaled; after a
     write fails for lack of space (or a read-only disk, a quota), no further job is started: the
@@ -65,7 +65,7 @@ def run_jobs(
     jobs = list(jobs)
     blocked = unwritable_folders(jobs)
     lost: list[str] = []  # the reason the destination was lost, once it was
-    group = batch if batch is not None else image_batch(upscaler, outscale)
+    group = images_per_pass(upscaler, outscale, batch or 0)
     results = _run(
         upscaler, jobs, options, outscale, max_pixels, blocked, lost, readers, writers, (ahead, group)
     )
@@ -145,19 +145,6 @@ def _run(
             yield _finish(finishing.popleft())
 
 
-def image_batch(upscaler: Upscaler, outscale: float | None) -> int:
-    """Images of one size per model pass: 4 for a torch upscaler on a GPU at the model's own scale
-    (small images then keep the GPU busy), else 1."""
-    device = getattr(upscaler, "device", None)
-    can = hasattr(upscaler, "upscale_u8_batch") and outscale in (None, float(upscaler.scale))
-    return 4 if can and getattr(device, "type", "cpu") == "cuda" else 1
-
-
-def _batchable(image: ImageData | None) -> bool:
-    """Whether an image takes the 8-bit RGB path that upscale_u8_batch runs (see upscale_image)."""
-    return image is not None and image.bit_depth == 8 and not image.is_gray and image.alpha is None
-
-
 def _upscale_group(
     upscaler: Upscaler,
     images: list[ImageData | None],
@@ -168,7 +155,9 @@ def _upscale_group(
     """Each image's result (None where it failed, recorded in its result): the 8-bit RGB images of
     the first one's size in one pass of the model, the others one by one, as upscale_image would."""
     outs: list[ImageData | None] = [None] * len(images)
-    ready = [(i, im) for i, im in enumerate(images) if im is not None and _batchable(im)]
+    ready = [
+        (i, im) for i, im in enumerate(images) if im is not None and takes_u8_path(upscaler, im, outscale)
+    ]
     together = [(i, im) for i, im in ready if im.pixels.shape == ready[0][1].pixels.shape] if ready else []
     if len(together) > 1:
         scale = upscaler.scale

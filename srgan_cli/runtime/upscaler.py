@@ -33,10 +33,49 @@ def resample(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def output_size(image: ImageData, scale: int, outscale: float | None) -> tuple[int, int]:
-    """(width, height) of the result: the model's scale, or exactly `outscale` times the input."""
+def scaled_size(width: int, height: int, scale: int, outscale: float | None) -> tuple[int, int]:
+    """(width, height) of a result: the model's scale, or exactly `outscale` times the input."""
     factor = scale if outscale is None else outscale
-    return max(1, round(image.width * factor)), max(1, round(image.height * factor))
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def output_size(image: ImageData, scale: int, outscale: float | None) -> tuple[int, int]:
+    return scaled_size(image.width, image.height, scale, outscale)
+
+
+def at_model_scale(upscaler: Upscaler, width: int, height: int, outscale: float | None) -> bool:
+    """Whether the result is the model's own output, with no resample after it."""
+    return outscale is None or scaled_size(width, height, upscaler.scale, outscale) == scaled_size(
+        width, height, upscaler.scale, None
+    )
+
+
+def takes_u8_path(upscaler: Upscaler, image: ImageData, outscale: float | None) -> bool:
+    """Whether the upscaler rounds this image's result to bytes itself (`upscale_u8`): an 8-bit RGB
+    image without alpha, at the model's own scale."""
+    return (
+        hasattr(upscaler, "upscale_u8")
+        and image.bit_depth == 8
+        and not image.is_gray
+        and image.alpha is None
+        and at_model_scale(upscaler, image.width, image.height, outscale)
+    )
+
+
+def images_per_pass(upscaler: Upscaler, outscale: float | None, asked: int = 0) -> int:
+    """How many images of one size go through the model together: `asked` where the upscaler can
+    batch (upscale_u8_batch, at the model's scale), else 4 on a GPU (small images then keep it
+    busy) and 1 elsewhere; 1 for an upscaler that cannot."""
+    if not hasattr(upscaler, "upscale_u8_batch") or outscale not in (None, float(upscaler.scale)):
+        return 1
+    if asked:
+        return asked
+    return 4 if getattr(getattr(upscaler, "device", None), "type", "cpu") == "cuda" else 1
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as they are; floats in [0, 1] rounded as write_image rounds them."""
+    return pixels if pixels.dtype == np.uint8 else np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
 DEFAULT_MAX_OUTPUT_PIXELS = 400_000_000  # 400 MP: e.g. a 20000x20000 result, about 1.2 GB as bytes
@@ -78,12 +117,8 @@ def upscale_image(
     """
     check_output_size(*output_size(image, upscaler.scale, outscale), max_pixels)
     check_output_size(image.width * upscaler.scale, image.height * upscaler.scale, max_pixels)  # the model's
-    to_u8 = getattr(upscaler, "upscale_u8", None)
-    at_scale = outscale is None or output_size(image, upscaler.scale, outscale) == output_size(
-        image, upscaler.scale, None
-    )
-    if to_u8 is not None and image.bit_depth == 8 and not image.is_gray and image.alpha is None and at_scale:
-        return image.replace(pixels=to_u8(image.pixels))
+    if takes_u8_path(upscaler, image, outscale):
+        return image.replace(pixels=upscaler.upscale_u8(image.pixels))  # type: ignore[attr-defined]
     if image.pixels.dtype == np.uint8:  # the float path below works in [0, 1]
         image = image.replace(pixels=image.pixels.astype(np.float32) / 255.0)
     rgb = np.repeat(image.pixels, 3, axis=2) if image.is_gray else image.pixels

@@ -24,7 +24,15 @@ from ..atomic import atomic_open, remove_stale_temps
 from ..errors import ImageError, SrganError, UsageError
 from ..imageio import ImageData, write_image
 from .background import Behind, ahead
-from .upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler, check_output_size, output_size, upscale_image
+from .upscaler import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    Upscaler,
+    check_output_size,
+    images_per_pass,
+    scaled_size,
+    to_uint8,
+    upscale_image,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".mov": "mov", ".avi": "avi"}
@@ -47,7 +55,7 @@ class VideoOptions:
     pix_fmt: str = "yuv420p"
     frames_dir: Path | None = None  # write frames as images here instead of a video
     frame_format: str = "png"
-    batch: int = 0  # frames per model pass; 0: 4 on a GPU (when the upscaler can), else 1
+    batch: int = 0  # frames per model pass; 0: upscaler.images_per_pass decides (4 on a GPU)
     max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # larger frames are refused up front
 
 
@@ -129,7 +137,9 @@ def upscale_video(
         total = int(video.frames or 0)
         if not total and video.duration and video.time_base and result.fps:
             total = round(float(video.duration * video.time_base) * result.fps)
-        width, height = _even(result.in_size, upscaler.scale, outscale, options)
+        width, height = scaled_size(*result.in_size, upscaler.scale, outscale)
+        if options.frames_dir is None and options.pix_fmt.startswith(("yuv420", "nv12", "yuv422")):
+            width, height = width - width % 2, height - height % 2  # chroma subsampling: even sides
         check_output_size(width, height, options.max_output_pixels)
         result.out_size = (width, height)
 
@@ -141,7 +151,7 @@ def upscale_video(
             except av.error.FFmpegError as exc:
                 raise VideoError(src, f"is corrupt or truncated ({_reason(exc)})") from exc
 
-        batch = _batch_size(upscaler, options, outscale)
+        batch = images_per_pass(upscaler, outscale, options.batch)
 
         def upscaled(frames: list[np.ndarray]) -> list[np.ndarray]:
             """(H, W, 3) uint8 frames -> the upscaled frames, uint8 at the output size."""
@@ -150,7 +160,7 @@ def upscale_video(
             else:
                 outs = [upscale_image(upscaler, ImageData(rgb, None), outscale).pixels for rgb in frames]
             # [:height, :width]: --outscale to even sides for 4:2:0
-            return [np.ascontiguousarray(_to_u8(pixels)[:height, :width]) for pixels in outs]
+            return [np.ascontiguousarray(to_uint8(pixels)[:height, :width]) for pixels in outs]
 
         count = _Counter(result, total, overwrite, on_frame, batch)
         if options.frames_dir is not None:
@@ -160,15 +170,6 @@ def upscale_video(
             _write_video(av, source, video, decoded, upscaled, dst, options, count)
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _even(
-    size: tuple[int, int], scale: int, outscale: float | None, options: VideoOptions
-) -> tuple[int, int]:
-    width, height = output_size(ImageData(np.zeros((size[1], size[0], 1), np.float32), None), scale, outscale)
-    if options.frames_dir is None and options.pix_fmt.startswith(("yuv420", "nv12", "yuv422")):
-        width, height = width - width % 2, height - height % 2  # chroma subsampling needs even sides
-    return width, height
 
 
 @dataclass
@@ -193,20 +194,6 @@ def _rgb(frame: Any) -> np.ndarray:
     if space:
         return frame.to_ndarray(format="rgb24", src_colorspace=space)
     return frame.to_ndarray(format="rgb24")
-
-
-def _batch_size(upscaler: Upscaler, options: VideoOptions, outscale: float | None) -> int:
-    """Frames per model pass: as asked, or 4 where they can go through one batched pass (a torch
-    upscaler on a GPU, at the model's own scale), else 1."""
-    can = hasattr(upscaler, "upscale_u8_batch") and outscale in (None, float(upscaler.scale))
-    if options.batch:
-        return options.batch if can else 1
-    device = getattr(upscaler, "device", None)
-    return 4 if can and getattr(device, "type", "cpu") == "cuda" else 1
-
-
-def _to_u8(pixels: np.ndarray) -> np.ndarray:
-    return pixels if pixels.dtype == np.uint8 else np.rint(pixels * 255).astype(np.uint8)
 
 
 def _in_batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
