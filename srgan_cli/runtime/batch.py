@@ -187,11 +187,13 @@ def run_job(
     *,
     outscale: float | None = None,
     max_pixels: int | None = None,
+    blocked: dict[Path, str] | None = None,
 ) -> JobResult:
-    """Read, upscale and atomically write one image; any failure is returned, never raised."""
+    """Read, upscale and atomically write one image; any failure is returned, never raised.
+    `blocked`: output folders known to be unwritable (unwritable_folders)."""
     start = time.perf_counter()
     result = JobResult(job.src, job.dst, "ok")
-    if not settled_before_reading(job, options, result):
+    if not settled_before_reading(job, options, result, blocked):
         image = attempt(result, read_input, job, max_pixels, result)
         out = None if image is None else attempt(result, upscale_input, upscaler, image, outscale, options)
         if out is not None:

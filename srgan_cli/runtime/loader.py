@@ -92,12 +92,11 @@ def build_upscaler(
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     chosen = mode
+    # the file's header, read once: None for a community model (or when an .onnx file runs)
+    info = _info_or_foreign(model) if not is_onnx_path(model) and (mode == "auto" or onnx is None) else None
+    foreign = info is None and onnx is None and not is_onnx_path(model)
     if mode == "auto":
-        mode = (
-            "lapgan"
-            if not is_onnx_path(model) and not is_foreign(model) and weights.read_info(model).arch == "lapgan"
-            else "sr"
-        )
+        mode = "lapgan" if info is not None and info.arch == "lapgan" else "sr"
     if mode == "lapgan":
         return _lapgan_upscaler(
             model, backend, onnx, device, precision, tile, tile_pad, compile, lapgan_levels
@@ -113,7 +112,7 @@ def build_upscaler(
         )
     if backend == "auto":
         backend = "onnx" if onnx_file is not None else "torch"
-    if onnx_file is None and is_foreign(model):  # a community model: spandrel knows its architecture
+    if foreign:  # a community model: spandrel knows its architecture
         if backend == "onnx":
             raise UsageError(
                 "third-party models run on the torch backend (export them with srgan export-onnx)"
@@ -139,13 +138,17 @@ def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
     return ready
 
 
+def _info_or_foreign(model: str) -> weights.WeightsInfo | None:
+    """The header of srgan-cli weights, or None for a model file that is not ours."""
+    try:
+        return weights.read_info(model)
+    except ForeignWeights:
+        return None
+
+
 def is_foreign(model: str) -> bool:
     """Whether `model` names a model file that is not srgan-cli's (tried with spandrel)."""
-    try:
-        weights.read_info(model)
-    except ForeignWeights:
-        return True
-    return False
+    return not is_onnx_path(model) and _info_or_foreign(model) is None
 
 
 def _spandrel_upscaler(

@@ -102,11 +102,7 @@ def _run(
         for job in jobs:
             if lost:
                 return
-            result = JobResult(job.src, job.dst, "ok")
-            if settled_before_reading(job, options, result, blocked):
-                yield result
-            else:
-                yield run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels)
+            yield run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels, blocked=blocked)
         return
     todo = iter(jobs)
     reading: deque[_InFlight] = deque()  # decoded (or decoding) inputs, in order
