@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 
 from .errors import UsageError
-from .imageio import DEFAULT_MAX_PIXELS, ImageData, read_image, write_image
+from .imageio import DEFAULT_MAX_PIXELS, ImageData, image_from_pil, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
 from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
 from .runtime.pipeline import run_jobs
@@ -132,7 +132,7 @@ class Upscaler:
         if isinstance(image, (str, os.PathLike)):
             return _to_pil(self._upscale(read_image(image)))
         if _is_pil(image):
-            return _to_pil(self._upscale(_from_pil(image)))
+            return _to_pil(self._upscale(image_from_pil(image)))
         if isinstance(image, np.ndarray):
             return _to_array(self._upscale(_from_array(image)), image)
         if type(image).__module__.startswith("torch"):
@@ -195,16 +195,6 @@ class Upscaler:
 
 def _is_pil(image: Any) -> bool:
     return type(image).__module__.startswith("PIL.")
-
-
-def _from_pil(image: Image.Image) -> ImageData:
-    """A PIL image as ImageData, through the same conversions read_image uses."""
-    from .imageio.read import _pil_arrays
-
-    pixels, alpha, depth = _pil_arrays(image)
-    return ImageData(
-        np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha), depth
-    )
 
 
 def _to_pil(image: ImageData) -> Image.Image:

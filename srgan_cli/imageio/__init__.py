@@ -14,7 +14,7 @@ from .formats import (
     os_reason,
     suffix_for_format,
 )
-from .read import header_size, read_image
+from .read import header_size, image_from_pil, read_image
 from .write import write_image
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "fill_transparent",
     "format_for_suffix",
     "header_size",
+    "image_from_pil",
     "os_reason",
     "read_image",
     "suffix_for_format",

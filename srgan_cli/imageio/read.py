@@ -367,3 +367,12 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
                 return im.size
     except Exception:
         return None
+
+
+def image_from_pil(im: Image.Image) -> ImageData:
+    """A PIL image already in memory as ImageData, through the same conversions read_image uses
+    (any mode; alpha, gray and 16-bit kept). The image is taken as it is: no EXIF turn."""
+    pixels, alpha, depth = _pil_arrays(im)
+    return ImageData(
+        np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha), depth
+    )
