@@ -17,6 +17,7 @@ import torch
 
 from .. import training
 from .. import weights as weights_mod
+from ..atomic import remove_stale_temps
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, any_flag, gather_objects
 from ..errors import TrainingError
@@ -78,8 +79,7 @@ class Run:
             self._restore()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
-                stale.unlink(missing_ok=True)
+            remove_stale_temps(self.out, {CHECKPOINT})  # a checkpoint write cut short by a kill
 
         self.val_pairs: list[EvalPair] = []
         self.val_skipped: list[tuple[Path, str]] = []
