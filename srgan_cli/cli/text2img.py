@@ -121,11 +121,46 @@ def train(
             show_default=False,
         ),
     ] = None,
+    loss: Annotated[
+        str | None,
+        _opt("--loss", panel=_MODEL, help="bce (the paper's cross-entropy) or hinge."),
+    ] = None,
+    d_condition: Annotated[
+        str | None,
+        _opt(
+            "--d-condition",
+            panel=_MODEL,
+            help="How D joins text and image: concat (the paper: text replicated over D's 4x4 "
+            "features) or projection (an inner product of the features with the text).",
+        ),
+    ] = None,
+    ca: Annotated[
+        bool | None,
+        _opt(
+            "--ca/--no-ca",
+            panel=_MODEL,
+            help="Conditioning augmentation (StackGAN): G samples its text code from a Gaussian "
+            "around the caption's, for more varied images.",
+            show_default=False,
+        ),
+    ] = None,
+    ca_kl: Annotated[
+        float | None, _opt("--ca-kl", min=0.0, help="Weight of conditioning augmentation's KL term.")
+    ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
     ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[
         int | None,
         _opt("--encoder-steps", panel=_MODEL, min=1, help="Builtin encoder pre-training steps."),
+    ] = None,
+    encoder_negatives: Annotated[
+        str | None,
+        _opt(
+            "--encoder-negatives",
+            panel=_MODEL,
+            help="Builtin encoder pre-training batches: random, or hard (groups of look-alike "
+            "images, so that the encoder learns the words that tell them apart).",
+        ),
     ] = None,
     beta: Annotated[float | None, _opt("--beta", help="GAN-INT interpolation weight.")] = None,
     steps: Annotated[int | None, _opt("--steps", min=1)] = None,
@@ -177,6 +212,7 @@ def train(
                     )
                 elif kind == "log":
                     wrong = f"D(x,wrong) {data['D(x,wrong)']:.3f}  " if "D(x,wrong)" in data else ""
+                    wrong += f"KL {data['KL']:.2f}  " if "KL" in data else ""
                     stats = (
                         f"D(x) {data['D(x)']:.3f}  {wrong}D(G(z)) {data['D(G(z))']:.3f}  "
                         f"loss_D {data['loss_D']:.3f}  loss_G {data['loss_G']:.3f}  "
@@ -355,7 +391,7 @@ def evaluate(
     from ..devices import resolve_device
     from ..text2img.checker import load_checker
     from ..text2img.data import load_caption_set
-    from ..text2img.evaluate import evaluate_generator, evaluate_real, held_out_pairs
+    from ..text2img.evaluate import evaluate_generator, evaluate_real, evaluate_redrawn, held_out_pairs
     from ..text2img.sample import TextToImage, load_text2img
 
     with guard():
@@ -368,7 +404,10 @@ def evaluate(
             from ..metrics.lpips import load_lpips
 
             lpips = load_lpips(lpips_weights, device=dev)
-        reports = [evaluate_real(judge, real, specs)]
+        reports = [
+            evaluate_real(judge, real, specs),
+            evaluate_redrawn(texts, specs, judge, samples, seed, lpips),
+        ]
         with console.status(f"generating {len(texts)} x {samples} images per model"):
             for name in model:
                 net, info = load_text2img(name)
@@ -426,5 +465,7 @@ def _print_reports(reports: list[Any], data: Path, n_captions: int, samples: int
         )
     print_table(table)
     console.print(
-        "match = colour, shape and position all right; real = the checker on the real images of the captions"
+        "match = colour, shape and position all right; real = the checker on the real images of the "
+        "captions; re-drawn = each caption's scene drawn again with the data set's own jitter (the "
+        "diversity a generator that learnt that variation would show)"
     )

@@ -33,6 +33,7 @@ MINILM_DIM = 384
 MINILM_ENV = "SRGAN_MINILM_PATH"  # a local sentence-transformers model folder, instead of the package
 
 Encode = Callable[[Sequence[str]], torch.Tensor]
+NEGATIVES = ("random", "hard")  # how the encoder's pre-training batches are drawn
 
 
 def words(text: str) -> list[str]:
@@ -149,6 +150,16 @@ class EncoderTrainConfig:
     dim: int = 256
     min_count: int = 1  # words seen fewer times become <unk>
     seed: int = 0
+    # "random" batches, or "hard": after the first third of the steps, half of each batch is groups
+    # of images that look alike to the image encoder (see hard_batch)
+    negatives: str = "random"
+    group: int = 8  # images per look-alike group
+    pool: int = 48  # each group is drawn from an anchor's `pool` nearest images
+    refresh: int = 100  # steps between re-embedding every image for the neighbour search
+
+    def __post_init__(self) -> None:
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
 
 
 def matching_loss(
@@ -160,6 +171,38 @@ def matching_loss(
     target = torch.arange(text.shape[0], device=text.device)
     loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
     return loss, (logits.argmax(1) == target).float().mean()
+
+
+@torch.no_grad()
+def embed_images(
+    image: ImageEncoder, images: torch.Tensor, device: torch.device, batch: int = 1024
+) -> torch.Tensor:
+    """(N, dim) image embeddings of uint8 images, in eval mode, kept on `device`."""
+    was_training = image.training
+    image.eval()
+    parts = [
+        image(images[i : i + batch].to(device).float().div_(255)) for i in range(0, images.shape[0], batch)
+    ]
+    image.train(was_training)
+    return torch.cat(parts)
+
+
+def hard_batch(
+    bank: torch.Tensor, batch: int, config: EncoderTrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Indices of a batch made of look-alike groups: each of batch // group random anchors brings
+    group - 1 images drawn from its `pool` nearest neighbours in `bank` (image embeddings). A
+    contrastive batch of random images can be told apart by the easiest attributes (colour, place);
+    within a group those agree, so the loss has to use what differs (shape, size). Drawing from a
+    pool, rather than taking the very nearest, keeps near-copies of the anchor (the same scene, whose
+    captions mean the same) a small part of each group. Repeats are dropped."""
+    n = bank.shape[0]
+    anchors = torch.randperm(n, generator=gen)[: max(1, batch // config.group)]
+    pool = min(config.pool, n - 1)
+    near = (bank[anchors.to(bank.device)] @ bank.t()).topk(pool + 1, dim=1).indices[:, 1:].cpu()  # (A, pool)
+    pick = torch.rand(anchors.shape[0], pool, generator=gen).argsort(dim=1)[:, : config.group - 1]
+    idx = torch.cat([anchors[:, None], near.gather(1, pick)], dim=1).flatten()
+    return torch.tensor(list(dict.fromkeys(idx.tolist())))  # in order, without repeats
 
 
 def pretrain_builtin(
@@ -188,8 +231,15 @@ def pretrain_builtin(
     n = images.shape[0]
     batch = min(config.batch_size, n)
     sums = {"loss": 0.0, "accuracy": 0.0}
+    hard_from = config.steps // 3 if config.negatives == "hard" else config.steps + 1
+    bank = torch.zeros(0)
     for step in range(1, config.steps + 1):
         idx = torch.randperm(n, generator=gen)[:batch]
+        if step >= hard_from:
+            if (step - hard_from) % config.refresh == 0:
+                bank = embed_images(image, images, device)
+            hard = hard_batch(bank, batch // 2, config, gen)
+            idx = torch.cat([hard, idx[~torch.isin(idx, hard)][: batch - hard.shape[0]]])
         picks = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=gen))] for i in idx.tolist()]
         ids, lengths = text.tokenize(picks)
         x = images[idx].to(device).float().div_(255)

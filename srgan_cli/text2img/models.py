@@ -6,6 +6,14 @@ upsamples 1 -> 4 -> 8 -> 16 -> 32 -> 64 with strided transposed convolutions, ba
 D downsamples the image 64 -> 32 -> 16 -> 8 -> 4 with strided convolutions and leaky ReLU, then
 replicates the compressed embedding over the 4x4 grid, concatenates it depth-wise, and scores the
 pair with a 1x1 convolution and a final 4x4 convolution, as in the paper's Figure 2.
+
+Two switches change the paper's networks (A/B in docs/text2img.md):
+- conditioning augmentation (StackGAN, Zhang et al. 2017): G draws its text code from a Gaussian
+  N(mu(phi), sigma(phi)^2) instead of taking it as it is; the Gaussian's noise is the second part of
+  G's noise vector, so one seed still gives one image.
+- a projection discriminator (Miyato & Koyama 2018): D's score is an unconditional term plus the
+  inner product of its 4x4 image features with a linear map of the text, instead of the depth-wise
+  concatenation.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import torch
 from torch import nn
 
 from .encoders import BuiltinEncoderConfig, BuiltinTextEncoder
+
+CONDITIONS = ("concat", "projection")  # how D joins the text to the image
 
 
 @dataclass
@@ -31,6 +41,7 @@ class Text2ImgConfig:
     encoder: str = "builtin"  # "builtin" (stored in the weights) or "minilm" (the [text] extra)
     embed_dim: int = 256  # the sentence encoder's output dimension (MiniLM: 384)
     text: dict[str, Any] = field(default_factory=dict)  # BuiltinEncoderConfig for "builtin"
+    ca: bool = False  # conditioning augmentation: the text code is sampled (StackGAN)
 
     def __post_init__(self) -> None:
         if self.size != 64:
@@ -42,6 +53,11 @@ class Text2ImgConfig:
         for name in ("z_dim", "proj_dim", "ngf", "ndf", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+
+    @property
+    def noise_dim(self) -> int:
+        """Length of G's noise vector: z, then (with conditioning augmentation) the text code's noise."""
+        return self.z_dim + (self.proj_dim if self.ca else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,17 +90,39 @@ class _Projection(nn.Module):
         return self.act(self.fc(embedding * self.scale))
 
 
+class _Augmented(nn.Module):
+    """Conditioning augmentation: phi(t) -> (mu, log sigma^2) by one FC layer; the code is
+    mu + sigma * eps with eps given by the caller (part of G's noise). `kl` holds the last batch's
+    KL divergence from N(0, I), which the trainer adds to G's loss."""
+
+    def __init__(self, embed_dim: int, proj_dim: int) -> None:
+        super().__init__()
+        self.scale = float(embed_dim) ** 0.5
+        self.fc = nn.Linear(embed_dim, 2 * proj_dim)
+        self.kl = torch.zeros(())
+
+    def forward(self, embedding: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.fc(embedding * self.scale).chunk(2, dim=1)
+        logvar = logvar.clamp(-10, 10)
+        self.kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+        return mu + (0.5 * logvar).exp() * eps
+
+
 class Generator(nn.Module):
-    """(z (N, z_dim), phi(t) (N, embed_dim)) -> (N, 3, 64, 64) in [-1, 1] (tanh)."""
+    """(noise (N, noise_dim), phi(t) (N, embed_dim)) -> (N, 3, 64, 64) in [-1, 1] (tanh). The noise
+    is z, followed by the conditioning augmentation's eps when `config.ca`."""
 
     def __init__(self, config: Text2ImgConfig) -> None:
         super().__init__()
         c, ngf = config, config.ngf
+        self.z_dim = c.z_dim
 
         def up(cin: int, cout: int) -> list[nn.Module]:
             return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
-        self.project = _Projection(c.embed_dim, c.proj_dim)
+        self.project: _Projection | _Augmented = (
+            _Augmented(c.embed_dim, c.proj_dim) if c.ca else _Projection(c.embed_dim, c.proj_dim)
+        )
         self.net = nn.Sequential(
             nn.ConvTranspose2d(c.z_dim + c.proj_dim, ngf * 8, 4, 1, 0, bias=False),  # 1 -> 4
             nn.BatchNorm2d(ngf * 8),
@@ -97,8 +135,18 @@ class Generator(nn.Module):
         )
         _init_dcgan(self)
 
-    def forward(self, z: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([z, self.project(embedding)], dim=1)  # (N, z_dim + proj_dim)
+    @property
+    def kl(self) -> torch.Tensor | None:
+        """The conditioning augmentation's KL term of the last batch; None without it."""
+        return self.project.kl if isinstance(self.project, _Augmented) else None
+
+    def forward(self, noise: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        z = noise[:, : self.z_dim]
+        if isinstance(self.project, _Augmented):
+            code = self.project(embedding, noise[:, self.z_dim :])
+        else:
+            code = self.project(embedding)
+        h = torch.cat([z, code], dim=1)  # (N, z_dim + proj_dim)
         return self.net(h[:, :, None, None])
 
 
@@ -108,11 +156,18 @@ class Discriminator(nn.Module):
     `spectral=False` is the paper's DCGAN discriminator (batch norm after every conv but the first).
     `spectral=True` replaces batch norm by spectral normalisation of every layer (Miyato et al.
     2018), which bounds how fast D can separate real from generated images; see docs/text2img.md
-    for why the shipped model uses it."""
+    for why the shipped model uses it.
 
-    def __init__(self, config: Text2ImgConfig, spectral: bool = False) -> None:
+    `condition="concat"` is the paper's depth-wise concatenation of the text at 4x4;
+    `condition="projection"` scores the image alone (1x1 conv, 4x4 conv) and adds the inner product
+    of the 4x4 features with a linear map of the projected text (a projection discriminator)."""
+
+    def __init__(self, config: Text2ImgConfig, spectral: bool = False, condition: str = "concat") -> None:
         super().__init__()
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
         c, ndf = config, config.ndf
+        self.condition = condition
         sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
 
         def norm(channels: int) -> list[nn.Module]:
@@ -129,19 +184,27 @@ class Discriminator(nn.Module):
             *down(ndf * 4, ndf * 8),  # 4
         )
         self.project = _Projection(c.embed_dim, c.proj_dim)
+        text_in = c.proj_dim if condition == "concat" else 0
         self.joint = nn.Sequential(
-            sn(nn.Conv2d(ndf * 8 + c.proj_dim, ndf * 8, 1, 1, 0, bias=spectral)),
+            sn(nn.Conv2d(ndf * 8 + text_in, ndf * 8, 1, 1, 0, bias=spectral)),
             *norm(ndf * 8),
             nn.LeakyReLU(0.2, True),
-            sn(nn.Conv2d(ndf * 8, 1, 4, 1, 0)),  # 4x4 -> 1x1
+            sn(nn.Conv2d(ndf * 8, 1, 4, 1, 0)),  # 4x4 -> 1x1: the score
         )
+        # projection: text -> one weight per feature and place of the 4x4 grid
+        self.embed = sn(nn.Linear(c.proj_dim, ndf * 8 * 16)) if condition == "projection" else None
         if not spectral:  # spectral normalisation rescales the weights itself
             _init_dcgan(self)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         h = self.image(x)  # (N, 8*ndf, 4, 4)
-        t = self.project(embedding)[:, :, None, None].expand(-1, -1, *h.shape[-2:])  # replicated 4x4
-        return self.joint(torch.cat([h, t], dim=1)).flatten(1)
+        t = self.project(embedding)
+        if self.embed is None:
+            replicated = t[:, :, None, None].expand(-1, -1, *h.shape[-2:])  # the text at every cell
+            return self.joint(torch.cat([h, replicated], dim=1)).flatten(1)
+        features = self.joint[:-1](h)
+        matching = (self.embed(t) * features.flatten(1)).sum(1, keepdim=True)
+        return self.joint[-1](features).flatten(1) + matching
 
 
 class Text2Img(nn.Module):
@@ -169,5 +232,7 @@ class Text2Img(nn.Module):
         return self.generator(z, embedding).add(1).mul(0.5)
 
 
-def models(config: Text2ImgConfig, spectral: bool = False) -> tuple[Generator, Discriminator]:
-    return Generator(config), Discriminator(config, spectral)
+def models(
+    config: Text2ImgConfig, spectral: bool = False, condition: str = "concat"
+) -> tuple[Generator, Discriminator]:
+    return Generator(config), Discriminator(config, spectral, condition)

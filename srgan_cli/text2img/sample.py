@@ -59,14 +59,14 @@ class TextToImage:
 
     @torch.no_grad()
     def from_embeddings(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(N, D) embeddings and (N, z_dim) noise -> (N, 3, 64, 64) in [0, 1] on the CPU."""
+        """(N, D) embeddings and (N, noise_dim) noise -> (N, 3, 64, 64) in [0, 1] on the CPU."""
         parts = []
         for i in range(0, h.shape[0], 256):
             parts.append(self.model(z[i : i + 256].to(self.device), h[i : i + 256].to(self.device)).cpu())
         return torch.cat(parts).clamp_(0, 1)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
-        return torch.randn(n, self.model.config.z_dim, generator=torch.Generator().manual_seed(seed))
+        return torch.randn(n, self.model.config.noise_dim, generator=torch.Generator().manual_seed(seed))
 
     def generate(self, captions: Sequence[str], n: int = 1, seed: int = 0) -> torch.Tensor:
         """(len(captions) * n, 3, 64, 64), caption-major: caption 0's n images first. Caption i uses

@@ -55,13 +55,14 @@ from ..training import (
 )
 from .data import CaptionSet, load_caption_set
 from .encoders import (
+    NEGATIVES,
     BuiltinEncoderConfig,
     BuiltinTextEncoder,
     EncoderTrainConfig,
     MiniLMEncoder,
     pretrain_builtin,
 )
-from .models import Discriminator, Generator, Text2Img, Text2ImgConfig, models
+from .models import CONDITIONS, Discriminator, Generator, Text2Img, Text2ImgConfig, models
 
 RUN_FILE = "run.json"
 LOG = "log.jsonl"
@@ -88,6 +89,10 @@ class Text2ImgTrainConfig:
     interpolate: bool = True  # GAN-INT: G also learns from interpolated embeddings
     beta: float = 0.5  # GAN-INT interpolation weight (paper: 0.5)
     spectral_norm: bool = True  # spectral normalisation in D instead of the paper's batch norm (see docs)
+    loss: str = "bce"  # "bce" (the paper's cross-entropy) or "hinge"
+    d_condition: str = "concat"  # how D joins text and image: "concat" (the paper) or "projection"
+    ca: bool = False  # conditioning augmentation in G (StackGAN)
+    ca_kl: float = 1.0  # weight of the conditioning augmentation's KL term in G's loss
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -98,6 +103,7 @@ class Text2ImgTrainConfig:
     proj_dim: int = 128
     encoder_steps: int = 1500  # pre-training of the builtin encoder
     encoder_dim: int = 256  # builtin encoder output size
+    encoder_negatives: str = "random"  # builtin encoder pre-training batches: "random" or "hard"
     limit: int = 0  # use only the first N images (0 = all)
     seed: int = 0
     device: str = "auto"
@@ -117,6 +123,16 @@ class Text2ImgTrainConfig:
             raise TrainingError("beta must be in [0, 1]")
         if self.lr <= 0:
             raise TrainingError("lr must be positive")
+        if self.loss not in _LOSSES:
+            raise TrainingError(f"unknown --loss {self.loss!r}: use {' or '.join(_LOSSES)}")
+        if self.d_condition not in CONDITIONS:
+            raise TrainingError(f"unknown --d-condition {self.d_condition!r}: use {' or '.join(CONDITIONS)}")
+        if self.encoder_negatives not in NEGATIVES:
+            raise TrainingError(
+                f"unknown --encoder-negatives {self.encoder_negatives!r}: use {' or '.join(NEGATIVES)}"
+            )
+        if self.ca_kl < 0:
+            raise TrainingError("ca-kl must be at least 0")
 
     @property
     def variant(self) -> str:
@@ -140,6 +156,9 @@ _MODEL_FIELDS = (
     "cls",
     "interpolate",
     "spectral_norm",
+    "loss",
+    "d_condition",
+    "ca",
 )
 
 
@@ -157,42 +176,45 @@ class Text2ImgTrainer(GanPair):
     d: Discriminator
 
     def __init__(self, config: Text2ImgConfig, train: Text2ImgTrainConfig, device: torch.device) -> None:
-        g, d = models(config, train.spectral_norm)
+        g, d = models(config, train.spectral_norm, train.d_condition)
         super().__init__(g, d, lr=train.lr, beta1=train.beta1, device=device)
         self.train_config = train
-        self.z_dim = config.z_dim
+        self.noise_dim = config.noise_dim
 
     def noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.z_dim, device=self.device)
+        return torch.randn(n, self.noise_dim, device=self.device)
 
     def step(self, x: torch.Tensor, h: torch.Tensor, h_wrong: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (N, 3, 64, 64) in [-1, 1]; h, h_wrong (N, D): matching and mismatched embeddings."""
         t = self.train_config
         n = x.shape[0]
-        ones, zeros = torch.ones(n, 1, device=self.device), torch.zeros(n, 1, device=self.device)
-        bce = F.binary_cross_entropy_with_logits
+        real, fake_loss, g_loss = _LOSSES[t.loss]
         d = self.d
 
         # --- D step: (x, h) real; (G(z, h), h) fake; GAN-CLS: (x, h_wrong) fake too
         fake = self.g(self.noise(n), h)
+        kl = self.g.kl  # the conditioning augmentation's KL of this batch (None without it)
         s_r = d(x, h)
         s_f = d(fake.detach(), h)
         stats: dict[str, torch.Tensor] = {}
         if t.cls:
             s_w = d(x, h_wrong)
-            loss_d = bce(s_r, ones) + 0.5 * (bce(s_w, zeros) + bce(s_f, zeros))
+            loss_d = real(s_r) + 0.5 * (fake_loss(s_w) + fake_loss(s_f))
             stats["D(x,wrong)"] = torch.sigmoid(s_w).mean().detach()
         else:
-            loss_d = bce(s_r, ones) + bce(s_f, zeros)
+            loss_d = real(s_r) + fake_loss(s_f)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         # --- G step: -log D(G(z, h), h); GAN-INT: + -log D(G(z', h_int), h_int)
-        loss_g = bce(d(fake, h), ones)
+        loss_g = g_loss(d(fake, h))
         if t.interpolate:
             h_int = t.beta * h + (1 - t.beta) * h.roll(1, dims=0)  # another image's caption
-            loss_g = loss_g + bce(d(self.g(self.noise(n), h_int), h_int), ones)
+            loss_g = loss_g + g_loss(d(self.g(self.noise(n), h_int), h_int))
+        if kl is not None:
+            loss_g = loss_g + t.ca_kl * kl
+            stats["KL"] = kl.detach()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -203,6 +225,30 @@ class Text2ImgTrainer(GanPair):
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
         }
+
+
+def _bce_real(score: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-score).mean()  # -log sigmoid(s): binary cross-entropy against "real"
+
+
+def _bce_fake(score: torch.Tensor) -> torch.Tensor:
+    return F.softplus(score).mean()  # -log(1 - sigmoid(s))
+
+
+def _hinge_real(score: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - score).mean()
+
+
+def _hinge_fake(score: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 + score).mean()
+
+
+def _hinge_g(score: torch.Tensor) -> torch.Tensor:
+    return -score.mean()
+
+
+# loss name -> (D's term for "real", D's term for "fake", G's term); G's BCE term is non-saturating
+_LOSSES = {"bce": (_bce_real, _bce_fake, _bce_real), "hinge": (_hinge_real, _hinge_fake, _hinge_g)}
 
 
 @dataclass
@@ -261,7 +307,12 @@ def _text_encoder(
         encoder = _load_encoder(path)
         log("encoder", {"encoder": "builtin", "path": str(path), "loaded": True})
     else:
-        enc_config = EncoderTrainConfig(steps=config.encoder_steps, dim=config.encoder_dim, seed=config.seed)
+        enc_config = EncoderTrainConfig(
+            steps=config.encoder_steps,
+            dim=config.encoder_dim,
+            seed=config.seed,
+            negatives=config.encoder_negatives,
+        )
         started = time.perf_counter()
         encoder = pretrain_builtin(
             data.images,
@@ -378,6 +429,7 @@ def train_text2img(
             encoder=config.encoder,
             embed_dim=dim,
             text=encoder.config.to_dict() if encoder is not None else {},
+            ca=config.ca,
         )
         step = _train_gan(config, model_config, data, embeddings, encode, device, out, resume, log)
         weights = assemble(out, model_config, encoder)
@@ -426,7 +478,7 @@ def _train_gan(
     (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     (out / SAMPLES / "captions.txt").write_text("\n".join(fixed_captions) + "\n", encoding="utf-8")
     fixed = encode(fixed_captions).to(device)
-    fixed_z = torch.randn(8, model_config.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
+    fixed_z = torch.randn(8, model_config.noise_dim, generator=torch.Generator().manual_seed(1234)).to(device)
     log(
         "gan",
         {

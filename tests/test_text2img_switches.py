@@ -1,0 +1,176 @@
+"""Text-to-image switches beyond the paper: projection D, hinge loss, conditioning augmentation and
+hard-negative pre-training of the builtin encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srgan_cli import weights
+from srgan_cli.errors import TrainingError
+from srgan_cli.text2img import shapes
+from srgan_cli.text2img.encoders import EncoderTrainConfig, hard_batch
+from srgan_cli.text2img.models import Text2ImgConfig, models
+from srgan_cli.text2img.sample import TextToImage, load_text2img
+from srgan_cli.text2img.train import Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
+
+TINY = {"ngf": 8, "ndf": 8, "z_dim": 8, "proj_dim": 8}
+
+
+class _Zero(torch.nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(t.shape[0], 8 * 8 * 16)
+
+
+def test_projection_discriminator_scores_image_and_text_together() -> None:
+    torch.manual_seed(0)
+    config = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
+    _, d = models(config, spectral=True, condition="projection")
+    d.eval()  # no power iteration between calls
+    x, h = torch.rand(3, 3, 64, 64) * 2 - 1, F.normalize(torch.randn(3, 12), dim=1)
+    s = d(x, h)
+    assert s.shape == (3, 1)
+    assert not torch.allclose(s, d(x, h.flip(0)))  # the text changes the score
+    # the score is the image term plus a text-image inner product: with the text map zeroed, the
+    # text no longer matters
+    assert d.embed is not None
+    d.embed = _Zero()
+    assert torch.allclose(d(x, h), d(x, h.flip(0)))
+    with pytest.raises(ValueError, match="condition"):
+        models(config, condition="sum")
+
+
+def test_conditioning_augmentation_samples_the_text_code_from_the_noise() -> None:
+    torch.manual_seed(0)
+    plain = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
+    assert plain.noise_dim == 8 and models(plain)[0].kl is None
+    config = Text2ImgConfig(encoder="minilm", embed_dim=12, ca=True, **TINY)
+    assert config.noise_dim == 8 + 8  # z, then the code's eps
+    g = models(config)[0].eval()
+    h = F.normalize(torch.randn(2, 12), dim=1)
+    noise = torch.randn(2, config.noise_dim)
+    assert torch.equal(g(noise, h), g(noise, h))  # one noise vector, one image
+    kl = g.kl
+    assert kl is not None and float(kl.detach()) > 0
+    other_eps = noise.clone()
+    other_eps[:, 8:] = torch.randn(2, 8)
+    assert not torch.allclose(g(noise, h), g(other_eps, h))  # eps moves the text code
+
+
+def test_hinge_step_with_projection_and_augmentation_computes_its_losses() -> None:
+    """loss_D is the hinge form of GAN-CLS, recomputed by hand; loss_G adds ca_kl * KL."""
+    torch.manual_seed(0)
+    model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, ca=True, **TINY)
+    train = Text2ImgTrainConfig(loss="hinge", d_condition="projection", ca=True, ca_kl=2.0, interpolate=False)
+    trainer = Text2ImgTrainer(model_config, train, torch.device("cpu"))
+    g0 = {k: v.clone() for k, v in trainer.g.state_dict().items()}
+    d0 = {k: v.clone() for k, v in trainer.d.state_dict().items()}
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    h, h_wrong = F.normalize(torch.randn(4, 12), dim=1), F.normalize(torch.randn(4, 12), dim=1)
+    torch.manual_seed(7)
+    stats = trainer.step(x, h, h_wrong)
+    assert "KL" in stats and float(stats["KL"]) > 0
+
+    g, d = models(model_config, True, "projection")
+    g.load_state_dict(g0)
+    d.load_state_dict(d0)
+    torch.manual_seed(7)
+    fake = g(torch.randn(4, model_config.noise_dim), h)
+    kl = g.kl
+    assert kl is not None
+    real_term = F.relu(1 - d(x, h)).mean()  # D's calls in the trainer's order (spectral norm
+    fake_term = F.relu(1 + d(fake, h)).mean()  # iterates once per call)
+    expected_d = real_term + 0.5 * (F.relu(1 + d(x, h_wrong)).mean() + fake_term)
+    assert torch.allclose(stats["loss_D"], expected_d, atol=1e-5)
+    assert torch.allclose(stats["KL"], kl, atol=1e-6)
+    # the same step without the KL weight: D's step is the same, G's loss differs by 2 * KL
+    free = Text2ImgTrainer(
+        model_config, Text2ImgTrainConfig(**{**train.to_dict(), "ca_kl": 0.0}), torch.device("cpu")
+    )
+    free.g.load_state_dict(g0)
+    free.d.load_state_dict(d0)
+    torch.manual_seed(7)
+    other = free.step(x, h, h_wrong)
+    assert torch.allclose(other["loss_D"], stats["loss_D"], atol=1e-6)
+    assert torch.allclose(stats["loss_G"] - other["loss_G"], 2.0 * kl, atol=1e-5)
+
+
+def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
+    """Eight well-separated clusters of 50 embeddings: every group is drawn from its anchor's own
+    cluster, and no index repeats."""
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(8, 16, generator=gen), dim=1) * 5
+    bank = F.normalize(centres.repeat_interleave(50, 0) + 0.1 * torch.randn(400, 16, generator=gen), dim=1)
+    config = EncoderTrainConfig(negatives="hard", group=4, pool=20)
+    idx = hard_batch(bank, 32, config, gen)
+    assert len(set(idx.tolist())) == idx.shape[0] and 20 <= idx.shape[0] <= 32
+    clusters = (idx // 50).tolist()
+    # in order: each anchor, then its group; so clusters come in runs, one per anchor
+    runs = [clusters[0]]
+    for c in clusters[1:]:
+        if c != runs[-1]:
+            runs.append(c)
+    assert len(runs) <= 8  # at most one run per anchor (8 anchors)
+    with pytest.raises(ValueError, match="negatives"):
+        EncoderTrainConfig(negatives="easy")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("shapes") / "data"
+    shapes.make_shapes(folder, 24, seed=0, n_captions=2)
+    return folder
+
+
+def _config(data: Path, out: Path, **kw: object) -> Text2ImgTrainConfig:
+    base = dict(
+        data=str(data),
+        out=str(out),
+        steps=2,
+        batch_size=8,
+        encoder_steps=9,
+        encoder_dim=16,
+        device="cpu",
+        log_every=1,
+        sample_every=2,
+        checkpoint_every=2,
+        ngf=8,
+        ndf=8,
+        z_dim=8,
+        proj_dim=8,
+    )
+    base.update(kw)
+    return Text2ImgTrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tmp_path: Path) -> None:
+    switches = dict(loss="hinge", d_condition="projection", ca=True, encoder_negatives="hard")
+    result = train_text2img(_config(shapes_dir, tmp_path / "run", **switches))
+    model, info = load_text2img(result.weights)
+    assert model.config.ca and model.config.noise_dim == 16
+    assert {k: info.provenance["train_config"][k] for k in switches} == switches
+    t2i = TextToImage(model)
+    a = t2i.generate(["a red circle on a blue background"], n=2, seed=3)
+    assert torch.equal(a, t2i.generate(["a red circle on a blue background"], n=2, seed=3))
+    with pytest.raises(TrainingError, match="other settings.*loss: hinge -> bce"):
+        train_text2img(
+            _config(shapes_dir, tmp_path / "run", steps=4, **{**switches, "loss": "bce"}), resume=True
+        )
+    assert weights.read_info(result.weights).provenance["variant"] == "GAN-INT-CLS"
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("loss", "wgan", "unknown --loss"),
+        ("d_condition", "sum", "unknown --d-condition"),
+        ("encoder_negatives", "easy", "unknown --encoder-negatives"),
+        ("ca_kl", -1.0, "ca-kl"),
+    ],
+)
+def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train_text2img(_config(tmp_path, tmp_path / "o", **{option: value}))
