@@ -135,3 +135,13 @@ def vgg_file(tmp_path: Path) -> Path:
 def init_weights(tmp_path: Path) -> Path:
     """A tiny x2 SRResNet standing in for the shipped pretrain weights."""
     return weights.save(tmp_path / "init" / "tiny_x2.safetensors", tiny_model(2, seed=5), trained_on="test")
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny shapes data set (16 images, 2 captions each) for text-to-image training tests."""
+    from srgan_cli.text2img import shapes
+
+    folder = tmp_path_factory.mktemp("shapes") / "data"
+    shapes.make_shapes(folder, 16, seed=0, n_captions=2)
+    return folder

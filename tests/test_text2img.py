@@ -240,13 +240,6 @@ def test_one_step_of_each_variant_computes_the_papers_losses(cls: bool, interpol
 # --- training, resume, weights ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes") / "data"
-    shapes.make_shapes(folder, 16, seed=0, n_captions=2)
-    return folder
-
-
 def _config(data: Path, out: Path, **kw: object) -> Text2ImgTrainConfig:
     base = dict(
         data=str(data),

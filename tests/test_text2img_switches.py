@@ -11,11 +11,12 @@ import torch.nn.functional as F
 
 from srgan_cli import weights
 from srgan_cli.errors import TrainingError
-from srgan_cli.text2img import shapes
 from srgan_cli.text2img.encoders import EncoderTrainConfig, hard_batch
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
 from srgan_cli.text2img.train import Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
+
+from .test_text2img import _config
 
 TINY = {"ngf": 8, "ndf": 8, "z_dim": 8, "proj_dim": 8}
 
@@ -116,34 +117,6 @@ def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
     assert len(runs) <= 8  # at most one run per anchor (8 anchors)
     with pytest.raises(ValueError, match="negatives"):
         EncoderTrainConfig(negatives="easy")
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("shapes") / "data"
-    shapes.make_shapes(folder, 24, seed=0, n_captions=2)
-    return folder
-
-
-def _config(data: Path, out: Path, **kw: object) -> Text2ImgTrainConfig:
-    base = dict(
-        data=str(data),
-        out=str(out),
-        steps=2,
-        batch_size=8,
-        encoder_steps=9,
-        encoder_dim=16,
-        device="cpu",
-        log_every=1,
-        sample_every=2,
-        checkpoint_every=2,
-        ngf=8,
-        ndf=8,
-        z_dim=8,
-        proj_dim=8,
-    )
-    base.update(kw)
-    return Text2ImgTrainConfig(**base)  # type: ignore[arg-type]
 
 
 def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tmp_path: Path) -> None:
