@@ -126,7 +126,7 @@ def test_pretraining_makes_captions_find_their_images(tmp_path: Path) -> None:
     images = torch.from_numpy(np.stack([im for _, im, _ in triples])).permute(0, 3, 1, 2).contiguous()
     captions = [caps for _, _, caps in triples]
     logs: list[dict] = []
-    enc = pretrain_builtin(
+    enc, image = pretrain_builtin(
         images,
         captions,
         EncoderTrainConfig(steps=150, batch_size=32, word_dim=16, hidden=32, dim=32),
@@ -135,7 +135,11 @@ def test_pretraining_makes_captions_find_their_images(tmp_path: Path) -> None:
         log_every=50,
     )
     assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["accuracy"] > 0.5
-    assert not enc.training
+    assert not enc.training and not image.training
+    # the image encoder is the text encoder's partner: captions pick their own images
+    with torch.no_grad():
+        sims = enc.encode([caps[0] for caps in captions]) @ image(images.float() / 255).t()
+    assert float((sims.argmax(1) == torch.arange(32)).float().mean()) > 0.5
 
 
 @pytest.mark.skipif(

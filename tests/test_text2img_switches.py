@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from srgan_cli import weights
 from srgan_cli.errors import TrainingError
-from srgan_cli.text2img.encoders import EncoderTrainConfig, hard_batch
+from srgan_cli.text2img.encoders import EncoderTrainConfig, ImageEncoder, hard_batch
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
 from srgan_cli.text2img.train import Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
@@ -99,6 +99,31 @@ def test_hinge_step_with_projection_and_augmentation_computes_its_losses() -> No
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 2.0 * kl, atol=1e-5)
 
 
+def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() -> None:
+    torch.manual_seed(0)
+    model_config = Text2ImgConfig(encoder="minilm", embed_dim=16, **TINY)
+    image = ImageEncoder(16, width=4)
+    base = Text2ImgTrainConfig(match_weight=0.5, interpolate=False)
+    with pytest.raises(TrainingError, match="image encoder"):
+        Text2ImgTrainer(model_config, base, torch.device("cpu"))
+    trainer = Text2ImgTrainer(model_config, base, torch.device("cpu"), image)
+    assert not any(p.requires_grad for p in image.parameters())  # frozen
+    g0 = {k: v.clone() for k, v in trainer.g.state_dict().items()}
+    d0 = {k: v.clone() for k, v in trainer.d.state_dict().items()}
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    h, h_wrong = F.normalize(torch.randn(4, 16), dim=1), F.normalize(torch.randn(4, 16), dim=1)
+    torch.manual_seed(7)
+    stats = trainer.step(x, h, h_wrong)
+    free = Text2ImgTrainer(model_config, Text2ImgTrainConfig(interpolate=False), torch.device("cpu"))
+    free.g.load_state_dict(g0)
+    free.d.load_state_dict(d0)
+    torch.manual_seed(7)
+    other = free.step(x, h, h_wrong)
+    assert "match" in stats and "match" not in other
+    assert float(stats["match"]) > 0
+    assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
+
+
 def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
     """Eight well-separated clusters of 50 embeddings: every group is drawn from its anchor's own
     cluster, and no index repeats."""
@@ -120,8 +145,16 @@ def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
 
 
 def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tmp_path: Path) -> None:
-    switches = dict(loss="hinge", d_condition="projection", ca=True, encoder_negatives="hard")
-    result = train_text2img(_config(shapes_dir, tmp_path / "run", **switches))
+    switches = dict(
+        loss="hinge", d_condition="projection", ca=True, encoder_negatives="hard", match_weight=1.0
+    )
+    logs: list[dict] = []
+    result = train_text2img(
+        _config(shapes_dir, tmp_path / "run", **switches),
+        on_event=lambda kind, data: logs.append(data) if kind == "log" else None,
+    )
+    assert (tmp_path / "run" / "image_encoder.safetensors").is_file()
+    assert logs and {"KL", "match"} <= set(logs[-1])
     model, info = load_text2img(result.weights)
     assert model.config.ca and model.config.noise_dim == 16
     assert {k: info.provenance["train_config"][k] for k in switches} == switches
@@ -142,8 +175,22 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         ("d_condition", "sum", "unknown --d-condition"),
         ("encoder_negatives", "easy", "unknown --encoder-negatives"),
         ("ca_kl", -1.0, "ca-kl"),
+        ("match_weight", -1.0, "match-weight"),
     ],
 )
 def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         train_text2img(_config(tmp_path, tmp_path / "o", **{option: value}))
+
+
+def test_matching_term_needs_the_builtin_encoder_and_its_image_encoder(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingError, match="builtin"):
+        train_text2img(_config(shapes_dir, tmp_path / "m", encoder="minilm", match_weight=1.0))
+    # a run folder whose text encoder was pre-trained before image encoders were kept
+    train_text2img(_config(shapes_dir, tmp_path / "old", steps=1))
+    (tmp_path / "old" / "image_encoder.safetensors").unlink()
+    with pytest.raises(TrainingError, match="image encoder") as info:
+        train_text2img(_config(shapes_dir, tmp_path / "old", steps=2, match_weight=1.0), resume=True)
+    assert "delete" in (info.value.hint or "")

@@ -147,6 +147,16 @@ def train(
     ca_kl: Annotated[
         float | None, _opt("--ca-kl", min=0.0, help="Weight of conditioning augmentation's KL term.")
     ] = None,
+    match_weight: Annotated[
+        float | None,
+        _opt(
+            "--match-weight",
+            min=0.0,
+            help="Weight of a matching term in G's loss (AttnGAN's DAMSM sentence loss): each "
+            "generated image must pick its own caption in the batch, as seen by the builtin "
+            "encoder's pre-training image encoder. 0 = off.",
+        ),
+    ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
     ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[
@@ -213,6 +223,7 @@ def train(
                 elif kind == "log":
                     wrong = f"D(x,wrong) {data['D(x,wrong)']:.3f}  " if "D(x,wrong)" in data else ""
                     wrong += f"KL {data['KL']:.2f}  " if "KL" in data else ""
+                    wrong += f"match {data['match']:.2f}  " if "match" in data else ""
                     stats = (
                         f"D(x) {data['D(x)']:.3f}  {wrong}D(G(z)) {data['D(G(z))']:.3f}  "
                         f"loss_D {data['loss_D']:.3f}  loss_G {data['loss_G']:.3f}  "

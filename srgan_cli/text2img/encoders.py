@@ -121,6 +121,9 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, dim: int, width: int = 32) -> None:
         super().__init__()
+        self.dim, self.width = dim, width
+        # the temperature of the matching loss, learnt with the encoders (CLIP-style)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         w = width
         self.net = nn.Sequential(
             nn.AvgPool2d(2),  # 64 -> 32: colours, shapes and positions survive
@@ -212,9 +215,10 @@ def pretrain_builtin(
     device: torch.device,
     on_log: Callable[[dict[str, float]], None] | None = None,
     log_every: int = 100,
-) -> BuiltinTextEncoder:
-    """Train a built-in encoder on `images` (N, 3, H, W) uint8 and their captions; returns it in
-    eval mode on the CPU. Each step pairs `batch_size` random images with one of their captions."""
+) -> tuple[BuiltinTextEncoder, ImageEncoder]:
+    """Train a built-in encoder on `images` (N, 3, H, W) uint8 and their captions; returns it and
+    the image encoder it was matched against (whose `logit_scale` is the learnt temperature), both
+    in eval mode on the CPU. Each step pairs `batch_size` images with one of their captions."""
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     vocab = build_vocab([c for caps in captions for c in caps], config.min_count)
@@ -222,8 +226,7 @@ def pretrain_builtin(
         BuiltinEncoderConfig(vocab=vocab, word_dim=config.word_dim, hidden=config.hidden, dim=config.dim)
     ).to(device)
     image = ImageEncoder(config.dim).to(device)
-    logit_scale = nn.Parameter(torch.tensor(math.log(10.0), device=device))
-    params = [*text.parameters(), *image.parameters(), logit_scale]
+    params = [*text.parameters(), *image.parameters()]
     opt = torch.optim.Adam(params, lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / max(config.steps, 1), 1.0)))
@@ -243,7 +246,7 @@ def pretrain_builtin(
         picks = [captions[i][int(torch.randint(len(captions[i]), (1,), generator=gen))] for i in idx.tolist()]
         ids, lengths = text.tokenize(picks)
         x = images[idx].to(device).float().div_(255)
-        loss, acc = matching_loss(text(ids.to(device), lengths), image(x), logit_scale)
+        loss, acc = matching_loss(text(ids.to(device), lengths), image(x), image.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -256,7 +259,7 @@ def pretrain_builtin(
             sums = dict.fromkeys(sums, 0.0)
         elif step % log_every == 0:
             sums = dict.fromkeys(sums, 0.0)
-    return text.cpu().eval()
+    return text.cpu().eval(), image.cpu().eval()
 
 
 class MiniLMEncoder:

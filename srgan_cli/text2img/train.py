@@ -15,7 +15,8 @@ The text encoder is fixed during the GAN (as in the paper): the built-in one is 
 on the run's captions (text2img/encoders.py), MiniLM is used as it is. Every caption is encoded
 once and the embeddings are cached in the run folder.
 
-A run folder holds run.json, text_encoder.safetensors (builtin), embeddings.pt (the cache),
+A run folder holds run.json, text_encoder.safetensors and image_encoder.safetensors (builtin; the
+second is the text encoder's pre-training partner, used by the matching term), embeddings.pt (the cache),
 checkpoint.pt (resumable), samples/step{N}.png with samples/captions.txt (the fixed captions, one
 per row), log.jsonl, and text2img.safetensors (the generator and its text encoder) at the end.
 """
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .. import training
 from .. import weights as weights_mod
@@ -59,7 +61,9 @@ from .encoders import (
     BuiltinEncoderConfig,
     BuiltinTextEncoder,
     EncoderTrainConfig,
+    ImageEncoder,
     MiniLMEncoder,
+    matching_loss,
     pretrain_builtin,
 )
 from .models import CONDITIONS, Discriminator, Generator, Text2Img, Text2ImgConfig, models
@@ -68,6 +72,7 @@ RUN_FILE = "run.json"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
 ENCODER_FILE = "text_encoder.safetensors"
+IMAGE_ENCODER_FILE = "image_encoder.safetensors"
 EMBEDDINGS = "embeddings.pt"
 WEIGHTS = "text2img.safetensors"
 SAMPLES = "samples"
@@ -93,6 +98,9 @@ class Text2ImgTrainConfig:
     d_condition: str = "concat"  # how D joins text and image: "concat" (the paper) or "projection"
     ca: bool = False  # conditioning augmentation in G (StackGAN)
     ca_kl: float = 1.0  # weight of the conditioning augmentation's KL term in G's loss
+    # weight of the matching term in G's loss (AttnGAN's DAMSM sentence loss, with the builtin
+    # encoder's pre-training image encoder); 0 = off
+    match_weight: float = 0.0
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -133,6 +141,12 @@ class Text2ImgTrainConfig:
             )
         if self.ca_kl < 0:
             raise TrainingError("ca-kl must be at least 0")
+        if self.match_weight < 0:
+            raise TrainingError("match-weight must be at least 0")
+        if self.match_weight > 0 and self.encoder != "builtin":
+            raise TrainingError(
+                "--match-weight needs the builtin text encoder (its pre-training makes the image encoder)"
+            )
 
     @property
     def variant(self) -> str:
@@ -175,11 +189,23 @@ class Text2ImgTrainer(GanPair):
     g: Generator
     d: Discriminator
 
-    def __init__(self, config: Text2ImgConfig, train: Text2ImgTrainConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: Text2ImgConfig,
+        train: Text2ImgTrainConfig,
+        device: torch.device,
+        image_encoder: ImageEncoder | None = None,
+    ) -> None:
         g, d = models(config, train.spectral_norm, train.d_condition)
         super().__init__(g, d, lr=train.lr, beta1=train.beta1, device=device)
         self.train_config = train
         self.noise_dim = config.noise_dim
+        # the matching term: the frozen image encoder of the text encoder's pre-training
+        self.image_encoder = None
+        if train.match_weight > 0:
+            if image_encoder is None:
+                raise TrainingError("the matching term (match_weight > 0) needs an image encoder")
+            self.image_encoder = image_encoder.to(device).eval().requires_grad_(False)
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.noise_dim, device=self.device)
@@ -215,6 +241,11 @@ class Text2ImgTrainer(GanPair):
         if kl is not None:
             loss_g = loss_g + t.ca_kl * kl
             stats["KL"] = kl.detach()
+        if self.image_encoder is not None:  # the images must pick their own captions in the batch
+            seen = self.image_encoder(fake.add(1).mul(0.5))
+            match, _ = matching_loss(h, seen, self.image_encoder.logit_scale)
+            loss_g = loss_g + t.match_weight * match
+            stats["match"] = match.detach()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -271,40 +302,68 @@ def _flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.
     return [c for caps in captions for c in caps], first, count
 
 
-def _save_encoder(encoder: BuiltinTextEncoder, path: Path) -> None:
+def _save_module(module: nn.Module, config: dict[str, Any], path: Path) -> None:
+    """A pre-trained encoder as safetensors, its config in the metadata (written atomically)."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_open(path) as fh:
-        fh.write(save(state, metadata={"config": json.dumps(encoder.config.to_dict())}))
+        fh.write(save(state, metadata={"config": json.dumps(config)}))
 
 
-def _load_encoder(path: Path) -> BuiltinTextEncoder:
+def _save_encoder(encoder: BuiltinTextEncoder, path: Path) -> None:
+    _save_module(encoder, encoder.config.to_dict(), path)
+
+
+def _load_module(path: Path, build: Callable[[dict[str, Any]], nn.Module]) -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), "pt") as f:
-            config = BuiltinEncoderConfig.from_dict(json.loads(f.metadata()["config"]))
-        encoder = BuiltinTextEncoder(config)
-        encoder.load_state_dict(load_file(str(path)))
+            module = build(json.loads(f.metadata()["config"]))
+        module.load_state_dict(load_file(str(path)))
     except Exception as exc:
         raise TrainingError(
             f"cannot read {path}: {exc}", hint="delete it to pre-train the encoder again"
         ) from exc
-    return encoder.eval()
+    return module.eval()
+
+
+def _load_encoder(path: Path) -> BuiltinTextEncoder:
+    encoder = _load_module(path, lambda c: BuiltinTextEncoder(BuiltinEncoderConfig.from_dict(c)))
+    assert isinstance(encoder, BuiltinTextEncoder)
+    return encoder
+
+
+def _load_image_encoder(path: Path) -> ImageEncoder:
+    encoder = _load_module(path, lambda c: ImageEncoder(int(c["dim"]), int(c["width"])))
+    assert isinstance(encoder, ImageEncoder)
+    return encoder
+
+
+@dataclass
+class TextSide:
+    """The run's sentence encoder: `builtin` is None for MiniLM; `image` is the builtin encoder's
+    pre-training partner (for the matching term), None when the run folder has none."""
+
+    encode: Callable[[list[str]], torch.Tensor]
+    dim: int
+    builtin: BuiltinTextEncoder | None = None
+    image: ImageEncoder | None = None
 
 
 def _text_encoder(
     config: Text2ImgTrainConfig, data: CaptionSet, out: Path, device: torch.device, log: Event
-) -> tuple[BuiltinTextEncoder | None, Callable[[list[str]], torch.Tensor], int]:
-    """(builtin encoder or None, encode function, embedding dim); pre-trains the builtin one once."""
+) -> TextSide:
+    """The run's text encoder; pre-trains the builtin one (and its image partner) once."""
     if config.encoder == "minilm":
         minilm = MiniLMEncoder(device)
-        return None, minilm.encode, minilm.dim
-    path = out / ENCODER_FILE
+        return TextSide(minilm.encode, minilm.dim)
+    path, image_path = out / ENCODER_FILE, out / IMAGE_ENCODER_FILE
     if path.is_file():
         encoder = _load_encoder(path)
+        image = _load_image_encoder(image_path) if image_path.is_file() else None
         log("encoder", {"encoder": "builtin", "path": str(path), "loaded": True})
     else:
         enc_config = EncoderTrainConfig(
@@ -314,14 +373,15 @@ def _text_encoder(
             negatives=config.encoder_negatives,
         )
         started = time.perf_counter()
-        encoder = pretrain_builtin(
+        encoder, image = pretrain_builtin(
             data.images,
             data.captions,
             enc_config,
             device,
             on_log=lambda stats: log("encoder_log", stats),
         )
-        _save_encoder(encoder, path)
+        _save_module(image, {"dim": image.dim, "width": image.width}, image_path)
+        _save_encoder(encoder, path)  # last: its presence means "pre-trained"
         log(
             "encoder",
             {
@@ -332,7 +392,7 @@ def _text_encoder(
                 "seconds": time.perf_counter() - started,
             },
         )
-    return encoder, encoder.encode, encoder.config.dim
+    return TextSide(encoder.encode, encoder.config.dim, encoder, image)
 
 
 def _embeddings(
@@ -398,7 +458,7 @@ def train_text2img(
                 hint="--resume continues it, --overwrite starts again from scratch",
             )
     if overwrite:
-        for name in (CHECKPOINT, ENCODER_FILE, EMBEDDINGS, WEIGHTS, LOG):
+        for name in (CHECKPOINT, ENCODER_FILE, IMAGE_ENCODER_FILE, EMBEDDINGS, WEIGHTS, LOG):
             (out / name).unlink(missing_ok=True)
     device = resolve_device(config.device)
     data = load_caption_set(config.data, 64, limit=config.limit or None)
@@ -419,20 +479,26 @@ def train_text2img(
     )
     started = time.perf_counter()
     with event_log(out / LOG, emit) as log:
-        encoder, encode, dim = _text_encoder(config, data, out, device, log)
-        embeddings = _embeddings(data, encode, out, config.encoder)
+        text = _text_encoder(config, data, out, device, log)
+        if config.match_weight > 0 and text.image is None:
+            raise TrainingError(
+                f"--match-weight needs the builtin encoder's image encoder ({out / IMAGE_ENCODER_FILE})",
+                hint="it is made with the builtin encoder: use --encoder builtin, and delete an older "
+                f"{ENCODER_FILE} to pre-train both again",
+            )
+        embeddings = _embeddings(data, text.encode, out, config.encoder)
         model_config = Text2ImgConfig(
             z_dim=config.z_dim,
             proj_dim=config.proj_dim,
             ngf=config.ngf,
             ndf=config.ndf,
             encoder=config.encoder,
-            embed_dim=dim,
-            text=encoder.config.to_dict() if encoder is not None else {},
+            embed_dim=text.dim,
+            text=text.builtin.config.to_dict() if text.builtin is not None else {},
             ca=config.ca,
         )
-        step = _train_gan(config, model_config, data, embeddings, encode, device, out, resume, log)
-        weights = assemble(out, model_config, encoder)
+        step = _train_gan(config, model_config, data, embeddings, text, device, out, resume, log)
+        weights = assemble(out, model_config, text.builtin)
     seconds = time.perf_counter() - started
     emit("done", {"weights": str(weights), "steps": step})
     return Text2ImgTrainResult(weights, step, seconds)
@@ -456,7 +522,7 @@ def _train_gan(
     model_config: Text2ImgConfig,
     data: CaptionSet,
     embeddings: CaptionEmbeddings,
-    encode: Callable[[list[str]], torch.Tensor],
+    text: TextSide,
     device: torch.device,
     out: Path,
     resume: bool,
@@ -464,7 +530,7 @@ def _train_gan(
 ) -> int:
     ckpt = out / CHECKPOINT
     torch.manual_seed(config.seed)
-    trainer = Text2ImgTrainer(model_config, config, device)
+    trainer = Text2ImgTrainer(model_config, config, device, text.image)
     data_rng = torch.Generator().manual_seed(config.seed)
     step, elapsed = 0, 0.0
     if resume and ckpt.exists():
@@ -477,7 +543,7 @@ def _train_gan(
     fixed_captions = sample_captions(data)
     (out / SAMPLES).mkdir(parents=True, exist_ok=True)
     (out / SAMPLES / "captions.txt").write_text("\n".join(fixed_captions) + "\n", encoding="utf-8")
-    fixed = encode(fixed_captions).to(device)
+    fixed = text.encode(fixed_captions).to(device)
     fixed_z = torch.randn(8, model_config.noise_dim, generator=torch.Generator().manual_seed(1234)).to(device)
     log(
         "gan",
