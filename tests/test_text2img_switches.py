@@ -61,18 +61,33 @@ def test_conditioning_augmentation_samples_the_text_code_from_the_noise() -> Non
     assert not torch.allclose(g(noise, h), g(other_eps, h))  # eps moves the text code
 
 
+def _one_step_each(
+    model_config: Text2ImgConfig, configs: list[Text2ImgTrainConfig], image: ImageEncoder | None = None
+) -> tuple[list[dict[str, torch.Tensor]], dict, dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training step per config, every trainer from the same G and D and the same noise:
+    (stats of each, G's and D's starting states, x, h, h_wrong)."""
+    dim = model_config.embed_dim
+    trainers = [Text2ImgTrainer(model_config, c, torch.device("cpu"), image) for c in configs]
+    g0 = {k: v.clone() for k, v in trainers[0].g.state_dict().items()}
+    d0 = {k: v.clone() for k, v in trainers[0].d.state_dict().items()}
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    h, h_wrong = F.normalize(torch.randn(4, dim), dim=1), F.normalize(torch.randn(4, dim), dim=1)
+    stats = []
+    for trainer in trainers:
+        trainer.g.load_state_dict(g0)
+        trainer.d.load_state_dict(d0)
+        torch.manual_seed(7)
+        stats.append(trainer.step(x, h, h_wrong))
+    return stats, g0, d0, x, h, h_wrong
+
+
 def test_hinge_step_with_projection_and_augmentation_computes_its_losses() -> None:
     """loss_D is the hinge form of GAN-CLS, recomputed by hand; loss_G adds ca_kl * KL."""
     torch.manual_seed(0)
     model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, ca=True, **TINY)
     train = Text2ImgTrainConfig(loss="hinge", d_condition="projection", ca=True, ca_kl=2.0, interpolate=False)
-    trainer = Text2ImgTrainer(model_config, train, torch.device("cpu"))
-    g0 = {k: v.clone() for k, v in trainer.g.state_dict().items()}
-    d0 = {k: v.clone() for k, v in trainer.d.state_dict().items()}
-    x = torch.rand(4, 3, 64, 64) * 2 - 1
-    h, h_wrong = F.normalize(torch.randn(4, 12), dim=1), F.normalize(torch.randn(4, 12), dim=1)
-    torch.manual_seed(7)
-    stats = trainer.step(x, h, h_wrong)
+    no_kl = Text2ImgTrainConfig(**{**train.to_dict(), "ca_kl": 0.0})
+    (stats, other), g0, d0, x, h, h_wrong = _one_step_each(model_config, [train, no_kl])
     assert "KL" in stats and float(stats["KL"]) > 0
 
     g, d = models(model_config, True, "projection")
@@ -87,14 +102,7 @@ def test_hinge_step_with_projection_and_augmentation_computes_its_losses() -> No
     expected_d = real_term + 0.5 * (F.relu(1 + d(x, h_wrong)).mean() + fake_term)
     assert torch.allclose(stats["loss_D"], expected_d, atol=1e-5)
     assert torch.allclose(stats["KL"], kl, atol=1e-6)
-    # the same step without the KL weight: D's step is the same, G's loss differs by 2 * KL
-    free = Text2ImgTrainer(
-        model_config, Text2ImgTrainConfig(**{**train.to_dict(), "ca_kl": 0.0}), torch.device("cpu")
-    )
-    free.g.load_state_dict(g0)
-    free.d.load_state_dict(d0)
-    torch.manual_seed(7)
-    other = free.step(x, h, h_wrong)
+    # without the KL weight, D's step is the same and G's loss differs by 2 * KL
     assert torch.allclose(other["loss_D"], stats["loss_D"], atol=1e-6)
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 2.0 * kl, atol=1e-5)
 
@@ -106,19 +114,9 @@ def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() ->
     base = Text2ImgTrainConfig(match_weight=0.5, interpolate=False)
     with pytest.raises(TrainingError, match="image encoder"):
         Text2ImgTrainer(model_config, base, torch.device("cpu"))
-    trainer = Text2ImgTrainer(model_config, base, torch.device("cpu"), image)
+    plain = Text2ImgTrainConfig(interpolate=False)
+    (stats, other), *_ = _one_step_each(model_config, [base, plain], image)
     assert not any(p.requires_grad for p in image.parameters())  # frozen
-    g0 = {k: v.clone() for k, v in trainer.g.state_dict().items()}
-    d0 = {k: v.clone() for k, v in trainer.d.state_dict().items()}
-    x = torch.rand(4, 3, 64, 64) * 2 - 1
-    h, h_wrong = F.normalize(torch.randn(4, 16), dim=1), F.normalize(torch.randn(4, 16), dim=1)
-    torch.manual_seed(7)
-    stats = trainer.step(x, h, h_wrong)
-    free = Text2ImgTrainer(model_config, Text2ImgTrainConfig(interpolate=False), torch.device("cpu"))
-    free.g.load_state_dict(g0)
-    free.d.load_state_dict(d0)
-    torch.manual_seed(7)
-    other = free.step(x, h, h_wrong)
     assert "match" in stats and "match" not in other
     assert float(stats["match"]) > 0
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
