@@ -115,6 +115,31 @@ def test_resume_continues_exactly(photo_dir: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_time_limit_stops_the_level_in_progress_and_resume_finishes_exactly(
+    photo_dir: Path, tmp_path: Path
+) -> None:
+    """A limit of 0 s stops level 0 before its first step: a step-0 checkpoint, no later level, no
+    weights. --resume then trains every level, to the same weights as a run without a limit."""
+    events: list[tuple[str, dict]] = []
+    cut = train_lapgan(
+        tiny_config(photo_dir, tmp_path / "cut"), time_limit=0, on_event=lambda k, d: events.append((k, d))
+    )
+    assert cut.stopped == "time limit" and cut.weights is None and cut.steps == {0: 0}
+    assert (
+        "stopped",
+        {"level": 0, "step": 0, "reason": "time limit", "path": str(tmp_path / "cut" / "level0.pt")},
+    ) in events
+    done = train_lapgan(tiny_config(photo_dir, tmp_path / "cut"), resume=True)
+    straight = train_lapgan(tiny_config(photo_dir, tmp_path / "straight"))
+    assert done.stopped is None and done.steps == straight.steps == {0: 3, 1: 3, 2: 3}
+    assert done.weights is not None and straight.weights is not None
+    a, b = load_lapgan(done.weights)[0].state_dict(), load_lapgan(straight.weights)[0].state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    with pytest.raises(TrainingError, match="time limit"):
+        train_lapgan(tiny_config(photo_dir, tmp_path / "neg"), time_limit=-1)
+
+
 def test_one_level_can_be_retrained(photo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train_lapgan(tiny_config(photo_dir, out))

@@ -303,6 +303,22 @@ def test_train_resume_is_exact_and_weights_carry_the_encoder(shapes_dir: Path, t
         t2i.generate(["fine", "  "])
 
 
+def test_time_limit_writes_weights_of_the_steps_done_and_resume_finishes(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    """A limit of 0 s stops before the first GAN step with a checkpoint and weights (of an untrained
+    G); --resume finishes to the same weights as a run without a limit."""
+    cut = train_text2img(_config(shapes_dir, tmp_path / "cut"), time_limit=0)
+    assert cut.stopped == "time limit" and cut.steps == 0 and cut.weights.is_file()
+    done = train_text2img(_config(shapes_dir, tmp_path / "cut"), resume=True)
+    straight = train_text2img(_config(shapes_dir, tmp_path / "straight"))
+    assert done.stopped is None and done.steps == straight.steps == 4
+    a, b = archs.load(done.weights).model, archs.load(straight.weights).model
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(TrainingError, match="time limit"):
+        train_text2img(_config(shapes_dir, tmp_path / "neg"), time_limit=-1)
+
+
 def test_gan_int_only_run_and_the_encoder_is_reused(shapes_dir: Path, tmp_path: Path) -> None:
     first = _config(shapes_dir, tmp_path / "a", steps=2)
     train_text2img(first)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -86,6 +87,25 @@ SelfEnsembleOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "540", "540s", "9m" or "1.5h"."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not match:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: give seconds (540) or a number with s, m or h (9m, 1.5h)",
+            param_hint="--time-limit",
+        )
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+TIME_LIMIT_HELP = (
+    "Stop cleanly before this much time has passed (e.g. 540, 9m, 2h): checkpoint, then --resume later."
+)
 
 
 def parse_tile(value: str) -> int | None:

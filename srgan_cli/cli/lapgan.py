@@ -11,7 +11,17 @@ from rich.table import Table
 
 from ..lapgan.train import LapganTrainConfig
 from . import common
-from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    console,
+    given_options,
+    guard,
+    parse_duration,
+    print_table,
+    stdout,
+    training_progress,
+)
 
 app = typer.Typer(
     help="LAPGAN: sample images coarse to fine, train a pyramid of GANs, score it (Parzen window).",
@@ -41,6 +51,14 @@ def train(
     overwrite: Annotated[
         bool, _opt("--overwrite", panel=_RUN, help="Train already trained levels again from scratch.")
     ] = False,
+    time_limit: Annotated[
+        str | None,
+        _opt(
+            "--time-limit",
+            panel=_RUN,
+            help=common.TIME_LIMIT_HELP + " The level in progress stops there; later levels wait.",
+        ),
+    ] = None,
     size: Annotated[int | None, _opt("--size", panel=_MODEL, help="Finest side: 32 or 64.")] = None,
     levels: Annotated[
         int | None,
@@ -83,10 +101,11 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a LAPGAN on a folder of images, one level after the other (see docs/lapgan.md)."""
-    given = given_options(dict(locals()), skip=("level", "resume", "overwrite"))  # first: options only
+    given = given_options(dict(locals()), skip=("level", "resume", "overwrite", "time_limit"))  # options only
     from ..lapgan.train import LapganTrainConfig, read_run_config
 
     with guard():
+        seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out)
         if saved is None and "data" not in given:
             raise typer.BadParameter(
@@ -96,10 +115,12 @@ def train(
         if saved is not None and "levels" in given and "base" not in given:
             base_config.pop("base", None)
         config = LapganTrainConfig.from_dict({**base_config, **given})
-        _run_training(config, level, resume, overwrite)
+        _run_training(config, level, resume, overwrite, seconds)
 
 
-def _run_training(config: Any, levels: list[int] | None, resume: bool, overwrite: bool) -> None:
+def _run_training(
+    config: Any, levels: list[int] | None, resume: bool, overwrite: bool, time_limit: float | None
+) -> None:
     from ..lapgan.train import train_lapgan
 
     with training_progress() as progress:
@@ -132,9 +153,22 @@ def _run_training(config: Any, levels: list[int] | None, resume: bool, overwrite
             elif kind == "level_done":
                 progress.update(tasks[data["level"]], completed=data["step"])
 
-        result = train_lapgan(config, levels=levels, resume=resume, overwrite=overwrite, on_event=on_event)
+        result = train_lapgan(
+            config,
+            levels=levels,
+            resume=resume,
+            overwrite=overwrite,
+            on_event=on_event,
+            time_limit=time_limit,
+        )
     done = ", ".join(f"level {k}: {n}" for k, n in sorted(result.steps.items()))
-    console.print(f"[green]done[/] in {result.seconds / 60:.1f} min (steps {done})")
+    if result.stopped:
+        console.print(
+            f"[yellow]stopped ({result.stopped})[/] after {result.seconds / 60:.1f} min (steps {done}); "
+            f"continue with: srgan lapgan train --out {config.out} --resume"
+        )
+    else:
+        console.print(f"[green]done[/] in {result.seconds / 60:.1f} min (steps {done})")
     if result.weights is not None:
         console.print(f"weights: {result.weights}")
     else:

@@ -14,7 +14,17 @@ from rich.table import Table
 from ..errors import UsageError
 from ..text2img.train import Text2ImgTrainConfig
 from . import common
-from .common import DeviceOpt, JsonOpt, console, given_options, guard, print_table, stdout, training_progress
+from .common import (
+    DeviceOpt,
+    JsonOpt,
+    console,
+    given_options,
+    guard,
+    parse_duration,
+    print_table,
+    stdout,
+    training_progress,
+)
 
 app = typer.Typer(
     help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
@@ -79,6 +89,14 @@ def train(
     overwrite: Annotated[
         bool, _opt("--overwrite", panel=_RUN, help="Start the run again from scratch.")
     ] = False,
+    time_limit: Annotated[
+        str | None,
+        _opt(
+            "--time-limit",
+            panel=_RUN,
+            help=common.TIME_LIMIT_HELP + " The weights of the steps done are written too.",
+        ),
+    ] = None,
     limit: Annotated[
         int | None, _opt("--limit", panel=_RUN, min=1, help="Use only the first N images.")
     ] = None,
@@ -184,10 +202,11 @@ def train(
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a text-to-image GAN (GAN-INT-CLS by default); see docs/text2img.md."""
-    given = given_options(dict(locals()), skip=("resume", "overwrite"))  # first: options only
+    given = given_options(dict(locals()), skip=("resume", "overwrite", "time_limit"))  # first: options only
     from ..text2img.train import Text2ImgTrainConfig, read_run_config, train_text2img
 
     with guard():
+        seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out) if not overwrite else None
         if saved is None and "data" not in given:
             raise typer.BadParameter("--data is required for a new run", param_hint="--data")
@@ -231,8 +250,19 @@ def train(
                     )
                     progress.update(tasks["gan"], completed=data["step"], stats=stats)
 
-            result = train_text2img(config, resume=resume, overwrite=overwrite, on_event=on_event)
-    console.print(f"[green]done[/] {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}")
+            result = train_text2img(
+                config, resume=resume, overwrite=overwrite, on_event=on_event, time_limit=seconds
+            )
+    if result.stopped:
+        console.print(
+            f"[yellow]stopped ({result.stopped})[/] after {result.steps} of {config.steps} steps in "
+            f"{result.seconds / 60:.1f} min -> {result.weights}; continue with: srgan text2img train "
+            f"--out {out} --resume"
+        )
+    else:
+        console.print(
+            f"[green]done[/] {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}"
+        )
     console.print(f"sample grids: {out / 'samples'} (rows: the captions in samples/captions.txt)")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,15 @@ from ..distributed import world_from_env
 from ..sr.config import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
 from ..sr.train import train as run_training
 from .choices import Amp, ContentLayer, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
-from .common import console, given_options, guard, panel_option, training_progress
+from .common import (
+    TIME_LIMIT_HELP,
+    console,
+    given_options,
+    guard,
+    panel_option,
+    parse_duration,
+    training_progress,
+)
 
 _GAN = "GAN stage"
 _RUN = "Run"
@@ -65,8 +72,7 @@ def train(
         _opt(
             "--time-limit",
             panel=_RUN,
-            help="Stop cleanly before this much time has passed (e.g. 540, 9m, 2h): checkpoint, "
-            "weights, then --resume later.",
+            help=TIME_LIMIT_HELP + " The weights are written too.",
         ),
     ] = None,
     init: Annotated[
@@ -213,20 +219,6 @@ def train(
         if not resume:
             config = apply_init_arch(config, set(options))
         _run(config, resume, seconds)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from "540", "540s", "9m" or "1.5h"."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if not match:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration: give seconds (540) or a number with s, m or h (9m, 1.5h)",
-            param_hint="--time-limit",
-        )
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 class _StopOnSignal:

@@ -32,6 +32,7 @@ from ..training import (
     Event,
     GanPair,
     RunningMeans,
+    StopClock,
     config_from_dict,
     count_parameters,
     event_log,
@@ -125,6 +126,7 @@ class LapganTrainResult:
     weights: Path | None  # None until every level has been trained
     steps: dict[int, int]  # steps done per level
     seconds: float
+    stopped: str | None = None  # "time limit" when the call stopped before its levels were done
 
 
 class LevelTrainer(GanPair):
@@ -213,9 +215,15 @@ def train_lapgan(
     resume: bool = False,
     overwrite: bool = False,
     on_event: Event | None = None,
+    time_limit: float | None = None,
 ) -> LapganTrainResult:
-    """Train the chosen levels (all by default) one after the other; see the module docstring."""
+    """Train the chosen levels (all by default) one after the other; see the module docstring.
+    With `time_limit` (seconds of this call) the level in progress stops before a step that would
+    not fit and writes its checkpoint, the levels after it are left for a `resume=True` call."""
     emit: Event = on_event or (lambda kind, data: None)
+    if time_limit is not None and time_limit < 0:
+        raise TrainingError(f"the time limit must be 0 or more seconds, not {time_limit}")
+    clock = StopClock(time_limit, None)
     config.validate()
     out = Path(config.out)
     saved_run = _read_run(out)
@@ -274,11 +282,24 @@ def train_lapgan(
         },
     )
     started = time.perf_counter()
+    stopped = None
     with event_log(out / LOG, emit) as log:
         for k in todo:
-            _train_level(config, model_config, k, data, device, out, resume and not overwrite, log)
-    result = LapganTrainResult(assemble(out), level_steps(out), time.perf_counter() - started)
-    emit("done", {"weights": str(result.weights) if result.weights else None, "steps": result.steps})
+            stopped = _train_level(
+                config, model_config, k, data, device, out, resume and not overwrite, log, clock
+            )
+            if stopped:
+                break
+    seconds = time.perf_counter() - started
+    result = LapganTrainResult(assemble(out), level_steps(out), seconds, stopped)
+    emit(
+        "done",
+        {
+            "weights": str(result.weights) if result.weights else None,
+            "steps": result.steps,
+            "stopped": stopped,
+        },
+    )
     return result
 
 
@@ -291,7 +312,9 @@ def _train_level(
     out: Path,
     resume: bool,
     log: Event,
-) -> None:
+    clock: StopClock,
+) -> str | None:
+    """Train one level to `config.steps`; returns "time limit" when the clock stopped it first."""
     ckpt = out / f"level{level}.pt"
     torch.manual_seed(config.seed * 1000 + level)  # the level's initial weights
     trainer = LevelTrainer(model_config, level, config, device)
@@ -321,7 +344,7 @@ def _train_level(
     )
     if step >= config.steps:
         log("level_done", {"level": level, "step": step, "seconds": elapsed})
-        return
+        return None
 
     def save_checkpoint() -> None:
         state = {
@@ -345,7 +368,15 @@ def _train_level(
     trainer.d.train()
     meter = RunningMeans()
     t_log, t_seg = time.perf_counter(), time.perf_counter()
+    clock.begin(step)
+    saved = step if ckpt.exists() else -1  # the step of the checkpoint on disk
     while step < config.steps:
+        if clock.reason(step, 1, val_due=False) is not None:
+            if saved != step:
+                elapsed += time.perf_counter() - t_seg
+                save_checkpoint()
+            log("stopped", {"level": level, "step": step, "reason": "time limit", "path": str(ckpt)})
+            return "time limit"
         real, labels = data.batch(config.batch_size, data_rng)
         meter.add(trainer.step(real.to(device), labels.to(device) if conditional else None))
         step += 1
@@ -359,10 +390,12 @@ def _train_level(
             save_grid()
         if step % config.checkpoint_every == 0 or step == config.steps:
             elapsed += time.perf_counter() - t_seg
-            t_seg = time.perf_counter()
-            save_checkpoint()
+            with clock.overhead("checkpoint"):
+                save_checkpoint()
+            saved, t_seg = step, time.perf_counter()
             log("checkpoint", {"level": level, "step": step, "path": str(ckpt)})
     log("level_done", {"level": level, "step": step, "seconds": elapsed})
+    return None
 
 
 def level_steps(out: str | Path) -> dict[int, int]:

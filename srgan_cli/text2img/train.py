@@ -45,6 +45,7 @@ from ..training import (
     Event,
     GanPair,
     RunningMeans,
+    StopClock,
     config_from_dict,
     count_parameters,
     event_log,
@@ -181,6 +182,7 @@ class Text2ImgTrainResult:
     weights: Path
     steps: int
     seconds: float
+    stopped: str | None = None  # why the run stopped before `config.steps`: "time limit", or None
 
 
 class Text2ImgTrainer(GanPair):
@@ -437,9 +439,15 @@ def train_text2img(
     resume: bool = False,
     overwrite: bool = False,
     on_event: Event | None = None,
+    time_limit: float | None = None,
 ) -> Text2ImgTrainResult:
-    """Train (or resume) a text-to-image GAN; see the module docstring."""
+    """Train (or resume) a text-to-image GAN; see the module docstring. With `time_limit` (seconds
+    of this call, data loading and encoder pre-training included) the run stops before a step that
+    would not fit, writes its checkpoint and the weights of the steps done; `resume=True` continues."""
     emit: Event = on_event or (lambda kind, data: None)
+    if time_limit is not None and time_limit < 0:
+        raise TrainingError(f"the time limit must be 0 or more seconds, not {time_limit}")
+    clock = StopClock(time_limit, None)
     config.validate()
     out = Path(config.out)
     saved_run = _read_run(out)
@@ -497,11 +505,13 @@ def train_text2img(
             text=text.builtin.config.to_dict() if text.builtin is not None else {},
             ca=config.ca,
         )
-        step = _train_gan(config, model_config, data, embeddings, text, device, out, resume, log)
+        step, stopped = _train_gan(
+            config, model_config, data, embeddings, text, device, out, resume, log, clock
+        )
         weights = assemble(out, model_config, text.builtin)
     seconds = time.perf_counter() - started
-    emit("done", {"weights": str(weights), "steps": step})
-    return Text2ImgTrainResult(weights, step, seconds)
+    emit("done", {"weights": str(weights), "steps": step, "stopped": stopped})
+    return Text2ImgTrainResult(weights, step, seconds, stopped)
 
 
 def _grid(g: Generator, fixed: torch.Tensor, z: torch.Tensor) -> np.ndarray:
@@ -527,7 +537,9 @@ def _train_gan(
     out: Path,
     resume: bool,
     log: Event,
-) -> int:
+    clock: StopClock,
+) -> tuple[int, str | None]:
+    """Steps done, and why it stopped early ("time limit") or None."""
     ckpt = out / CHECKPOINT
     torch.manual_seed(config.seed)
     trainer = Text2ImgTrainer(model_config, config, device, text.image)
@@ -570,7 +582,16 @@ def _train_gan(
     n = data.images.shape[0]
     meter = RunningMeans()
     t_log, t_seg = time.perf_counter(), time.perf_counter()
+    clock.begin(step)
+    stopped, saved = None, (step if ckpt.exists() else -1)  # the step of the checkpoint on disk
     while step < config.steps:
+        if clock.reason(step, 1, val_due=False) is not None:
+            stopped = "time limit"
+            if saved != step:
+                elapsed += time.perf_counter() - t_seg
+                save_checkpoint()
+            log("stopped", {"step": step, "reason": stopped, "path": str(ckpt)})
+            break
         idx = torch.randint(n, (config.batch_size,), generator=data_rng)
         # a caption of another image: shift each index by 1 .. n-1 (never the image itself)
         wrong = (idx + torch.randint(1, n, (config.batch_size,), generator=data_rng)) % n
@@ -590,10 +611,11 @@ def _train_gan(
             log("sample", {"step": step, "path": str(path)})
         if step % config.checkpoint_every == 0 or step == config.steps:
             elapsed += time.perf_counter() - t_seg
-            t_seg = time.perf_counter()
-            save_checkpoint()
+            with clock.overhead("checkpoint"):
+                save_checkpoint()
+            saved, t_seg = step, time.perf_counter()
             log("checkpoint", {"step": step, "path": str(ckpt)})
-    return step
+    return step, stopped
 
 
 def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncoder | None) -> Path:
