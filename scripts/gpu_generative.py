@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -52,11 +51,7 @@ def say(*parts: object) -> None:
 
 def train(args: argparse.Namespace) -> None:
     start = time.monotonic()
-    where = args.out or os.environ.get("OUT")
-    if not where:
-        sys.exit("no $OUT (or --out) to write the returned files into")
-    out = Path(where)
-    out.mkdir(parents=True, exist_ok=True)
+    out = gpu_run.out_dir(args.out)
     console = out / "console.log"
     work = gpu_run.ROOT / WORK
     if work.exists():

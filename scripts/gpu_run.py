@@ -431,14 +431,20 @@ def planned_steps(rate: float, seconds: float, batch: int, round_to: int) -> int
     return max(round_to, steps // round_to * round_to)
 
 
-def chunk(args: argparse.Namespace) -> None:
-    start = time.monotonic()
-    deadline = start + args.minutes * 60 - args.reserve  # the reserve: writing $OUT, process start
-    where = args.out or os.environ.get("OUT")
+def out_dir(given: str | None) -> Path:
+    """The folder whose files come back: --out, else the lending tool's $OUT; created."""
+    where = given or os.environ.get("OUT")
     if not where:
         sys.exit("no $OUT (or --out) to write the returned files into")
     out = Path(where)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def chunk(args: argparse.Namespace) -> None:
+    start = time.monotonic()
+    deadline = start + args.minutes * 60 - args.reserve  # the reserve: writing $OUT, process start
+    out = out_dir(args.out)
     console = out / "console.log"
     monitor = gpu_monitor(out / "gpu.csv")
     try:
