@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from srgan_cli import weights
 from srgan_cli.errors import TrainingError
+from srgan_cli.text2img import shapes
 from srgan_cli.text2img.encoders import EncoderTrainConfig, ImageEncoder, hard_batch
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
@@ -192,3 +193,22 @@ def test_matching_term_needs_the_builtin_encoder_and_its_image_encoder(
     with pytest.raises(TrainingError, match="image encoder") as info:
         train_text2img(_config(shapes_dir, tmp_path / "old", steps=2, match_weight=1.0), resume=True)
     assert "delete" in (info.value.hint or "")
+
+
+def test_encoder_probe_script_scores_every_attribute_against_paraphrases() -> None:
+    """scripts/probe_text_encoder.py on a tiny untrained encoder: every attribute is scored, within
+    the cosine range, the same on every call (what a pre-trained encoder scores is in
+    docs/text2img.md)."""
+    import importlib.util
+
+    from .test_text2img import tiny_encoder
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "probe_text_encoder.py"
+    spec = importlib.util.spec_from_file_location("probe_text_encoder", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.probe(tiny_encoder(), n=20)
+    assert set(result) == {"paraphrase", *shapes.ATTRIBUTES}
+    assert all(-1.0 <= v <= 1.0 for v in result.values())
+    assert result == module.probe(tiny_encoder(), n=20)  # seeded
