@@ -195,7 +195,7 @@ def test_matching_term_needs_the_builtin_encoder_and_its_image_encoder(
     assert "delete" in (info.value.hint or "")
 
 
-def test_encoder_probe_script_scores_every_attribute_against_paraphrases() -> None:
+def test_probe_script_scores_every_attribute_for_encoder_and_d(shapes_dir: Path, tmp_path: Path) -> None:
     """scripts/probe_text_encoder.py on a tiny untrained encoder: every attribute is scored, within
     the cosine range, the same on every call (what a pre-trained encoder scores is in
     docs/text2img.md)."""
@@ -203,12 +203,16 @@ def test_encoder_probe_script_scores_every_attribute_against_paraphrases() -> No
 
     from .test_text2img import tiny_encoder
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "probe_text_encoder.py"
-    spec = importlib.util.spec_from_file_location("probe_text_encoder", script)
+    script = Path(__file__).resolve().parent.parent / "scripts" / "probe_text2img.py"
+    spec = importlib.util.spec_from_file_location("probe_text2img", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = module.probe(tiny_encoder(), n=20)
+    result = module.probe(tiny_encoder(), n=20)["encoder"]
     assert set(result) == {"paraphrase", *shapes.ATTRIBUTES}
     assert all(-1.0 <= v <= 1.0 for v in result.values())
-    assert result == module.probe(tiny_encoder(), n=20)  # seeded
+    assert result == module.probe(tiny_encoder(), n=20)["encoder"]  # seeded
+    train_text2img(_config(shapes_dir, tmp_path / "run", steps=2, d_condition="projection"))
+    encoder, score = module.run_discriminator(tmp_path / "run")
+    both = module.probe(encoder, n=10, d_score=score)
+    assert set(both["D"]) == set(shapes.ATTRIBUTES) and all(v == v for v in both["D"].values())
