@@ -15,7 +15,7 @@ from srgan_cli.text2img import shapes
 from srgan_cli.text2img.encoders import EncoderTrainConfig, ImageEncoder, hard_batch
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
-from srgan_cli.text2img.train import Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
+from srgan_cli.text2img.train import CaptionEmbeddings, Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
 
 from .test_text2img import _config
 
@@ -123,6 +123,22 @@ def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() ->
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
 
 
+def test_hard_wrong_neighbours_are_near_in_meaning_but_never_the_same() -> None:
+    """Six images with two captions each: 0 and 1 say the same (cosine 1), 2 is a little off, 3..5
+    far away. Image 0's nearest neither is itself nor 1 (same meaning) but 2."""
+    base = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    base[1] = base[0]
+    base[2] = F.normalize(base[0] + 0.6 * base[3], dim=0)  # cosine with 0 about 0.85
+    vectors = base.repeat_interleave(2, dim=0)
+    emb = CaptionEmbeddings(vectors, torch.arange(0, 12, 2), torch.full((6,), 2))
+    near = emb.neighbours(k=2)
+    assert near.shape == (6, 2)
+    assert int(near[0, 0]) == 2 and 0 not in near[0].tolist() and 1 not in near[0].tolist()
+    assert all(i not in near[i].tolist() for i in range(6))
+    tiny = CaptionEmbeddings(vectors[:4], torch.tensor([0, 2]), torch.tensor([2, 2]))  # 0 and 1 alike
+    assert tiny.neighbours(k=5).tolist() == [[1], [0]]  # no qualified neighbour: a random other
+
+
 def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
     """Eight well-separated clusters of 50 embeddings: every group is drawn from its anchor's own
     cluster, and no index repeats."""
@@ -145,7 +161,12 @@ def test_hard_batches_are_groups_of_look_alikes_without_repeats() -> None:
 
 def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tmp_path: Path) -> None:
     switches = dict(
-        loss="hinge", d_condition="projection", ca=True, encoder_negatives="hard", match_weight=1.0
+        loss="hinge",
+        d_condition="projection",
+        ca=True,
+        encoder_negatives="hard",
+        match_weight=1.0,
+        hard_wrong=0.5,
     )
     logs: list[dict] = []
     result = train_text2img(
@@ -175,6 +196,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         ("encoder_negatives", "easy", "unknown --encoder-negatives"),
         ("ca_kl", -1.0, "ca-kl"),
         ("match_weight", -1.0, "match-weight"),
+        ("hard_wrong", 1.5, "hard-wrong"),
     ],
 )
 def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:
@@ -216,3 +238,8 @@ def test_probe_script_scores_every_attribute_for_encoder_and_d(shapes_dir: Path,
     encoder, score = module.run_discriminator(tmp_path / "run")
     both = module.probe(encoder, n=10, d_score=score)
     assert set(both["D"]) == set(shapes.ATTRIBUTES) and all(v == v for v in both["D"].values())
+
+
+def test_hard_wrong_needs_gan_cls(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="needs --cls"):
+        train_text2img(_config(tmp_path, tmp_path / "o", cls=False, hard_wrong=0.5))

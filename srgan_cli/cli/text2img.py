@@ -165,6 +165,16 @@ def train(
     ca_kl: Annotated[
         float | None, _opt("--ca-kl", min=0.0, help="Weight of conditioning augmentation's KL term.")
     ] = None,
+    hard_wrong: Annotated[
+        float | None,
+        _opt(
+            "--hard-wrong",
+            min=0.0,
+            max=1.0,
+            help="Fraction of GAN-CLS's mismatched captions drawn from the image's nearest "
+            "neighbours in caption meaning (wrong in a word or two) instead of a random image's.",
+        ),
+    ] = None,
     match_weight: Annotated[
         float | None,
         _opt(

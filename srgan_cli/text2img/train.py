@@ -102,6 +102,10 @@ class Text2ImgTrainConfig:
     # weight of the matching term in G's loss (AttnGAN's DAMSM sentence loss, with the builtin
     # encoder's pre-training image encoder); 0 = off
     match_weight: float = 0.0
+    # GAN-CLS's mismatched captions: the paper takes another random image's; this fraction of them
+    # is instead drawn from the image's nearest neighbours in caption meaning (a caption that is
+    # wrong in one or two words), so D has to read every word, not only the easiest
+    hard_wrong: float = 0.0
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -142,6 +146,10 @@ class Text2ImgTrainConfig:
             )
         if self.ca_kl < 0:
             raise TrainingError("ca-kl must be at least 0")
+        if not 0.0 <= self.hard_wrong <= 1.0:
+            raise TrainingError("hard-wrong must be in [0, 1]")
+        if self.hard_wrong > 0 and not self.cls:
+            raise TrainingError("--hard-wrong chooses GAN-CLS's mismatched captions: it needs --cls")
         if self.match_weight < 0:
             raise TrainingError("match-weight must be at least 0")
         if self.match_weight > 0 and self.encoder != "builtin":
@@ -284,6 +292,10 @@ def _hinge_g(score: torch.Tensor) -> torch.Tensor:
 _LOSSES = {"bce": (_bce_real, _bce_fake, _bce_real), "hinge": (_hinge_real, _hinge_fake, _hinge_g)}
 
 
+HARD_POOL = 32  # --hard-wrong draws a mismatched caption from the image's 32 nearest in meaning
+SAME_MEANING = 0.95  # ... among images whose mean caption embeddings are less alike than this
+
+
 @dataclass
 class CaptionEmbeddings:
     """Every caption's embedding, flattened: image i owns rows first[i] .. first[i] + count[i] - 1."""
@@ -296,6 +308,26 @@ class CaptionEmbeddings:
         """One random caption embedding for each image in `idx`."""
         offset = (torch.rand(idx.shape[0], generator=gen) * self.count[idx]).long()
         return self.vectors[self.first[idx] + offset]
+
+    def neighbours(self, k: int = HARD_POOL, same: float = SAME_MEANING, chunk: int = 1024) -> torch.Tensor:
+        """(N, k) image indices: for each image, the k other images whose captions mean the most
+        nearly the same without meaning the same (cosine of the images' mean caption embeddings
+        below `same`). Where fewer than k qualify (tiny data sets), the rest are random others."""
+        n = self.first.shape[0]
+        owner = torch.repeat_interleave(torch.arange(n), self.count)
+        means = F.normalize(torch.zeros(n, self.vectors.shape[1]).index_add_(0, owner, self.vectors), dim=1)
+        k = min(k, n - 1)
+        gen = torch.Generator().manual_seed(0)
+        parts = []
+        for start in range(0, n, chunk):
+            sims = means[start : start + chunk] @ means.t()  # (c, N)
+            rows = torch.arange(sims.shape[0])
+            sims[rows, rows + start] = -2.0  # never the image itself
+            sims[sims >= same] = -2.0  # nor an image whose captions say the same
+            values, index = sims.topk(k, dim=1)
+            other = (rows[:, None] + start + torch.randint(1, n, (sims.shape[0], k), generator=gen)) % n
+            parts.append(torch.where(values > -2.0, index, other))
+        return torch.cat(parts)
 
 
 def _flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -580,6 +612,7 @@ def _train_gan(
         training.save_checkpoint(state, ckpt)
 
     n = data.images.shape[0]
+    neighbours = embeddings.neighbours() if config.cls and config.hard_wrong > 0 else None
     meter = RunningMeans()
     t_log, t_seg = time.perf_counter(), time.perf_counter()
     clock.begin(step)
@@ -595,6 +628,12 @@ def _train_gan(
         idx = torch.randint(n, (config.batch_size,), generator=data_rng)
         # a caption of another image: shift each index by 1 .. n-1 (never the image itself)
         wrong = (idx + torch.randint(1, n, (config.batch_size,), generator=data_rng)) % n
+        if neighbours is not None:  # --hard-wrong: some mismatches differ from the image in little
+            hard = torch.rand(config.batch_size, generator=data_rng) < config.hard_wrong
+            near = neighbours[
+                idx, torch.randint(neighbours.shape[1], (config.batch_size,), generator=data_rng)
+            ]
+            wrong = torch.where(hard, near, wrong)
         h = embeddings.pick(idx, data_rng).to(device)
         h_wrong = embeddings.pick(wrong, data_rng).to(device)
         x = data.images[idx].to(device).float().div_(127.5).sub_(1.0)
