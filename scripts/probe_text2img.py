@@ -31,16 +31,17 @@ import numpy as np
 import torch
 
 from srgan_cli.text2img import shapes
+from srgan_cli.text2img.captions import ENCODER_FILE, load_text_encoder
 from srgan_cli.text2img.encoders import BuiltinTextEncoder
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import load_text2img
-from srgan_cli.text2img.train import CHECKPOINT, ENCODER_FILE, _load_encoder, read_run_config
+from srgan_cli.text2img.train import CHECKPOINT, read_run_config
 from srgan_cli.training import load_checkpoint
 
 
 def load(path: str) -> BuiltinTextEncoder:
     if Path(path).name == ENCODER_FILE:
-        return _load_encoder(Path(path))
+        return load_text_encoder(Path(path))
     model, _ = load_text2img(path)
     if model.encoder is None:
         raise SystemExit(f"{path} uses MiniLM, not the builtin encoder")
@@ -100,7 +101,7 @@ def run_discriminator(run: Path) -> tuple[BuiltinTextEncoder, Score]:
         x = images.float().div(127.5).sub(1)
         return torch.cat([d(x[i : i + 100], h[i : i + 100]) for i in range(0, len(h), 100)]).flatten()
 
-    return _load_encoder(run / ENCODER_FILE), score
+    return load_text_encoder(run / ENCODER_FILE), score
 
 
 def main() -> None:

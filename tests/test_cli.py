@@ -282,7 +282,7 @@ def test_training_help_shows_each_default_from_its_config(monkeypatch: pytest.Mo
     their help says each default itself, taken from the config dataclass, escaped from Rich markup."""
     from srgan_cli.lapgan.train import LapganTrainConfig
     from srgan_cli.sr.config import TrainConfig
-    from srgan_cli.text2img.train import Text2ImgTrainConfig
+    from srgan_cli.text2img.trainer import Text2ImgTrainConfig
 
     monkeypatch.setenv("COLUMNS", "200")
     cases = {

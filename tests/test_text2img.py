@@ -27,7 +27,8 @@ from srgan_cli.text2img.encoders import (
 )
 from srgan_cli.text2img.models import Text2Img, Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img, read_captions_file
-from srgan_cli.text2img.train import Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
+from srgan_cli.text2img.train import train_text2img
+from srgan_cli.text2img.trainer import Text2ImgTrainConfig, Text2ImgTrainer
 
 TINY = {"ngf": 8, "ndf": 8, "z_dim": 8, "proj_dim": 8}
 

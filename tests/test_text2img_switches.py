@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from srgan_cli import weights
 from srgan_cli.errors import TrainingError
 from srgan_cli.text2img import shapes
+from srgan_cli.text2img.captions import CaptionEmbeddings
 from srgan_cli.text2img.encoders import EncoderTrainConfig, ImageEncoder, hard_batch
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
-from srgan_cli.text2img.train import CaptionEmbeddings, Text2ImgTrainConfig, Text2ImgTrainer, train_text2img
+from srgan_cli.text2img.train import train_text2img
+from srgan_cli.text2img.trainer import Text2ImgTrainConfig, Text2ImgTrainer
 
 from .test_text2img import _config
 

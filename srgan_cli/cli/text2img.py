@@ -12,7 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..errors import UsageError
-from ..text2img.train import Text2ImgTrainConfig
+from ..text2img.trainer import Text2ImgTrainConfig
 from . import common
 from .common import (
     DeviceOpt,
@@ -213,7 +213,7 @@ def train(
 ) -> None:
     """Train a text-to-image GAN (GAN-INT-CLS by default); see docs/text2img.md."""
     given = given_options(dict(locals()), skip=("resume", "overwrite", "time_limit"))  # first: options only
-    from ..text2img.train import Text2ImgTrainConfig, read_run_config, train_text2img
+    from ..text2img.train import read_run_config, train_text2img
 
     with guard():
         seconds = parse_duration(time_limit) if time_limit is not None else None
