@@ -39,7 +39,7 @@ PHOTOS = gpu_run.TRAIN  # what `gpu_run.py prepare` packed
 # The shipped text-to-image recipe (weights/README.md, text2img_shapes) at the paper's widths.
 TEXT2IMG = (
     "--ngf 64 --ndf 64 --batch-size 64 --d-condition projection --loss hinge "
-    "--encoder-negatives hard --match-weight 1"
+    "--encoder-negatives hard --hard-wrong 0.5"
 )
 LAPGAN = "--size 64 --levels 4 --n-feats 128 --batch-size 64"
 WEIGHTS_T2I, WEIGHTS_LAPGAN, EXTRAS = "text2img.safetensors", "lapgan.safetensors", "extras.tar.gz"

@@ -165,6 +165,19 @@ def test_make_shapes_then_train_then_generate(tmp_path: Path) -> None:
     assert weights.read_info(out / "text2img.safetensors").provenance["steps"] == 3
     code, text = run("text2img", "train", "--data", data, "--out", out, "--no-cls", "--resume")
     assert code != 0 and "other settings" in text
+    code, text = run("text2img", "train", "--out", out, "--steps", 5, "--resume", "--time-limit", "0s")
+    assert code == 0 and "stopped (time limit) after 3 of 5 steps" in text and "--resume" in text
+    code, text = run("text2img", "train", "--out", out, "--resume", "--time-limit", "soon")
+    assert code == 2 and "not a duration" in text
+    switched = tmp_path / "switched"
+    code, text = run(
+        "text2img", "train", "--data", data, "--out", switched, "--steps", 1, *tiny,
+        "--d-condition", "projection", "--loss", "hinge", "--ca", "--hard-wrong", 0.5,
+    )  # fmt: skip
+    assert code == 0, text
+    assert "KL" in (switched / "log.jsonl").read_text()
+    code, text = run("text2img", "train", "--data", data, "--out", tmp_path / "bad", "--loss", "wgan")
+    assert code != 0 and "unknown --loss 'wgan'" in text
     picture = tmp_path / "p.png"
     code, text = run(
         "text2img", "generate", CAPTION, "-m", out / "text2img.safetensors", "-n", 1, "-o", picture
