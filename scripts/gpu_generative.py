@@ -2,8 +2,10 @@
 """Train the generative models on a lent GPU in one call: text-to-image at the paper's widths on the
 shapes set, then a wider LAPGAN on the photos; their weights, logs and checks come back.
 
-  here    python scripts/gpu_run.py prepare        packs the photos into .carry/train (LAPGAN's data)
-  there   python3 scripts/gpu_generative.py train --minutes 9       carry: .carry/train
+  here    python scripts/gpu_run.py prepare --perceptual DIR --no-extra
+          (packs the 53 train photos into .carry/train/train, LAPGAN's data; DIR from
+          ../shared/tools/perceptual_weights.py, which prepare needs for the SR calls)
+  there   python3 scripts/gpu_generative.py train --minutes 9       carry: .carry/train/train
           (make-shapes, `srgan text2img train` with the shipped recipe at ngf/ndf 64 for about half
           the time, its `srgan text2img eval` on a fresh held-out set, then `srgan lapgan train`
           level by level at --n-feats 128 for the rest; every run stops cleanly at its
@@ -35,13 +37,17 @@ sys.path.insert(0, str(gpu_run.REPO))
 from srgan_cli.lapgan.models import LapganConfig  # noqa: E402
 
 WORK = Path(".carry/generative")  # scratch run folders on the device (relative to gpu_run.ROOT)
-PHOTOS = gpu_run.TRAIN  # what `gpu_run.py prepare` packed
+PHOTOS = gpu_run.TRAIN / "train"  # the 53 training photos `gpu_run.py prepare` packed
 # The shipped text-to-image recipe (weights/README.md, text2img_shapes) at the paper's widths.
 TEXT2IMG = (
     "--ngf 64 --ndf 64 --batch-size 64 --d-condition projection --loss hinge "
-    "--encoder-negatives hard --hard-wrong 0.5"
+    "--encoder-negatives hard --hard-wrong 0.5 --checkpoint-every 5000 --sample-every 2500"
 )
-LAPGAN = "--size 64 --levels 4 --n-feats 128 --batch-size 64"
+# the shipped pyramid's layout at twice its conv width; --no-classes: photos, never class folders
+LAPGAN = (
+    "--size 64 --levels 4 --n-feats 128 --batch-size 64 --no-classes "
+    "--checkpoint-every 5000 --sample-every 2500"
+)
 WEIGHTS_T2I, WEIGHTS_LAPGAN, EXTRAS = "text2img.safetensors", "lapgan.safetensors", "extras.tar.gz"
 
 
