@@ -138,6 +138,9 @@ def test_time_limit_stops_the_level_in_progress_and_resume_finishes_exactly(
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     with pytest.raises(TrainingError, match="time limit"):
         train_lapgan(tiny_config(photo_dir, tmp_path / "neg"), time_limit=-1)
+    # --overwrite stopped at once replaces the trained level's checkpoint, never keeps it
+    again = train_lapgan(tiny_config(photo_dir, tmp_path / "cut"), levels=[0], overwrite=True, time_limit=0)
+    assert again.stopped == "time limit" and again.steps[0] == 0
 
 
 def test_one_level_can_be_retrained(photo_dir: Path, tmp_path: Path) -> None:

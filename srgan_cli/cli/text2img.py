@@ -158,7 +158,7 @@ def train(
             "--ca/--no-ca",
             panel=_MODEL,
             help="Conditioning augmentation (StackGAN): G samples its text code from a Gaussian "
-            "around the caption's, for more varied images.",
+            "around the caption's. On the shapes set it varied what the caption fixes (docs/text2img.md).",
             show_default=False,
         ),
     ] = None,
@@ -182,7 +182,8 @@ def train(
             min=0.0,
             help="Weight of a matching term in G's loss (AttnGAN's DAMSM sentence loss): each "
             "generated image must pick its own caption in the batch, as seen by the builtin "
-            "encoder's pre-training image encoder. 0 = off.",
+            "encoder's pre-training image encoder. 0 = off. On the shapes set G fooled that small "
+            "encoder (docs/text2img.md).",
         ),
     ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,

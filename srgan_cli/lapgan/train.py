@@ -369,7 +369,7 @@ def _train_level(
     meter = RunningMeans()
     t_log, t_seg = time.perf_counter(), time.perf_counter()
     clock.begin(step)
-    saved = step if ckpt.exists() else -1  # the step of the checkpoint on disk
+    saved = step if resume and ckpt.exists() else -1  # the step of this run's checkpoint on disk
     while step < config.steps:
         if clock.reason(step, 1, val_due=False) is not None:
             if saved != step:

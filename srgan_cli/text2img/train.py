@@ -233,7 +233,7 @@ def _train_gan(
     meter = RunningMeans()
     t_log, t_seg = time.perf_counter(), time.perf_counter()
     clock.begin(step)
-    stopped, saved = None, (step if ckpt.exists() else -1)  # the step of the checkpoint on disk
+    stopped, saved = None, (step if resume and ckpt.exists() else -1)  # this run's checkpoint on disk
     while step < config.steps:
         if clock.reason(step, 1, val_due=False) is not None:
             stopped = "time limit"
