@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_run  # noqa: E402  (the sibling script: srgan, gpu_monitor, write_manifest, sha256, PART)
+import gpu_run  # noqa: E402  (the sibling script: srgan, gpu_monitor, parts, manifest)
 
 sys.path.insert(0, str(gpu_run.REPO))
 from srgan_cli.lapgan.models import LapganConfig  # noqa: E402
@@ -122,12 +122,7 @@ def _return(out: Path, t2i: Path, lapgan: Path) -> None:
     files = ["console.log"] + (["gpu.csv"] if (out / "gpu.csv").is_file() else [])
     manifest: dict = {"stage": "generative", "parts": {}, "sha256": {}}
     source = t2i / WEIGHTS_T2I
-    parts = []
-    with open(source, "rb") as f:
-        for index, block in enumerate(iter(lambda: f.read(gpu_run.PART), b"")):
-            name = f"{WEIGHTS_T2I}.part{index}"
-            (out / name).write_bytes(block)
-            parts.append(name)
+    parts = gpu_run.split_parts(source, out)
     manifest["parts"][WEIGHTS_T2I] = parts
     manifest["sha256"][WEIGHTS_T2I] = gpu_run.sha256(source)
     files += parts
@@ -160,15 +155,13 @@ def collect(args: argparse.Namespace) -> None:
         sys.exit(f"{manifest_path} not found: is {back} the files_at folder of a generative call?")
     manifest = json.loads(manifest_path.read_text())
     dest.mkdir(parents=True, exist_ok=True)
-    for name, parts in manifest["parts"].items():
-        with open(dest / name, "wb") as f:
-            for part in parts:
-                f.write((back / part).read_bytes())
-    for name in manifest["sha256"]:
-        if not (dest / name).is_file():
-            shutil.copyfile(back / name, dest / name)
-        if gpu_run.sha256(dest / name) != manifest["sha256"][name]:
+    for name, digest in manifest["sha256"].items():
+        if name in manifest["parts"]:
+            gpu_run.join_parts(back, manifest["parts"][name], digest, dest / name)
+        elif gpu_run.sha256(back / name) != digest:
             sys.exit(f"{name}: SHA-256 differs from the device's; the transfer is incomplete")
+        else:
+            shutil.copyfile(back / name, dest / name)
     with tarfile.open(back / EXTRAS) as tar:
         tar.extractall(dest, filter="data")
     for name in ("console.log", "gpu.csv"):

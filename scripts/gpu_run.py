@@ -361,15 +361,7 @@ def collect(args: argparse.Namespace) -> None:
         run = ROOT / PRETRAIN_RUN
         run.mkdir(parents=True, exist_ok=True)
         ckpt = manifest["checkpoint"]
-        tmp = run / ".checkpoint.pt.joining"
-        with open(tmp, "wb") as out:
-            for part in ckpt["parts"]:
-                with open(back / part, "rb") as f:
-                    shutil.copyfileobj(f, out)
-        if sha256(tmp) != ckpt["sha256"]:
-            tmp.unlink()
-            sys.exit("the joined checkpoint does not match its SHA-256: a part is missing or broken")
-        tmp.replace(run / "checkpoint.pt")
+        join_parts(back, ckpt["parts"], ckpt["sha256"], run / "checkpoint.pt")
         shutil.copyfile(back / "log.jsonl", run / "log.jsonl")  # the run's log goes on growing
         (ROOT / INIT_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(back / manifest["weights"], ROOT / INIT_FILE)
@@ -716,12 +708,7 @@ def returned(stage: str, run: Path, out: Path) -> None:
         weights = "srresnet_x4.safetensors"
         shutil.copyfile(run / weights, out / weights)
         ckpt = run / "checkpoint.pt"
-        parts = []
-        with open(ckpt, "rb") as f:
-            for index, block in enumerate(iter(lambda: f.read(PART), b"")):
-                name = f"checkpoint.pt.part{index}"
-                (out / name).write_bytes(block)
-                parts.append(name)
+        parts = split_parts(ckpt, out)
         manifest["checkpoint"] = {"parts": parts, "sha256": sha256(ckpt), "bytes": ckpt.stat().st_size}
         manifest["weights"] = weights
         files += [weights, *parts]
@@ -742,6 +729,31 @@ def return_gan_weights(run: Path, out: Path, files: list[str]) -> str:
         shutil.copyfile(snap, out / snap.name)
         files.append(snap.name)
     return weights
+
+
+def split_parts(source: Path, out: Path) -> list[str]:
+    """`source` cut into <name>.part0, .part1, ... of PART bytes in `out` (a returned file must
+    stay under 16 MiB); their names, in order."""
+    parts = []
+    with open(source, "rb") as f:
+        for index, block in enumerate(iter(lambda: f.read(PART), b"")):
+            name = f"{source.name}.part{index}"
+            (out / name).write_bytes(block)
+            parts.append(name)
+    return parts
+
+
+def join_parts(back: Path, parts: list[str], digest: str, dest: Path) -> None:
+    """The parts in `back` joined into `dest`, which appears only when the SHA-256 matches."""
+    tmp = dest.with_name(f".{dest.name}.joining")
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(back / part, "rb") as f:
+                shutil.copyfileobj(f, out)
+    if sha256(tmp) != digest:
+        tmp.unlink()
+        sys.exit(f"the joined {dest.name} does not match its SHA-256: a part is missing or broken")
+    tmp.replace(dest)
 
 
 def write_manifest(out: Path, manifest: dict, files: list[str]) -> None:

@@ -91,7 +91,7 @@ def run_discriminator(run: Path) -> tuple[BuiltinTextEncoder, Score]:
     if config is None:
         raise SystemExit(f"{run} holds no text-to-image run (run.json)")
     state = load_checkpoint(run / CHECKPOINT)
-    model_config = Text2ImgConfig(**{k: v for k, v in state["model"].items()})
+    model_config = Text2ImgConfig(**state["model"])
     _, d = models(model_config, config.spectral_norm, config.d_condition)
     d.load_state_dict(state["D"])
     d.eval()
