@@ -17,7 +17,7 @@ from srgan_cli.text2img.encoders import EncoderTrainConfig, ImageEncoder, hard_b
 from srgan_cli.text2img.models import Text2ImgConfig, models
 from srgan_cli.text2img.sample import TextToImage, load_text2img
 from srgan_cli.text2img.train import train_text2img
-from srgan_cli.text2img.trainer import Text2ImgTrainConfig, Text2ImgTrainer
+from srgan_cli.text2img.trainer import MODE_SEEKING_EPS, Text2ImgTrainConfig, Text2ImgTrainer
 
 from .test_text2img import _config
 
@@ -125,6 +125,30 @@ def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() ->
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
 
 
+def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption() -> None:
+    """The MS term, recomputed by hand: half the captions get a second draw from other noise; loss_G
+    grows by w / (mean |G(z1, h) - G(z2, h)| / mean |z1 - z2| + eps), D's step is untouched."""
+    torch.manual_seed(0)
+    model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
+    seeking = Text2ImgTrainConfig(mode_seeking=0.5, interpolate=False)
+    plain = Text2ImgTrainConfig(interpolate=False)
+    (stats, other), g0, _, _, h, _ = _one_step_each(model_config, [seeking, plain])
+    assert "MS" in stats and "MS" not in other
+    assert torch.allclose(stats["loss_D"], other["loss_D"], atol=1e-6)
+    assert torch.allclose(
+        stats["loss_G"] - other["loss_G"], 0.5 / (stats["MS"] + MODE_SEEKING_EPS), atol=1e-4
+    )
+
+    g = models(model_config)[0]
+    g.load_state_dict(g0)
+    torch.manual_seed(7)
+    z = torch.randn(4, model_config.noise_dim)
+    fake = g(z, h)
+    z2 = torch.randn(2, model_config.noise_dim)
+    ratio = (fake[:2] - g(z2, h[:2])).abs().mean() / (z[:2] - z2).abs().mean()
+    assert torch.allclose(stats["MS"], ratio.detach(), atol=1e-5)
+
+
 def test_hard_wrong_neighbours_are_near_in_meaning_but_never_the_same() -> None:
     """Six images with two captions each: 0 and 1 say the same (cosine 1), 2 is a little off, 3..5
     far away. Image 0's nearest neither is itself nor 1 (same meaning) but 2."""
@@ -169,6 +193,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         encoder_negatives="hard",
         match_weight=1.0,
         hard_wrong=0.5,
+        mode_seeking=1.0,
     )
     logs: list[dict] = []
     result = train_text2img(
@@ -176,7 +201,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         on_event=lambda kind, data: logs.append(data) if kind == "log" else None,
     )
     assert (tmp_path / "run" / "image_encoder.safetensors").is_file()
-    assert logs and {"KL", "match"} <= set(logs[-1])
+    assert logs and {"KL", "match", "MS"} <= set(logs[-1])
     model, info = load_text2img(result.weights)
     assert model.config.ca and model.config.noise_dim == 16
     assert {k: info.provenance["train_config"][k] for k in switches} == switches
@@ -199,6 +224,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         ("ca_kl", -1.0, "ca-kl"),
         ("match_weight", -1.0, "match-weight"),
         ("hard_wrong", 1.5, "hard-wrong"),
+        ("mode_seeking", -0.5, "mode-seeking"),
     ],
 )
 def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:

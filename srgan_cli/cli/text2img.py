@@ -186,6 +186,15 @@ def train(
             "encoder (docs/text2img.md).",
         ),
     ] = None,
+    mode_seeking: Annotated[
+        float | None,
+        _opt(
+            "--mode-seeking",
+            min=0.0,
+            help="Weight of MSGAN's mode-seeking term: two draws of one caption must differ in "
+            "proportion to their noise, so that G does not ignore z. 0 = off.",
+        ),
+    ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
     ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[
@@ -254,6 +263,7 @@ def train(
                     wrong = f"D(x,wrong) {data['D(x,wrong)']:.3f}  " if "D(x,wrong)" in data else ""
                     wrong += f"KL {data['KL']:.2f}  " if "KL" in data else ""
                     wrong += f"match {data['match']:.2f}  " if "match" in data else ""
+                    wrong += f"MS {data['MS']:.3f}  " if "MS" in data else ""
                     stats = (
                         f"D(x) {data['D(x)']:.3f}  {wrong}D(G(z)) {data['D(G(z))']:.3f}  "
                         f"loss_D {data['loss_D']:.3f}  loss_G {data['loss_G']:.3f}  "

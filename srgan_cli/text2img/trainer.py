@@ -10,7 +10,8 @@ embedding h_w of a caption of another image (mismatched):
 - G step: L_G = log s_f (non-saturating). GAN-INT adds the same term for images generated from
   interpolated embeddings beta * h_1 + (1 - beta) * h_2 (no real image exists for those, so D is not
   trained on them). Conditioning augmentation adds its KL term, the matching term its caption
-  matching loss (docs/text2img.md).
+  matching loss, mode seeking (MSGAN) its 1 / (image distance / noise distance) term
+  (docs/text2img.md).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Text2ImgTrainConfig:
     # is instead drawn from the image's nearest neighbours in caption meaning (a caption that is
     # wrong in one or two words), so D has to read every word, not only the easiest
     hard_wrong: float = 0.0
+    # weight of the mode-seeking term (MSGAN, Mao et al. 2019): two samples of one caption from two
+    # noise vectors must differ in proportion to their noise; 0 = off
+    mode_seeking: float = 0.0
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -100,6 +104,8 @@ class Text2ImgTrainConfig:
             raise TrainingError("--hard-wrong chooses GAN-CLS's mismatched captions: it needs --cls")
         if self.match_weight < 0:
             raise TrainingError("match-weight must be at least 0")
+        if self.mode_seeking < 0:
+            raise TrainingError("mode-seeking must be at least 0")
         if self.match_weight > 0 and self.encoder != "builtin":
             raise TrainingError(
                 "--match-weight needs the builtin text encoder (its pre-training makes the image encoder)"
@@ -131,6 +137,9 @@ MODEL_FIELDS = (  # fixed by a run's first call
     "d_condition",
     "ca",
 )
+
+
+MODE_SEEKING_EPS = 1e-5  # MSGAN's
 
 
 class Text2ImgTrainer(GanPair):
@@ -168,7 +177,8 @@ class Text2ImgTrainer(GanPair):
         d = self.d
 
         # --- D step: (x, h) real; (G(z, h), h) fake; GAN-CLS: (x, h_wrong) fake too
-        fake = self.g(self.noise(n), h)
+        z = self.noise(n)
+        fake = self.g(z, h)
         kl = self.g.kl  # the conditioning augmentation's KL of this batch (None without it)
         s_r = d(x, h)
         s_f = d(fake.detach(), h)
@@ -188,6 +198,12 @@ class Text2ImgTrainer(GanPair):
         if t.interpolate:
             h_int = t.beta * h + (1 - t.beta) * h.roll(1, dims=0)  # another image's caption
             loss_g = loss_g + g_loss(d(self.g(self.noise(n), h_int), h_int))
+        if t.mode_seeking > 0:  # a second draw for half the captions, from other noise
+            k = n // 2
+            z2 = self.noise(k)
+            ratio = (fake[:k] - self.g(z2, h[:k])).abs().mean() / (z[:k] - z2).abs().mean()
+            loss_g = loss_g + t.mode_seeking / (ratio + MODE_SEEKING_EPS)
+            stats["MS"] = ratio.detach()
         if kl is not None:
             loss_g = loss_g + t.ca_kl * kl
             stats["KL"] = kl.detach()
