@@ -215,6 +215,37 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
     assert weights.read_info(result.weights).provenance["variant"] == "GAN-INT-CLS"
 
 
+def test_weights_record_how_the_encoder_was_pre_trained_even_when_it_came_from_another_run(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    """A run that reuses an encoder pre-trained elsewhere (its file copied into the run folder) records
+    that encoder's own pre-training, not the run's --encoder-negatives; a file from before the
+    record says so."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    first = train_text2img(_config(shapes_dir, tmp_path / "hard", steps=1, encoder_negatives="hard"))
+    made = weights.read_info(first.weights).provenance["encoder_pretraining"]
+    assert made["negatives"] == "hard" and made["steps"] == 3 and made["images"] == 16
+    reuse = tmp_path / "reuse"
+    reuse.mkdir()
+    shutil.copy(tmp_path / "hard" / "text_encoder.safetensors", reuse)
+    second = train_text2img(_config(shapes_dir, reuse, steps=1))  # its own option: random
+    info = weights.read_info(second.weights).provenance
+    assert info["train_config"]["encoder_negatives"] == "random"
+    assert info["encoder_pretraining"]["negatives"] == "hard"
+    old = tmp_path / "old"
+    old.mkdir()
+    encoder_file = tmp_path / "hard" / "text_encoder.safetensors"
+    with safe_open(str(encoder_file), "pt") as f:
+        config_only = {"config": (f.metadata() or {})["config"]}
+    save_file(load_file(str(encoder_file)), str(old / "text_encoder.safetensors"), metadata=config_only)
+    third = train_text2img(_config(shapes_dir, old, steps=1))
+    assert weights.read_info(third.weights).provenance["encoder_pretraining"] == "not recorded"
+
+
 @pytest.mark.parametrize(
     "option,value,message",
     [

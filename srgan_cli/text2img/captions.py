@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +83,30 @@ def _flatten(captions: list[list[str]]) -> tuple[list[str], torch.Tensor, torch.
     return [c for caps in captions for c in caps], first, count
 
 
-def _save_module(module: nn.Module, config: dict[str, Any], path: Path) -> None:
-    """A pre-trained encoder as safetensors, its config in the metadata (written atomically)."""
+def _save_module(
+    module: nn.Module, config: dict[str, Any], path: Path, pretraining: dict[str, Any] | None = None
+) -> None:
+    """A pre-trained encoder as safetensors, its config (and how it was pre-trained) in the metadata,
+    written atomically."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    metadata = {"config": json.dumps(config)}
+    if pretraining is not None:
+        metadata["pretraining"] = json.dumps(pretraining)
     with atomic_open(path) as fh:
-        fh.write(save(state, metadata={"config": json.dumps(config)}))
+        fh.write(save(state, metadata=metadata))
 
 
-def _save_encoder(encoder: BuiltinTextEncoder, path: Path) -> None:
-    _save_module(encoder, encoder.config.to_dict(), path)
+def encoder_pretraining(path: Path) -> dict[str, Any] | None:
+    """How the builtin encoder in `path` was pre-trained (steps, negatives, ...), as recorded when it
+    was; None for a file written before the record was kept. A run that reuses an encoder made
+    elsewhere takes these values from the file, not from its own options."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        recorded = (f.metadata() or {}).get("pretraining")
+    return json.loads(recorded) if recorded else None
 
 
 def _load_module(path: Path, build: Callable[[dict[str, Any]], nn.Module]) -> nn.Module:
@@ -161,8 +174,10 @@ def text_encoder_of(
             device,
             on_log=lambda stats: log("encoder_log", stats),
         )
+        seconds = time.perf_counter() - started
         _save_module(image, {"dim": image.dim, "width": image.width}, image_path)
-        _save_encoder(encoder, path)  # last: its presence means "pre-trained"
+        record = {**asdict(enc_config), "images": int(data.images.shape[0]), "seconds": round(seconds, 1)}
+        _save_module(encoder, encoder.config.to_dict(), path, record)  # last: it means "pre-trained"
         log(
             "encoder",
             {
@@ -170,7 +185,7 @@ def text_encoder_of(
                 "path": str(path),
                 "loaded": False,
                 "vocab": len(encoder.config.vocab),
-                "seconds": time.perf_counter() - started,
+                "seconds": seconds,
             },
         )
     return TextSide(encoder.encode, encoder.config.dim, encoder, image)

@@ -41,6 +41,7 @@ from .captions import (
     EMBEDDINGS,
     ENCODER_FILE,
     IMAGE_ENCODER_FILE,
+    encoder_pretraining,
     CaptionEmbeddings,
     TextSide,
     embeddings_of,
@@ -283,6 +284,9 @@ def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncode
         assert model.encoder is not None
         model.encoder.load_state_dict(encoder.state_dict())
     train = state.get("train", {})
+    provenance: dict[str, Any] = {}
+    if encoder is not None:  # the file's own record: the encoder may come from another run folder
+        provenance["encoder_pretraining"] = encoder_pretraining(out / ENCODER_FILE) or "not recorded"
     return weights_mod.save(
         out / WEIGHTS,
         model,
@@ -294,5 +298,6 @@ def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncode
             "seconds": round(float(state["elapsed"]), 1),
             "device": train.get("device"),
             "train_config": {k: v for k, v in train.items() if k != "device"},
+            **provenance,
         },
     )
