@@ -41,10 +41,10 @@ from .captions import (
     EMBEDDINGS,
     ENCODER_FILE,
     IMAGE_ENCODER_FILE,
-    encoder_pretraining,
     CaptionEmbeddings,
     TextSide,
     embeddings_of,
+    encoder_pretraining,
     text_encoder_of,
 )
 from .data import CaptionSet, load_caption_set
