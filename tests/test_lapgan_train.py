@@ -267,3 +267,24 @@ def test_parzen_prefers_the_data_distribution() -> None:
     assert float(same.mean()) > report.mean
     with pytest.raises(UsageError, match="3x16x16"):
         parzen_eval(model, torch.rand(8, 3, 8, 8))
+
+
+def test_level_timing_script_times_every_conditional_level_at_every_width(capsys) -> None:
+    """scripts/time_lapgan_levels.py (docs/lapgan.md's cost of a wider pyramid) on a tiny pyramid:
+    one row per conditional level, the first width is the reference (x1.00)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "time_lapgan_levels.py"
+    spec = importlib.util.spec_from_file_location("time_lapgan_levels", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.time_levels(32, [4, 8], steps=1, batch=4)
+    assert [(level, n, width) for level, n, width, _ in rows] == [
+        (1, 4, 4), (1, 4, 8), (2, 2, 4), (2, 2, 8)
+    ]  # fmt: skip
+    assert all(seconds > 0 for *_, seconds in rows)
+    module.main(["--size", "16", "--widths", "4", "8", "--steps", "1", "--batch", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "n-feats 8" in lines[0] and lines[1].split()[:3] == ["1", "16", "2"]
+    assert "x1.00" in lines[1]
