@@ -192,7 +192,8 @@ def train(
             "--mode-seeking",
             min=0.0,
             help="Weight of MSGAN's mode-seeking term: two draws of one caption must differ in "
-            "proportion to their noise, so that G does not ignore z. 0 = off.",
+            "proportion to their noise, so that G does not ignore z. 0 = off. On the shapes set 0.1 "
+            "made samples differ at some cost in background accuracy (docs/text2img.md).",
         ),
     ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
