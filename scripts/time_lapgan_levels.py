@@ -5,7 +5,8 @@ level, at each `--n-feats`, on this machine, with a ratio against the first widt
 All widths are timed in one process on the same random batch, after one warm-up step, so the ratio
 holds even when the machine is shared; the absolute milliseconds do not.
 
-  python scripts/time_lapgan_levels.py                          (64 px, widths 64 and 128, 1 thread)
+  python scripts/time_lapgan_levels.py                          (64 px, widths 64 and 128)
+  OMP_NUM_THREADS=1 python scripts/time_lapgan_levels.py        (one thread, as in docs/lapgan.md)
   python scripts/time_lapgan_levels.py --widths 64 96 128 --steps 20 --threads 2
 """
 
@@ -49,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 128], help="--n-feats values")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per level and width")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = time_levels(args.size, args.widths, args.steps, args.batch)
     config = LapganConfig(size=args.size)
     print(
