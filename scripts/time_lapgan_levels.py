@@ -31,13 +31,14 @@ def time_levels(
     for level in range(1, levels):
         n = batch // 2 if level == levels - 1 else batch
         real = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(level)) * 2 - 1
+        real = real.to(device)
         for width in widths:
             config = LapganConfig(size=size, n_feats=width)
             trainer = LevelTrainer(config, level, LapganTrainConfig(), torch.device(device))
-            trainer.step(real.to(device), None)  # warm-up
+            trainer.step(real, None)  # warm-up
             started = time.perf_counter()
             for _ in range(steps):
-                trainer.step(real.to(device), None)
+                trainer.step(real, None)
             results.append((level, n, width, (time.perf_counter() - started) / steps))
     return results
 

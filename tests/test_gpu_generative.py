@@ -4,7 +4,6 @@ come back (the text-to-image weights in parts), and collect joins and checks the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,8 @@ import pytest
 from srgan_cli.lapgan.train import load_lapgan
 from srgan_cli.text2img.sample import load_text2img
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_generative.py"
+from .conftest import load_script
+
 T2I = "--ngf 8 --ndf 8 --batch-size 4 --encoder-steps 3 --match-weight 1"
 LAPGAN = "--size 16 --base 4 --n-feats 8 --coarse-hidden 16 --batch-size 4 --sample-every 2"
 
@@ -22,10 +22,7 @@ LAPGAN = "--size 16 --base 4 --n-feats 8 --coarse-hidden 16 --batch-size 4 --sam
 def test_one_call_trains_both_models_and_collect_joins_the_parts(
     tmp_path: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_generative", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script("gpu_generative")
     root = tmp_path / "root"
     monkeypatch.setattr(gen.gpu_run, "ROOT", root)
     monkeypatch.setattr(gen.gpu_run, "PART", 2**20)  # tiny weights still come back in parts

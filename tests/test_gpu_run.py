@@ -4,7 +4,6 @@ chunk from its weights. Only the GPU and the lending tool's transfer are left ou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,19 +17,15 @@ from srgan_cli import weights
 from srgan_cli.sr.data import gather_sources
 from srgan_cli.sr.palette import pack_file
 
-from .conftest import make_photo, make_vgg_prefix, tiny_model
+from .conftest import load_script, make_photo, make_vgg_prefix, tiny_model
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_run.py"
 TINY = ["--n-blocks", "1", "--n-feats", "8", "--batch-size", "2", "--crop", "32", "--log-every", "1"]
 CPU = ["--device", "cpu", "--amp", "off", "--rate", "100"]  # --rate: no benchmark
 
 
 @pytest.fixture
 def gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("gpu_run", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("gpu_run")
     monkeypatch.setattr(module, "ROOT", tmp_path / "root")
     monkeypatch.setattr(module, "PART", 64 * 1024)  # several parts even for a tiny checkpoint
     monkeypatch.delenv("OUT", raising=False)

@@ -272,13 +272,9 @@ def test_parzen_prefers_the_data_distribution() -> None:
 def test_level_timing_script_times_every_conditional_level_at_every_width(capsys) -> None:
     """scripts/time_lapgan_levels.py (docs/lapgan.md's cost of a wider pyramid) on a tiny pyramid:
     one row per conditional level, the first width is the reference (x1.00)."""
-    import importlib.util
+    from .conftest import load_script
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "time_lapgan_levels.py"
-    spec = importlib.util.spec_from_file_location("time_lapgan_levels", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("time_lapgan_levels")
     rows = module.time_levels(32, [4, 8], steps=1, batch=4)
     assert [(level, n, width) for level, n, width, _ in rows] == [
         (1, 4, 4), (1, 4, 8), (2, 2, 4), (2, 2, 8)

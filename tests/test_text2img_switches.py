@@ -280,15 +280,10 @@ def test_probe_script_scores_every_attribute_for_encoder_and_d(shapes_dir: Path,
     """scripts/probe_text_encoder.py on a tiny untrained encoder: every attribute is scored, within
     the cosine range, the same on every call (what a pre-trained encoder scores is in
     docs/text2img.md)."""
-    import importlib.util
-
+    from .conftest import load_script
     from .test_text2img import tiny_encoder
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "probe_text2img.py"
-    spec = importlib.util.spec_from_file_location("probe_text2img", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("probe_text2img")
     result = module.probe(tiny_encoder(), n=20)["encoder"]
     assert set(result) == {"paraphrase", *shapes.ATTRIBUTES}
     assert all(-1.0 <= v <= 1.0 for v in result.values())
