@@ -196,6 +196,14 @@ def train(
             "made samples differ at some cost in background accuracy (docs/text2img.md).",
         ),
     ] = None,
+    mode_seeking_distance: Annotated[
+        str | None,
+        _opt(
+            "--mode-seeking-distance",
+            help="What the mode-seeking term compares between two draws: pixels (MSGAN's), or edges "
+            "(neighbour differences, so that another flat background shade earns G nothing).",
+        ),
+    ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
     ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[

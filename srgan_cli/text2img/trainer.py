@@ -58,6 +58,10 @@ class Text2ImgTrainConfig:
     # weight of the mode-seeking term (MSGAN, Mao et al. 2019): two samples of one caption from two
     # noise vectors must differ in proportion to their noise; 0 = off
     mode_seeking: float = 0.0
+    # what the mode-seeking term measures between the two draws: "pixels" (MSGAN's mean absolute
+    # difference) or "edges" (the same on the images' horizontal and vertical neighbour differences,
+    # so a flat change of colour, such as another background shade, earns G almost nothing)
+    mode_seeking_distance: str = "pixels"
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -106,6 +110,11 @@ class Text2ImgTrainConfig:
             raise TrainingError("match-weight must be at least 0")
         if self.mode_seeking < 0:
             raise TrainingError("mode-seeking must be at least 0")
+        if self.mode_seeking_distance not in _DISTANCES:
+            raise TrainingError(
+                f"unknown --mode-seeking-distance {self.mode_seeking_distance!r}: "
+                f"use {' or '.join(_DISTANCES)}"
+            )
         if self.match_weight > 0 and self.encoder != "builtin":
             raise TrainingError(
                 "--match-weight needs the builtin text encoder (its pre-training makes the image encoder)"
@@ -201,7 +210,8 @@ class Text2ImgTrainer(GanPair):
         if t.mode_seeking > 0:  # a second draw for half the captions, from other noise
             k = n // 2
             z2 = self.noise(k)
-            ratio = (fake[:k] - self.g(z2, h[:k])).abs().mean() / (z[:k] - z2).abs().mean()
+            seen = _DISTANCES[t.mode_seeking_distance]
+            ratio = (seen(fake[:k]) - seen(self.g(z2, h[:k]))).abs().mean() / (z[:k] - z2).abs().mean()
             loss_g = loss_g + t.mode_seeking / (ratio + MODE_SEEKING_EPS)
             stats["MS"] = ratio.detach()
         if kl is not None:
@@ -243,6 +253,16 @@ def _hinge_fake(score: torch.Tensor) -> torch.Tensor:
 def _hinge_g(score: torch.Tensor) -> torch.Tensor:
     return -score.mean()
 
+
+def image_edges(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C*(H*(W-1) + (H-1)*W)): every difference of horizontal and vertical neighbours."""
+    across = x[..., :, 1:] - x[..., :, :-1]
+    down = x[..., 1:, :] - x[..., :-1, :]
+    return torch.cat([across.flatten(1), down.flatten(1)], dim=1)
+
+
+# mode-seeking distance name -> what of each image it compares
+_DISTANCES = {"pixels": lambda x: x, "edges": image_edges}
 
 # loss name -> (D's term for "real", D's term for "fake", G's term); G's BCE term is non-saturating
 _LOSSES = {"bce": (_bce_real, _bce_fake, _bce_real), "hinge": (_hinge_real, _hinge_fake, _hinge_g)}
