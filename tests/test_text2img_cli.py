@@ -173,10 +173,10 @@ def test_make_shapes_then_train_then_generate(tmp_path: Path) -> None:
     code, text = run(
         "text2img", "train", "--data", data, "--out", switched, "--steps", 1, *tiny,
         "--d-condition", "projection", "--loss", "hinge", "--ca", "--hard-wrong", 0.5,
-        "--mode-seeking", 1, "--mode-seeking-distance", "edges",
+        "--mode-seeking", 1, "--mode-seeking-distance", "structure",
     )  # fmt: skip
     assert code == 0, text
-    assert json.loads((switched / "run.json").read_text())["config"]["mode_seeking_distance"] == "edges"
+    assert json.loads((switched / "run.json").read_text())["config"]["mode_seeking_distance"] == "structure"
     assert '"KL"' in (switched / "log.jsonl").read_text() and '"MS"' in (switched / "log.jsonl").read_text()
     code, text = run("text2img", "train", "--data", data, "--out", tmp_path / "bad", "--loss", "wgan")
     assert code != 0 and "unknown --loss 'wgan'" in text

@@ -22,6 +22,7 @@ from srgan_cli.text2img.trainer import (
     Text2ImgTrainConfig,
     Text2ImgTrainer,
     image_edges,
+    image_structure,
 )
 
 from .test_text2img import _config
@@ -130,11 +131,11 @@ def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() ->
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
 
 
-@pytest.mark.parametrize("distance", ["pixels", "edges"])
+@pytest.mark.parametrize("distance", ["pixels", "structure"])
 def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption(distance: str) -> None:
     """The MS term, recomputed by hand: half the captions get a second draw from other noise; loss_G
     grows by w / (mean |f(G(z1, h)) - f(G(z2, h))| / mean |z1 - z2| + eps), with f the images
-    themselves or their neighbour differences; D's step is untouched."""
+    themselves or their block-averaged neighbour differences; D's step is untouched."""
     torch.manual_seed(0)
     model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
     seeking = Text2ImgTrainConfig(mode_seeking=0.5, mode_seeking_distance=distance, interpolate=False)
@@ -153,25 +154,37 @@ def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption(
     fake = g(z, h)
     z2 = torch.randn(2, model_config.noise_dim)
     first, second = fake[:2], g(z2, h[:2])
-    if distance == "edges":
-        first, second = image_edges(first), image_edges(second)
+    if distance == "structure":
+        first, second = image_structure(first), image_structure(second)
     ratio = (first - second).abs().mean() / (z[:2] - z2).abs().mean()
     assert torch.allclose(stats["MS"], ratio.detach(), atol=1e-5)
 
 
-def test_edges_ignore_a_flat_change_of_colour_and_see_a_moved_shape() -> None:
-    """The edges distance: a square on a background, the same with another background shade
-    (distance 0), and the square moved by 4 pixels (not 0); one value per neighbour pair."""
+def test_structure_weighs_a_moved_shape_over_a_background_shade_or_a_fine_texture() -> None:
+    """The structure distance: a square on a background; the same with another background shade or a
+    checkerboard over the background; the square moved. In pixels the shade is the larger change;
+    in structure only the shape's outline sees the shade or the texture, and the move counts most.
+    A flat shift or a checkerboard over the whole image is invisible."""
     image = torch.zeros(1, 3, 16, 16)
     image[..., 4:8, 4:8] = 1.0
-    shaded = image + 0.3 * (image == 0)  # the background only
+    background = image == 0
+    checker = (torch.arange(16).view(16, 1) + torch.arange(16)).remainder(2)
+    shaded = image + 0.3 * background
+    checkered = image + 0.2 * background * checker
     moved = torch.roll(image, 4, dims=3)
-    assert image_edges(image).shape == (1, 3 * (16 * 15 + 15 * 16))
-    assert (image - shaded).abs().mean() > 0.2  # in pixels, the shade is a large difference...
-    edges_shade = (image_edges(image) - image_edges(shaded)).abs().mean()
-    edges_move = (image_edges(image) - image_edges(moved)).abs().mean()
-    assert edges_move > 0.03 and edges_shade < 0.4 * edges_move  # ...in edges, a small one
-    assert torch.equal(image_edges(image + 0.5), image_edges(image))  # a flat shift: none at all
+    assert image_edges(image).shape == (1, 3 * (16 * 15 + 15 * 16))  # every neighbour pair
+    assert image_structure(image, block=4).shape == (1, 3 * (4 * 3 + 3 * 4))
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((image_structure(a, block=4) - image_structure(b, block=4)).abs().mean())
+
+    assert (image - shaded).abs().mean() > 2 * (image - moved).abs().mean()  # pixels: the shade
+    assert (image_edges(image) - image_edges(checkered)).abs().mean() > 0.1  # full-resolution edges
+    assert distance(image, moved) > 0.3
+    assert distance(image, shaded) < 0.2 * distance(image, moved)
+    assert distance(image, checkered) < 0.1 * distance(image, moved)
+    assert distance(image, image + 0.5) == 0.0
+    assert distance(image, image + 0.2 * checker) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_hard_wrong_neighbours_are_near_in_meaning_but_never_the_same() -> None:
@@ -219,7 +232,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         match_weight=1.0,
         hard_wrong=0.5,
         mode_seeking=1.0,
-        mode_seeking_distance="edges",
+        mode_seeking_distance="structure",
     )
     logs: list[dict] = []
     result = train_text2img(
@@ -282,7 +295,7 @@ def test_weights_record_how_the_encoder_was_pre_trained_even_when_it_came_from_a
         ("match_weight", -1.0, "match-weight"),
         ("hard_wrong", 1.5, "hard-wrong"),
         ("mode_seeking", -0.5, "mode-seeking"),
-        ("mode_seeking_distance", "lpips", "unknown --mode-seeking-distance"),
+        ("mode_seeking_distance", "edges", "unknown --mode-seeking-distance"),
     ],
 )
 def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:

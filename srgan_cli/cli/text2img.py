@@ -200,8 +200,9 @@ def train(
         str | None,
         _opt(
             "--mode-seeking-distance",
-            help="What the mode-seeking term compares between two draws: pixels (MSGAN's), or edges "
-            "(neighbour differences, so that another flat background shade earns G nothing).",
+            help="What the mode-seeking term compares between two draws: pixels (MSGAN's), or "
+            "structure (edges of the images averaged over 4x4 blocks, so that neither another flat "
+            "background shade nor a fine texture earns G anything; moving the shape does).",
         ),
     ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
