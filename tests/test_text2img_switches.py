@@ -22,6 +22,7 @@ from srgan_cli.text2img.trainer import (
     Text2ImgTrainConfig,
     Text2ImgTrainer,
     image_edges,
+    image_outline,
     image_structure,
 )
 
@@ -131,11 +132,12 @@ def test_matching_term_adds_the_weighted_caption_matching_loss_of_the_fakes() ->
     assert torch.allclose(stats["loss_G"] - other["loss_G"], 0.5 * stats["match"], atol=1e-5)
 
 
-@pytest.mark.parametrize("distance", ["pixels", "structure"])
+@pytest.mark.parametrize("distance", ["pixels", "structure", "outline"])
 def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption(distance: str) -> None:
     """The MS term, recomputed by hand: half the captions get a second draw from other noise; loss_G
     grows by w / (mean |f(G(z1, h)) - f(G(z2, h))| / mean |z1 - z2| + eps), with f the images
-    themselves or their block-averaged neighbour differences; D's step is untouched."""
+    themselves, their block-averaged neighbour differences, or those at a fixed edge strength; D's
+    step is untouched."""
     torch.manual_seed(0)
     model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
     seeking = Text2ImgTrainConfig(mode_seeking=0.5, mode_seeking_distance=distance, interpolate=False)
@@ -154,8 +156,8 @@ def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption(
     fake = g(z, h)
     z2 = torch.randn(2, model_config.noise_dim)
     first, second = fake[:2], g(z2, h[:2])
-    if distance == "structure":
-        first, second = image_structure(first), image_structure(second)
+    seen = {"pixels": lambda x: x, "structure": image_structure, "outline": image_outline}[distance]
+    first, second = seen(first), seen(second)
     ratio = (first - second).abs().mean() / (z[:2] - z2).abs().mean()
     assert torch.allclose(stats["MS"], ratio.detach(), atol=1e-5)
 
@@ -185,6 +187,37 @@ def test_structure_weighs_a_moved_shape_over_a_background_shade_or_a_fine_textur
     assert distance(image, checkered) < 0.1 * distance(image, moved)
     assert distance(image, image + 0.5) == 0.0
     assert distance(image, image + 0.2 * checker) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_outline_sees_where_the_shape_is_and_not_its_colours() -> None:
+    """The outline distance: a square recoloured, on another background shade, or under a
+    checkerboard is (almost) the same outline; the square moved or made larger is not."""
+    image = torch.full((1, 3, 16, 16), -1.0)
+    image[..., 4:8, 4:8] = 1.0
+    background = image == -1
+    checker = (torch.arange(16).view(16, 1) + torch.arange(16)).remainder(2)
+    recoloured = torch.where(background, image, torch.tensor([0.2, -0.5, 0.8]).view(1, 3, 1, 1))
+    shaded = image + 0.6 * background
+    checkered = image + 0.2 * background * checker
+    moved = torch.roll(image, 4, dims=3)
+    larger = image.clone()
+    larger[..., 4:12, 4:12] = 1.0
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((image_outline(a, block=4) - image_outline(b, block=4)).abs().mean())
+
+    assert image_outline(image, block=4).shape == (1, 3 * (4 * 3 + 3 * 4))
+    change = min(distance(image, moved), distance(image, larger))
+    assert change > 1.0
+    for same in (recoloured, shaded, checkered):
+        assert distance(image, same) < 0.05 * change
+
+    # the structure distance, by contrast, sees the new colours: against the move, ten times as much
+    def structure(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((image_structure(a, block=4) - image_structure(b, block=4)).abs().mean())
+
+    outline_share = distance(image, recoloured) / distance(image, moved)
+    assert structure(image, recoloured) / structure(image, moved) > 10 * outline_share
 
 
 def test_hard_wrong_neighbours_are_near_in_meaning_but_never_the_same() -> None:

@@ -200,9 +200,10 @@ def train(
         str | None,
         _opt(
             "--mode-seeking-distance",
-            help="What the mode-seeking term compares between two draws: pixels (MSGAN's), or "
+            help="What the mode-seeking term compares between two draws: pixels (MSGAN's); "
             "structure (edges of the images averaged over 4x4 blocks, so that neither another flat "
-            "background shade nor a fine texture earns G anything; moving the shape does).",
+            "background shade nor a fine texture earns G anything; moving the shape does); or "
+            "outline (structure at a fixed edge strength: where the shape is, not its colours).",
         ),
     ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,

@@ -59,9 +59,11 @@ class Text2ImgTrainConfig:
     # noise vectors must differ in proportion to their noise; 0 = off
     mode_seeking: float = 0.0
     # what the mode-seeking term measures between the two draws: "pixels" (MSGAN's mean absolute
-    # difference) or "structure" (the same on the neighbour differences of the images averaged over
+    # difference); "structure" (the same on the neighbour differences of the images averaged over
     # 4x4 blocks: another flat shade of the background earns G nothing, and neither does a
-    # pixel-scale texture; moving or resizing the shape does)
+    # pixel-scale texture; moving or resizing the shape does); or "outline" (structure with each
+    # image's channels scaled to the same edge strength: only where the outlines are counts, not
+    # the colours on either side of them)
     mode_seeking_distance: str = "pixels"
     steps: int = 5000
     batch_size: int = 64
@@ -153,6 +155,10 @@ MODE_SEEKING_EPS = 1e-5  # MSGAN's
 # the block of the "structure" distance: at full resolution (block 1) G bought the distance with a
 # checkerboard over the background (docs/text2img.md); a block of 4 averages such a pattern away
 STRUCTURE_BLOCK = 4
+# the floor of the "outline" distance's per-channel edge scale: a scene's mean edge is 0.01-0.1 per
+# channel (images in [-1, 1]); the floor keeps a channel in which shape and background agree from
+# magnifying noise
+OUTLINE_EPS = 0.005
 
 
 class Text2ImgTrainer(GanPair):
@@ -258,11 +264,16 @@ def _hinge_g(score: torch.Tensor) -> torch.Tensor:
     return -score.mean()
 
 
-def image_edges(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C*(H*(W-1) + (H-1)*W)): every difference of horizontal and vertical neighbours."""
+def _neighbour_differences(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H*(W-1) + (H-1)*W): every difference of horizontal and vertical neighbours."""
     across = x[..., :, 1:] - x[..., :, :-1]
     down = x[..., 1:, :] - x[..., :-1, :]
-    return torch.cat([across.flatten(1), down.flatten(1)], dim=1)
+    return torch.cat([across.flatten(2), down.flatten(2)], dim=2)
+
+
+def image_edges(x: torch.Tensor) -> torch.Tensor:
+    """The neighbour differences of each image, flattened: (N, C * pairs)."""
+    return _neighbour_differences(x).flatten(1)
 
 
 def image_structure(x: torch.Tensor, block: int = STRUCTURE_BLOCK) -> torch.Tensor:
@@ -270,8 +281,15 @@ def image_structure(x: torch.Tensor, block: int = STRUCTURE_BLOCK) -> torch.Tens
     return image_edges(F.avg_pool2d(x, block))
 
 
+def image_outline(x: torch.Tensor, block: int = STRUCTURE_BLOCK, eps: float = OUTLINE_EPS) -> torch.Tensor:
+    """image_structure with each image's channels scaled to a mean absolute edge of 1: where the
+    outlines are, not how strong their contrast is (nor so the shape's or the background's colour)."""
+    edges = _neighbour_differences(F.avg_pool2d(x, block))
+    return (edges / (edges.abs().mean(2, keepdim=True) + eps)).flatten(1)
+
+
 # mode-seeking distance name -> what of each image it compares
-_DISTANCES = {"pixels": lambda x: x, "structure": image_structure}
+_DISTANCES = {"pixels": lambda x: x, "structure": image_structure, "outline": image_outline}
 
 # loss name -> (D's term for "real", D's term for "fake", G's term); G's BCE term is non-saturating
 _LOSSES = {"bce": (_bce_real, _bce_fake, _bce_real), "hinge": (_hinge_real, _hinge_fake, _hinge_g)}
