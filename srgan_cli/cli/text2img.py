@@ -193,7 +193,8 @@ def train(
             min=0.0,
             help="Weight of MSGAN's mode-seeking term: two draws of one caption must differ in "
             "proportion to their noise, so that G does not ignore z. 0 = off. On the shapes set 0.1 "
-            "made samples differ at some cost in background accuracy (docs/text2img.md).",
+            "made samples differ at some cost in background accuracy; 1 with "
+            "--mode-seeking-distance outline kept the background (docs/text2img.md).",
         ),
     ] = None,
     mode_seeking_distance: Annotated[

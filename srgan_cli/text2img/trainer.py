@@ -283,7 +283,7 @@ def image_structure(x: torch.Tensor, block: int = STRUCTURE_BLOCK) -> torch.Tens
 
 def image_outline(x: torch.Tensor, block: int = STRUCTURE_BLOCK, eps: float = OUTLINE_EPS) -> torch.Tensor:
     """image_structure with each image's channels scaled to a mean absolute edge of 1: where the
-    outlines are, not how strong their contrast is (nor so the shape's or the background's colour)."""
+    outlines are, not their contrast, so neither the shape's colour nor the background's counts."""
     edges = _neighbour_differences(F.avg_pool2d(x, block))
     return (edges / (edges.abs().mean(2, keepdim=True) + eps)).flatten(1)
 
