@@ -36,7 +36,8 @@ def test_one_call_trains_both_models_and_collect_joins_the_parts(
     manifest = json.loads((out / "manifest.json").read_text())
     parts = manifest["parts"]["text2img.safetensors"]
     assert len(parts) >= 2 and len(manifest["files"]) + 1 <= gen.gpu_run.MAX_FILES
-    assert "--time-limit" in (out / "console.log").read_text()
+    console = (out / "console.log").read_text()
+    assert console.count("--time-limit") >= 2 and "--resume" in console
 
     back = tmp_path / "back"  # what the lending tool copies back
     back.mkdir()
@@ -46,6 +47,10 @@ def test_one_call_trains_both_models_and_collect_joins_the_parts(
     gen.main(["collect", str(back), "--dest", str(dest)])
     model, info = load_text2img(dest / "text2img.safetensors")
     assert model.config.ngf == 8 and info.provenance["train_config"]["match_weight"] == 1
+    # the run's last call was the --resume with the shipped mode-seeking term (run.json is the last call's)
+    last_call = json.loads((dest / "text2img" / "run.json").read_text())["config"]
+    assert last_call["mode_seeking"] == 0.5 and last_call["mode_seeking_distance"] == "outline"
+    assert last_call["ngf"] == 8 and last_call["match_weight"] == 1  # and the first call's options
     lapgan, _ = load_lapgan(dest / "lapgan.safetensors")
     assert lapgan.config.levels == 3 and lapgan.config.n_feats == 8
     report = json.loads((dest / "text2img" / "eval.json").read_text())
