@@ -7,7 +7,7 @@ shapes set, then a wider LAPGAN on the photos; their weights, logs and checks co
           ../shared/tools/perceptual_weights.py, which prepare needs for the SR calls)
   there   python3 scripts/gpu_generative.py train --minutes 9       carry: .carry/train/train
           (make-shapes, `srgan text2img train` with the shipped recipe at ngf/ndf 64 for about half
-          the time, its last part with --resume and the shipped mode-seeking term, its
+          the time, its last part in --resume calls with the shipped mode-seeking terms, its
           `srgan text2img eval` on a fresh held-out set, then `srgan lapgan train`
           level by level at --n-feats 128 for the rest; every run stops cleanly at its
           --time-limit)
@@ -44,9 +44,13 @@ TEXT2IMG = (
     "--ngf 64 --ndf 64 --batch-size 64 --d-condition projection --loss hinge "
     "--encoder-negatives hard --hard-wrong 0.5 --checkpoint-every 5000 --sample-every 2500"
 )
-# ... whose last 1,000 of 7,750 steps continue the run (--resume) with the mode-seeking term
-TEXT2IMG_FINISH = "--mode-seeking 0.5 --mode-seeking-distance outline"
-FINISH_SHARE = 1000 / 7750
+# ... whose last 2,000 of 8,750 steps continue the run (--resume) with the mode-seeking term, 1,000
+# steps at each weight: one --resume call each, sharing the finishing time equally
+TEXT2IMG_FINISH = (
+    "--mode-seeking 0.5 --mode-seeking-distance outline",
+    "--mode-seeking 0.75 --mode-seeking-distance outline",
+)
+FINISH_SHARE = 2000 / 8750
 # the shipped pyramid's layout at twice its conv width; --no-classes: photos, never class folders
 LAPGAN = (
     "--size 64 --levels 4 --n-feats 128 --batch-size 64 --no-classes "
@@ -85,12 +89,13 @@ def train(args: argparse.Namespace) -> None:
             "text2img", "train", "--data", str(shapes), "--out", str(t2i), "--steps", "1000000",
             "--device", args.device, *shlex.split(args.text2img_args),
         )  # fmt: skip
-        if args.finish_share > 0:
+        finishes = args.text2img_finish or list(TEXT2IMG_FINISH)
+        for finish in finishes if args.finish_share > 0 else []:
             _time_boxed(
                 console,
-                args.finish_share * t2i_time,
+                args.finish_share * t2i_time / len(finishes),
                 "text2img", "train", "--out", str(t2i), "--resume", "--steps", "1000000",
-                "--device", args.device, *shlex.split(args.text2img_finish),
+                "--device", args.device, *shlex.split(finish),
             )  # fmt: skip
         report = gpu_run.srgan(
             "text2img", "eval", "-m", str(t2i / WEIGHTS_T2I), "--data", str(fresh),
@@ -200,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument(
         "--finish-share", type=float, default=FINISH_SHARE, help="of text-to-image's time, to finish with"
     )
-    t.add_argument("--text2img-finish", default=TEXT2IMG_FINISH, help="options of the finishing --resume")
+    t.add_argument(
+        "--text2img-finish",
+        action="append",
+        help="options of one finishing --resume call (repeat for several; default: the shipped recipe's)",
+    )
     t.add_argument("--lapgan-args", default=LAPGAN, help="`srgan lapgan train` options")
     c = sub.add_parser("collect", help="here: join and check what a train call brought back")
     c.add_argument("files_at")
