@@ -237,7 +237,7 @@ def test_the_speed_chunk_measures_both_steps_and_the_loop(gpu_run, tmp_path: Pat
     tiny = ["--n-blocks", "1", "--n-feats", "8", "--crop", "32"]
     back = _call(
         gpu_run, tmp_path, "s", "speed", "--device", "cpu", "--amp", "off", "--cases", "pretrain_b64",
-        "--bench-steps", "1", "--loop-seconds", "10", "--", *tiny,
+        "--bench-steps", "1", "--loop-seconds", "20", "--", *tiny,
     )  # fmt: skip
     assert json.loads((back / "manifest.json").read_text())["stage"] == "speed"
     speed = json.loads((back / "speed.json").read_text())
