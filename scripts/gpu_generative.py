@@ -89,8 +89,8 @@ def train(args: argparse.Namespace) -> None:
             "text2img", "train", "--data", str(shapes), "--out", str(t2i), "--steps", "1000000",
             "--device", args.device, *shlex.split(args.text2img_args),
         )  # fmt: skip
-        finishes = args.text2img_finish or list(TEXT2IMG_FINISH)
-        for finish in finishes if args.finish_share > 0 else []:
+        finishes = (args.text2img_finish or list(TEXT2IMG_FINISH)) if args.finish_share > 0 else []
+        for finish in finishes:
             _time_boxed(
                 console,
                 args.finish_share * t2i_time / len(finishes),
