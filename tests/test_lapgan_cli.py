@@ -48,6 +48,7 @@ def test_train_then_sample_from_the_run(photo_dir: Path, tmp_path: Path) -> None
     )
     assert code == 0, text
     assert "level 1: 3" in text
+    assert "3 steps x batch 2 each" in text  # the batch size of the run's last call, said on the start line
     code, text = run("lapgan", "train", "--out", out, "--level", "1", "--device", "cpu")
     assert code == 1 and "already trained" in text and "--resume" in text
     grid = tmp_path / "grid.png"

@@ -132,7 +132,8 @@ def _run_training(
                 cls = f", {len(data['classes'])} classes" if data["classes"] else ""
                 progress.console.print(
                     f"LAPGAN {sides}: {data['images']} images{cls}, device {data['device']}, "
-                    f"levels {', '.join(map(str, data['levels']))}"
+                    f"levels {', '.join(map(str, data['levels']))}: {data['steps']} steps x batch "
+                    f"{data['batch_size']} each"
                 )
                 for line in data["skipped"]:
                     progress.console.print(f"[yellow]skipped[/] {line}")

@@ -279,6 +279,8 @@ def train_lapgan(
             "device": str(device),
             "sides": [model_config.side(k) for k in range(model_config.levels)],
             "levels": todo,
+            "steps": config.steps,
+            "batch_size": config.batch_size,
         },
     )
     started = time.perf_counter()
