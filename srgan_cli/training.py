@@ -29,6 +29,24 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class EmaUpdate:
+    """ema <- lerp(ema, model, 1 - decay) for the weights: one multi-tensor op over lists made once.
+    Buffers (batch norm's running statistics) are copied from the live model, or with
+    `copy_buffers=False` left to the caller (text-to-image runs the average itself to measure its own)."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module, *, copy_buffers: bool = True) -> None:
+        self.ema_params = list(ema.parameters())
+        self.params = [p.detach() for p in model.parameters()]
+        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
+        self.copy_buffers = copy_buffers
+
+    @torch.no_grad()
+    def __call__(self, decay: float) -> None:
+        torch._foreach_lerp_(self.ema_params, self.params, 1.0 - decay)
+        if self.copy_buffers and self.buffers:
+            torch._foreach_copy_(self.ema_buffers, self.buffers)
+
+
 def save_checkpoint(state: Any, path: Path) -> None:
     """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one."""
     with atomic_open(path) as fh:

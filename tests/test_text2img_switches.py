@@ -162,6 +162,43 @@ def test_mode_seeking_adds_one_over_the_distance_ratio_of_two_draws_per_caption(
     assert torch.allclose(stats["MS"], ratio.detach(), atol=1e-5)
 
 
+def test_ema_averages_g_without_changing_its_training() -> None:
+    """With --ema, G and D take exactly the steps they take without it; the average moves towards G
+    with the warmed-up decay (first update: 1/10 of the old average stays) and measures its own batch
+    norm statistics; it is checkpointed, and a checkpoint from before it starts it at G."""
+    torch.manual_seed(0)
+    model_config = Text2ImgConfig(encoder="minilm", embed_dim=12, **TINY)
+    averaged, plain = Text2ImgTrainConfig(ema=0.99), Text2ImgTrainConfig()
+    trainers = [Text2ImgTrainer(model_config, c, torch.device("cpu")) for c in (averaged, plain)]
+    g0 = {k: v.clone() for k, v in trainers[0].g.state_dict().items()}
+    trainers[1].g.load_state_dict(g0)
+    trainers[1].d.load_state_dict(trainers[0].d.state_dict())
+    assert trainers[0].ema is not None and trainers[1].ema is None
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    h, h_wrong = F.normalize(torch.randn(4, 12), dim=1), F.normalize(torch.randn(4, 12), dim=1)
+    for trainer in trainers:
+        torch.manual_seed(7)
+        trainer.step(x, h, h_wrong)
+    ema, g = trainers[0].ema.state_dict(), trainers[0].g.state_dict()
+    assert all(torch.equal(v, trainers[1].g.state_dict()[k]) for k, v in g.items())
+    weight = "net.0.weight"
+    assert torch.allclose(ema[weight], torch.lerp(g0[weight], g[weight], 0.9), atol=1e-7)
+    assert not torch.equal(ema[weight], g[weight])
+    assert not torch.allclose(ema["net.1.running_mean"], g["net.1.running_mean"])
+    assert trainers[0].generator is trainers[0].ema and trainers[1].generator is trainers[1].g
+
+    state = trainers[0].state_dict()
+    assert state["ema_updates"] == 1
+    again = Text2ImgTrainer(model_config, averaged, torch.device("cpu"))
+    again.load_state_dict(state)
+    assert again.ema is not None and again.ema_updates == 1
+    assert all(torch.equal(v, ema[k]) for k, v in again.ema.state_dict().items())
+    later = Text2ImgTrainer(model_config, averaged, torch.device("cpu"))
+    later.load_state_dict(trainers[1].state_dict())  # switched on at --resume
+    assert later.ema is not None and later.ema_updates == 0
+    assert all(torch.equal(v, trainers[1].g.state_dict()[k]) for k, v in later.ema.state_dict().items())
+
+
 def test_structure_weighs_a_moved_shape_over_a_background_shade_or_a_fine_texture() -> None:
     """The structure distance: a square on a background; the same with another background shade or a
     checkerboard over the background; the square moved. In pixels the shade is the larger change;
@@ -266,6 +303,7 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
         hard_wrong=0.5,
         mode_seeking=1.0,
         mode_seeking_distance="structure",
+        ema=0.9,
     )
     logs: list[dict] = []
     result = train_text2img(
@@ -276,6 +314,10 @@ def test_a_run_with_every_switch_trains_saves_and_generates(shapes_dir: Path, tm
     assert logs and {"KL", "match", "MS"} <= set(logs[-1])
     model, info = load_text2img(result.weights)
     assert model.config.ca and model.config.noise_dim == 16
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    shipped = model.generator.state_dict()  # the average, not G
+    assert all(torch.equal(v, checkpoint["G_ema"][k]) for k, v in shipped.items())
+    assert not all(torch.equal(v, checkpoint["G"][k]) for k, v in shipped.items())
     assert {k: info.provenance["train_config"][k] for k in switches} == switches
     t2i = TextToImage(model)
     a = t2i.generate(["a red circle on a blue background"], n=2, seed=3)
@@ -329,6 +371,7 @@ def test_weights_record_how_the_encoder_was_pre_trained_even_when_it_came_from_a
         ("hard_wrong", 1.5, "hard-wrong"),
         ("mode_seeking", -0.5, "mode-seeking"),
         ("mode_seeking_distance", "edges", "unknown --mode-seeking-distance"),
+        ("ema", 1.0, "ema must be"),
     ],
 )
 def test_unknown_switch_values_are_refused(tmp_path: Path, option: str, value: object, message: str) -> None:

@@ -207,6 +207,16 @@ def train(
             "outline (structure at a fixed edge strength: where the shape is, not its colours).",
         ),
     ] = None,
+    ema: Annotated[
+        float | None,
+        _opt(
+            "--ema",
+            min=0.0,
+            help="Decay of a moving average of G's weights, which the sample grids and the weights "
+            "file then hold (ProGAN, StyleGAN, BigGAN). 0 = off (the paper's last weights). Switched "
+            "on at --resume, the average starts from the checkpoint's G.",
+        ),
+    ] = None,
     ngf: Annotated[int | None, _opt("--ngf", panel=_MODEL, min=1, help="G width.")] = None,
     ndf: Annotated[int | None, _opt("--ndf", panel=_MODEL, min=1, help="D width.")] = None,
     encoder_steps: Annotated[

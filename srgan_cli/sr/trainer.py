@@ -19,6 +19,7 @@ from torch import nn
 
 from ..distributed import World, all_reduce_mean_
 from ..errors import TrainingError
+from ..training import EmaUpdate
 from .config import TrainConfig
 from .losses import (
     ContentLoss,
@@ -58,22 +59,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 def fast_step_on(mode: str, device: torch.device) -> bool:
     """Whether `fast_step` ("auto", "on", "off") runs the fast step on `device` (auto: on CUDA)."""
     return mode == "on" or (mode == "auto" and device.type == "cuda")
-
-
-class _EmaUpdate:
-    """ema <- lerp(ema, model, 1 - decay) for the weights, a copy for the buffers (BN running
-    statistics follow the live model): two multi-tensor ops over lists made once."""
-
-    def __init__(self, ema: nn.Module, model: nn.Module) -> None:
-        self.ema_params = list(ema.parameters())
-        self.params = [p.detach() for p in model.parameters()]
-        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
-
-    @torch.no_grad()
-    def __call__(self, decay: float) -> None:
-        torch._foreach_lerp_(self.ema_params, self.params, 1.0 - decay)
-        if self.buffers:
-            torch._foreach_copy_(self.ema_buffers, self.buffers)
 
 
 class _Compiled:
@@ -127,7 +112,7 @@ class Trainer:
             SRResNetConfig(config.scale, config.n_blocks, config.n_feats, global_skip=config.global_skip)
         ).to(device, memory_format=fmt)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False) if config.ema > 0 else None
-        self._ema_update = _EmaUpdate(self.ema, self.g) if self.ema is not None else None
+        self._ema_update = EmaUpdate(self.ema, self.g) if self.ema is not None else None
         self.g_opt = self._adam(self.g, config.lr)
         self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.d: Discriminator | None = None

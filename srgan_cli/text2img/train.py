@@ -264,7 +264,7 @@ def _train_gan(
             t_log = now
         if step % config.sample_every == 0 or step == config.steps:
             path = out / SAMPLES / f"step{step:07d}.png"
-            save_png(path, _grid(trainer.g, fixed, fixed_z))
+            save_png(path, _grid(trainer.generator, fixed, fixed_z))
             log("sample", {"step": step, "path": str(path)})
         if step % config.checkpoint_every == 0 or step == config.steps:
             elapsed += time.perf_counter() - t_seg
@@ -279,7 +279,7 @@ def assemble(out: Path, model_config: Text2ImgConfig, encoder: BuiltinTextEncode
     """Write the generator (and builtin encoder) of the run's checkpoint as text2img.safetensors."""
     state = load_checkpoint(out / CHECKPOINT)
     model = Text2Img(model_config)
-    model.generator.load_state_dict(state["G"])
+    model.generator.load_state_dict(state.get("G_ema", state["G"]))  # the moving average when there is one
     if encoder is not None:
         assert model.encoder is not None
         model.encoder.load_state_dict(encoder.state_dict())

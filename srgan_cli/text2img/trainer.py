@@ -16,6 +16,7 @@ embedding h_w of a caption of another image (mismatched):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
-from ..training import GanPair, config_from_dict, require_positive
+from ..training import EmaUpdate, GanPair, config_from_dict, require_positive
 from .encoders import NEGATIVES, ImageEncoder, matching_loss
 from .models import CONDITIONS, Discriminator, Generator, Text2ImgConfig, models
 
@@ -65,6 +66,10 @@ class Text2ImgTrainConfig:
     # image's channels scaled to the same edge strength: only where the outlines are counts, not
     # the colours on either side of them)
     mode_seeking_distance: str = "pixels"
+    # decay of an exponential moving average of G's weights, which the sample grids and the weights
+    # file then hold (as in ProGAN, StyleGAN and BigGAN); 0 = off (the paper: the last weights).
+    # Switched on at --resume, the average starts from the checkpoint's G
+    ema: float = 0.0
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-4  # Adam (paper: 2e-4, beta1 0.5)
@@ -113,6 +118,8 @@ class Text2ImgTrainConfig:
             raise TrainingError("match-weight must be at least 0")
         if self.mode_seeking < 0:
             raise TrainingError("mode-seeking must be at least 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise TrainingError("ema must be in [0, 1)")
         if self.mode_seeking_distance not in _DISTANCES:
             raise TrainingError(
                 f"unknown --mode-seeking-distance {self.mode_seeking_distance!r}: "
@@ -184,6 +191,32 @@ class Text2ImgTrainer(GanPair):
             if image_encoder is None:
                 raise TrainingError("the matching term (match_weight > 0) needs an image encoder")
             self.image_encoder = image_encoder.to(device).eval().requires_grad_(False)
+        # the moving average of G: its weights follow G's; its batch norm statistics are its own,
+        # measured by running it on each step's noise and captions
+        self.ema: Generator | None = None
+        self._ema_update: EmaUpdate | None = None
+        self.ema_updates = 0  # since the average started: its decay warms up as the SRGAN trainer's
+        if train.ema > 0:
+            self.ema = copy.deepcopy(self.g).requires_grad_(False)
+            self._ema_update = EmaUpdate(self.ema, self.g, copy_buffers=False)
+
+    @property
+    def generator(self) -> Generator:
+        """The G to sample from and ship: the moving average when there is one."""
+        return self.ema if self.ema is not None else self.g
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.ema is not None:
+            state["G_ema"] = self.ema.state_dict()
+            state["ema_updates"] = self.ema_updates
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.ema is not None:  # a checkpoint from before the average starts it at its G
+            self.ema.load_state_dict(state.get("G_ema", state["G"]))
+            self.ema_updates = int(state.get("ema_updates", 0))
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.noise_dim, device=self.device)
@@ -235,6 +268,11 @@ class Text2ImgTrainer(GanPair):
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        if self.ema is not None and self._ema_update is not None:
+            self._ema_update(min(t.ema, (1 + self.ema_updates) / (10 + self.ema_updates)))
+            self.ema_updates += 1
+            with torch.no_grad():  # batch norm statistics of the averaged weights (train mode)
+                self.ema.train()(z, h)
         return {
             "D(x)": torch.sigmoid(s_r).mean().detach(),
             **stats,
