@@ -7,7 +7,8 @@ shapes set, then a wider LAPGAN on the photos; their weights, logs and checks co
           ../shared/tools/perceptual_weights.py, which prepare needs for the SR calls)
   there   python3 scripts/gpu_generative.py train --minutes 9       carry: .carry/train/train
           (make-shapes, `srgan text2img train` with the shipped recipe at ngf/ndf 64 for about half
-          the time, its last part in --resume calls with the shipped mode-seeking terms, its
+          the time, its last part in --resume calls with the shipped mode-seeking terms and
+          moving average of G, its
           `srgan text2img eval` on a fresh held-out set, then `srgan lapgan train`
           level by level at --n-feats 128 for the rest; every run stops cleanly at its
           --time-limit)
@@ -44,13 +45,14 @@ TEXT2IMG = (
     "--ngf 64 --ndf 64 --batch-size 64 --d-condition projection --loss hinge "
     "--encoder-negatives hard --hard-wrong 0.5 --checkpoint-every 5000 --sample-every 2500"
 )
-# ... whose last 2,000 of 8,750 steps continue the run (--resume) with the mode-seeking term, 1,000
-# steps at each weight: one --resume call each, sharing the finishing time equally
+# ... whose last steps continue the run (--resume) as the shipped model's did: (options, steps) of
+# each call, which gets that share of the finishing time
 TEXT2IMG_FINISH = (
-    "--mode-seeking 0.5 --mode-seeking-distance outline",
-    "--mode-seeking 0.75 --mode-seeking-distance outline",
+    ("--mode-seeking 0.5 --mode-seeking-distance outline", 1000),
+    ("--mode-seeking 0.75 --mode-seeking-distance outline", 1000),
+    ("--mode-seeking 2 --mode-seeking-distance outline --ema 0.995", 3000),
 )
-FINISH_SHARE = 2000 / 8750
+FINISH_SHARE = sum(steps for _, steps in TEXT2IMG_FINISH) / 11750
 # the shipped pyramid's layout at twice its conv width; --no-classes: photos, never class folders
 LAPGAN = (
     "--size 64 --levels 4 --n-feats 128 --batch-size 64 --no-classes "
@@ -89,11 +91,13 @@ def train(args: argparse.Namespace) -> None:
             "text2img", "train", "--data", str(shapes), "--out", str(t2i), "--steps", "1000000",
             "--device", args.device, *shlex.split(args.text2img_args),
         )  # fmt: skip
-        finishes = (args.text2img_finish or list(TEXT2IMG_FINISH)) if args.finish_share > 0 else []
-        for finish in finishes:
+        given = [(finish, 1) for finish in args.text2img_finish or []]
+        finishes = (given or list(TEXT2IMG_FINISH)) if args.finish_share > 0 else []
+        weight = sum(steps for _, steps in finishes)
+        for finish, steps in finishes:
             _time_boxed(
                 console,
-                args.finish_share * t2i_time / len(finishes),
+                args.finish_share * t2i_time * steps / weight,
                 "text2img", "train", "--out", str(t2i), "--resume", "--steps", "1000000",
                 "--device", args.device, *shlex.split(finish),
             )  # fmt: skip
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument(
         "--text2img-finish",
         action="append",
-        help="options of one finishing --resume call (repeat for several; default: the shipped recipe's)",
+        help="options of one finishing --resume call (repeat for several, sharing the time equally; "
+        "default: the shipped recipe's)",
     )
     t.add_argument("--lapgan-args", default=LAPGAN, help="`srgan lapgan train` options")
     c = sub.add_parser("collect", help="here: join and check what a train call brought back")

@@ -48,9 +48,10 @@ def test_one_call_trains_both_models_and_collect_joins_the_parts(
     model, info = load_text2img(dest / "text2img.safetensors")
     assert model.config.ngf == 8 and info.provenance["train_config"]["match_weight"] == 1
     # the run was finished by --resume calls with the shipped mode-seeking terms (run.json is the last call's)
-    assert console.count("--resume --steps 1000000") == 2 and "--mode-seeking 0.5 " in console
+    assert console.count("--resume --steps 1000000") == 3 and "--mode-seeking 0.5 " in console
     last_call = json.loads((dest / "text2img" / "run.json").read_text())["config"]
-    assert last_call["mode_seeking"] == 0.75 and last_call["mode_seeking_distance"] == "outline"
+    assert last_call["mode_seeking"] == 2 and last_call["mode_seeking_distance"] == "outline"
+    assert last_call["ema"] == 0.995
     assert last_call["ngf"] == 8 and last_call["match_weight"] == 1  # and the first call's options
     lapgan, _ = load_lapgan(dest / "lapgan.safetensors")
     assert lapgan.config.levels == 3 and lapgan.config.n_feats == 8

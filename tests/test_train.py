@@ -169,7 +169,9 @@ def _stop_at(step: int):  # noqa: ANN202
     return on_event
 
 
-def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(photo_dir: Path, tmp_path: Path) -> None:
+def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(
+    photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import signal
     import subprocess
     import sys
@@ -193,6 +195,14 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(photo_dir: Path,
         proc.wait(30)
     step = torch.load(killed / CHECKPOINT, weights_only=True)["step"]
     assert step >= 10 and step % 5 == 0  # what survives is a whole checkpoint
+
+    # the resume below stands for a process started after the kill: a temporary file that the kill
+    # cut short (when it landed mid-write) is older than that process, so it is its to remove
+    from srgan_cli import atomic
+
+    (killed / f".{CHECKPOINT}.0badf00d.tmp").write_bytes(b"cut short")  # as if it had, every time
+    time.sleep(0.05)
+    monkeypatch.setattr(atomic, "_STARTED", time.time())
 
     config = TrainConfig(data=str(photo_dir), out=str(killed), device="cpu", seed=3, log_every=5, **opts)
     with pytest.raises(_Stop):
