@@ -46,6 +46,12 @@ class EmaUpdate:
         if self.copy_buffers and self.buffers:
             torch._foreach_copy_(self.ema_buffers, self.buffers)
 
+    @staticmethod
+    def warmed(decay: float, updates: int) -> float:
+        """The decay of an update after `updates` earlier ones: `decay`, warmed up as
+        (1 + k) / (10 + k), so that the weights the average started from fade out fast."""
+        return min(decay, (1 + updates) / (10 + updates))
+
 
 def save_checkpoint(state: Any, path: Path) -> None:
     """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one."""

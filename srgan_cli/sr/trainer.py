@@ -201,7 +201,7 @@ class Trainer:
     def _after_g_step(self, step: int) -> None:
         if self._ema_update is not None:
             # warm-up: early on the average would be dominated by the random initial weights
-            self._ema_update(min(self.config.ema, (1 + step) / (10 + step)))
+            self._ema_update(EmaUpdate.warmed(self.config.ema, step))
 
     def _begin_step(self) -> None:
         if self.graphs:  # the last step's graph outputs may be overwritten from here on

@@ -195,7 +195,7 @@ class Text2ImgTrainer(GanPair):
         # measured by running it on each step's noise and captions
         self.ema: Generator | None = None
         self._ema_update: EmaUpdate | None = None
-        self.ema_updates = 0  # since the average started: its decay warms up as the SRGAN trainer's
+        self.ema_updates = 0  # since the average started: its decay warms up (EmaUpdate.warmed)
         if train.ema > 0:
             self.ema = copy.deepcopy(self.g).requires_grad_(False)
             self._ema_update = EmaUpdate(self.ema, self.g, copy_buffers=False)
@@ -268,8 +268,8 @@ class Text2ImgTrainer(GanPair):
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        if self.ema is not None and self._ema_update is not None:
-            self._ema_update(min(t.ema, (1 + self.ema_updates) / (10 + self.ema_updates)))
+        if self._ema_update is not None and self.ema is not None:
+            self._ema_update(EmaUpdate.warmed(t.ema, self.ema_updates))
             self.ema_updates += 1
             with torch.no_grad():  # batch norm statistics of the averaged weights (train mode)
                 self.ema.train()(z, h)
