@@ -206,6 +206,7 @@ class TrainBenchmark:
     peak_memory_mb: float
     profile: StepProfile | None = None  # with profile=N: N more steps under torch.profiler
     notes: list[str] = field(default_factory=list)  # e.g. a compile that fell back to eager
+    degradation: str = "bicubic"  # how the step's LR inputs were made (degradations/)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,11 +221,13 @@ def benchmark_train(
     random_vgg: bool = True,
     profile: int = 0,
 ) -> TrainBenchmark:
-    """Time `steps` real training steps (Trainer.step on CropPool batches) of `config`'s stage;
-    with `profile`, run that many more under torch.profiler (StepProfile).
+    """Time `steps` real training steps (Trainer.step on CropPool batches, their LR made by
+    `config.degradation` as `srgan train` makes it) of `config`'s stage; with `profile`, run that
+    many more under torch.profiler (StepProfile).
 
     The GAN stage needs VGG weights for its content loss; speed does not depend on their values,
     so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used."""
+    from .degradations import Degrader, load_degradation
     from .devices import resolve_device
     from .photos import list_images
     from .sr import losses
@@ -254,11 +257,19 @@ def benchmark_train(
     else:
         pool = CropPool(synthetic_photos(), scale=config.scale, crop=config.crop, device=device)
     generator = pool.generator(config.seed)
+    degradation = load_degradation(config.degradation)
+    degrader = (
+        None if degradation.bicubic else Degrader(degradation, config.scale, device=device, seed=config.seed)
+    )
     trainer.g.train()
     state = {"step": 0}
 
     def one_step() -> None:
-        lr_img, hr_img = pool.batch(config.batch_size, generator)
+        if degrader is None:
+            lr_img, hr_img = pool.batch(config.batch_size, generator)
+        else:  # as sr.run.Run.train_step
+            hr_img = pool.crops(config.batch_size, generator).to(device)
+            lr_img, hr_img = degrader(hr_img), degrader.target(hr_img)
         trainer.set_lr(state["step"])
         trainer.step(lr_img, hr_img, state["step"])
         state["step"] += 1
@@ -303,6 +314,7 @@ def benchmark_train(
         peak_memory_mb=round(peak_memory_mb(device), 1),
         profile=step_profile,
         notes=list(trainer.notes),
+        degradation=degradation.name,
     )
 
 

@@ -100,3 +100,71 @@ def test_scale_scores_other_scales_through_a_resample(weights_dir: Path, photo_d
     assert both["results"][0] == alone["results"][0] and both["results"][2] == alone["results"][1]
     assert both["results"][1]["images"] != both["results"][2]["images"]
     assert all(im["psnr"] > 5 for im in both["results"][1]["images"])  # a real image, not a shape mishap
+
+
+def test_degrade_matches_a_hand_built_damaged_copy(weights_dir: Path, tmp_path: Path) -> None:
+    """`--degrade blur=0.6,noise=4,jpeg=35` scores exactly the LR one builds by hand: PIL's bicubic
+    x4 downscale, a Gaussian blur (OpenCV), Gaussian noise seeded by the image's name, a PIL JPEG."""
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from srgan_cli.degradations.damage import image_seed
+    from srgan_cli.runtime.loader import build_upscaler
+    from srgan_cli.sr.data import EvalPair
+    from srgan_cli.sr.evaluate import evaluate
+
+    from .conftest import make_photo
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    hand: list[EvalPair] = []
+    for i, (h, w) in enumerate([(96, 130), (72, 72)]):
+        hr = make_photo(h, w, seed=i)
+        Image.fromarray(hr).save(data / f"p{i}.png")
+        hr = hr[: h - h % 4, : w - w % 4]
+        lr = np.array(
+            Image.fromarray(hr).resize((hr.shape[1] // 4, hr.shape[0] // 4), Image.BICUBIC), np.float64
+        )
+        lr = cv2.GaussianBlur(lr, (0, 0), 0.6, borderType=cv2.BORDER_REFLECT_101)
+        lr = lr + np.random.default_rng(image_seed(f"p{i}", 7)).normal(0, 4.0, lr.shape)
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(np.round(lr), 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=35)
+        hand.append(EvalPair(f"p{i}", np.array(Image.open(buffer).convert("RGB")), hr))
+
+    code, out, err = invoke(
+        "-m",
+        "tiny_x4",
+        "--data",
+        data,
+        "--degrade",
+        "blur=0.6,noise=4,jpeg=35",
+        "--degrade-seed",
+        7,
+        "--json",
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert [s["name"] for s in report["sets"]] == ["clean", "blur=0.6,noise=4,jpeg=35"]
+    damaged = report["sets"][1]["results"]
+    upscaler = build_upscaler(
+        "tiny_x4", device="cpu", precision="fp32", tile=None, tile_pad=32, mode="auto"
+    ).upscaler
+    for got, expected in zip(
+        damaged, [evaluate(hand, 4, None, "bicubic"), evaluate(hand, 4, upscaler, "tiny_x4")], strict=True
+    ):
+        assert got["method"] == expected.method
+        for a, b in zip(got["images"], expected.images, strict=True):
+            assert (a["psnr"], a["ssim"], a["block"]) == (b.psnr, b.ssim, b.block)
+    clean = report["sets"][0]["results"][0]
+    assert clean["psnr"] > damaged[0]["psnr"] + 1  # the damage is real
+    assert damaged[0]["images"][0]["block"] is not None  # 96x128: two 32 px block periods
+
+    code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "heavy", "--no-clean")
+    assert (
+        code == 0 and "heavy LR (blur=0.8,noise=10,jpeg=30)" in err and "clean" not in err and "block" in err
+    )
+    code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "jpeg=500")
+    assert code == 2 and "quality" in err

@@ -169,8 +169,9 @@ def _stop_at(step: int):  # noqa: ANN202
     return on_event
 
 
+@pytest.mark.parametrize("degradation", ["bicubic", "realesrgan"])
 def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(
-    photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, degradation: str
 ) -> None:
     import signal
     import subprocess
@@ -178,7 +179,16 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(
     import time
 
     killed = tmp_path / "killed"
-    opts = dict(scale=2, n_blocks=1, n_feats=8, crop=16, batch_size=2, steps=100_000, checkpoint_every=5)
+    opts = dict(
+        scale=2,
+        n_blocks=1,
+        n_feats=8,
+        crop=16,
+        batch_size=2,
+        steps=100_000,
+        checkpoint_every=5,
+        degradation=degradation,  # its random stream resumes too: the same batches after the kill
+    )
     args = [sys.executable, "-m", "srgan_cli", "train", "--data", str(photo_dir), "--out", str(killed)]
     for key, value in {**opts, "log_every": 5, "device": "cpu", "seed": 3}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
@@ -217,3 +227,25 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(
     for part in ("generator", "ema"):
         for key in a[part]:
             torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=key)
+
+
+def test_degradation_trains_resumes_exactly_and_is_recorded(photo_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(photo_dir, tmp_path / "a", 8, val=None, degradation="photo", checkpoint_every=4)
+    straight = train(cfg)
+    train(replace(cfg, out=str(tmp_path / "b"), steps=4))
+    train(replace(cfg, out=str(tmp_path / "b")), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert torch.equal(a["degrade_rng"][0]["rng"], b["degrade_rng"][0]["rng"])
+    for key in a["generator"]:
+        torch.testing.assert_close(a["generator"][key], b["generator"][key], rtol=0, atol=0)
+    info = archs.load(straight.weights).info
+    assert info.provenance["degradation"]["name"] == "photo"
+    assert info.provenance["degradation"]["first"]["jpeg_quality"] == [60, 95]
+    plain = train(replace(cfg, out=str(tmp_path / "plain"), degradation="bicubic"))  # the same crops, clean LR: other weights
+    other = archs.load(plain.weights).model.state_dict()
+    assert any(
+        not torch.equal(v, other[k]) for k, v in archs.load(straight.weights).model.state_dict().items()
+    )
+    with pytest.raises(TrainingError, match="different settings"):
+        train(replace(cfg, out=str(tmp_path / "b"), steps=12, degradation="realesrgan"), resume=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..version import __version__
-from . import benchmark, evaluate, export, interpolate, lapgan, models, text2img, train, upscale
+from . import benchmark, degrade, evaluate, export, interpolate, lapgan, models, text2img, train, upscale
 
 app = typer.Typer(
     name="srgan",
@@ -39,6 +39,7 @@ app.command("train", no_args_is_help=True)(train.train)
 app.command("eval", no_args_is_help=True)(evaluate.evaluate)
 app.command("export-onnx")(export.export_onnx_cmd)
 app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
+app.command("degrade", no_args_is_help=True)(degrade.degrade)
 app.add_typer(benchmark.app, name="benchmark")
 app.add_typer(lapgan.app, name="lapgan")
 app.add_typer(text2img.app, name="text2img")

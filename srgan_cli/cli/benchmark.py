@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import archs, weights
@@ -101,6 +102,15 @@ def train(
     data: Annotated[
         Path | None, typer.Option("--data", help="Photos to cut crops from; default: synthetic images.")
     ] = None,
+    degradation: Annotated[
+        str | None,
+        typer.Option(
+            "--degradation",
+            metavar="SPEC",
+            help="Also time the step with its LR made by this degradation (realesrgan, photo, video, "
+            "FILE.toml), next to the plain bicubic step, and their ratio.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """HR crops per second of the real training step (pretrain and/or GAN), with the machine's
@@ -120,13 +130,16 @@ def train(
     )
     stages = ["pretrain", "gan"] if stage == BenchStage.all else [stage.value]
     modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
+    degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     results = []
     with guard():
         base.validate()
         for name in stages:
-            for mode in modes:
-                with console.status(f"timing {steps} {name} steps of batch {batch_size} (fast step {mode})"):
-                    config = replace(base, stage=name, fast_step=mode)
+            for mode, lr_by in ((m, d) for m in modes for d in degradations):
+                what = f"{name} steps of batch {batch_size} (fast step {mode}, LR by {lr_by})"
+                with console.status(f"timing {steps} {escape(what)}"):
+                    config = replace(base, stage=name, fast_step=mode, degradation=lr_by)
+                    config.validate()
                     results.append(
                         benchmark_train(
                             config,
@@ -145,7 +158,14 @@ def train(
             console.print(f"[yellow]note:[/] {note}")
         if r.profile is not None:
             _print_profile(r)
-    if fast_step == BenchStep.compare:
+    if len(degradations) > 1:
+        for plain, degraded in zip(results[::2], results[1::2], strict=True):
+            console.print(
+                f"{plain.stage} ({plain.step_mode}): LR by {escape(degraded.degradation)} / bicubic = "
+                f"{degraded.crops_per_s / plain.crops_per_s:.2f}x crops/s "
+                f"({1 - degraded.crops_per_s / plain.crops_per_s:.0%} slower)"
+            )
+    elif fast_step == BenchStep.compare:
         for plain, fast in zip(results[::2], results[1::2], strict=True):
             console.print(
                 f"{plain.stage}: fast step ({fast.step_mode}) / plain = "
@@ -165,6 +185,7 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
     for col in (
         "stage",
         "step",
+        "LR by",
         "crops/s",
         "ms/step (min-max)",
         "GFLOP/crop",
@@ -172,12 +193,13 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
         "of 3x3 conv ref",
         "peak MB",
     ):
-        table.add_column(col, justify="right" if col not in ("stage", "step") else "left")
+        table.add_column(col, justify="right" if col not in ("stage", "step", "LR by") else "left")
     for r in results:
         lo, hi = r.ms_per_step_spread
         table.add_row(
             r.stage,
             r.step_mode,
+            escape(r.degradation),
             f"{r.crops_per_s:,.1f}",
             f"{r.ms_per_step:.1f} ({lo:.1f}-{hi:.1f})",
             f"{r.gflop_per_crop:.2f}",

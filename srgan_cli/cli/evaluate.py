@@ -11,13 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import weights
+from ..degradations import parse_damage
 from ..devices import resolve_device
 from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
 from ..metrics.lpips import lpips_if_available
 from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
 from ..runtime.upscaler import Rescaled
-from ..sr.data import load_eval_set
+from ..sr.data import damage_pairs, load_eval_set
 from ..sr.evaluate import EvalReport
 from ..sr.evaluate import evaluate as run_eval
 from .common import (
@@ -110,6 +111,26 @@ def evaluate(
             "Always in --json.",
         ),
     ] = False,
+    degrade: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--degrade",
+            metavar="SPEC",
+            help="Also score on damaged copies of the LR: light, moderate, heavy, blur=S,noise=S,jpeg=Q "
+            "(any of them), a training preset (realesrgan, photo, video) or a .toml; repeat for several. "
+            "Adds the JPEG block column: the LR's 8x8 grid left in the output, 1.00 = as in the original.",
+            show_default=False,
+        ),
+    ] = None,
+    degrade_seed: Annotated[
+        int, typer.Option("--degrade-seed", help="Seed of the noise and of preset draws (per image).")
+    ] = 0,
+    clean: Annotated[
+        bool,
+        typer.Option(
+            "--clean/--no-clean", help="With --degrade, also score the clean bicubic LR.", show_default=False
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
@@ -156,54 +177,88 @@ def evaluate(
             console.print(
                 f"[yellow]note: LPIPS skipped: {escape(why.message)}.{escape(hint)}[/]", soft_wrap=True
             )
+        damages = [parse_damage(spec, seed=degrade_seed) for spec in degrade or []]
         pairs, skipped = load_eval_set(data, scale, limit=limit or None)
         for path, why in skipped:
             console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(why)}")
-        reports: list[EvalReport] = []
-        with console.status(f"evaluating {', '.join(labels)} on {len(pairs)} image(s)"):
-            reports.append(run_eval(pairs, scale, None, "bicubic", lpips=lpips))
-            for label, w in zip(labels, loaded, strict=True):
-                reports.append(run_eval(pairs, scale, w.upscaler, label, lpips=lpips))
+        # (name, spec, pairs): the clean protocol first, then each damaged copy of the same photos
+        sets = [("clean", "bicubic downscale", pairs)] if (clean or not damages) else []
+        sets += [(d.name, d.spec, damage_pairs(pairs, scale, d)) for d in damages]
+        tables: list[tuple[str, str, list[EvalReport]]] = []
+        for name, spec, chosen in sets:
+            reports: list[EvalReport] = []
+            with console.status(f"evaluating {', '.join(labels)} on {len(chosen)} image(s), {name} LR"):
+                reports.append(run_eval(chosen, scale, None, "bicubic", lpips=lpips))
+                for label, w in zip(labels, loaded, strict=True):
+                    reports.append(run_eval(chosen, scale, w.upscaler, label, lpips=lpips))
+            tables.append((name, spec, reports))
     if as_json:
-        payload = {
+        payload: dict[str, object] = {
             "data": str(data),
             "scale": scale,
             "lpips": lpips is not None,
             "self_ensemble": int(self_ensemble.value),
             "skipped": [{"path": str(path), "reason": why} for path, why in skipped],
-            "results": [r.to_dict() for r in reports],
         }
+        if damages:
+            payload["degrade_seed"] = degrade_seed
+            payload["sets"] = [
+                {"name": n, "spec": sp, "results": [r.to_dict() for r in rs]} for n, sp, rs in tables
+            ]
+        else:
+            payload["results"] = [r.to_dict() for r in tables[0][2]]
         stdout.print(json.dumps(payload, indent=2), markup=False)
     else:
-        _print_table(reports, f"x{scale} on {data}", scale, lpips is not None, grid, int(self_ensemble.value))
+        for name, spec, reports in tables:
+            what = f"x{scale} on {data}" + (f", {name} LR ({spec})" if damages else "")
+            _print_table(
+                reports, what, scale, lpips is not None, grid, int(self_ensemble.value), block=bool(damages)
+            )
     if skipped:  # as `srgan upscale` does: the others are scored, the exit code says not all were
         raise typer.Exit(1)
 
 
 def _print_table(
-    reports: list[EvalReport], what: str, scale: int, with_lpips: bool, grid: bool, ensemble: int
+    reports: list[EvalReport],
+    what: str,
+    scale: int,
+    with_lpips: bool,
+    grid: bool,
+    ensemble: int,
+    *,
+    block: bool = False,
 ) -> None:
-    """One row per image and a mean row; per method its PSNR, SSIM, LPIPS (if scored), grid (--grid)."""
+    """One row per image and a mean row; per method its PSNR, SSIM, LPIPS (if scored), grid (--grid)
+    and JPEG block ratio (with --degrade)."""
     title = f"{what}: PSNR/SSIM on Y, border {scale}"
     title += "; LPIPS on RGB, lower is better" if with_lpips else ""
     title += f"; models with a self-ensemble of {ensemble}" if ensemble > 1 else ""
     table = Table(show_edge=False, header_style="bold", title=escape(title))
     table.add_column("image", no_wrap=True)
     metrics = ("PSNR", "SSIM") + (("LPIPS↓",) if with_lpips else ()) + (("grid↓",) if grid else ())
+    metrics += ("block↓",) if block else ()
     for r in reports:
         for m in metrics:
             # two-line header (method over metric) keeps the columns as narrow as the numbers
             table.add_column(f"{escape(r.method)}\n{m}", justify="right")
 
-    def cells(values: list[tuple[float, float, float | None, float | None]], bold: bool = False) -> list[str]:
+    Row = tuple[float, float, float | None, float | None, float | None]
+
+    def cells(values: list[Row], bold: bool = False) -> list[str]:
         out = []
-        for p, s, lp, g in values:
+        for p, s, lp, g, b in values:
             out += [f"{p:.2f}", f"{s:.4f}"] + ([_fmt(lp, 4)] if with_lpips else [])
             out += [_fmt(g, 3)] if grid else []
+            out += [_fmt(b, 3)] if block else []
         return [f"[bold]{c}" for c in out] if bold else out
 
     for i, first in enumerate(reports[0].images):
-        row = [(r.images[i].psnr, r.images[i].ssim, r.images[i].lpips, r.images[i].grid) for r in reports]
+        row = [
+            (r.images[i].psnr, r.images[i].ssim, r.images[i].lpips, r.images[i].grid, r.images[i].block)
+            for r in reports
+        ]
         table.add_row(escape(first.name), *cells(row))
-    table.add_row("[bold]mean", *cells([(r.psnr, r.ssim, r.lpips, r.grid) for r in reports], bold=True))
+    table.add_row(
+        "[bold]mean", *cells([(r.psnr, r.ssim, r.lpips, r.grid, r.block) for r in reports], bold=True)
+    )
     print_table(table)

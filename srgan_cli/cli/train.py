@@ -98,6 +98,14 @@ def train(
     d_feats: Annotated[
         int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width.")
     ] = None,
+    degradation: Annotated[
+        str | None,
+        _opt(
+            "--degradation",
+            help="How LR inputs are made: bicubic, realesrgan, photo, video, or FILE.toml of ranges "
+            "(docs/degradations.md).",
+        ),
+    ] = None,
     crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side.")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", min=1, help="Crops per step and process.")] = None,
     steps: Annotated[int | None, _opt("--steps", default=_STEPS_DEFAULT, min=1, help="Total steps.")] = None,
@@ -301,7 +309,8 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                 progress.console.print(
                     f"{data['stage']}: {data['images']} photos ({data['pool']}), "
                     f"G {data['params'] / 1e6:.2f}M params{d_params}, device {data['device']}{procs}, "
-                    f"amp {data['amp']}, step {data['step_mode']}, from step {data['step']}"
+                    f"amp {data['amp']}, step {data['step_mode']}, from step {data['step']}, "
+                    f"LR by {escape(str(data.get('degradation', 'bicubic')))}"
                 )
                 if len(data["sources"]) > 1:
                     progress.console.print(

@@ -93,3 +93,25 @@ def phase_spread(err: torch.Tensor, scale: int, block: int = 32, eps: float = 0.
     phase_means = tiles.mean(dim=(3, 6))  # (n, c, tiles_y, scale, tiles_x, scale)
     spread = phase_means - phase_means.mean(dim=(3, 5), keepdim=True)
     return (spread.pow(2).mean() + eps).sqrt()
+
+
+def blockiness_y(img: torch.Tensor, period: int) -> float | None:
+    """How much stronger the luma steps are across the lines of a `period`-px grid (from the top-left
+    corner) than between other neighbours: mean |step| on the grid lines / mean |step| elsewhere,
+    over columns and rows. 1.0 means no grid; JPEG's 8x8 blocks, enlarged x4 by a model that keeps
+    them, show up at period 32. None for an image under two periods on a side."""
+    y = rgb_to_y(img.float())  # (N, 1, H, W), 0-255
+    h, w = y.shape[-2:]
+    if min(h, w) < 2 * period:
+        return None
+    ratios = []
+    for dim in (-1, -2):  # steps between neighbouring columns, then rows
+        n = y.shape[dim]
+        steps = (y.narrow(dim, 1, n - 1) - y.narrow(dim, 0, n - 1)).abs()
+        on = (
+            torch.arange(n - 1, device=y.device) + 1
+        ) % period == 0  # step from pixel k*period-1 to k*period
+        on_mean = steps.index_select(dim, on.nonzero().flatten()).mean()
+        off_mean = steps.index_select(dim, (~on).nonzero().flatten()).mean()
+        ratios.append(float((on_mean + 1e-3) / (off_mean + 1e-3)))
+    return sum(ratios) / 2

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import weights as weights_mod
+from ..degradations import load_degradation
 from ..errors import TrainingError
+from ..tomlfile import read_toml
 from ..training import load_checkpoint
 from .data import (
     parse_data_spec,
@@ -47,6 +49,7 @@ RUN_FIELDS = (
     "seed",
     "ema",
     "augment",
+    "degradation",
 )
 ARCH_FIELDS = ("scale", "n_blocks", "n_feats", "global_skip")  # the generator's, from --init
 RETIRED = ("cache_images", "workers")  # options of older versions, ignored in old checkpoints
@@ -73,6 +76,9 @@ class TrainConfig:
     crop: int = 96  # HR crop side; LR crops are crop/scale (paper: 96)
     batch_size: int = 16  # crops per step and process (paper: 16)
     augment: bool = True  # random flips and 90-degree rotations of each crop
+    # how LR inputs are made from HR crops: bicubic (the SR protocol), a preset of realistic damage
+    # (realesrgan, photo, video: degradations/config.py) or a TOML file of ranges
+    degradation: str = "bicubic"
     data_device: str = "auto"  # where decoded photos live: auto (GPU if they fit), cpu, or the device
     # --- optimisation ---------------------------------------------------------------------------
     steps: int = 100_000  # total optimiser steps (paper: 10^6 SRResNet, 2x10^5 SRGAN)
@@ -156,6 +162,7 @@ class TrainConfig:
         one_of("content_layer", tuple(CONTENT_LAYERS))
         one_of("vgg_input", VGG_INPUTS)
         one_of("fast_step", FAST_STEPS)
+        load_degradation(self.degradation)  # raises on an unknown preset or a bad file
         if self.steps < 1 or self.batch_size < 1:
             raise TrainingError("steps and batch size must be positive")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
@@ -193,19 +200,8 @@ class TrainConfig:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A `--config` file: TOML with the TrainConfig field names (dashes or underscores), flat or in
     tables ([model], [gan], ...) whose keys are merged; every name is checked."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TrainingError(f"{path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, TrainingError, "config file")
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         items = value.items() if isinstance(value, dict) else [(key, value)]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..degradations import Damage, damage_image
 from ..errors import ImageError, TrainingError
 from ..photos import list_images, load_rgb_uint8, read_photos, require_folder
 
@@ -193,6 +194,15 @@ class CropPool:
     def batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR (n, 3, c/s, c/s), HR (n, 3, c, c)) float32 in [0, 1] on the pool's device; LR is the
         antialiased bicubic downscale of HR, rounded to 8 bit like a real LR image."""
+        hr = self.crops(n, generator)
+        c = self.crop
+        lr = F.interpolate(hr, size=(c // self.scale, c // self.scale), mode="bicubic", antialias=True)
+        lr = lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # (n, 3, c/s, c/s)
+        return lr.contiguous(), hr
+
+    def crops(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 3, c, c) float32 HR crops in [0, 1] on the pool's device (the same draws as `batch`,
+        for a degradation pipeline to make the LR from)."""
         c, dev = self.crop, self.device
         u = torch.rand(n, 4, generator=generator, device=dev)  # image, top, left, dihedral code
         k = torch.searchsorted(self._cdf, u[:, 0].contiguous(), right=True)  # the photo of each crop
@@ -211,10 +221,7 @@ class CropPool:
         index = (
             self.offsets[k].view(n, 1, 1) + (top.view(n, 1, 1) + i) * w.view(n, 1, 1) + left.view(n, 1, 1) + j
         )  # (n, c, c)
-        hr = self.pixels[index].permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, c, c)
-        lr = F.interpolate(hr, size=(c // self.scale, c // self.scale), mode="bicubic", antialias=True)
-        lr = lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # (n, 3, c/s, c/s)
-        return lr.contiguous(), hr
+        return self.pixels[index].permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, c, c)
 
 
 @dataclass
@@ -263,3 +270,9 @@ def load_eval_set(
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:3])
         raise TrainingError(f"no image in {folder} can be scored ({reasons})")
     return pairs, skipped
+
+
+def damage_pairs(pairs: list[EvalPair], scale: int, damage: Damage) -> list[EvalPair]:
+    """The same photos with the LR damaged as `damage` says (degradations.damage_image; each photo's
+    random draws are seeded by its name), for `srgan eval --degrade`."""
+    return [EvalPair(p.name, damage_image(p.hr, scale, damage, p.name), p.hr) for p in pairs]

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..metrics.luma import grid_y, psnr_y, ssim_y
+from ..metrics.luma import blockiness_y, grid_y, psnr_y, ssim_y
 from .data import EvalPair, bicubic_upscale, to_tensor
 
 GRID_BLOCK = 32  # tile side of the checkerboard measure (a multiple of 2, 4 and 8)
+JPEG_BLOCK = 8  # JPEG's block side in the LR image; the block measure looks at scale x 8 in the output
 
 if TYPE_CHECKING:
     from ..metrics.lpips import LPIPS
@@ -25,6 +26,7 @@ class ImageScores:
     ssim: float
     lpips: float | None = None  # None when no LPIPS network was given
     grid: float | None = None  # checkerboard strength (metrics.grid_y); None where the photo is too small
+    block: float | None = None  # JPEG block grid left in the output, relative to the original (1 = as it)
 
 
 @dataclass
@@ -53,8 +55,14 @@ class EvalReport:
         values = [s.grid for s in self.images if s.grid is not None]
         return float(np.mean(values)) if values else None
 
+    @property
+    def block(self) -> float | None:
+        """Mean JPEG block-grid ratio over the images that have one (metrics.blockiness_y)."""
+        values = [s.block for s in self.images if s.block is not None]
+        return float(np.mean(values)) if values else None
+
     def to_dict(self) -> dict[str, object]:
-        lp, grid = self.lpips, self.grid
+        lp, grid, block = self.lpips, self.grid, self.block
         return {
             "method": self.method,
             "scale": self.scale,
@@ -62,6 +70,7 @@ class EvalReport:
             "ssim": round(self.ssim, 5),
             "lpips": None if lp is None else round(lp, 5),
             "grid": None if grid is None else round(grid, 4),
+            "block": None if block is None else round(block, 4),
             "images": [asdict(s) for s in self.images],
         }
 
@@ -83,6 +92,16 @@ def grid_score(sr: np.ndarray, hr: np.ndarray, scale: int) -> float | None:
     if scale < 2 or min(a.shape[-2:]) < GRID_BLOCK:
         return None
     return grid_y(a, b, scale, GRID_BLOCK)
+
+
+def block_score(sr: np.ndarray, hr: np.ndarray, scale: int) -> float | None:
+    """The JPEG block grid left in an (H, W, 3) output: metrics.blockiness_y at the period of the
+    LR's 8x8 blocks (8 x scale), divided by the original's own figure there (photos that were JPEGs
+    once have a faint grid of their own), so 1.00 means as the original; None for small photos."""
+    a, b = _pair(sr, hr)
+    a = torch.round(a.clamp(0, 1) * 255) / 255
+    mine, theirs = blockiness_y(a, JPEG_BLOCK * scale), blockiness_y(b, JPEG_BLOCK * scale)
+    return None if mine is None or theirs is None else mine / theirs
 
 
 def lpips_score(sr: np.ndarray, hr: np.ndarray, scale: int, lpips: LPIPS) -> float:
@@ -121,7 +140,15 @@ def evaluate(
         p, s = score(sr, pair.hr, scale)
         lp = None if lpips is None else round(lpips_score(sr, pair.hr, scale, lpips), 5)
         grid = grid_score(sr, pair.hr, scale)
+        block = block_score(sr, pair.hr, scale)
         report.images.append(
-            ImageScores(pair.name, round(p, 4), round(s, 5), lp, None if grid is None else round(grid, 4))
+            ImageScores(
+                pair.name,
+                round(p, 4),
+                round(s, 5),
+                lp,
+                None if grid is None else round(grid, 4),
+                None if block is None else round(block, 4),
+            )
         )
     return report

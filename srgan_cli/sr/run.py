@@ -18,6 +18,7 @@ import torch
 from .. import training
 from .. import weights as weights_mod
 from ..atomic import remove_stale_temps
+from ..degradations import Degrader, load_degradation
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, any_flag, gather_objects
 from ..errors import TrainingError
@@ -72,6 +73,15 @@ class Run:
             weights=[source_of[f].weight for f in files],
         )
         self.data_rng = self.pool.generator(config.seed * 1_000_003 + world.rank)
+        # realistic damage for the LR inputs, made on the training device (None: plain bicubic)
+        self.degradation = load_degradation(config.degradation)
+        self.degrader = (
+            None
+            if self.degradation.bicubic
+            else Degrader(
+                self.degradation, config.scale, device=device, seed=config.seed * 1_000_003 + world.rank + 7
+            )
+        )
         self.shares = _source_shares(self.sources, self.pool)
 
         self.step, self.prior_seconds = 0, 0.0  # training time of earlier calls, from the checkpoint
@@ -124,6 +134,8 @@ class Run:
         self.trainer.load_state_dict(state)
         training.set_global_rng_state(state["rng"][world.rank])
         self.data_rng.set_state(state["data_rng"][world.rank])
+        if self.degrader is not None and "degrade_rng" in state:
+            self.degrader.load_state_dict(state["degrade_rng"][world.rank])
         self.step, self.prior_seconds = int(state["step"]), float(state["elapsed"])
         if self.step >= config.steps:
             raise TrainingError(
@@ -170,6 +182,7 @@ class Run:
                 "skipped": [f"{p}: {why}" for p, why in self.pool.skipped]
                 + [f"{p} (--val): {why}" for p, why in self.val_skipped],
                 "world_size": self.world.size,
+                "degradation": self.degradation.name,
                 "note": self.lpips_note,
             },
         )
@@ -185,7 +198,12 @@ class Run:
         return self.step % every == 0 or self.step == self.config.steps
 
     def train_step(self) -> None:
-        lr_img, hr_img = self.pool.batch(self.config.batch_size, self.data_rng)
+        if self.degrader is None:
+            lr_img, hr_img = self.pool.batch(self.config.batch_size, self.data_rng)
+        else:
+            hr_img = self.pool.crops(self.config.batch_size, self.data_rng).to(self.device, non_blocking=True)
+            lr_img = self.degrader(hr_img)  # (N, 3, c/s, c/s), 8-bit like a real file
+            hr_img = self.degrader.target(hr_img)  # sharpened when the degradation asks
         self.lr_now = self.trainer.set_lr(self.step)
         self.means.add(self.trainer.step(lr_img, hr_img, self.step))  # summed on the device: no sync
         self.step += 1
@@ -251,6 +269,7 @@ class Run:
             trainer.sync_buffers()
             rngs = gather_objects(training.global_rng_state(), world)
             data_rngs = gather_objects(self.data_rng.get_state(), world)
+            degrade_rngs = gather_objects(self.degrader.state_dict(), world) if self.degrader else None
             if self.main:
                 state = {
                     **trainer.state_dict(),
@@ -261,6 +280,8 @@ class Run:
                     "rng": rngs,
                     "data_rng": data_rngs,
                 }
+                if degrade_rngs is not None:
+                    state["degrade_rng"] = degrade_rngs
                 training.save_checkpoint(state, self.checkpoint_path)
             self.log("checkpoint", {"step": self.step, "path": str(self.checkpoint_path)})
 
@@ -309,6 +330,7 @@ class Run:
             "world_size": self.world.size,
             "init": config.init_weights if config.stage == "gan" else config.init,
             "train_config": config.to_dict(),
+            "degradation": self.degradation.to_dict(),
         }
         metrics: dict[str, Any] = {}
         if self.last_val:

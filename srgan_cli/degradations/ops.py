@@ -1,0 +1,140 @@
+"""The degradation operations on batches of (N, 3, H, W) float images in [0, 1] on any device:
+resize, Gaussian and Poisson noise, JPEG and video-codec round trips, and unsharp masking. The
+random choices arrive as arguments (the pipeline draws them), so each op is a plain function."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .kernels import filter2d, gaussian_kernel
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, *size) by area, bilinear or bicubic interpolation (no antialiasing,
+    as camera pipelines and web resizers often do)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if mode == "area":
+        return F.interpolate(images, size=size, mode="area")
+    return F.interpolate(images, size=size, mode=mode, align_corners=False).clamp_(0.0, 1.0)
+
+
+def gaussian_noise(
+    images: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Add N(0, sigma/255) noise; sigma (N,) in grey levels, gray (N,) bool: the same noise in R, G, B."""
+    n, c, h, w = images.shape
+    colour = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    mono = torch.randn((n, 1, h, w), generator=generator, device=images.device, dtype=images.dtype)
+    noise = torch.where(gray.to(images.device).view(n, 1, 1, 1), mono.expand_as(colour), colour)
+    return images + noise * (sigma.to(images.device, images.dtype) / 255.0).view(n, 1, 1, 1)
+
+
+def poisson_noise(
+    images: torch.Tensor, scale: torch.Tensor, gray: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Add shot noise: (Poisson(255 x) / 255 - x) x scale, per channel or (gray) on luma."""
+    n = images.shape[0]
+    x = images.clamp(0.0, 1.0)
+    luma = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W)
+    colour = torch.poisson(x * 255.0, generator=generator) / 255.0 - x
+    mono = (torch.poisson(luma * 255.0, generator=generator) / 255.0 - luma).expand_as(colour)
+    noise = torch.where(gray.to(images.device).view(n, 1, 1, 1), mono, colour)
+    return images + noise * scale.to(images.device, images.dtype).view(n, 1, 1, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+
+
+def jpeg(images: torch.Tensor, quality: list[int]) -> torch.Tensor:
+    """Each image saved as a baseline JPEG (4:2:0, as cameras and the web save them) at its own
+    quality and decoded: by libjpeg through Pillow, or on CUDA by nvJPEG where torchvision has it."""
+    data = to_uint8(images)  # (N, 3, H, W) uint8
+    if images.is_cuda:
+        try:
+            return _jpeg_cuda(data, quality).to(images.dtype).div_(255.0)
+        except (RuntimeError, TypeError, ImportError):  # no nvJPEG encoder in this build: the CPU does it
+            pass
+    pixels = data.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+    out = np.stack([_jpeg_round_trip(img, int(q)) for img, q in zip(pixels, quality, strict=True)])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(images.device, images.dtype).div_(255.0)
+
+
+def _jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _jpeg_cuda(data: torch.Tensor, quality: list[int]) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        out = [
+            decode_jpeg(encode_jpeg(img, quality=int(q)), device=data.device)
+            for img, q in zip(data, quality, strict=True)
+        ]
+    return torch.stack(out)
+
+
+def video_codec(images: torch.Tensor, codecs: list[str], crf: list[int]) -> torch.Tensor:
+    """Each image encoded as one intra frame by libx264/libx265 at its own CRF (yuv420p, as almost
+    all distributed video is) and decoded again, through PyAV on the CPU."""
+    data = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
+    out = np.stack([_codec_round_trip(img, c, q) for img, c, q in zip(data, codecs, crf, strict=True)])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).to(images.device, images.dtype).div_(255.0)
+
+
+def _codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
+    import av
+
+    h, w = rgb.shape[:2]
+    # 4:2:0 needs even sides, and x265 refuses frames under 64 px: pad with the edge, crop after
+    ph, pw = max(64, h + h % 2) - h, max(64, w + w % 2) - w
+    even = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="matroska") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = even.shape[1], even.shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = Fraction(1, 25)
+        options = {"crf": str(int(crf)), "preset": "veryfast"}
+        if codec == "libx265":
+            options["x265-params"] = "log-level=none"
+        stream.options = options
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(even), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer, mode="r") as container:
+        decoded = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    return decoded[:h, :w]
+
+
+def unsharp_mask(
+    images: torch.Tensor, weight: float, *, sigma: float = 8.0, threshold: float = 10 / 255
+) -> torch.Tensor:
+    """Real-ESRGAN's sharpened targets: img + weight (img - blur), blended in only where the detail
+    exceeds `threshold` (with a soft, blurred mask), so flat areas keep their noise-free look."""
+    kernel = gaussian_kernel(sigma).to(images.device).expand(images.shape[0], -1, -1)
+    blurred = filter2d(images, kernel)
+    detail = images - blurred
+    mask = (detail.abs() * 1.0 > threshold).to(images.dtype)
+    soft = filter2d(mask, kernel)
+    sharp = (images + weight * detail).clamp(0.0, 1.0)
+    return soft * sharp + (1 - soft) * images
