@@ -55,6 +55,18 @@ Continuing from trained weights in one call (what a 15-minute loan allows: one ~
   there   python3 scripts/gpu_run.py chunk continue --minutes 4 --only train --skip-gan --steps N
           (optional second call, if time is left: the same pretraining without the extra photos)
 
+The real-world GAN (issue 38): the same GAN recipe on LR inputs made by the degradation pipeline
+(`--degradation photo`, on the GPU), continuing from the weights of the CPU fine-tune in one call,
+then `srgan eval --degrade light/moderate/heavy` of the result next to the peers it must beat:
+
+  here    python scripts/gpu_run.py prepare --perceptual DIR --real-init runs/real_gan/srgan_x4.safetensors
+  here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
+  there   python3 scripts/gpu_run.py chunk real --minutes 9
+          (the GAN stage with --degradation photo from .carry/real_start; the weights, the last
+          snapshots, real_eval.json and the logs come back; D and its Adam state, about 0.3 GB,
+          cannot, so each call starts a fresh D from the latest G, as the CPU run's D is not carried)
+  here    python scripts/gpu_run.py collect FILES_AT
+
 `prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
 each photo's longest side capped (--max-side) and re-encoded (--format, --quality), into
 .carry/train/train and .carry/train/extra; every chunk trains on both, the extra photos weighted
@@ -86,9 +98,13 @@ VGG_FILE = VGG_DIR / "vgg19_caffe_features_palette.safetensors"  # "caffe" in th
 INIT_FILE = INIT_DIR / "srresnet_x4.safetensors"
 START_DIR = CARRY / "start"  # the weights `chunk continue` starts from (prepare --init)
 START_FILE = START_DIR / "srresnet_x4.safetensors"
+REAL_START_DIR = CARRY / "real_start"  # the weights `chunk real` continues (prepare --real-init)
+REAL_START_FILE = REAL_START_DIR / "srgan_x4.safetensors"
+PEERS_DIR = CARRY / "peers"  # Real-ESRGAN's general-x4v3 and WDN, to measure `chunk real` against
 RUNS = CARRY / "runs"
 PRETRAIN_RUN, GAN_RUN = RUNS / "srresnet_x4", RUNS / "srgan_x4"
 CONTINUE_RUN, CONTINUE_GAN_RUN = RUNS / "continue_srresnet_x4", RUNS / "continue_srgan_x4"
+REAL_RUN = RUNS / "srgan_x4_real"
 # the shared photo folders prepare packs, and the subfolder of .carry/train each goes to
 PHOTO_SETS = {"train": "train", "extra": "train_extra"}
 LIMIT = 64 * 2**20  # what may travel in one call
@@ -111,6 +127,9 @@ CONTINUE = dict(
     batch=PRETRAIN["batch"], crop=PRETRAIN["crop"], args=["--loss", "l1", "--schedule", "cosine",
     "--lr", "1e-4", "--ema", "0.999"],
 )  # fmt: skip
+# the real-world GAN: the GAN recipe with its LR made by a degradation preset (issue 38)
+REAL = dict(batch=GAN["batch"], crop=GAN["crop"], degradation="photo", args=GAN["args"])
+DAMAGE = ["light", "moderate", "heavy"]  # `srgan eval --degrade` levels (docs/degradations.md)
 # the training-step measurements of `chunk speed` (docs/benchmarks.md, issue 24's goals)
 SPEED = {
     "pretrain_b64": ["--stage", "pretrain", "--batch-size", "64", "--crop", "96"],
@@ -126,7 +145,13 @@ UPSCALE = {
 }
 # sizes of what collect makes, for `plan` before it exists: the 16x64 pretrain checkpoint
 # (G, EMA and Adam state, measured 25,150,201 bytes) and its weights file (6,243,588 bytes)
-EXPECTED = {PRETRAIN_RUN: 25_200_000, INIT_DIR: 6_250_000, START_DIR: 6_250_000}
+EXPECTED = {
+    PRETRAIN_RUN: 25_200_000,
+    INIT_DIR: 6_250_000,
+    START_DIR: 6_250_000,
+    REAL_START_DIR: 6_250_000,
+    PEERS_DIR: 9_725_000,
+}
 CALLS = {
     "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
     "pretrain (each next call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL, PRETRAIN_RUN]),
@@ -136,6 +161,10 @@ CALLS = {
     "continue (one call: pretrain, then gan)": (
         "chunk continue --minutes 9",
         [TRAIN, VAL, VGG_DIR, LPIPS_DIR, START_DIR],
+    ),
+    "real (the real-world GAN, then its eval)": (
+        "chunk real --minutes 9",
+        [TRAIN, VAL, VGG_DIR, LPIPS_DIR, REAL_START_DIR, PEERS_DIR],
     ),
     "continue, without the extra photos (A/B)": (
         "chunk continue --minutes 4 --only train --skip-gan --steps N",
@@ -214,6 +243,17 @@ def prepare(args: argparse.Namespace) -> None:
     (ROOT / START_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(start, ROOT / START_FILE)
     say(f"chunk continue starts from {start} ({info.config['n_blocks']}x{info.config['n_feats']})")
+    real = weights.resolve(args.real_init)
+    if weights.read_info(real).arch != "srresnet":
+        sys.exit(f"--real-init {args.real_init} is not srresnet weights")
+    (ROOT / REAL_START_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(real, ROOT / REAL_START_FILE)
+    say(f"chunk real continues {real}")
+    peers = Path(args.peers)
+    if peers.is_dir():
+        (ROOT / PEERS_DIR).mkdir(parents=True, exist_ok=True)
+        for path in sorted(peers.glob("*.safetensors")):
+            shutil.copyfile(path, ROOT / PEERS_DIR / path.name)
     plan(args)
 
 
@@ -366,14 +406,19 @@ def collect(args: argparse.Namespace) -> None:
         (ROOT / INIT_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(back / manifest["weights"], ROOT / INIT_FILE)
         say(f"pretrain step {step}: checkpoint -> {PRETRAIN_RUN}/, weights -> {INIT_FILE} and {archive}/")
-    elif stage == "continue":
+    elif stage in ("continue", "real"):
         with tarfile.open(back / "logs.tar.gz") as tar:
             tar.extractall(archive, filter="data")
-        gan = f", gan step {manifest['gan_step']}" if "gan_step" in manifest else ""
-        say(f"continue (data: {manifest['data']}): pretrain step {step}{gan}: files -> {archive}/")
+        if stage == "real":
+            say(f"real: gan step {step}: files -> {archive}/")
+        else:
+            gan = f", gan step {manifest['gan_step']}" if "gan_step" in manifest else ""
+            say(f"continue (data: {manifest['data']}): pretrain step {step}{gan}: files -> {archive}/")
     else:
         say(f"gan step {step}: {len(manifest['files'])} files -> {archive}/")
-    logs = ["pretrain_log.jsonl", "gan_log.jsonl"] if stage == "continue" else ["log.jsonl"]
+    logs = {"continue": ["pretrain_log.jsonl", "gan_log.jsonl"], "real": ["gan_log.jsonl"]}.get(
+        stage, ["log.jsonl"]
+    )
     for log in (archive / name for name in logs if (archive / name).is_file()):
         say(f" {log.name}:")
         for line in log.read_text().splitlines():
@@ -446,6 +491,8 @@ def chunk(args: argparse.Namespace) -> None:
             measure_upscale(args, out, console, deadline)
         elif args.stage == "continue":
             continue_runs(args, console, deadline)
+        elif args.stage == "real":
+            real_run(args, out, console, deadline)
         else:
             run, cmd = stage_command(args, console, deadline)
             train_until(cmd, deadline, args, console)
@@ -457,6 +504,8 @@ def chunk(args: argparse.Namespace) -> None:
         write_manifest(out, {"stage": args.stage}, [n for n in names if (out / n).is_file()])
     elif args.stage == "continue":
         returned_continue(args, out)
+    elif args.stage == "real":
+        returned_real(out)
     else:
         returned(args.stage, run, out)
     say(f"chunk done in {time.monotonic() - start:.0f} s")
@@ -551,6 +600,56 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
     say(f"continue: gan {gan_rate:.1f} crops/s -> {gan_steps} steps")
     init = CONTINUE_RUN / "srresnet_x4.safetensors"
     train_until(gan_command(init, CONTINUE_GAN_RUN, gan_steps, data_args, machine), deadline, args, console)
+
+
+def real_run(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
+    """One call: the GAN stage with LR made by --degradation (default photo) from REAL_START_FILE,
+    on every packed photo, then the result scored on damaged copies of the val photos next to the
+    carried peers (real_eval.json), in the --eval-minutes kept for it."""
+    if not (ROOT / REAL_START_FILE).is_file():
+        sys.exit(
+            f"{REAL_START_FILE} not found: `prepare --real-init WEIGHTS` puts the weights to continue there"
+        )
+    recipe = {**REAL, "degradation": args.degradation}
+    data_args = data_options(args.only, args.extra_share)
+    machine = ["--device", args.device, "--amp", args.amp]
+    rate = bench("gan", recipe, args, console)
+    train_end = deadline - args.eval_minutes * 60
+    left = train_end - time.monotonic() - 60  # data loading, VGG, four validations
+    steps = args.gan_steps or args.steps or planned_steps(rate, left, REAL["batch"], 100)
+    say(f"real: {rate:.1f} crops/s with LR by {args.degradation} -> {steps} steps from {REAL_START_FILE}")
+    cmd = gan_command(REAL_START_FILE, REAL_RUN, steps, data_args, machine) + [
+        "--degradation",
+        args.degradation,
+    ]
+    train_until(cmd, train_end, args, console)
+    peers = sorted((ROOT / PEERS_DIR).glob("*.safetensors")) if (ROOT / PEERS_DIR).is_dir() else []
+    models = ["srgan_x4", str(REAL_START_FILE), str(REAL_RUN / "srgan_x4.safetensors")]
+    models += [str(p.relative_to(ROOT)) for p in peers]
+    cmd = ["eval", "--data", str(VAL), "--device", args.device, "--json"]
+    cmd += [a for m in models for a in ("-m", m)] + [a for d in DAMAGE for a in ("--degrade", d)]
+    cmd += ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
+    try:
+        text = srgan(*cmd, log=console, capture=True, timeout=max(deadline - time.monotonic(), 10))
+        (out / "real_eval.json").write_text(text[text.index("{") :])
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        say(f"real: the eval did not finish ({exc}); the weights come back without it")
+
+
+def returned_real(out: Path) -> None:
+    """What `chunk real` brings back: the weights, the eval, the logs, and snapshots in the room left."""
+    run = ROOT / REAL_RUN
+    with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+        tar.add(run / "log.jsonl", arcname="gan_log.jsonl")
+        for name in ("console.log", "gpu.csv"):
+            if (out / name).is_file():
+                tar.add(out / name, arcname=name)
+                (out / name).unlink()
+    files = ["logs.tar.gz"] + (["real_eval.json"] if (out / "real_eval.json").is_file() else [])
+    step = int(json.loads((run / "log.jsonl").read_text().splitlines()[-1]).get("step", 0))
+    manifest: dict = {"stage": "real", "step": step}
+    manifest["weights"] = return_gan_weights(run, out, files)
+    write_manifest(out, manifest, files)
 
 
 def measure_speed(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
@@ -688,10 +787,12 @@ def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> 
     cmd += ["--device", args.device, "--amp", args.amp, "--json"]
     if stage == "gan":
         cmd += ["--content-layer", "vgg19_multi"]
+    if recipe.get("degradation"):  # timed next to the plain step; the degraded row is the last
+        cmd += ["--degradation", str(recipe["degradation"])]
     text = srgan(*cmd, log=console, capture=True)
     try:
         result = json.loads(text[text.index("[") :])  # anything printed before the JSON is skipped
-        return float(result[0]["crops_per_s"])
+        return float(result[-1]["crops_per_s"])
     except (ValueError, KeyError, IndexError) as exc:
         raise RuntimeError(f"cannot read the benchmark's result ({exc}); give --rate CROPS_PER_S") from exc
 
@@ -831,6 +932,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", choices=("webp", "jpeg"), default="webp", help="packed photos' format")
     p.add_argument("--quality", type=int, default=90, help="packed photos' quality (default 90)")
     p.add_argument("--init", default="srresnet_x4", help="weights `chunk continue` starts from")
+    p.add_argument("--real-init", default="srgan_x4", help="weights `chunk real` continues")
+    p.add_argument(
+        "--peers", default=str(ROOT.parent / "shared" / "peers"), help="models `chunk real` is scored against"
+    )
     sub.add_parser("slim", help="leave shipped weights and doc images out of what travels (here)")
     sub.add_parser("unslim", help="undo slim (here)")
     sub.add_parser("plan", help="each call's command, carry list and size (here)")
@@ -838,7 +943,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", help="the files_at folder of the chunk's call")
     p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
     p = sub.add_parser("chunk", help="one call's training (there)")
-    p.add_argument("stage", choices=("pretrain", "gan", "continue", "speed", "upscale"))
+    p.add_argument("stage", choices=("pretrain", "gan", "continue", "real", "speed", "upscale"))
     p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
     p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
     p.add_argument(
@@ -858,6 +963,8 @@ def main(argv: list[str] | None = None) -> None:
         "--cases", nargs="*", choices=(*SPEED, *UPSCALE), help="speed, upscale: which sizes (default: all)"
     )
     p.add_argument("--loop-seconds", type=float, default=60.0, help="speed: the srgan train loop's time")
+    p.add_argument("--degradation", default=REAL["degradation"], help="real: how LR inputs are made (photo)")
+    p.add_argument("--eval-minutes", type=float, default=1.5, help="real: minutes kept for the eval (1.5)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16")
     p.add_argument("--out", default="", help="where returned files go (default: $OUT)")

@@ -2,13 +2,16 @@
 
 usage:
   python scripts/make_gallery.py HR_IMAGE_OR_FOLDER ... -o OUT [-m MODEL ...] [--box X Y SIZE]
-         [--size N] [--zoom Z] [--lpips-weights DIR] [--markdown FILE [--note TEXT]]
+         [--size N] [--zoom Z] [--lpips-weights DIR] [--degrade SPEC] [--markdown FILE [--note TEXT]]
 
 Each HR photo is cropped to a multiple of the scale and downscaled with antialiased bicubic (the
 evaluation protocol); the LR image is upscaled by bicubic and by every model, and the same box of
 each is shown enlarged (nearest neighbour) next to the original, labelled with the full image's
 PSNR-Y (and LPIPS with --lpips-weights). The box is --box, or else the SIZE x SIZE window with the
 most fine detail (largest HR gradient energy), so the crops show where methods differ.
+
+With --degrade SPEC (as `srgan eval --degrade`: light, moderate, heavy, blur=S,noise=S,jpeg=Q, a
+preset), the LR is damaged that way first, and the first panel is that damaged input enlarged.
 
 One input and an OUT ending in .png writes that file; otherwise OUT is a folder that gets one PNG
 per photo, and --markdown FILE writes a page that shows them with the numbers.
@@ -22,10 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from srgan_cli import archs, weights
+from srgan_cli import weights
+from srgan_cli.degradations import damage_image, parse_damage
 from srgan_cli.devices import resolve_device
 from srgan_cli.photos import list_images, load_rgb_uint8
-from srgan_cli.runtime.torch_backend import TorchUpscaler
+from srgan_cli.runtime.loader import build_upscaler
 from srgan_cli.sr.data import bicubic_downscale, bicubic_upscale
 from srgan_cli.sr.evaluate import lpips_score, score
 
@@ -101,16 +105,21 @@ def main() -> None:
         "--flat", action="store_true", help="add a second row: the flattest window (where grids show)"
     )
     parser.add_argument("--lpips-weights", type=Path, help="add LPIPS (lower is better) to the labels")
+    parser.add_argument("--degrade", help="damage the LR first (srgan eval --degrade SPEC)")
     parser.add_argument("--markdown", type=Path, help="also write a page showing the images")
     parser.add_argument("--note", default="", help="a paragraph for the page, after the command")
     args = parser.parse_args()
 
     device = resolve_device("auto")
-    models = [archs.load(m) for m in (args.model or [weights.DEFAULT_MODEL])]
-    scale = models[0].info.scale
-    if any(m.info.scale != scale for m in models):
+    # ours and community models alike (spandrel), through the same loader as `srgan upscale`
+    models = [
+        build_upscaler(m, device=str(device), precision="fp32", tile=None, mode="auto")
+        for m in (args.model or [weights.DEFAULT_MODEL])
+    ]
+    scale = models[0].scale
+    if any(m.scale != scale for m in models):
         parser.error("all models must have the same scale")
-    upscalers = [(m.info.name, TorchUpscaler(m.model, device=device, tile=None)) for m in models]
+    upscalers = [(m.name, m.upscaler) for m in models]
     lpips = None
     if args.lpips_weights:
         from srgan_cli.metrics.lpips import load_lpips
@@ -123,8 +132,12 @@ def main() -> None:
         hr = load_rgb_uint8(photo)
         h, w = hr.shape[:2]
         hr = hr[: h - h % scale, : w - w % scale]
-        lr = bicubic_downscale(hr, scale)
-        results = [("bicubic", bicubic_upscale(lr, scale))]
+        if args.degrade:
+            lr = damage_image(hr, scale, parse_damage(args.degrade), photo.stem)
+            results = [(f"{args.degrade} input", bicubic_upscale(lr, scale))]
+        else:
+            lr = bicubic_downscale(hr, scale)
+            results = [("bicubic", bicubic_upscale(lr, scale))]
         for name, upscaler in upscalers:
             results.append((name, np.rint(upscaler(lr.astype(np.float32) / 255) * 255).astype(np.uint8)))
         if args.box:

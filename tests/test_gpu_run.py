@@ -266,3 +266,40 @@ def test_the_upscale_chunk_measures_the_pipeline_and_compares_devices(  # noqa: 
         "p2.png",
     }
     assert "$ srgan benchmark upscale --backend torch --device cpu" in (back / "console.log").read_text()
+
+
+def test_the_real_chunk_trains_on_degraded_lr_then_scores_damaged_copies(
+    gpu_run,
+    tmp_path: Path,
+    lpips_dir: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`chunk real` on the CPU: the degradation pipeline runs inside the GAN stage exactly as it
+    would on the GPU (same code, device from --device), then eval --degrade against the peers."""
+    root = gpu_run.ROOT
+    photos = _shared_photos(tmp_path / "photos")
+    gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)
+    shutil.copytree(photos / "val", root / gpu_run.VAL)
+    pack_file(make_vgg_prefix(tmp_path / "vgg19_caffe.safetensors"), root / gpu_run.VGG_FILE)
+    gpu_run.write_lpips(lpips_dir)
+    with pytest.raises(SystemExit, match="real-init"):
+        gpu_run.main(["chunk", "real", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
+    weights.save(root / gpu_run.REAL_START_FILE, tiny_model(4, global_skip=True), trained_on="x")
+    weights.save(root / gpu_run.PEERS_DIR / "peer_x4.safetensors", tiny_model(4, seed=2), trained_on="x")
+    gpu_run.main(["plan"])
+    assert "real (the real-world GAN, then its eval)" in capsys.readouterr().out
+
+    tiny = [*TINY, "--content-layer", "vgg22"]
+    back = _call(gpu_run, tmp_path, "r1", "real", *CPU, "--steps", "6", "--", *tiny)
+    manifest = json.loads((back / "manifest.json").read_text())
+    assert (manifest["stage"], manifest["step"]) == ("real", 6)
+    gan = weights.read_info(back / "srgan_x4.safetensors")
+    assert gan.provenance["init"] == str(gpu_run.REAL_START_FILE)
+    assert gan.provenance["degradation"]["name"] == "photo" and gan.provenance["steps"] == 6
+    scores = json.loads((back / "real_eval.json").read_text())
+    assert [s["name"] for s in scores["sets"]] == ["clean", "light", "moderate", "heavy"]
+    methods = [r["method"] for r in scores["sets"][3]["results"]]
+    assert methods[0] == "bicubic" and "peer_x4" in methods and len(methods) == 5
+    gpu_run.main(["collect", str(back), "--archive", str(tmp_path / "archive")])
+    assert (tmp_path / "archive" / "real_step0000006" / "gan_log.jsonl").is_file()
+    assert "real: gan step 6" in capsys.readouterr().out

@@ -241,11 +241,70 @@ def test_degradation_trains_resumes_exactly_and_is_recorded(photo_dir: Path, tmp
         torch.testing.assert_close(a["generator"][key], b["generator"][key], rtol=0, atol=0)
     info = archs.load(straight.weights).info
     assert info.provenance["degradation"]["name"] == "photo"
-    assert info.provenance["degradation"]["first"]["jpeg_quality"] == [60, 95]
-    plain = train(replace(cfg, out=str(tmp_path / "plain"), degradation="bicubic"))  # the same crops, clean LR: other weights
+    assert info.provenance["degradation"]["first"]["jpeg_quality"] == [50, 95]
+    plain = train(
+        replace(cfg, out=str(tmp_path / "plain"), degradation="bicubic")
+    )  # the same crops, clean LR: other weights
     other = archs.load(plain.weights).model.state_dict()
     assert any(
         not torch.equal(v, other[k]) for k, v in archs.load(straight.weights).model.state_dict().items()
     )
     with pytest.raises(TrainingError, match="different settings"):
         train(replace(cfg, out=str(tmp_path / "b"), steps=12, degradation="realesrgan"), resume=True)
+
+
+def test_paired_lr_photos_give_aligned_crops_and_train(tmp_path: Path) -> None:
+    """--data-lr: each HR crop comes with the real LR photo's window at the same place, under the
+    same flip/rotation; mismatched pairs are skipped with the reason, missing ones named."""
+    import numpy as np
+    from PIL import Image
+
+    from srgan_cli.sr.data import CropPool, pair_lr_files
+
+    from .conftest import make_photo
+
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    (hr_dir / "sub").mkdir(parents=True)
+    (lr_dir / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "sub/b.png", "c.png"]):
+        hr = make_photo(66 + 8 * i, 81, seed=i)  # not multiples of 4: cropped to fit the LR
+        # an LR that is NOT a bicubic of the HR (a shifted, noisier copy): the pool must use it as is
+        lr = np.array(Image.fromarray(hr).resize((81 // 4, (66 + 8 * i) // 4), Image.NEAREST))
+        if name == "c.png":
+            lr = lr[:-2]  # two rows short: does not pair
+        Image.fromarray(hr).save(hr_dir / name)
+        Image.fromarray(lr).save(lr_dir / Path(name).with_suffix(".jpg"), quality=98)
+    files = sorted(p for p in hr_dir.rglob("*.png"))
+    lr_files = pair_lr_files(hr_dir, files, lr_dir)
+    assert [p.name for p in lr_files] == ["a.jpg", "c.jpg", "b.jpg"]
+    pool = CropPool.from_files(files, scale=4, crop=32, lr_files=lr_files)
+    assert [p.name for p in pool.files] == ["a.png", "b.png"]
+    assert "does not pair" in pool.skipped[0][1]
+    lr, hr = pool.batch(12, pool.generator(0))
+    assert lr.shape == (12, 3, 8, 8) and hr.shape == (12, 3, 32, 32)
+    photos = {p: np.array(Image.open(p)) for p in files}
+    for i in range(12):  # the LR window is where the HR window is: the LR's pixels, unchanged
+        crop_hr = (hr[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        crop_lr = (lr[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        found = False
+        for k in range(8):
+            undo_hr, undo_lr = np.rot90(crop_hr, k % 4), np.rot90(crop_lr, k % 4)
+            if k >= 4:
+                undo_hr, undo_lr = undo_hr[:, ::-1], undo_lr[:, ::-1]
+            for path, lr_path in zip(files, lr_files, strict=True):
+                img, small = photos[path], np.array(Image.open(lr_path).convert("RGB"))
+                for t in range(0, img.shape[0] - 31, 4):
+                    for s in range(0, img.shape[1] - 31, 4):
+                        if np.array_equal(img[t : t + 32, s : s + 32], undo_hr):
+                            found |= np.array_equal(small[t // 4 : t // 4 + 8, s // 4 : s // 4 + 8], undo_lr)
+        assert found, i
+
+    cfg = _config(hr_dir, tmp_path / "run", 4, val=None, scale=4, crop=32, data_lr=str(lr_dir))
+    result = train(cfg)
+    info = archs.load(result.weights).info
+    assert info.provenance["data_lr"] == str(lr_dir)
+    with pytest.raises(TrainingError, match="one or the other"):
+        train(replace(cfg, out=str(tmp_path / "x"), degradation="photo"))
+    (lr_dir / "a.jpg").unlink()
+    with pytest.raises(TrainingError, match="no LR photo"):
+        train(replace(cfg, out=str(tmp_path / "y")))

@@ -53,6 +53,15 @@ def train(
             "(crops are drawn in proportion to weight x pixels; a folder of folders gives one source each).",
         ),
     ] = None,
+    data_lr: Annotated[
+        str | None,
+        _opt(
+            "--data-lr",
+            panel=_RUN,
+            help="Folder of real LR photos paired with --data's HR photos by name (1/scale the size): "
+            "train on aligned crops of both instead of made LR.",
+        ),
+    ] = None,
     val: Annotated[Path | None, _opt("--val", panel=_RUN, help="Folder of HR validation photos.")] = None,
     out: Annotated[
         Path | None,

@@ -228,8 +228,10 @@ def _realesrgan() -> DegradationConfig:
 
 
 def _photo() -> DegradationConfig:
-    """Lighter damage for phone and web photos: mild lens/motion blur, downscales, sensor noise up to
-    about 10 grey levels, one or two JPEG saves at quality 50-95, rarely a ringing resampler."""
+    """Phone, web and messaging-app photos: milder blur than Real-ESRGAN's (no plateau or
+    generalized anisotropic kernels), downscales, sensor noise up to 10 grey levels, one or two
+    JPEG saves down to quality 30, rarely a ringing resampler. Covers the `srgan eval --degrade`
+    levels light, moderate and heavy (damage.py)."""
     mild = {"iso": 0.5, "aniso": 0.3, "generalized_iso": 0.1, "plateau_iso": 0.1}
     return DegradationConfig(
         name="photo",
@@ -237,31 +239,31 @@ def _photo() -> DegradationConfig:
             blur_prob=0.7,
             kernel_size=(7, 15),
             kernel_kinds=mild,
-            blur_sigma=(0.2, 1.6),
+            blur_sigma=(0.2, 2.5),
             sinc_prob=0.05,
             resize_probs=(0.1, 0.6, 0.3),
             resize_range=(0.4, 1.2),
             noise_sigma=(0.5, 10.0),
             poisson_scale=(0.05, 1.0),
             jpeg_prob=0.5,
-            jpeg_quality=(60, 95),
+            jpeg_quality=(50, 95),
         ),
         second=Stage(
-            blur_prob=0.3,
+            blur_prob=0.5,
             kernel_size=(7, 11),
             kernel_kinds=mild,
-            blur_sigma=(0.2, 1.0),
+            blur_sigma=(0.2, 1.5),
             sinc_prob=0.0,
             resize_probs=(0.2, 0.3, 0.5),
             resize_range=(0.6, 1.2),
-            noise_sigma=(0.5, 5.0),
+            noise_sigma=(0.5, 8.0),
             poisson_scale=(0.05, 0.5),
             gaussian_noise_prob=0.7,
             jpeg_prob=0.0,
         ),
         final_sinc_prob=0.2,
         final_jpeg_prob=0.9,
-        final_jpeg_quality=(45, 95),
+        final_jpeg_quality=(30, 95),
     )
 
 

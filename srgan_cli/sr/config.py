@@ -61,6 +61,9 @@ class TrainConfig:
     # folders of HR training photos (searched recursively), each "DIR" or "DIR:WEIGHT"; crops are
     # drawn in proportion to weight x pixels (sr.data.CropPool); a str is taken as one folder
     data: list[str] = field(default_factory=list)
+    # real LR photos paired with the one --data folder's HR photos (same relative names, 1/scale
+    # the size; BasicSR's dataroot_lq): aligned crops of both instead of made LR; None = made LR
+    data_lr: str | None = None
     val: str | None = None  # folder of HR validation photos; None skips validation
     out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
     stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
@@ -162,7 +165,12 @@ class TrainConfig:
         one_of("content_layer", tuple(CONTENT_LAYERS))
         one_of("vgg_input", VGG_INPUTS)
         one_of("fast_step", FAST_STEPS)
-        load_degradation(self.degradation)  # raises on an unknown preset or a bad file
+        if not load_degradation(self.degradation).bicubic and self.data_lr:
+            raise TrainingError(
+                "--data-lr gives real LR photos; a --degradation would make them: use one or the other"
+            )
+        if self.data_lr and len(self.data) != 1:
+            raise TrainingError("--data-lr pairs with exactly one --data folder of HR photos")
         if self.steps < 1 or self.batch_size < 1:
             raise TrainingError("steps and batch size must be positive")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":

@@ -113,9 +113,12 @@ class CropPool:
         files: list[Path] | None = None,
         skipped: list[tuple[Path, str]] | None = None,
         weights: Sequence[float] | None = None,
+        lr_images: list[np.ndarray] | None = None,
     ) -> None:
         """`images`: (H, W, 3) uint8 arrays, each at least `crop` on both sides; `weights`: one
-        positive number per image (default 1), multiplying its pixels' chance of being drawn."""
+        positive number per image (default 1), multiplying its pixels' chance of being drawn.
+        `lr_images`: real LR photos paired with `images` (each exactly 1/scale of its HR's size):
+        `batch` then cuts aligned crops of both instead of downscaling the HR."""
         if crop % scale:
             raise TrainingError(f"crop size {crop} must be a multiple of the scale {scale}")
         if not images:
@@ -137,6 +140,20 @@ class CropPool:
         hw = torch.tensor(sizes, dtype=torch.int64)
         offsets = torch.cumsum(hw[:, 0] * hw[:, 1], 0) - hw[:, 0] * hw[:, 1]
         self.offsets, self.heights, self.widths = (t.to(self.device) for t in (offsets, hw[:, 0], hw[:, 1]))
+        self.paired = lr_images is not None
+        if lr_images is not None:
+            if len(lr_images) != len(images):
+                raise TrainingError("the crop pool needs one LR image per HR image")
+            for hr, lr in zip(images, lr_images, strict=True):
+                if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
+                    raise TrainingError(
+                        f"a {lr.shape[1]}x{lr.shape[0]} LR image does not pair with a "
+                        f"{hr.shape[1]}x{hr.shape[0]} HR image at x{scale}"
+                    )
+            self.lr_pixels = torch.cat(
+                [torch.from_numpy(np.ascontiguousarray(lr).reshape(-1, 3)) for lr in lr_images]
+            ).to(self.device)  # (P / s^2, 3) uint8
+            self.lr_offsets, self.lr_widths = offsets.to(self.device) // scale**2, self.widths // scale
         self._grid = torch.arange(crop, device=self.device)
         # the photo of a crop is drawn by inverting this distribution function (searchsorted)
         self._cdf = torch.from_numpy(np.cumsum(self.shares)[:-1].astype(np.float32)).to(self.device)
@@ -151,16 +168,48 @@ class CropPool:
         augment: bool = True,
         device: torch.device | str = "cpu",
         weights: Sequence[float] | None = None,
+        lr_files: Sequence[Path] | None = None,
     ) -> CropPool:
         """Decode each photo once; unreadable ones and ones smaller than the crop are skipped.
-        `weights`: one per file (see the class), default 1."""
-        images, kept, skipped = read_photos(files, crop, "crop")
+        `weights`: one per file (see the class), default 1. `lr_files`: the real LR photo of each
+        HR file (paired training); an HR photo up to scale-1 px larger than scale x its LR is
+        cropped to fit, other mismatches are skipped with the reason."""
+        weight_of = dict(zip(files, weights if weights is not None else [1.0] * len(files), strict=True))
+        lr_of = dict(zip(files, lr_files, strict=True)) if lr_files is not None else {}
+        pair_skipped: list[tuple[Path, str]] = []
+
+        def with_lr(path: Path, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+            try:
+                lr = load_rgb_uint8(lr_of[path])
+            except (ImageError, OSError) as exc:
+                pair_skipped.append((path, f"its LR {lr_of[path]}: {exc}"))
+                return None
+            (h, w), (lh, lw) = hr.shape[:2], lr.shape[:2]
+            if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
+                pair_skipped.append(
+                    (path, f"{w}x{h} does not pair with its {lw}x{lh} LR {lr_of[path]} at x{scale}")
+                )
+                return None
+            if min(lh, lw) * scale < crop:  # cropped to the LR's multiple, it may fall under the crop
+                pair_skipped.append((path, f"smaller than the {crop}px crop once paired with its LR"))
+                return None
+            return np.ascontiguousarray(hr[: lh * scale, : lw * scale]), lr
+
+        lr_images: list[np.ndarray] | None = None
+        if lr_files is None:
+            images, kept, skipped = read_photos(files, crop, "crop")
+        else:
+            pairs, kept, skipped = read_photos(files, crop, "crop", lambda img: img)
+            paired = [(p, with_lr(p, img)) for p, img in zip(kept, pairs, strict=True)]
+            kept = [p for p, pair in paired if pair is not None]
+            images = [pair[0] for _, pair in paired if pair is not None]
+            lr_images = [pair[1] for _, pair in paired if pair is not None]
+            skipped += pair_skipped
         if not images:
             raise TrainingError(
                 f"no usable training images ({len(skipped)} skipped)",
                 hint="the data folder needs photos at least as large as --crop",
             )
-        weight_of = dict(zip(files, weights if weights is not None else [1.0] * len(files), strict=True))
         return cls(
             images,
             scale=scale,
@@ -170,6 +219,7 @@ class CropPool:
             files=kept,
             skipped=skipped,
             weights=[weight_of[p] for p in kept],
+            lr_images=lr_images,
         )
 
     @property
@@ -193,35 +243,89 @@ class CropPool:
 
     def batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR (n, 3, c/s, c/s), HR (n, 3, c, c)) float32 in [0, 1] on the pool's device; LR is the
-        antialiased bicubic downscale of HR, rounded to 8 bit like a real LR image."""
-        hr = self.crops(n, generator)
-        c = self.crop
-        lr = F.interpolate(hr, size=(c // self.scale, c // self.scale), mode="bicubic", antialias=True)
+        antialiased bicubic downscale of HR, rounded to 8 bit like a real LR image, or for a paired
+        pool the real LR photo's aligned crop."""
+        c, s = self.crop, self.scale
+        k, top, left, code = self._draw(n, generator)
+        hr = self._cut(self.pixels, self.offsets[k], self.widths[k], top, left, code, c)
+        if self.paired:  # the same window and transform on the LR grid (top, left are multiples of s)
+            lr = self._cut(
+                self.lr_pixels, self.lr_offsets[k], self.lr_widths[k], top // s, left // s, code, c // s
+            )
+            return lr, hr
+        lr = F.interpolate(hr, size=(c // s, c // s), mode="bicubic", antialias=True)
         lr = lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # (n, 3, c/s, c/s)
         return lr.contiguous(), hr
 
     def crops(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 3, c, c) float32 HR crops in [0, 1] on the pool's device (the same draws as `batch`,
         for a degradation pipeline to make the LR from)."""
-        c, dev = self.crop, self.device
-        u = torch.rand(n, 4, generator=generator, device=dev)  # image, top, left, dihedral code
+        k, top, left, code = self._draw(n, generator)
+        return self._cut(self.pixels, self.offsets[k], self.widths[k], top, left, code, self.crop)
+
+    def _draw(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each crop's photo, top-left corner and dihedral code (0-7); corners on the LR grid (multiples
+        of the scale) for a paired pool."""
+        c = self.crop
+        step = self.scale if self.paired else 1
+        u = torch.rand(n, 4, generator=generator, device=self.device)  # image, top, left, dihedral code
         k = torch.searchsorted(self._cdf, u[:, 0].contiguous(), right=True)  # the photo of each crop
         h, w = self.heights[k], self.widths[k]
-        top = (u[:, 1] * (h - c + 1)).long()
-        left = (u[:, 2] * (w - c + 1)).long()
-        i = self._grid.view(1, c, 1).expand(n, c, c)  # output row
-        j = self._grid.view(1, 1, c).expand(n, c, c)  # output column
+        top = (u[:, 1] * ((h - c) // step + 1)).long() * step
+        left = (u[:, 2] * ((w - c) // step + 1)).long() * step
+        return k, top, left, (u[:, 3] * 8).long()
+
+    def _cut(
+        self,
+        pixels: torch.Tensor,
+        offsets: torch.Tensor,
+        widths: torch.Tensor,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        code: torch.Tensor,
+        c: int,
+    ) -> torch.Tensor:
+        """(n, 3, c, c) float32 windows of a row-major pixel buffer, each under its dihedral transform."""
+        n = top.shape[0]
+        grid = self._grid[:c]
+        i = grid.view(1, c, 1).expand(n, c, c)  # output row
+        j = grid.view(1, 1, c).expand(n, c, c)  # output column
         if self.augment:
             # one of the 8 dihedral transforms per crop: bit 0 transposes, bits 1/2 flip rows/columns
-            code = (u[:, 3] * 8).long().view(n, 1, 1)
+            code = code.view(n, 1, 1)
             transpose = (code & 1).bool()
             i, j = torch.where(transpose, j, i), torch.where(transpose, i, j)
             i = torch.where((code & 2).bool(), c - 1 - i, i)
             j = torch.where((code & 4).bool(), c - 1 - j, j)
         index = (
-            self.offsets[k].view(n, 1, 1) + (top.view(n, 1, 1) + i) * w.view(n, 1, 1) + left.view(n, 1, 1) + j
-        )  # (n, c, c)
-        return self.pixels[index].permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, c, c)
+            offsets.view(n, 1, 1) + (top.view(n, 1, 1) + i) * widths.view(n, 1, 1) + left.view(n, 1, 1) + j
+        )
+        return pixels[index].permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, c, c)
+
+
+def pair_lr_files(hr_root: Path, files: Sequence[Path], lr_root: str | Path) -> list[Path]:
+    """The LR photo of each HR file: the file of the same relative path and stem, any image suffix,
+    under `lr_root` (BasicSR's paired layout: dataroot_gt and dataroot_lq). A missing one is an error
+    that names it."""
+    from ..photos import list_images as _list
+
+    lr_root = require_folder(lr_root, "--data-lr")
+    by_stem = {p.relative_to(lr_root).with_suffix(""): p for p in _list(lr_root)}
+    out, missing = [], []
+    for path in files:
+        key = path.relative_to(hr_root).with_suffix("")
+        if key in by_stem:
+            out.append(by_stem[key])
+        else:
+            missing.append(str(key))
+    if missing:
+        raise TrainingError(
+            f"{len(missing)} HR photo(s) have no LR photo in {lr_root}: {', '.join(missing[:3])}",
+            hint="give each HR photo an LR photo of the same name (any image suffix) under --data-lr",
+        )
+    return out
 
 
 @dataclass

@@ -25,7 +25,16 @@ from ..errors import TrainingError
 from ..runtime.torch_backend import TorchUpscaler
 from ..training import Event, RunningMeans, StopClock, TensorBoard, count_parameters, save_png
 from .config import CHECKPOINT, LOG, RUN_FIELDS, SAMPLES, TrainConfig
-from .data import CropPool, DataSource, EvalPair, bicubic_upscale, gather_sources, load_eval_set
+from .data import (
+    CropPool,
+    DataSource,
+    EvalPair,
+    bicubic_upscale,
+    gather_sources,
+    load_eval_set,
+    pair_lr_files,
+    parse_data_spec,
+)
 from .evaluate import EvalReport, evaluate
 from .models import SRResNet, SRResNetConfig
 from .trainer import Trainer
@@ -60,8 +69,14 @@ class Run:
         self.sources = gather_sources(config.data)
         files = [f for s in self.sources for f in s.files]
         source_of = {f: s for s in self.sources for f in s.files}
+        lr_files = (
+            pair_lr_files(parse_data_spec(config.data[0])[0], files, config.data_lr)
+            if config.data_lr
+            else None
+        )
         if world.distributed and len(files) >= world.size:
             files = files[world.rank :: world.size]  # each process its own shard of the photos
+            lr_files = lr_files[world.rank :: world.size] if lr_files is not None else None
 
         self.trainer = _new_trainer(config, device, world, resume)
         self.pool = CropPool.from_files(
@@ -71,6 +86,7 @@ class Run:
             augment=config.augment,
             device=_pool_device(config, device, files),
             weights=[source_of[f].weight for f in files],
+            lr_files=lr_files,
         )
         self.data_rng = self.pool.generator(config.seed * 1_000_003 + world.rank)
         # realistic damage for the LR inputs, made on the training device (None: plain bicubic)
@@ -182,7 +198,9 @@ class Run:
                 "skipped": [f"{p}: {why}" for p, why in self.pool.skipped]
                 + [f"{p} (--val): {why}" for p, why in self.val_skipped],
                 "world_size": self.world.size,
-                "degradation": self.degradation.name,
+                "degradation": f"real LR photos in {self.config.data_lr}"
+                if self.config.data_lr
+                else self.degradation.name,
                 "note": self.lpips_note,
             },
         )
@@ -331,6 +349,7 @@ class Run:
             "init": config.init_weights if config.stage == "gan" else config.init,
             "train_config": config.to_dict(),
             "degradation": self.degradation.to_dict(),
+            "data_lr": self.config.data_lr,
         }
         metrics: dict[str, Any] = {}
         if self.last_val:
