@@ -98,32 +98,35 @@ def video_codec(images: torch.Tensor, codecs: list[str], crf: list[int]) -> torc
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(images.device, images.dtype).div_(255.0)
 
 
+_DECODERS = {"libx264": "h264", "libx265": "hevc"}
+
+
 def _codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
+    """One frame through an encoder and its decoder, as bare codec contexts (no container, so no
+    muxer timing rules to satisfy)."""
     import av
 
     h, w = rgb.shape[:2]
     # 4:2:0 needs even sides, and x265 refuses frames under 64 px: pad with the edge, crop after
     ph, pw = max(64, h + h % 2) - h, max(64, w + w % 2) - w
-    even = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="matroska") as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height = even.shape[1], even.shape[0]
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, 25)
-        options = {"crf": str(int(crf)), "preset": "veryfast"}
-        if codec == "libx265":
-            options["x265-params"] = "log-level=none"
-        stream.options = options
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(even), format="rgb24")
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    buffer.seek(0)
-    with av.open(buffer, mode="r") as container:
-        decoded = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    return decoded[:h, :w]
+    padded = np.ascontiguousarray(np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge"))
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height = padded.shape[1], padded.shape[0]
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.framerate = Fraction(25, 1)
+    options = {"crf": str(int(crf)), "preset": "veryfast"}
+    if codec == "libx265":
+        options["x265-params"] = "log-level=none"
+    encoder.options = options
+    frame = av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p")
+    frame.pts = 0
+    packets = [*encoder.encode(frame), *encoder.encode(None)]
+    decoder = av.CodecContext.create(_DECODERS[codec], "r")
+    frames = [f for packet in packets for f in decoder.decode(packet)] + list(decoder.decode(None))
+    if not frames:
+        raise RuntimeError(f"{codec} at CRF {crf} gave no frame back")
+    return frames[0].to_ndarray(format="rgb24")[:h, :w]
 
 
 def unsharp_mask(
