@@ -51,9 +51,7 @@ class Degrader:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.rng.set_state(state["rng"].cpu())
-        self.noise_rng.set_state(
-            state["noise_rng"].cpu() if self.device.type == "cpu" else state["noise_rng"]
-        )
+        self.noise_rng.set_state(state["noise_rng"].cpu())  # a CUDA generator's state is a CPU tensor too
 
     # --- the pipeline ---------------------------------------------------------------------------
     def target(self, hr: torch.Tensor) -> torch.Tensor:
