@@ -251,3 +251,16 @@ def test_degrade_command_writes_reproducible_images_and_a_record(tmp_path: Path)
     assert refused.exit_code == 1 and "already exists" in refused.output
     bad = runner.invoke(app, ["degrade", str(src), "-o", str(tmp_path / "c"), "--preset", "nope"])
     assert bad.exit_code == 2 and "cannot read" in bad.output
+
+
+def test_clean_share_keeps_the_bicubic_lr() -> None:
+    pool = CropPool([make_photo(64, 64, seed=1)], scale=4, crop=32)
+    lr, hr = pool.batch(40, pool.generator(2))
+    config = load_degradation("photo")
+    assert config.clean_prob == 0.2
+    degrader = Degrader(config, 4, seed=0, record=True)
+    out = degrader(hr)
+    clean = [row.get("clean", False) for row in degrader.last]
+    assert 0 < sum(clean) < 40
+    for i in range(40):  # exactly the clean protocol's LR where drawn, damaged elsewhere
+        assert torch.equal(out[i], lr[i]) == clean[i]

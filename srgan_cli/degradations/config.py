@@ -100,6 +100,9 @@ class DegradationConfig:
 
     name: str = "custom"
     bicubic: bool = False  # the clean SR protocol: no stages, LR = antialiased bicubic, 8 bit
+    # chance that a crop skips the damage and gets the clean bicubic LR (as BSRGAN-style pipelines
+    # keep some clean inputs), so the model still treats sharp, clean photos as they are
+    clean_prob: float = 0.0
     first: Stage | None = field(default_factory=Stage)
     second: Stage | None = None
     final_sinc_prob: float = 0.8  # chance of a sinc filter with the final resize
@@ -117,7 +120,7 @@ class DegradationConfig:
         for name, stage in (("first", self.first), ("second", self.second)):
             if stage is not None:
                 stage.check(name)
-        for name in ("final_sinc_prob", "final_jpeg_prob", "video_prob"):
+        for name in ("clean_prob", "final_sinc_prob", "final_jpeg_prob", "video_prob"):
             _probability(getattr(self, name), name)
         if not self.final_resize_modes or set(self.final_resize_modes) - set(RESIZE_MODES):
             raise DegradationError(f"final_resize_modes: choose from {', '.join(RESIZE_MODES)}")
@@ -230,8 +233,8 @@ def _realesrgan() -> DegradationConfig:
 def _photo() -> DegradationConfig:
     """Phone, web and messaging-app photos: milder blur than Real-ESRGAN's (no plateau or
     generalized anisotropic kernels), downscales, sensor noise up to 10 grey levels, one or two
-    JPEG saves down to quality 30, rarely a ringing resampler. Covers the `srgan eval --degrade`
-    levels light, moderate and heavy (damage.py)."""
+    JPEG saves down to quality 30, rarely a ringing resampler; one crop in five left clean. Covers
+    the `srgan eval --degrade` levels light, moderate and heavy (damage.py)."""
     mild = {"iso": 0.5, "aniso": 0.3, "generalized_iso": 0.1, "plateau_iso": 0.1}
     return DegradationConfig(
         name="photo",
@@ -264,6 +267,7 @@ def _photo() -> DegradationConfig:
         final_sinc_prob=0.2,
         final_jpeg_prob=0.9,
         final_jpeg_quality=(30, 95),
+        clean_prob=0.2,
     )
 
 

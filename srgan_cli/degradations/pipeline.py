@@ -71,11 +71,16 @@ class Degrader:
         if cfg.bicubic:
             lr = F.interpolate(x, size=out, mode="bicubic", antialias=True)
             return lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
+        clean = torch.rand(n, generator=self.rng) < cfg.clean_prob  # drawn first, always
         if cfg.first is not None:
             x = self._stage(x, cfg.first, None, "first")
         if cfg.second is not None:
             x = self._stage(x, cfg.second, out, "second")
         x = self._final(x, out)
+        if bool(clean.any()):  # these crops keep the clean protocol's LR
+            plain = F.interpolate(hr.to(self.device, torch.float32), size=out, mode="bicubic", antialias=True)
+            x = torch.where(clean.to(x.device).view(n, 1, 1, 1), plain, x)
+            self._note("clean", [True if c else None for c in clean.tolist()])
         return ops.to_uint8(x).float().div_(255.0)
 
     def _note(self, key: str, values: list[Any]) -> None:
