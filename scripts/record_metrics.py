@@ -7,8 +7,11 @@ usage:
 
 For each file, the eval row whose method is the file's name gives `val_psnr_y`, `val_ssim_y`,
 `val_lpips`, `val_grid` and `val_images`, and the bicubic row `val_bicubic_*` (what `srgan models`
-shows and the shipped-weights test checks). Every other metadata field and every tensor stays as
-it was (the tensors are copied byte for byte); the file is replaced atomically.
+shows and the shipped-weights test checks). A report of `srgan eval --degrade SPEC ...` gives those
+from its clean table, and from each damaged table `val_<name>_psnr_y`, `_ssim_y`, `_lpips` and
+`_block` (e.g. `val_heavy_lpips`), with the spec under `val_<name>_spec`. Every other metadata
+field and every tensor stays as it was (the tensors are copied byte for byte); the file is
+replaced atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from safetensors.torch import save
 from srgan_cli.atomic import atomic_open
 
 KEYS = ("psnr", "ssim", "lpips", "grid")
-NAMES = {"psnr": "psnr_y", "ssim": "ssim_y", "lpips": "lpips", "grid": "grid"}
+NAMES = {"psnr": "psnr_y", "ssim": "ssim_y", "lpips": "lpips", "grid": "grid", "block": "block"}
 
 
 def metrics_of(row: dict, prefix: str) -> dict[str, float]:
@@ -31,13 +34,25 @@ def metrics_of(row: dict, prefix: str) -> dict[str, float]:
 
 
 def record(path: Path, report: dict) -> dict[str, float]:
-    rows = {r["method"]: r for r in report["results"]}
+    sets = report.get("sets") or [{"name": "clean", "results": report["results"]}]
     name = path.name.removesuffix(".safetensors")
-    if name not in rows:
-        raise SystemExit(f"{path}: no eval row named {name!r} (rows: {', '.join(rows)})")
-    new = metrics_of(rows[name], "val_") | {"val_images": len(rows[name]["images"])}
-    if "bicubic" in rows:
-        new |= metrics_of(rows["bicubic"], "val_bicubic_")
+    new: dict = {}
+    for table in sets:
+        rows = {r["method"]: r for r in table["results"]}
+        if name not in rows:
+            raise SystemExit(f"{path}: no eval row named {name!r} (rows: {', '.join(rows)})")
+        if table["name"] == "clean":
+            new |= metrics_of(rows[name], "val_") | {"val_images": len(rows[name]["images"])}
+            if "bicubic" in rows:
+                new |= metrics_of(rows["bicubic"], "val_bicubic_")
+        else:
+            prefix = f"val_{table['name']}_"
+            new |= {
+                f"{prefix}{NAMES[k]}": rows[name][k]
+                for k in (*KEYS, "block")
+                if rows[name].get(k) is not None
+            }
+            new[f"{prefix}spec"] = table.get("spec", table["name"])
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
