@@ -57,9 +57,9 @@ Continuing from trained weights in one call (what a 15-minute loan allows: one ~
 
 The real-world GAN (issue 38): the same GAN recipe on LR inputs made by the degradation pipeline
 (`--degradation photo`, on the GPU), continuing from the weights of the CPU fine-tune in one call,
-then `srgan eval --degrade light/moderate/heavy` of the result next to the peers it must beat:
+then `srgan eval --degrade light/moderate/heavy` of the result next to `srgan_x4` and its start:
 
-  here    python scripts/gpu_run.py prepare --perceptual DIR --real-init runs/real_gan/srgan_x4.safetensors
+  here    python scripts/gpu_run.py prepare --perceptual DIR     (--real-init: srgan_x4_real, the shipped one)
   here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
   there   python3 scripts/gpu_run.py chunk real --minutes 9
           (the GAN stage with --degradation photo from .carry/real_start; the weights, the last
@@ -100,7 +100,10 @@ START_DIR = CARRY / "start"  # the weights `chunk continue` starts from (prepare
 START_FILE = START_DIR / "srresnet_x4.safetensors"
 REAL_START_DIR = CARRY / "real_start"  # the weights `chunk real` continues (prepare --real-init)
 REAL_START_FILE = REAL_START_DIR / "srgan_x4.safetensors"
-PEERS_DIR = CARRY / "peers"  # Real-ESRGAN's general-x4v3 and WDN, to measure `chunk real` against
+# models `chunk real` also scores, if put there by hand (Real-ESRGAN's general-x4v3 and WDN: 9.7 MB,
+# more than the real call's carry has room for; their numbers on the val photos are the same on the
+# CPU, docs/degradations.md)
+PEERS_DIR = CARRY / "peers"
 RUNS = CARRY / "runs"
 PRETRAIN_RUN, GAN_RUN = RUNS / "srresnet_x4", RUNS / "srgan_x4"
 CONTINUE_RUN, CONTINUE_GAN_RUN = RUNS / "continue_srresnet_x4", RUNS / "continue_srgan_x4"
@@ -150,7 +153,6 @@ EXPECTED = {
     INIT_DIR: 6_250_000,
     START_DIR: 6_250_000,
     REAL_START_DIR: 6_250_000,
-    PEERS_DIR: 9_725_000,
 }
 CALLS = {
     "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
@@ -164,7 +166,7 @@ CALLS = {
     ),
     "real (the real-world GAN, then its eval)": (
         "chunk real --minutes 9",
-        [TRAIN, VAL, VGG_DIR, LPIPS_DIR, REAL_START_DIR, PEERS_DIR],
+        [TRAIN, VAL, VGG_DIR, LPIPS_DIR, REAL_START_DIR],
     ),
     "continue, without the extra photos (A/B)": (
         "chunk continue --minutes 4 --only train --skip-gan --steps N",
@@ -249,11 +251,6 @@ def prepare(args: argparse.Namespace) -> None:
     (ROOT / REAL_START_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(real, ROOT / REAL_START_FILE)
     say(f"chunk real continues {real}")
-    peers = Path(args.peers)
-    if peers.is_dir():
-        (ROOT / PEERS_DIR).mkdir(parents=True, exist_ok=True)
-        for path in sorted(peers.glob("*.safetensors")):
-            shutil.copyfile(path, ROOT / PEERS_DIR / path.name)
     plan(args)
 
 
@@ -605,7 +602,7 @@ def continue_runs(args: argparse.Namespace, console: Path, deadline: float) -> N
 def real_run(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
     """One call: the GAN stage with LR made by --degradation (default photo) from REAL_START_FILE,
     on every packed photo, then the result scored on damaged copies of the val photos next to the
-    carried peers (real_eval.json), in the --eval-minutes kept for it."""
+    models in .carry/peers if any (real_eval.json), in the --eval-minutes kept for it."""
     if not (ROOT / REAL_START_FILE).is_file():
         sys.exit(
             f"{REAL_START_FILE} not found: `prepare --real-init WEIGHTS` puts the weights to continue there"
@@ -932,10 +929,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", choices=("webp", "jpeg"), default="webp", help="packed photos' format")
     p.add_argument("--quality", type=int, default=90, help="packed photos' quality (default 90)")
     p.add_argument("--init", default="srresnet_x4", help="weights `chunk continue` starts from")
-    p.add_argument("--real-init", default="srgan_x4", help="weights `chunk real` continues")
-    p.add_argument(
-        "--peers", default=str(ROOT.parent / "shared" / "peers"), help="models `chunk real` is scored against"
-    )
+    p.add_argument("--real-init", default="srgan_x4_real", help="weights `chunk real` continues")
     sub.add_parser("slim", help="leave shipped weights and doc images out of what travels (here)")
     sub.add_parser("unslim", help="undo slim (here)")
     sub.add_parser("plan", help="each call's command, carry list and size (here)")

@@ -22,7 +22,7 @@ from .runtime.batch import JobResult, OutputOptions, plan_jobs
 from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
 from .runtime.pipeline import run_jobs
 from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, to_uint8, upscale_image
-from .weights import DEFAULT_MODEL
+from .weights import AUTO_JPEG_QUALITY, AUTO_MODEL, DEFAULT_MODEL, REAL_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,11 @@ class Upscaler:
         lapgan_levels: int | None = None,
         onnx: str | os.PathLike[str] | None = None,
     ) -> None:
+        if str(model) == AUTO_MODEL:
+            raise UsageError(
+                "model 'auto' picks a model per input file, in `srgan upscale`; here name one: "
+                f"{DEFAULT_MODEL}, or {REAL_MODEL} for JPEGs saved at quality {AUTO_JPEG_QUALITY} or lower"
+            )
         if tile != "auto" and not isinstance(tile, int):
             raise UsageError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")
         ready = build_upscaler(

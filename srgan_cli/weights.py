@@ -19,6 +19,12 @@ from .errors import ForeignWeights, WeightsFormatError, WeightsMismatch, Weights
 
 FORMAT_VERSION = "1"
 DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
+# `srgan upscale -m auto`: JPEGs saved at AUTO_JPEG_QUALITY or lower get the real-world GAN, which
+# beats DEFAULT_MODEL on them in PSNR, LPIPS and JPEG blocks (docs/degradations.md); the rest get
+# DEFAULT_MODEL, which is better on clean photos and light JPEG damage
+AUTO_MODEL = "auto"
+REAL_MODEL = "srgan_x4_real"
+AUTO_JPEG_QUALITY = 75
 ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), searched first
 
 # where each kind of model is used, for the hint when one is given to the wrong command
@@ -35,6 +41,7 @@ SHIPPED_USES = {
     "srresnet_x4": "photos: faithful detail, best PSNR",
     "srresnet_x4_fast": "CPU: half the time, a bit softer",
     "srgan_x4": "sharper texture (GAN: invented detail)",
+    "srgan_x4_real": "low-quality JPEGs, noise: removes blocks (-m auto)",
     "lapgan_photos64": "srgan lapgan sample",
     "text2img_shapes": "srgan text2img generate",
     "shapes_checker": "srgan text2img eval --checker",

@@ -74,3 +74,13 @@ def test_files_folders_and_outscale(weights_dir: Path, tmp_path: Path) -> None:
         assert im.size == (48, 48)
     assert up.upscale_file(src / "p1.png", tmp_path / "one.webp").is_file()
     assert up(make_photo(8, 8)).shape == (24, 24, 3)
+
+
+def test_auto_is_a_cli_choice_with_advice() -> None:
+    import pytest
+
+    import srgan_cli
+    from srgan_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="srgan_x4_real for JPEGs saved at quality 75"):
+        srgan_cli.Upscaler("auto")

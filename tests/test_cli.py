@@ -299,3 +299,54 @@ def test_training_help_shows_each_default_from_its_config(monkeypatch: pytest.Mo
         assert result.exit_code == 0, result.output
         for text in expected:
             assert text in result.output, (command, text)
+
+
+def test_auto_model_sends_low_quality_jpegs_to_the_real_world_model(
+    weights_dir: Path, tmp_path: Path
+) -> None:
+    from srgan_cli import weights
+    from srgan_cli.imageio import jpeg_quality
+
+    # stand-ins for the two shipped models (SRGAN_WEIGHTS_DIR is searched first)
+    weights.save(weights_dir / "srresnet_x4.safetensors", tiny_model(4, seed=3), trained_on="x")
+    weights.save(weights_dir / "srgan_x4_real.safetensors", tiny_model(4, seed=4), trained_on="x")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(make_photo(20, 24, seed=1)).save(src / "a.png")
+    Image.fromarray(make_photo(20, 24, seed=2)).save(src / "b.jpg", quality=50)  # damaged: real model
+    Image.fromarray(make_photo(20, 24, seed=3)).save(src / "c.jpg", quality=90)  # a good JPEG: default
+    Image.fromarray(make_photo(20, 24, seed=4)).save(
+        src / "d.png.jpg", format="PNG"
+    )  # a PNG, whatever the name
+    cv2.imwrite(str(src / "e.jpeg"), make_photo(20, 24, seed=5)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 30])
+    assert [jpeg_quality(src / n) for n in ("a.png", "b.jpg", "c.jpg", "d.png.jpg", "e.jpeg")] == [
+        None,
+        50,
+        90,
+        None,
+        30,
+    ]
+    code, out = run(
+        "upscale", src, "-o", tmp_path / "auto", "-m", "auto", "--device", "cpu", "--format", "png", "--json"
+    )
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["model"] == "auto" and summary["models"] == {"srresnet_x4": 3, "srgan_x4_real": 2}
+    names = [Path(r["input"]).name for r in summary["results"]]
+    assert names == ["a.png", "b.jpg", "c.jpg", "d.png.jpg", "e.jpeg"]  # input order kept
+    for name, model in [
+        ("a", "srresnet_x4"),
+        ("b", "srgan_x4_real"),
+        ("c", "srresnet_x4"),
+        ("e", "srgan_x4_real"),
+    ]:
+        code, out = run(
+            "upscale", src, "-o", tmp_path / model, "-m", model, "--device", "cpu", "--format", "png"
+        )
+        assert code == 0, out
+        assert np.array_equal(
+            np.array(Image.open(tmp_path / "auto" / f"{name}.png")),
+            np.array(Image.open(tmp_path / model / f"{name}.png")),
+        ), name
+    code, out = run("upscale", src / "a.png", "-m", "auto", "--mode", "lapgan")
+    assert code == 2 and "-m auto" in out

@@ -165,8 +165,10 @@ def test_benchmark_upscale_pipeline_json(weights_dir: Path) -> None:
     for f in flows:
         assert f["files"] == 3 and f["formats"] == "jpg -> webp" and f["input_size"] == [24, 16]
         assert min(f["model_ms_per_image"], f["sequential_ms_per_image"], f["pipelined_ms_per_image"]) > 0
+        # the ms figures are rounded in the JSON: at a few ms per image that moves their ratio by
+        # up to ~0.002, more than 1% of a small ratio (seen: 0.14 against 0.1385 on a loaded CPU)
         assert f["pipelined_of_model"] == pytest.approx(
-            f["model_ms_per_image"] / f["pipelined_ms_per_image"], rel=0.01
+            f["model_ms_per_image"] / f["pipelined_ms_per_image"], rel=0.01, abs=0.005
         )
     table = CliRunner().invoke(app, args[:-1])
     assert table.exit_code == 0 and "files to files: 3 photos, jpg -> webp" in table.output

@@ -23,7 +23,8 @@ from rich.table import Table
 
 from .. import api, weights
 from ..distributed import rank_device, world_from_env
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..errors import UsageError
+from ..imageio import DEFAULT_MAX_PIXELS, jpeg_quality
 from ..runtime.batch import (
     Job,
     JobResult,
@@ -78,11 +79,16 @@ def upscale(
         typer.Option("-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
     ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "-m", "--model", help="Shipped weights name, a .safetensors/.pth path, or an .onnx file."
+            "-m",
+            "--model",
+            help=f"Shipped weights name, a .safetensors/.pth path, or an .onnx file. auto (the default): "
+            f"JPEGs saved at quality {weights.AUTO_JPEG_QUALITY} or lower to {weights.REAL_MODEL} (removes "
+            f"blocks and noise), everything else to {weights.DEFAULT_MODEL}.",
+            show_default=False,
         ),
-    ] = weights.DEFAULT_MODEL,
+    ] = None,
     mode: Annotated[
         Mode,
         typer.Option(
@@ -212,7 +218,8 @@ def upscale(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upscale images and videos with a super-resolution model (default: the shipped x4 weights).
+    """Upscale images and videos with a super-resolution model (default: auto, the shipped x4 weights
+    for each input: srgan_x4_real for low-quality JPEGs, srresnet_x4 for everything else).
 
     A video (.mp4, .mkv, .webm, .mov, .avi; recognised by its content) is upscaled frame by frame
     and encoded again, with its audio and subtitles copied and its frame rate and timestamps kept.
@@ -228,23 +235,39 @@ def upscale(
     world = world_from_env()
     quiet = as_json or not world.is_main
     with guard():
-        up = api.Upscaler(
-            model,
-            backend=backend.value,
-            onnx=onnx,
-            device=rank_device(device, world),
-            precision=precision.value,
-            tile="auto" if tile_size is None else tile_size,
-            tile_pad=tile_pad,
-            compile=compile_,
-            mode=mode.value,
-            lapgan_levels=lapgan_levels,
-            self_ensemble=int(self_ensemble.value),
-        )
-        ready = up.runtime  # the same Upscaler as `import srgan_cli`; the runs below use its parts
-        if not quiet:
-            for note in ready.notes:
-                console.print(f"[yellow]note:[/] {note}")
+        if model is None:  # the default: auto, unless another kind of model is asked for
+            model = weights.AUTO_MODEL if onnx is None and mode == Mode.sr else weights.DEFAULT_MODEL
+        auto = model == weights.AUTO_MODEL
+        if auto and (onnx is not None or mode != Mode.sr):
+            raise UsageError(
+                "-m auto picks a shipped super-resolution model per input; with --onnx or --mode lapgan "
+                "name the model with -m"
+            )
+        loaded: dict[str, api.Upscaler] = {}
+
+        def upscaler_for(name: str) -> api.Upscaler:
+            """One Upscaler per model, made when the first input that needs it comes."""
+            if name not in loaded:
+                loaded[name] = api.Upscaler(
+                    name,
+                    backend=backend.value,
+                    onnx=onnx,
+                    device=rank_device(device, world),
+                    precision=precision.value,
+                    tile="auto" if tile_size is None else tile_size,
+                    tile_pad=tile_pad,
+                    compile=compile_,
+                    mode=mode.value,
+                    lapgan_levels=lapgan_levels,
+                    self_ensemble=int(self_ensemble.value),
+                )
+                if not quiet:
+                    for note in loaded[name].runtime.notes:
+                        console.print(f"[yellow]note:[/] {note}")
+            return loaded[name]
+
+        # the same Upscaler as `import srgan_cli`; the runs below use its parts
+        ready = upscaler_for(weights.DEFAULT_MODEL if auto else model).runtime
         videos = [Path(text) for text in inputs if Path(text).is_file() and is_video(text)]
         images = [text for text in inputs if Path(text) not in videos]
         plan = plan_jobs(images, options, ready.scale, recursive=recursive) if images else Plan()
@@ -254,22 +277,46 @@ def upscale(
         video_options = VideoOptions(
             codec, crf, pix_fmt, frames, batch=video_batch, max_output_pixels=max_output
         )
-        for src in videos[world.rank :: world.size]:
-            dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
-            job = partial(video_job, ready.upscaler, src, dst, video_options, outscale=outscale)
-            job = partial(job, overwrite=overwrite, skip_existing=bool(skip_existing))
-            results.append(_run_video(job, src, dst, quiet))
-        results += _run_jobs(
-            ready.upscaler,
-            jobs,
-            options,
-            outscale=outscale,
-            max_pixels=int(max_megapixels * 1e6),
-            show=not quiet,
-            show_failures=not as_json,
-            label=label,
-            io_threads=io_threads,
-        )
+        # -m auto: low-quality JPEGs to the real-world model, the rest to the default; each group
+        # runs as one batch, results come back in input order
+        groups = _auto_groups(jobs, videos) if auto else {model: (jobs, videos)}
+        used: dict[str, int] = {}
+        order = {job.src: i for i, job in enumerate(jobs)}
+        job_results: list[JobResult] = []
+        for name, (group_jobs, group_videos) in groups.items():
+            if not group_jobs and not group_videos:
+                continue
+            runtime = upscaler_for(name).runtime
+            if runtime.scale != ready.scale:
+                raise UsageError(
+                    f"-m auto needs models of one scale: {runtime.name} is x{runtime.scale}, "
+                    f"{ready.name} x{ready.scale}"
+                )
+            used[runtime.name] = len(group_jobs) + len(group_videos)
+            if auto and not quiet:
+                kind = (
+                    "other"
+                    if name == weights.DEFAULT_MODEL
+                    else f"JPEG (quality <= {weights.AUTO_JPEG_QUALITY})"
+                )
+                console.print(f"auto: {used[runtime.name]} {kind} input(s) -> {runtime.name}")
+            for src in group_videos[world.rank :: world.size]:
+                dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
+                job = partial(video_job, runtime.upscaler, src, dst, video_options, outscale=outscale)
+                job = partial(job, overwrite=overwrite, skip_existing=bool(skip_existing))
+                results.append(_run_video(job, src, dst, quiet))
+            job_results += _run_jobs(
+                runtime.upscaler,
+                group_jobs,
+                options,
+                outscale=outscale,
+                max_pixels=int(max_megapixels * 1e6),
+                show=not quiet,
+                show_failures=not as_json,
+                label=label,
+                io_threads=io_threads,
+            )
+        results += sorted(job_results, key=lambda r: order.get(r.src, len(order)))
         results = gather_results(results, world)
 
     if not world.is_main:
@@ -277,7 +324,8 @@ def upscale(
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     if as_json:
         summary = {
-            "model": ready.name,
+            "model": weights.AUTO_MODEL if auto else ready.name,
+            "models": used,
             "scale": ready.scale,
             "outscale": outscale,
             "backend": ready.backend,
@@ -292,6 +340,19 @@ def upscale(
     else:
         _print_summary(results, counts)
     raise typer.Exit(1 if counts["failed"] else 0)
+
+
+def _auto_groups(jobs: list[Job], videos: list[Path]) -> dict[str, tuple[list[Job], list[Path]]]:
+    """-m auto: model name -> (its image jobs, its videos). JPEGs saved at quality
+    weights.AUTO_JPEG_QUALITY or lower (read from their quantization tables) go to the real-world
+    model, everything else (lossless images, good JPEGs, videos) to the default."""
+    damaged = {
+        job.src for job in jobs if (q := jpeg_quality(job.src)) is not None and q <= weights.AUTO_JPEG_QUALITY
+    }
+    return {
+        weights.DEFAULT_MODEL: ([job for job in jobs if job.src not in damaged], list(videos)),
+        weights.REAL_MODEL: ([job for job in jobs if job.src in damaged], []),
+    }
 
 
 def _run_jobs(

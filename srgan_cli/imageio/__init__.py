@@ -11,6 +11,7 @@ from .formats import (
     WRITE_FORMATS,
     ImageData,
     format_for_suffix,
+    jpeg_quality,
     os_reason,
     suffix_for_format,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "format_for_suffix",
     "header_size",
     "image_from_pil",
+    "jpeg_quality",
     "os_reason",
     "read_image",
     "suffix_for_format",

@@ -57,6 +57,30 @@ _GRAY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # picture, multi-page TIFFs often carry thumbnails. Their first frame is the image.
 _FIRST_FRAME_FORMATS = ("MPO", "TIFF")
 
+# Sum of the 64 entries of the JPEG standard's example luminance quantization table (ITU T.81,
+# Annex K.1), which libjpeg-style encoders scale by the quality setting (50 = the table itself)
+_STANDARD_LUMA_SUM = 3688
+
+
+def jpeg_quality(path: str | Path) -> int | None:
+    """The quality (1-100) a JPEG file was saved at, estimated from its luminance quantization
+    table as libjpeg scales it (exact for files saved by libjpeg, Pillow, OpenCV and most cameras;
+    close for others); None for a file that is not a readable JPEG. Reads the header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            tables = getattr(im, "quantization", None)
+            if im.format not in ("JPEG", "MPO") or not tables:
+                return None
+            luma = tables.get(0) or next(iter(tables.values()))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    scale = 100.0 * sum(luma) / _STANDARD_LUMA_SUM  # libjpeg: 5000/q below 50, 200 - 2q above
+    quality = 100.0 - scale / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(min(100, max(1, round(quality))))
+
+
 _PIL_LIMIT_LOCK = threading.Lock()
 _CV2_LOG_LOCK = threading.Lock()
 _NOT_AN_IMAGE = "not an image (file content is not a recognised image format)"
