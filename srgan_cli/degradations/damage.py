@@ -84,6 +84,12 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
     return Damage(text, blur=blur, noise=noise, jpeg=None if jpeg is None else int(jpeg), seed=seed)
 
 
+def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H/s, W/s, 3) uint8 with PIL's antialiased bicubic (the SR protocol)."""
+    h, w = hr.shape[:2]
+    return np.array(Image.fromarray(hr).resize((w // scale, h // scale), Image.Resampling.BICUBIC))
+
+
 def image_seed(name: str, seed: int) -> int:
     """A per-image seed that does not depend on the order or number of images."""
     return (zlib.crc32(name.encode("utf-8")) ^ (seed * 0x9E3779B1)) & 0xFFFFFFFF
@@ -109,11 +115,7 @@ def damage_image(
         if record is not None:
             record.update(degrader.last[0])
         return lr_t.mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()
-    h, w = hr.shape[:2]
-    # the SR protocol's LR: PIL's antialiased bicubic (as sr.data.bicubic_downscale)
-    lr = np.array(
-        Image.fromarray(hr).resize((w // scale, h // scale), Image.Resampling.BICUBIC), dtype=np.float64
-    )
+    lr = bicubic_downscale(hr, scale).astype(np.float64)
     if damage.blur > 0:
         lr = cv2.GaussianBlur(lr, (0, 0), damage.blur, borderType=cv2.BORDER_REFLECT_101)
     if damage.noise > 0:

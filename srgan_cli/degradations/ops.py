@@ -48,6 +48,12 @@ def poisson_noise(
     return images + noise * scale.to(images.device, images.dtype).view(n, 1, 1, 1)
 
 
+def bicubic_lr(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The SR protocol's LR of a batch: antialiased bicubic to `size`, rounded to 8 bit like a file."""
+    lr = F.interpolate(images, size=size, mode="bicubic", antialias=True)
+    return lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
 

@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from . import ops
 from .config import MAX_KERNEL, DegradationConfig, Stage
@@ -69,8 +68,7 @@ class Degrader:
         cfg = self.config
         self.last = [{} for _ in range(n)] if self.record else []
         if cfg.bicubic:
-            lr = F.interpolate(x, size=out, mode="bicubic", antialias=True)
-            return lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)
+            return ops.bicubic_lr(x, out)
         clean = torch.rand(n, generator=self.rng) < cfg.clean_prob  # drawn first, always
         if cfg.first is not None:
             x = self._stage(x, cfg.first, None, "first")
@@ -78,7 +76,7 @@ class Degrader:
             x = self._stage(x, cfg.second, out, "second")
         x = self._final(x, out)
         if bool(clean.any()):  # these crops keep the clean protocol's LR
-            plain = F.interpolate(hr.to(self.device, torch.float32), size=out, mode="bicubic", antialias=True)
+            plain = ops.bicubic_lr(hr.to(self.device, torch.float32), out)
             x = torch.where(clean.to(x.device).view(n, 1, 1, 1), plain, x)
             self._note("clean", [True if c else None for c in clean.tolist()])
         return ops.to_uint8(x).float().div_(255.0)
@@ -130,9 +128,16 @@ class Degrader:
         gray = torch.rand(n, generator=g) < stage.gray_noise_prob
         sigma = uniform(n, stage.noise_sigma, g).float()
         strength = uniform(n, stage.poisson_scale, g).float()
-        noisy_g = ops.gaussian_noise(x, sigma, gray, self.noise_rng)
-        noisy_p = ops.poisson_noise(x, strength, gray, self.noise_rng)
-        x = torch.where(gaussian.to(x.device).view(n, 1, 1, 1), noisy_g, noisy_p).clamp_(0.0, 1.0)
+        # each crop gets only the noise drawn for it (Poisson sampling is the slow one on the CPU)
+        x = x.clone()
+        for kind, pick in ((ops.gaussian_noise, gaussian), (ops.poisson_noise, ~gaussian)):
+            index = pick.nonzero().flatten()
+            if len(index):
+                amount = sigma if kind is ops.gaussian_noise else strength
+                x[index.to(x.device)] = kind(
+                    x[index.to(x.device)], amount[index], gray[index], self.noise_rng
+                )
+        x = x.clamp_(0.0, 1.0)
         strengths = torch.where(gaussian, sigma, strength).tolist()
         self._note(
             f"{name}_noise",

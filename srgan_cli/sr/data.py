@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..degradations import Damage, damage_image
+from ..degradations.damage import bicubic_downscale
+from ..degradations.ops import bicubic_lr
 from ..errors import ImageError, TrainingError
 from ..photos import list_images, load_rgb_uint8, read_photos, require_folder
 
@@ -73,12 +74,6 @@ def gather_sources(specs: Sequence[str]) -> list[DataSource]:
     if not sources:
         raise TrainingError(f"no images found in {', '.join(map(str, specs)) or 'no --data folder'}")
     return sources
-
-
-def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H/s, W/s, 3) uint8 with PIL's antialiased bicubic (the SR protocol)."""
-    h, w = hr.shape[:2]
-    return np.array(Image.fromarray(hr).resize((w // scale, h // scale), Image.Resampling.BICUBIC))
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -253,9 +248,7 @@ class CropPool:
                 self.lr_pixels, self.lr_offsets[k], self.lr_widths[k], top // s, left // s, code, c // s
             )
             return lr, hr
-        lr = F.interpolate(hr, size=(c // s, c // s), mode="bicubic", antialias=True)
-        lr = lr.mul_(255.0).round_().clamp_(0, 255).div_(255.0)  # (n, 3, c/s, c/s)
-        return lr.contiguous(), hr
+        return bicubic_lr(hr, (c // s, c // s)).contiguous(), hr  # (n, 3, c/s, c/s)
 
     def crops(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 3, c, c) float32 HR crops in [0, 1] on the pool's device (the same draws as `batch`,
