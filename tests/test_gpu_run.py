@@ -164,18 +164,24 @@ def test_prepare_packs_both_photo_sets_small_and_repacks_when_asked_otherwise(
     ]
 
 
-def test_continue_pretrains_from_the_start_weights_then_the_gan_in_one_call(
-    gpu_run,
-    tmp_path: Path,
-    lpips_dir: Path,  # noqa: ANN001
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def _carry_for_the_gan(gpu_run, tmp_path: Path, lpips_dir: Path) -> Path:  # noqa: ANN001
+    """What `prepare` puts in .carry/ for a GAN call (packed photos, val, VGG, LPIPS); the root."""
     root = gpu_run.ROOT
     photos = _shared_photos(tmp_path / "photos")
     gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)
     shutil.copytree(photos / "val", root / gpu_run.VAL)
     pack_file(make_vgg_prefix(tmp_path / "vgg19_caffe.safetensors"), root / gpu_run.VGG_FILE)
     gpu_run.write_lpips(lpips_dir)
+    return root
+
+
+def test_continue_pretrains_from_the_start_weights_then_the_gan_in_one_call(
+    gpu_run,
+    tmp_path: Path,
+    lpips_dir: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = _carry_for_the_gan(gpu_run, tmp_path, lpips_dir)
     with pytest.raises(SystemExit, match="prepare --init"):
         gpu_run.main(["chunk", "continue", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
     start = weights.save(root / gpu_run.START_FILE, tiny_model(4, global_skip=True), trained_on="x")
@@ -279,12 +285,7 @@ def test_the_real_chunk_trains_on_degraded_lr_then_scores_damaged_copies(
 ) -> None:
     """`chunk real` on the CPU: the degradation pipeline runs inside the GAN stage exactly as it
     would on the GPU (same code, device from --device), then eval --degrade against the peers."""
-    root = gpu_run.ROOT
-    photos = _shared_photos(tmp_path / "photos")
-    gpu_run.pack_photos(photos, ["train", "extra"], 64, "webp", 90)
-    shutil.copytree(photos / "val", root / gpu_run.VAL)
-    pack_file(make_vgg_prefix(tmp_path / "vgg19_caffe.safetensors"), root / gpu_run.VGG_FILE)
-    gpu_run.write_lpips(lpips_dir)
+    root = _carry_for_the_gan(gpu_run, tmp_path, lpips_dir)
     with pytest.raises(SystemExit, match="real-init"):
         gpu_run.main(["chunk", "real", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
     weights.save(root / gpu_run.REAL_START_FILE, tiny_model(4, global_skip=True), trained_on="x")
