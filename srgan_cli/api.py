@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
-from .errors import UsageError
+from .atomic import same_file
+from .errors import ArgumentError, ArgumentTypeError, UsageError
 from .imageio import DEFAULT_MAX_PIXELS, ImageData, image_from_pil, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
 from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
 from .runtime.pipeline import run_jobs
-from .runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, to_uint8, upscale_image
+from .runtime.upscaler import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    check_max_pixels,
+    check_outscale,
+    to_uint8,
+    upscale_image,
+)
 from .weights import AUTO_JPEG_QUALITY, AUTO_MODEL, DEFAULT_MODEL, REAL_MODEL
 
 if TYPE_CHECKING:
@@ -72,8 +79,10 @@ class Upscaler:
                 "model 'auto' picks a model per input file, in `srgan upscale`; here name one: "
                 f"{DEFAULT_MODEL}, or {REAL_MODEL} for JPEGs saved at quality {AUTO_JPEG_QUALITY} or lower"
             )
-        if tile != "auto" and not isinstance(tile, int):
-            raise UsageError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")
+        if tile != "auto" and (isinstance(tile, (str, bool)) or not isinstance(tile, (int, np.integer))):
+            raise ArgumentTypeError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")
+        outscale = check_outscale(outscale)
+        max_output_pixels = check_max_pixels(max_output_megapixels)
         ready = build_upscaler(
             str(model),
             backend=backend,
@@ -88,7 +97,7 @@ class Upscaler:
         )
         self._ready = with_self_ensemble(ready, self_ensemble)
         self.outscale = outscale
-        self.max_output_pixels = int(max_output_megapixels * 1e6)
+        self.max_output_pixels = max_output_pixels
 
     # --- what it is ---------------------------------------------------------------------------
     @property
@@ -132,17 +141,20 @@ class Upscaler:
     def __call__(self, image: Any) -> Any:
         """Upscale one image, returned as the kind it came as: a PIL image for a PIL image or a
         path (read with EXIF orientation, ICC and alpha), a numpy array of the same dtype and
-        layout ((H, W), (H, W, 1|3|4); uint8, uint16 or float in [0, 1]), or a torch tensor
-        ((3, H, W) or (N, 3, H, W), float in [0, 1], on the device it came from)."""
+        layout ((H, W), (H, W, 1|2|3|4); uint8, uint16 or float in [0, 1]), or a torch tensor
+        ((3, H, W) or (N, 3, H, W), uint8 in 0..255 or float in [0, 1], on the device it came
+        from). Anything else is an ArgumentError (a ValueError) or ArgumentTypeError (a
+        TypeError) that says what is wrong, before any work."""
         if isinstance(image, (str, os.PathLike)):
             return _to_pil(self._upscale(read_image(image)))
         if _is_pil(image):
+            _check_size(image.height, image.width)
             return _to_pil(self._upscale(image_from_pil(image)))
         if isinstance(image, np.ndarray):
             return _to_array(self._upscale(_from_array(image)), image)
         if type(image).__module__.startswith("torch"):
             return self._upscale_tensor(image)
-        raise UsageError(
+        raise ArgumentTypeError(
             f"cannot upscale a {type(image).__name__}: give a path, PIL image, numpy array or tensor"
         )
 
@@ -153,9 +165,16 @@ class Upscaler:
         *,
         overwrite: bool = False,
         quality: int = 95,
+        allow_partial: bool = False,
     ) -> Path:
-        """Read `src`, upscale, write `dst` (format from its suffix) atomically; returns `dst`."""
-        out = self._upscale(read_image(src, max_pixels=DEFAULT_MAX_PIXELS))
+        """Read `src`, upscale, write `dst` (format from its suffix) atomically; returns `dst`.
+        `dst` may never be `src` itself (nor a link to it), even with `overwrite`. A multi-page TIFF
+        is refused unless `allow_partial` (then its first page is upscaled)."""
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ArgumentError(f"quality is a whole number from 1 to 100, got {quality!r}")
+        if same_file(src, dst):
+            raise ArgumentError(f"{dst}: the output would overwrite the input; write to another path")
+        out = self._upscale(read_image(src, max_pixels=DEFAULT_MAX_PIXELS, allow_partial=allow_partial))
         return write_image(dst, out, quality=quality, overwrite=overwrite)
 
     def upscale_folder(
@@ -167,12 +186,19 @@ class Upscaler:
         overwrite: bool = False,
         fmt: str = "auto",
         quality: int = 95,
+        allow_partial: bool = False,
     ) -> list[JobResult]:
         """Every image in `src` into `dst` (names and subfolders kept), as `srgan upscale` does it:
         overlapped reading and writing, existing outputs skipped unless `overwrite`, one failed
-        file never stopping the others. Returns one result per file (`.status`, `.error`)."""
+        file never stopping the others; an input is never overwritten. Returns one result per file
+        (`.status`, `.error`, `.notes`)."""
         options = OutputOptions(
-            Path(dst), fmt=fmt, quality=quality, overwrite=overwrite, max_output_pixels=self.max_output_pixels
+            Path(dst),
+            fmt=fmt,
+            quality=quality,
+            overwrite=overwrite,
+            max_output_pixels=self.max_output_pixels,
+            allow_partial=allow_partial,
         )
         plan = plan_jobs([str(src)], options, self.scale, recursive=recursive)
         return list(plan.failed) + list(
@@ -186,16 +212,51 @@ class Upscaler:
         import torch
 
         if x.ndim not in (3, 4) or x.shape[-3] != 3:
-            raise UsageError(f"a tensor must be (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
+            raise ArgumentError(f"a tensor must be (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise ArgumentTypeError(
+                f"an image tensor is uint8 (0..255) or floating point (0..1), not {x.dtype}"
+            )
+        _check_size(x.shape[-2], x.shape[-1])
         batch = x[None] if x.ndim == 3 else x
         outs = []
         for one in batch:
-            pixels = one.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-            out = self._upscale(ImageData(np.ascontiguousarray(pixels), None)).pixels
-            out = out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out
+            pixels = one.detach().permute(1, 2, 0).cpu()
+            if x.dtype == torch.uint8:
+                unit = pixels.numpy().astype(np.float32) / 255.0
+            else:
+                unit = _unit_floats(pixels.float().numpy(), "tensor")
+            out = _unit(self._upscale(ImageData(np.ascontiguousarray(unit), None)).pixels)
             outs.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1))
-        y = torch.stack(outs).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        y = torch.stack(outs).to(x.device)
+        # the result in the tensor's own kind: uint8 stays 0..255, floats stay 0..1 in their dtype
+        y = (y * 255).round_().to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
         return y[0] if x.ndim == 3 else y
+
+
+FLOAT_SLACK = 0.1  # floats this far outside [0, 1] (a resampler's overshoot) are clipped, not refused
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ArgumentError(f"an image has at least 1x1 pixels, got {width}x{height} (width x height)")
+
+
+def _unit_floats(values: np.ndarray, kind: str) -> np.ndarray:
+    """Float pixels in [0, 1] as float32, clipped; NaN/inf or a range like 0..255 is an ArgumentError
+    that says what to do."""
+    values = values.astype(np.float32, copy=False)
+    if values.size == 0:
+        return values
+    if not np.isfinite(values).all():
+        raise ArgumentError(f"the image {kind} holds NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        hint = " (divide by 255, or pass uint8)" if high <= 255.5 and low >= -0.5 else ""
+        raise ArgumentError(
+            f"a floating-point image {kind} holds values in [0, 1], this one spans {low:g}..{high:g}{hint}"
+        )
+    return np.clip(values, 0.0, 1.0)
 
 
 def _is_pil(image: Any) -> bool:
@@ -216,18 +277,24 @@ def _to_pil(image: ImageData) -> Image.Image:
 def _from_array(array: np.ndarray) -> ImageData:
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise UsageError(f"an image array is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ArgumentError(
+            f"an image array is (H, W) or (H, W, C) with C 1 (gray), 2 (gray, alpha), 3 (RGB) or "
+            f"4 (RGBA), got {array.shape}"
+        )
+    _check_size(array.shape[0], array.shape[1])
     if array.dtype == np.uint8:
         unit, depth = array.astype(np.float32) / 255.0, 8
     elif array.dtype == np.uint16:
         unit, depth = array.astype(np.float32) / 65535.0, 16
     elif np.issubdtype(array.dtype, np.floating):
-        unit, depth = np.clip(array.astype(np.float32), 0, 1), 8
+        unit, depth = _unit_floats(array, "array"), 8
     else:
-        raise UsageError(f"an image array is uint8, uint16 or float in [0, 1], not {array.dtype}")
-    alpha = unit[..., 3] if unit.shape[2] == 4 else None
-    return ImageData(np.ascontiguousarray(unit[..., :3] if alpha is not None else unit), alpha, depth)
+        raise ArgumentTypeError(
+            f"an image array is uint8, uint16 or floating point in [0, 1], not {array.dtype}"
+        )
+    alpha = unit[..., -1] if unit.shape[2] in (2, 4) else None
+    return ImageData(np.ascontiguousarray(unit[..., :-1] if alpha is not None else unit), alpha, depth)
 
 
 def _to_array(image: ImageData, like: np.ndarray) -> np.ndarray:

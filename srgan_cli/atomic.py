@@ -26,7 +26,7 @@ def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / f"{temp_prefix(path.name)}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -47,6 +47,43 @@ def atomic_open(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
     fsync_dir(path.parent)
 
 
+NAME_MAX = 255  # bytes in one file name on the usual file systems (ext4, XFS, btrfs, APFS, NTFS)
+_TEMP_TAIL = len(".0123abcd.tmp")
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of `folder` (or its nearest existing parent)
+    takes; NAME_MAX where it does not say."""
+    for place in (folder, *folder.parents):
+        try:
+            return int(os.pathconf(place, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):  # missing folder, or no pathconf (Windows)
+            if place.exists():
+                break
+    return NAME_MAX
+
+
+def temp_prefix(name: str, limit: int = NAME_MAX) -> str:
+    """The hidden temporary name's start for `name` (`.<name>`), cut so that the whole temporary
+    name fits in `limit` bytes: a name that fits is never refused because of its temporary."""
+    room = limit - 1 - _TEMP_TAIL
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return f".{name}"
+    return "." + raw[: room - 1].decode("utf-8", "ignore") + "~"
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether writing `b` would replace `a`: the same path once links are followed, or (when both
+    exist) the same file through a hard link."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them missing or unreadable: they cannot be one file
+        return False
+
+
 _STARTED = time.time()
 
 
@@ -56,7 +93,7 @@ def remove_stale_temps(folder: Path, names: set[str]) -> int:
     started are left alone (they may be another writer's, live). Returns how many went."""
     removed = 0
     for name in names:
-        for stale in folder.glob(f".{glob_escape(name)}.*.tmp"):
+        for stale in folder.glob(f"{glob_escape(temp_prefix(name))}.*.tmp"):
             try:
                 if stale.stat().st_mtime < _STARTED:
                     stale.unlink()

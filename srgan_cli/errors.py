@@ -25,6 +25,15 @@ class UsageError(SrganError):
     exit_code = 2
 
 
+class ArgumentError(UsageError, ValueError):
+    """An argument of the Python API (or an option) with a value it cannot take: also a ValueError."""
+
+
+class ArgumentTypeError(UsageError, TypeError):
+    """An argument of the Python API of a kind it cannot take (an int16 array, a list): also a
+    TypeError."""
+
+
 class DeviceError(UsageError):
     """A device or precision that is not available (e.g. fp16 on CPU, cuda without a GPU)."""
 
@@ -77,6 +86,19 @@ class OutOfMemory(SrganError):
 
     def __init__(self, message: str, *, hint: str | None = "try a smaller --tile, e.g. --tile 128") -> None:
         super().__init__(message, hint=hint)
+
+
+class NonFiniteOutput(SrganError):
+    """A model whose output holds NaN or Inf (finite weights can still overflow, often in fp16): the
+    image would be garbage, so it is not written."""
+
+    def __init__(self, precision: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            f"the model's output holds NaN or infinite values (precision {precision}): "
+            "the result would be garbage",
+            hint=hint or ("try --precision fp32" if precision != "fp32" else None),
+        )
+        self.precision = precision
 
 
 class TrainingError(SrganError):

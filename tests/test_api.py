@@ -55,8 +55,10 @@ def test_gray_alpha_and_16_bit_arrays_keep_their_layout(up: srgan_cli.Upscaler) 
     assert out.shape == (20, 24, 4) and out.dtype == np.uint8  # alpha went through the model too
     deep = (make_photo(10, 12).astype(np.uint16) * 257)[..., :1]
     assert up(deep).dtype == np.uint16 and up(deep).shape == (20, 24, 1)
+    gray_alpha = up(np.dstack([make_photo(10, 12)[..., :1], np.full((10, 12, 1), 200, np.uint8)]))
+    assert gray_alpha.shape == (20, 24, 2) and gray_alpha.dtype == np.uint8  # gray + alpha stays so
     with pytest.raises(UsageError, match="image array"):
-        up(np.zeros((4, 4, 2), np.uint8))
+        up(np.zeros((4, 4, 5), np.uint8))
     with pytest.raises(UsageError, match="cannot upscale a dict"):
         up({})
 

@@ -555,12 +555,19 @@ def test_read_animated_png_and_webp_refused(tmp_path: Path, fmt: str) -> None:
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("MPO", ".jpg"), ("TIFF", ".tiff")])
 def test_multi_picture_files_give_first_picture(tmp_path: Path, fmt: str, suffix: str) -> None:
-    # Phone JPEGs often carry extra pictures (MPO) and TIFFs extra pages: not animations.
+    # Phone JPEGs often carry extra pictures (MPO): the first is the photo. A TIFF's extra pages
+    # are pages of their own: refused, unless the caller accepts the first page alone (with a note).
     first = np.full((16, 16, 3), (250, 10, 10), np.uint8)
     second = np.full((8, 8, 3), (10, 10, 250), np.uint8)
     src = tmp_path / f"multi{suffix}"
     Image.fromarray(first).save(src, fmt, save_all=True, append_images=[Image.fromarray(second)])
-    img = read_image(src)
+    if fmt == "TIFF":
+        assert _reason(src) == "is a multi-page TIFF (2 pages); one image file holds one upscaled page"
+        img = read_image(src, allow_partial=True)
+        assert img.notes == ("first page of 2 upscaled (a multi-page TIFF, --allow-partial)",)
+    else:
+        img = read_image(src)
+        assert img.notes == ()
     assert img.pixels.shape == (16, 16, 3) and img.pixels[8, 8, 0] > 0.9
 
 

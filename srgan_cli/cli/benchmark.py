@@ -132,7 +132,7 @@ def train(
     modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
     degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     results = []
-    with guard():
+    with guard(as_json):
         base.validate()
         for name in stages:
             for mode, lr_by in ((m, d) for m in modes for d in degradations):
@@ -305,7 +305,7 @@ def upscale(
         names.insert(names.index("torch") + 1, "torch-plain")
     results = []
     flows: list[PipelineBenchmark] = []
-    with guard():
+    with guard(as_json):
         gflop: float | None = None
         references: dict[tuple[str, str], float] = {}
         for name in names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import re
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
@@ -208,10 +210,16 @@ def print_table(table: Table) -> None:
         Console(stderr=True, highlight=False, width=natural).print(table, crop=False)
 
 
-def report_error(exc: SrganError) -> None:
-    console.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
-    if exc.hint:
-        console.print(f"[yellow]hint:[/] {exc.hint}")
+def report_error(exc: SrganError, as_json: bool = False, exit_code: int = 1, *, quiet: bool = False) -> None:
+    """The error as one red line and its hint on stderr (unless `quiet`), and with `as_json` as a
+    JSON document on stdout."""
+    if not quiet:
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {escape(exc.hint)}")
+    if as_json:
+        document = {"error": exc.message, "hint": exc.hint, "exit_code": exit_code}
+        stdout.print(json.dumps(document, indent=2), markup=False, highlight=False)
 
 
 _OS_HINTS = {
@@ -231,18 +239,22 @@ def _os_message(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def guard() -> Iterator[None]:
-    """Turn a library error into one red line (plus a hint) and the error's exit code."""
+def guard(as_json: bool = False) -> Iterator[None]:
+    """Turn a library error into one red line (plus a hint) and the error's exit code; with
+    `as_json` the error is also printed on stdout as {"error", "hint", "exit_code"}, so a caller
+    parsing --json always gets a JSON document."""
     try:
         yield
     except SrganError as exc:
-        report_error(exc)
+        report_error(exc, as_json, exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:  # a path that is a file, a read-only folder, a full disk: never a traceback
-        report_error(SrganError(_os_message(exc), hint=_OS_HINTS.get(exc.errno or 0)))
+        report_error(SrganError(_os_message(exc), hint=_OS_HINTS.get(exc.errno or 0)), as_json, 1)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
+        if as_json:
+            report_error(SrganError("interrupted"), True, 130, quiet=True)
         raise typer.Exit(130) from None
 
 

@@ -58,7 +58,7 @@ def degrade(
 
     Each output is a lossless PNG of the LR (its JPEG or codec damage already inside); degrade.json
     in the output folder lists the ranges used and what each image went through."""
-    with guard():
+    with guard(as_json):
         damage = parse_damage(preset, seed=seed)
         table = load_degradation(damage.preset).to_dict() if damage.preset else None
         files = _inputs(inputs)

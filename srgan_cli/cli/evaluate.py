@@ -136,7 +136,7 @@ def evaluate(
     """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
     tile_size = parse_tile(tile)
     requested = list(model) if model else [weights.DEFAULT_MODEL]
-    with guard():
+    with guard(as_json):
         dev = resolve_device(device)
         loaded = [
             with_self_ensemble(

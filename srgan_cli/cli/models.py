@@ -28,7 +28,7 @@ def models(
 ) -> None:
     """List shipped weights (and those in SRGAN_WEIGHTS_DIR) with scale, size and validation numbers."""
     if inspect is not None:
-        with guard():
+        with guard(as_json):
             facts = _inspect(inspect)
         if as_json:
             stdout.print(json.dumps(facts, indent=2), markup=False, highlight=False)
@@ -97,6 +97,7 @@ def _inspect(path: Path) -> dict[str, Any]:
         from ..runtime.third_party import describe, summary
 
         return {"file": str(path), "kind": "third-party (spandrel)", **summary(describe(path))}
+    weights.read_state(info.path)  # the header says what it is; the tensors must also be finite
     return {
         "file": str(info.path),
         "kind": "srgan-cli weights",

@@ -36,7 +36,12 @@ from ..runtime.batch import (
     shard_jobs,
 )
 from ..runtime.pipeline import run_jobs
-from ..runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler
+from ..runtime.upscaler import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    Upscaler,
+    check_max_pixels,
+    check_outscale,
+)
 from ..runtime.video import VideoOptions, VideoResult, is_video, video_job, video_output
 from .common import (
     Backend,
@@ -55,6 +60,7 @@ from .common import (
     parse_tile,
     stdout,
 )
+from .signals import terminate_as_interrupt
 
 
 class Mode(str, Enum):
@@ -179,7 +185,7 @@ def upscale(
         str,
         typer.Option(
             "--codec",
-            help="Videos: auto (vp9 for .webm, else h264), h264, h265, av1 or vp9.",
+            help="Videos: auto (vp9 for .webm, mpeg4 for .avi, else h264), h264, h265, av1, vp9 or mpeg4.",
             rich_help_panel="Video",
         ),
     ] = "auto",
@@ -189,7 +195,8 @@ def upscale(
             "--crf",
             min=0,
             max=63,
-            help="Videos: constant rate factor, lower is better. Default: h264 18, h265 20, av1/vp9 30.",
+            help="Videos: constant rate factor, lower is better. Default: h264 18, h265 20, av1/vp9 30; "
+            "for mpeg4 a fixed quantizer, 2-31, default 3.",
             rich_help_panel="Video",
             show_default=False,
         ),
@@ -216,6 +223,14 @@ def upscale(
             rich_help_panel="Video",
         ),
     ] = None,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Accept inputs that hold less than they declare (a truncated video, the first page of a "
+            "multi-page TIFF): write what could be read, with a note.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Upscale images and videos with a super-resolution model (default: auto, the shipped x4 weights
@@ -228,13 +243,17 @@ def upscale(
     file (and GPU LOCAL_RANK); a rerun skips finished outputs, so a crashed share can be redone.
     """
     tile_size = parse_tile(tile)
-    max_output = int(max_output_megapixels * 1e6)
+    with guard(as_json):
+        outscale = check_outscale(outscale)
+        max_output = check_max_pixels(max_output_megapixels, "--max-output-megapixels")
+        max_input = check_max_pixels(max_megapixels, "--max-megapixels")
+        world = world_from_env()
     options = OutputOptions(
         output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression, max_output
     )
-    world = world_from_env()
+    options.allow_partial = allow_partial
     quiet = as_json or not world.is_main
-    with guard():
+    with guard(as_json), terminate_as_interrupt():  # SIGTERM as Ctrl-C: temporaries removed, exit 130
         if model is None:  # the default: auto, unless another kind of model is asked for
             model = weights.AUTO_MODEL if onnx is None and mode == Mode.sr else weights.DEFAULT_MODEL
         auto = model == weights.AUTO_MODEL
@@ -275,7 +294,13 @@ def upscale(
         results: list[JobResult] = list(plan.failed) if world.is_main else []
         label = f" (process {world.rank + 1}/{world.size})" if world.distributed else ""
         video_options = VideoOptions(
-            codec, crf, pix_fmt, frames, batch=video_batch, max_output_pixels=max_output
+            codec,
+            crf,
+            pix_fmt,
+            frames,
+            batch=video_batch,
+            max_output_pixels=max_output,
+            allow_partial=allow_partial,
         )
         # -m auto: low-quality JPEGs to the real-world model, the rest to the default; each group
         # runs as one batch, results come back in input order
@@ -301,7 +326,8 @@ def upscale(
                 )
                 console.print(f"auto: {used[runtime.name]} {kind} input(s) -> {runtime.name}")
             for src in group_videos[world.rank :: world.size]:
-                dst = video_output(src, output, suffix, ready.scale, len(inputs) == 1)
+                single, to_frames = len(inputs) == 1, frames is not None
+                dst = video_output(src, output, suffix, ready.scale, single, frames=to_frames)
                 job = partial(video_job, runtime.upscaler, src, dst, video_options, outscale=outscale)
                 job = partial(job, overwrite=overwrite, skip_existing=bool(skip_existing))
                 results.append(_run_video(job, src, dst, quiet))
@@ -310,7 +336,7 @@ def upscale(
                 group_jobs,
                 options,
                 outscale=outscale,
-                max_pixels=int(max_megapixels * 1e6),
+                max_pixels=max_input,
                 show=not quiet,
                 show_failures=not as_json,
                 label=label,
@@ -397,7 +423,10 @@ def _run_jobs(
             progress.update(task, description=f"[cyan]{result.src.name}")
             results.append(result)
             if result.status == "failed" and show_failures:
-                progress.console.print(f"[red]failed[/] {result.src}: {result.error}")
+                where, why = escape(str(result.src)), escape(result.error or "")
+                progress.console.print(f"[red]failed[/] {where}: {why}")
+            for note in result.notes if show else ():
+                progress.console.print(f"[yellow]note:[/] {escape(str(result.src))}: {escape(note)}")
             done_mp += mp
             progress.update(
                 task, completed=done_mp if total_mp else len(results), mp=done_mp, files=len(results)
@@ -435,6 +464,7 @@ def _run_video(
     result = JobResult(src, video.dst if video is not None else dst, status, error, hint)
     if video is not None:
         result.seconds, result.in_size, result.out_size = video.seconds, video.in_size, video.out_size
+        result.notes = list(video.notes)  # in --json too (e.g. what --allow-partial kept)
         for note in video.notes:
             console.print(f"[yellow]note:[/] {escape(note)}")
     if status == "failed" and not quiet:
@@ -455,7 +485,8 @@ def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
                 size = f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}"
                 text = f"[green]{r.dst}[/] ({size}, {r.seconds:.1f}s)"
             elif r.status == "skipped":
-                text = f"[yellow]skipped[/], {r.dst} exists"
+                why = escape(r.notes[0]) if r.notes else f"{escape(str(r.dst))} exists"
+                text = f"[yellow]skipped[/], {why}"
             else:
                 text = f"[red]{r.error}[/]" + (f" [dim]({r.hint})[/]" if r.hint else "")
             table.add_row(str(r.src), text)

@@ -119,6 +119,7 @@ class ImageData:
     source_format: str | None = None
     icc_profile: bytes | None = None
     exif: bytes | None = None  # orientation tag already reset to 1 (the pixels are upright)
+    notes: tuple[str, ...] = ()  # what the user should know about the read (e.g. one page of several)
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 3 or self.pixels.shape[2] not in (1, 3):

@@ -290,8 +290,33 @@ def _open_checked(path: Path) -> BinaryIO:
         raise ImageReadError(path, os_reason(exc)) from exc
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """Decode an image file to float32 RGB or gray in [0, 1], upright, with alpha and metadata."""
+_NEW_SUBFILE_TYPE = 254  # TIFF tag: bit 0 set marks a reduced-resolution copy (a thumbnail, a preview)
+
+
+def _tiff_pages(im: Image.Image) -> int:
+    """How many full-resolution pages a TIFF holds (thumbnails and previews not counted); the
+    image is left on its first page."""
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames <= 1:
+        return 1
+    pages = 0
+    try:
+        for index in range(frames):
+            im.seek(index)
+            kind = getattr(im, "tag_v2", {}).get(_NEW_SUBFILE_TYPE, 0)
+            pages += 0 if isinstance(kind, int) and kind & 1 else 1
+    finally:
+        im.seek(0)
+    return max(pages, 1)
+
+
+def read_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, allow_partial: bool = False
+) -> ImageData:
+    """Decode an image file to float32 RGB or gray in [0, 1], upright, with alpha and metadata.
+
+    A multi-page TIFF is refused (one page would silently stand for the whole file) unless
+    `allow_partial`: then its first page is read, and `notes` of the result say so."""
     path = Path(path)
     with _open_checked(path) as fh, _pil_pixel_limit(max_pixels):
         head = fh.read(64)
@@ -317,6 +342,17 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
                 if animated and fmt not in _FIRST_FRAME_FORMATS:
                     frames = getattr(im, "n_frames", 2)
                     raise ImageReadError(path, f"animated images ({frames} frames) are not supported")
+                notes: tuple[str, ...] = ()
+                pages = _tiff_pages(im) if fmt == "TIFF" else 1
+                if pages > 1 and not allow_partial:
+                    raise ImageReadError(
+                        path,
+                        f"is a multi-page TIFF ({pages} pages); one image file holds one upscaled page",
+                        hint="pass --allow-partial (allow_partial=True) to upscale its first page only, "
+                        "or split the pages into files first",
+                    )
+                if pages > 1:
+                    notes = (f"first page of {pages} upscaled (a multi-page TIFF, --allow-partial)",)
                 # Pillow turns a TIFF upright while loading and then deletes the tag; the OpenCV path
                 # needs the original value.
                 tiff_orientation = getattr(im, "tag_v2", {}).get(_ORIENTATION_TAG) if fmt == "TIFF" else None
@@ -354,6 +390,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
                 source_format=_PIL_FORMATS.get(fmt, fmt.lower()),
                 icc_profile=_icc_for(icc if isinstance(icc, bytes) else None, pixels.shape[2]),
                 exif=_exif_upright(im),
+                notes=notes,
             )
 
 

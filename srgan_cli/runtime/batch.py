@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,9 +15,9 @@ from typing import Any, TypeVar
 
 import cv2
 
-from ..atomic import remove_stale_temps
+from ..atomic import name_max, remove_stale_temps, same_file, temp_prefix
 from ..distributed import World, gather_objects, init_group
-from ..errors import ImageError, SrganError, UsageError
+from ..errors import ArgumentError, ImageError, SrganError, UsageError
 from ..imageio import (
     READABLE_SUFFIXES,
     WRITE_FORMATS,
@@ -52,6 +53,7 @@ class JobResult:
     seconds: float = 0.0
     in_size: tuple[int, int] | None = None  # (width, height)
     out_size: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know about an ok result
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +64,7 @@ class JobResult:
             "seconds": round(self.seconds, 3),
             "input_size": list(self.in_size) if self.in_size else None,
             "output_size": list(self.out_size) if self.out_size else None,
+            "notes": list(self.notes),
         }
 
 
@@ -81,6 +84,7 @@ class OutputOptions:
     skip_existing: bool | None = None  # None: skip for inputs found in folders, fail for named files
     png_compression: int = 6  # zlib level of PNG outputs: 0 (fastest) to 9 (smallest)
     max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # larger results are refused up front
+    allow_partial: bool = False  # accept reading less than a file holds (a multi-page TIFF's first page)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -144,7 +148,9 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
     """Decide every output path before any work starts, so collisions are found up front."""
     if options.fmt != "auto" and options.fmt not in WRITE_FORMATS:
         raise UsageError(f"unknown output format {options.fmt!r}: use auto, {', '.join(WRITE_FORMATS)}")
+    check_output_options(options)
     found, failed = _scan(inputs, recursive)
+    found = _once_each(found)
     plan = Plan(failed=failed)
     out = options.output
     out_is_file = out is not None and not out.is_dir() and format_for_suffix(out) is not None
@@ -163,10 +169,13 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
         key = dst.resolve()
         if base is not None and output_of.get(src.resolve(), src.resolve()) != src.resolve():
             continue
-        if key == src.resolve():
+        if same_file(src, dst):  # the same path, a symlink to the input or a hard link of it
             plan.failed.append(
                 JobResult(src, dst, "failed", "the output would overwrite the input", "use -o or --suffix")
             )
+            continue
+        if (problem := _name_problem(dst)) is not None:
+            plan.failed.append(JobResult(src, dst, "failed", problem, "use a shorter --suffix or input name"))
             continue
         if key in claimed:
             plan.failed.append(
@@ -178,6 +187,41 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
         claimed[key] = src
         plan.jobs.append(Job(src, dst, base is not None))
     return plan
+
+
+def check_output_options(options: OutputOptions) -> None:
+    """The output options a batch cannot start with, refused at once (ArgumentError)."""
+    suffix = options.suffix or ""
+    if any(sep and sep in suffix for sep in (os.sep, os.altsep, "\0")):
+        raise ArgumentError(
+            f"--suffix {suffix!r} holds a path separator; it is added to file names (use -o for folders)"
+        )
+    if isinstance(options.quality, bool) or not 1 <= options.quality <= 100:
+        raise ArgumentError(f"quality is a whole number from 1 to 100, got {options.quality!r}")
+    if not 0 <= options.png_compression <= 9:
+        raise ArgumentError(f"PNG compression is 0 to 9, got {options.png_compression!r}")
+
+
+def _once_each(found: list[tuple[Path, Path | None]]) -> list[tuple[Path, Path | None]]:
+    """Each input file once, however many times it was named or found (a file named and also found
+    in its folder keeps its first appearance)."""
+    seen: set[Path] = set()
+    out = []
+    for src, base in found:
+        key = src.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append((src, base))
+    return out
+
+
+def _name_problem(dst: Path) -> str | None:
+    """Why the file system would refuse `dst`'s name (too long), or None."""
+    length = len(os.fsencode(dst.name))
+    limit = name_max(dst.parent)
+    if length > limit:
+        return f"the output name is {length} bytes long, over the file system's limit of {limit}"
+    return None
 
 
 def run_job(
@@ -194,18 +238,21 @@ def run_job(
     start = time.perf_counter()
     result = JobResult(job.src, job.dst, "ok")
     if not settled_before_reading(job, options, result, blocked):
-        image = attempt(result, read_input, job, max_pixels, result)
+        image = attempt(result, read_input, job, max_pixels, result, options.allow_partial)
         out = None if image is None else attempt(result, upscale_input, upscaler, image, outscale, options)
         if out is not None:
             attempt(result, write_output, job, out, options, result)
+        release_output(job.dst)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def read_input(job: Job, max_pixels: int | None, result: JobResult) -> ImageData:
-    """The job's input; its size goes into `result`."""
-    image = read_image(job.src) if max_pixels is None else read_image(job.src, max_pixels=max_pixels)
+def read_input(job: Job, max_pixels: int | None, result: JobResult, allow_partial: bool = False) -> ImageData:
+    """The job's input; its size and the read's notes go into `result`."""
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    image = read_image(job.src, allow_partial=allow_partial, **limit)
     result.in_size = (image.width, image.height)
+    result.notes.extend(image.notes)
     return image
 
 
@@ -248,7 +295,69 @@ def unwritable_folders(jobs: list[Job]) -> dict[Path, str]:
             continue
         names = {job.dst.name for job in jobs if job.dst.parent == folder}
         remove_stale_temps(folder, names)
+        for name in names:  # claims of runs that were killed
+            claim = claim_path(folder / name)
+            if claim.exists() and _claim_holder(claim) is None:
+                claim.unlink(missing_ok=True)
     return blocked
+
+
+CLAIM_TAIL = ".srgan-claim"  # `.<output name>.srgan-claim`: this output is being made by a live process
+
+
+def claim_path(dst: Path) -> Path:
+    return dst.parent / f"{temp_prefix(dst.name)}{CLAIM_TAIL}"
+
+
+def claim_output(dst: Path) -> int | None:
+    """Mark `dst` as being made by this process, so a second `srgan upscale` on the same folder
+    skips it instead of doing it again; returns None when claimed, or the pid of the live process
+    on this machine that holds it. A claim left by a process that is gone is taken over."""
+    path = claim_path(dst)
+    mine = f"{os.getpid()} {socket.gethostname()}\n".encode()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _claim_holder(path)
+            if holder is not None:
+                return holder
+            path.unlink(missing_ok=True)  # its process is gone: take it over
+            continue
+        except OSError:
+            return None  # a folder that takes no extra files: go on without a claim
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(mine)
+        return None
+    return None
+
+
+def _claim_holder(path: Path) -> int | None:
+    """The pid holding a claim file, if that process is alive on this machine (else None)."""
+    try:
+        pid_text, _, host = path.read_text().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host.strip() != socket.gethostname() or pid == os.getpid():
+        return None if pid == os.getpid() else pid  # another machine's run: assume it is alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, but someone else's process
+        return pid
+    return pid
+
+
+def release_output(dst: Path) -> None:
+    """Remove this process's claim on `dst` (if it made one)."""
+    path = claim_path(dst)
+    try:
+        if path.read_text().partition(" ")[0] == str(os.getpid()):
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def settled_before_reading(
@@ -260,8 +369,18 @@ def settled_before_reading(
         result.status, result.error = "failed", blocked[job.dst.parent]
         result.hint = "choose an output folder you can write to (-o)"
         return True
-    if not job.dst.exists() or options.overwrite:
-        return False
+    try:
+        exists = job.dst.exists()
+    except OSError as exc:  # a path the file system refuses (too long, a file used as a folder)
+        result.status, result.error = "failed", f"cannot use {job.dst}: {os_reason(exc)}"
+        return True
+    if not exists or options.overwrite:
+        holder = claim_output(job.dst)
+        if holder is None:
+            return False
+        result.status = "skipped"
+        result.notes.append(f"another srgan process (pid {holder}) is making this output")
+        return True
     skip = options.skip_existing if options.skip_existing is not None else job.from_folder
     if skip:
         result.status = "skipped"

@@ -10,10 +10,10 @@ from typing import Any
 
 from .. import archs, weights
 from ..devices import precision_name, resolve_device, resolve_precision
-from ..errors import ForeignWeights, UsageError
+from ..errors import ArgumentError, ForeignWeights, UsageError
 from ..version import __version__
 from .ensemble import SelfEnsemble
-from .upscaler import Upscaler
+from .upscaler import Upscaler, check_tiling
 
 BACKENDS = ("auto", "torch", "onnx")
 MODES = ("sr", "lapgan", "auto")
@@ -88,9 +88,10 @@ def build_upscaler(
     (`lapgan_levels` of them, default all); auto: whichever the weights hold.
     """
     if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+        raise ArgumentError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    check_tiling(tile, tile_pad)
     if mode not in MODES:
-        raise UsageError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
+        raise ArgumentError(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     chosen = mode
     # the file's header, read once: None for a community model (or when an .onnx file runs)
     info = _info_or_foreign(model) if not is_onnx_path(model) and (mode == "auto" or onnx is None) else None

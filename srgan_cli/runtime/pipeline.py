@@ -22,6 +22,7 @@ from .batch import (
     OutputOptions,
     attempt,
     read_input,
+    release_output,
     run_job,
     settled_before_reading,
     unwritable_folders,
@@ -70,11 +71,16 @@ def run_jobs(
         upscaler, jobs, options, outscale, max_pixels, blocked, lost, readers, writers, (ahead, group)
     )
     done = 0
-    for result in results:
-        done += 1
-        if result.status == "failed" and result.error in DESTINATION_LOST and not lost:
-            lost.append(result.error)
-        yield result
+    try:
+        for result in results:
+            done += 1
+            if result.status == "failed" and result.error in DESTINATION_LOST and not lost:
+                lost.append(result.error)
+            yield result
+    finally:  # a bug, or the caller stopped early: no claim of this process outlives the run
+        results.close()
+        for job in jobs[done:]:
+            release_output(job.dst)
     for job in jobs[done:]:  # never started: the destination was lost
         yield JobResult(
             job.src,
@@ -118,7 +124,7 @@ def _run(
                 return
             item = _InFlight(job, JobResult(job.src, job.dst, "ok"), time.perf_counter())
             if not settled_before_reading(job, options, item.result, blocked):
-                item.work = read_pool.submit(read_input, job, max_pixels, item.result)
+                item.work = read_pool.submit(read_input, job, max_pixels, item.result, options.allow_partial)
             reading.append(item)
 
         for _ in range(max(ahead, batch, 1)):
@@ -177,7 +183,10 @@ def _write(item: _InFlight, out: ImageData, options: OutputOptions) -> None:
 
 
 def _finish(item: _InFlight) -> JobResult:
-    if item.work is not None:
-        item.work.result()  # waits for the write; anything but a user's kind of failure propagates
+    try:
+        if item.work is not None:
+            item.work.result()  # waits for the write; anything but a user's kind of failure propagates
+    finally:
+        release_output(item.job.dst)
     item.result.seconds = time.perf_counter() - item.start
     return item.result

@@ -3,12 +3,13 @@ gray and alpha, `--outscale` resampling, and `Rescaled` for scoring at another s
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from ..errors import SrganError
+from ..errors import ArgumentError, ArgumentTypeError, SrganError
 from ..imageio import ImageData, fill_transparent
 
 
@@ -31,6 +32,45 @@ def resample(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     if out.ndim == 2:  # cv2 drops a single channel axis
         out = out[..., None]
     return np.clip(out, 0.0, 1.0)
+
+
+MIN_TILE_SIDE = 16  # smaller tiles are all overlap: --tile takes 0, auto or at least this
+
+
+def check_outscale(outscale: Any) -> float | None:
+    """`outscale` as a float: None, or a finite number above 0 (ArgumentError otherwise)."""
+    if outscale is None:
+        return None
+    if isinstance(outscale, bool) or not isinstance(outscale, (int, float)):
+        raise ArgumentTypeError(f"outscale is a number, not {type(outscale).__name__}")
+    if not math.isfinite(outscale) or outscale <= 0:
+        raise ArgumentError(f"outscale must be a finite number above 0, got {outscale}")
+    return float(outscale)
+
+
+def check_tiling(tile: Any, tile_pad: Any) -> None:
+    """A tile side (None: auto, 0: whole image, or >= MIN_TILE_SIDE) and a tile pad (>= 0), both
+    whole numbers; ArgumentError/ArgumentTypeError otherwise."""
+    for name, value in (("tile", tile), ("tile_pad", tile_pad)):
+        if value is None and name == "tile":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ArgumentTypeError(f"{name} is a whole number, not {type(value).__name__} {value!r}")
+    if tile is not None and (tile < 0 or 0 < tile < MIN_TILE_SIDE):
+        raise ArgumentError(
+            f"tile must be 0 (whole image), auto or at least {MIN_TILE_SIDE} pixels, got {tile}"
+        )
+    if tile_pad < 0:
+        raise ArgumentError(f"tile_pad must be 0 or more pixels, got {tile_pad}")
+
+
+def check_max_pixels(megapixels: Any, name: str = "max_output_megapixels") -> int:
+    """A megapixel limit (finite, above 0) as a pixel count."""
+    if isinstance(megapixels, bool) or not isinstance(megapixels, (int, float)):
+        raise ArgumentTypeError(f"{name} is a number, not {type(megapixels).__name__}")
+    if not math.isfinite(megapixels) or megapixels <= 0:
+        raise ArgumentError(f"{name} must be a finite number above 0, got {megapixels}")
+    return max(1, int(megapixels * 1e6))
 
 
 def scaled_size(width: int, height: int, scale: int, outscale: float | None) -> tuple[int, int]:
