@@ -105,5 +105,11 @@ class TrainingError(SrganError):
     """A training run that cannot start or had to stop (bad data folder, NaN loss, ...)."""
 
 
+class TrainingOptionError(ArgumentError, TrainingError):
+    """A training option whose value no run can use (a negative learning rate, beta1 of 1.5, ...):
+    exit code 2 like any usage error, and still a TrainingError (and a ValueError) to code that
+    catches those."""
+
+
 class OnnxError(SrganError):
     """An ONNX export that fails the checker or its verification, or a model ONNX Runtime cannot run."""

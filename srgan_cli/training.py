@@ -6,9 +6,12 @@ logged quantities, config parsing, the stop clock and TensorBoard; and for the D
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_open
-from .errors import TrainingError
+from .errors import TrainingError, TrainingOptionError
 
 Event = Callable[[str, dict[str, Any]], None]  # on_event(kind, payload): "start", "log", "val", ...
 
@@ -53,10 +56,60 @@ class EmaUpdate:
         return min(decay, (1 + updates) / (10 + updates))
 
 
-def save_checkpoint(state: Any, path: Path) -> None:
-    """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one."""
-    with atomic_open(path) as fh:
-        torch.save(state, fh)
+def save_checkpoint(state: Any, path: Path, *, what: str = "checkpoint") -> None:
+    """torch.save `state` to `path` atomically: a kill at any moment leaves the old file or the new one.
+    A failed write (a full disk, a lost mount) is a TrainingError saying so; the old file stays."""
+    kept = path.is_file()
+    try:
+        with atomic_open(path) as fh:
+            torch.save(state, fh)
+    except (OSError, RuntimeError) as exc:
+        # PyTorch's zip writer reports a failed write as "PytorchStreamWriter failed writing file
+        # ..." or an enforce failure (RuntimeError), with the OSError as its context if any
+        previous = f"the previous {what} is kept" if kept else f"no {what} was written"
+        raise TrainingError(
+            f"cannot write the {what} to {path}: {_write_failure(exc, path.parent)} ({previous})",
+            hint=_WRITE_HINTS.get(_errno_of(exc) or 0),
+        ) from exc
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "free some space on that disk, then continue with --resume",
+    errno.EDQUOT: "free some of your disk quota, then continue with --resume",
+}
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The errno of the first OSError in `exc`'s chain (cause or context), if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno:
+            return cur.errno
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in a few lower-case words: the OS's reason when one is in the chain;
+    for PyTorch's own error without one, "no space left on device" if the disk is full."""
+    code = _errno_of(exc)
+    if code is not None:
+        return os_reason(code)
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return os_reason(errno.ENOSPC)
+    except OSError:
+        pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"the write failed ({first})"
+
+
+def os_reason(code: int) -> str:
+    """errno -> "no space left on device" (the C library's text, lower case)."""
+    text = os.strerror(code)
+    return text[:1].lower() + text[1:]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -211,11 +264,67 @@ def config_from_dict(cls: type[C], data: dict[str, Any], what: str) -> C:
     return cls(**data)
 
 
+def option_name(field: str) -> str:
+    """A config field as its command-line option: lr_min -> --lr-min."""
+    return "--" + field.replace("_", "-")
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def _number(config: object, name: str) -> float:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TrainingOptionError(f"{option_name(name)} must be a number, got {_shown(value)}")
+    return float(value)
+
+
 def require_positive(config: object, names: tuple[str, ...]) -> None:
-    """Every named option of `config` must be at least 1 (reported as its --flag name)."""
+    """Every named option of `config` must be a whole number of at least 1 (named as its --flag)."""
     for name in names:
-        if getattr(config, name) < 1:
-            raise TrainingError(f"{name.replace('_', '-')} must be at least 1")
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainingOptionError(f"{option_name(name)} must be at least 1, got {_shown(value)}")
+
+
+def require_rate(config: object, names: tuple[str, ...]) -> None:
+    """Every named option must be a positive finite number (learning rates, factors)."""
+    for name in names:
+        value = _number(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise TrainingOptionError(
+                f"{option_name(name)} must be a positive finite number, got {_shown(getattr(config, name))}"
+            )
+
+
+def require_weight(config: object, names: tuple[str, ...]) -> None:
+    """Every named option must be a finite number of 0 or more (loss weights: 0 turns a term off)."""
+    for name in names:
+        value = _number(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            shown = _shown(getattr(config, name))
+            raise TrainingOptionError(f"{option_name(name)} must be finite and 0 or more, got {shown}")
+
+
+def require_unit(config: object, names: tuple[str, ...], *, closed: bool = False) -> None:
+    """Every named option must be in [0, 1) (Adam's betas, EMA decays), or [0, 1] with `closed`."""
+    for name in names:
+        value = _number(config, name)
+        if not (0.0 <= value <= 1.0 and (closed or value < 1.0)):
+            interval = "[0, 1]" if closed else "[0, 1)"
+            raise TrainingOptionError(
+                f"{option_name(name)} must be in {interval}, got {_shown(getattr(config, name))}"
+            )
+
+
+def require_seed(config: object, name: str = "seed") -> None:
+    """A seed that every generator takes (and that stays in range once offset per process)."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise TrainingOptionError(
+            f"{option_name(name)} must be a whole number from 0 to {2**32 - 1}, got {_shown(value)}"
+        )
 
 
 @contextlib.contextmanager

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +270,32 @@ def test_json_gets_a_document_for_a_fatal_error(tmp_path: Path) -> None:
     assert code == 2
     document = json.loads(out)
     assert document["exit_code"] == 2 and "not found" in document["error"]
+
+
+def test_sigterm_stops_upscale_cleanly(weights_dir: Path, tmp_path: Path) -> None:
+    for i in range(60):
+        photo(tmp_path / "in" / f"p{i:02d}.png", 64, 64, seed=i)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    args = ["upscale", str(tmp_path / "in"), "-o", str(out), "-m", "tiny_x4", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srgan_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, text
+    assert "terminated" in text and "Traceback" not in text
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries, no claims
+    assert 0 < len(list(out.glob("*.png"))) < 60

@@ -284,7 +284,7 @@ def test_grid_weight_needs_whole_tiles(
 ) -> None:
     with pytest.raises(TrainingError, match="tiles of 16 px"):
         _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, crop=8, grid_weight=1.0).validate()
-    with pytest.raises(TrainingError, match="grid_weight"):
+    with pytest.raises(TrainingError, match="--grid-weight"):
         _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, grid_weight=-1.0).validate()
     _gan(photo_dir, tmp_path / "t", init_weights, vgg_file, 1, crop=8).validate()  # off: any crop
 

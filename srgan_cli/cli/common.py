@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import re
+import signal
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -251,11 +252,13 @@ def guard(as_json: bool = False) -> Iterator[None]:
     except OSError as exc:  # a path that is a file, a read-only folder, a full disk: never a traceback
         report_error(SrganError(_os_message(exc), hint=_OS_HINTS.get(exc.errno or 0)), as_json, 1)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM under signals.terminate_as_interrupt
+        code = 128 + int(getattr(exc, "signum", signal.SIGINT))  # 130 for SIGINT, 143 for SIGTERM
+        word = "interrupted" if code == 130 else "terminated"
+        console.print(f"[yellow]{word}[/]")
         if as_json:
-            report_error(SrganError("interrupted"), True, 130, quiet=True)
-        raise typer.Exit(130) from None
+            report_error(SrganError(word), True, code, quiet=True)
+        raise typer.Exit(code) from None
 
 
 def training_progress(stats: str = "{task.fields[stats]}", *, remaining: bool = False) -> Progress:

@@ -83,7 +83,7 @@ def export_onnx_cmd(
 
     Exit code 1 if they differ by more than the tolerance (fp32 1e-4, fp16 1e-2); nothing is written then.
     """
-    with guard():
+    with guard(as_json):
         if int8 and (fp16 or static):
             raise UsageError("--int8 cannot be combined with --fp16 or --static")
         if int8 and calibrate is None:

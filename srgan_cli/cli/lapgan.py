@@ -22,6 +22,7 @@ from .common import (
     stdout,
     training_progress,
 )
+from .signals import terminate_as_interrupt
 
 app = typer.Typer(
     help="LAPGAN: sample images coarse to fine, train a pyramid of GANs, score it (Parzen window).",
@@ -89,7 +90,7 @@ def train(
     ] = None,
     steps: Annotated[int | None, _opt("--steps", min=1, help="Steps per level.")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", min=1)] = None,
-    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate.")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Adam learning rate (positive).")] = None,
     min_crop: Annotated[
         float | None, _opt("--min-crop", help="Smallest crop / short side of a photo.")
     ] = None,
@@ -104,7 +105,7 @@ def train(
     given = given_options(dict(locals()), skip=("level", "resume", "overwrite", "time_limit"))  # options only
     from ..lapgan.train import LapganTrainConfig, read_run_config
 
-    with guard():
+    with guard(), terminate_as_interrupt():  # SIGTERM as Ctrl-C: no checkpoint temporaries left
         seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out)
         if saved is None and "data" not in given:
@@ -302,7 +303,7 @@ def evaluate(
     from ..lapgan.data import CropSampler
     from ..lapgan.parzen import parzen_eval
 
-    with guard():
+    with guard(as_json):
         nets = [_load(m, device) for m in model]
         sizes = {net.config.size for net, _, _ in nets}
         if len(sizes) > 1:

@@ -12,7 +12,7 @@ from types import FrameType
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread where Ctrl-C would raise KeyboardInterrupt: every
-    `except KeyboardInterrupt` and `finally` (guard()'s "interrupted", exit 130) runs for it too."""
+    `except KeyboardInterrupt` and `finally` runs for it too (guard() says "terminated", exit 143)."""
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
         super().__init__(signal.Signals(signum).name)

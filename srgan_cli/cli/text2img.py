@@ -25,6 +25,7 @@ from .common import (
     stdout,
     training_progress,
 )
+from .signals import terminate_as_interrupt
 
 app = typer.Typer(
     help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
@@ -235,7 +236,7 @@ def train(
     beta: Annotated[float | None, _opt("--beta", help="GAN-INT interpolation weight.")] = None,
     steps: Annotated[int | None, _opt("--steps", min=1)] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", min=2)] = None,
-    lr: Annotated[float | None, _opt("--lr", min=0.0, help="Adam learning rate.")] = None,
+    lr: Annotated[float | None, _opt("--lr", help="Adam learning rate (positive).")] = None,
     seed: Annotated[int | None, _opt("--seed")] = None,
     sample_every: Annotated[
         int | None, _opt("--sample-every", min=1, help="Sample grid every N steps.")
@@ -247,7 +248,7 @@ def train(
     given = given_options(dict(locals()), skip=("resume", "overwrite", "time_limit"))  # first: options only
     from ..text2img.train import read_run_config, train_text2img
 
-    with guard():
+    with guard(), terminate_as_interrupt():  # SIGTERM as Ctrl-C: no checkpoint temporaries left
         seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out) if not overwrite else None
         if saved is None and "data" not in given:
@@ -478,7 +479,7 @@ def evaluate(
     from ..text2img.evaluate import evaluate_generator, evaluate_real, evaluate_redrawn, held_out_pairs
     from ..text2img.sample import TextToImage, load_text2img
 
-    with guard():
+    with guard(as_json):
         dev = resolve_device(device)
         judge = load_checker(checker).to(dev)
         heldout = load_caption_set(data, 64)

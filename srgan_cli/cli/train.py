@@ -26,6 +26,7 @@ from .common import (
     parse_duration,
     training_progress,
 )
+from .signals import Terminated
 
 _GAN = "GAN stage"
 _RUN = "Run"
@@ -126,7 +127,8 @@ def train(
         float | None, _opt("--lr-step-at", help="Step schedule: fraction of steps.")
     ] = None,
     lr_gamma: Annotated[float | None, _opt("--lr-gamma", help="Step schedule: factor.")] = None,
-    beta1: Annotated[float | None, _opt("--beta1", help="Adam beta1.")] = None,
+    beta1: Annotated[float | None, _opt("--beta1", help="Adam beta1, in [0, 1).")] = None,
+    beta2: Annotated[float | None, _opt("--beta2", help="Adam beta2, in [0, 1).")] = None,
     loss: Annotated[Loss | None, _opt("--loss", help="Pixel loss.")] = None,
     ema: Annotated[float | None, _opt("--ema", help="EMA decay of G's weights, 0 = off.")] = None,
     augment: Annotated[
@@ -233,8 +235,11 @@ def train(
                 raise typer.BadParameter("--data is required (a folder of photos)", param_hint="--data")
             base = TrainConfig.for_stage(options.get("stage", "pretrain"))
         config = TrainConfig.from_dict({**base.to_dict(), **options})
+        config.validate_options()  # a bad value is named before --init weights are looked for
         if not resume:
             config = apply_init_arch(config, set(options))
+        config.validate()
+        world_from_env()  # a half-set torchrun environment is refused before the photos are read
         _run(config, resume, seconds)
 
 
@@ -249,8 +254,8 @@ class _StopOnSignal:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # the second signal: at once (guard: exit 130, or 143 for SIGTERM)
+            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
         self.signum = signum
         console.print(
             f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step with a checkpoint "

@@ -33,12 +33,16 @@ from ..training import (
     GanPair,
     RunningMeans,
     StopClock,
+    TrainingOptionError,
     config_from_dict,
     count_parameters,
     event_log,
     load_checkpoint,
     read_run,
     require_positive,
+    require_rate,
+    require_seed,
+    require_unit,
     restore_rng,
     rng_state,
     save_png,
@@ -95,10 +99,20 @@ class LapganTrainConfig:
             raise TrainingError(str(exc), hint="e.g. --size 32 --levels 3 (8 -> 16 -> 32)") from exc
 
     def validate(self) -> None:
+        """Every option's value (UsageError naming it, also a TrainingError), then the model's shape."""
+        require_positive(
+            self,
+            ("n_feats", "coarse_hidden", "noise_dim", "steps", "batch_size")
+            + ("log_every", "sample_every", "checkpoint_every"),
+        )
+        require_rate(self, ("lr",))
+        require_unit(self, ("beta1",))
+        require_seed(self)
+        if not 0 < self.min_crop <= 1:  # also refuses nan
+            raise TrainingOptionError(f"--min-crop must be in (0, 1], got {self.min_crop:g}")
+        if self.keep_side < 0:
+            raise TrainingOptionError(f"--keep-side must be 0 (4 x --size) or more, got {self.keep_side}")
         self.model_config()
-        require_positive(self, ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every"))
-        if not 0 < self.min_crop <= 1:
-            raise TrainingError("min-crop must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -86,15 +87,43 @@ def onnx_metadata(
     return {META_PREFIX + k: v for k, v in meta.items()}
 
 
+# A static export runs the model once at its shape, in PyTorch and in ONNX Runtime, on the CPU: a
+# fixed shape is a tile size (a static model upscales larger images window by window), so its
+# output is capped at 4096 x 4096 pixels, e.g. --static 1024x1024 at x4 (a few GB of activations).
+MAX_STATIC_OUTPUT_PIXELS = 4096 * 4096
+MIN_STATIC_SIDE = 8
+
+
 def parse_static(text: str) -> tuple[int, int]:
-    """'HxW' (e.g. 256x256) -> (H, W)."""
+    """'HxW' (e.g. 256x256) -> (H, W); sides of at least 8, and no more pixels than a static
+    export can run (`check_static` checks the output once the scale is known)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"--static {text!r}: expected HEIGHTxWIDTH, e.g. 256x256") from None
-    if h < 8 or w < 8:
-        raise UsageError(f"--static {text!r}: height and width must be at least 8")
+    check_static((h, w), None)
     return h, w
+
+
+def check_static(static: tuple[int, int], scale: int | None) -> None:
+    """Refuse a fixed input shape whose sides are under 8 pixels or whose output (x `scale`; None:
+    not known yet, the input alone) is over MAX_STATIC_OUTPUT_PIXELS, before anything is allocated."""
+    h, w = static
+    shape = f"{h}x{w}"
+    if h < MIN_STATIC_SIDE or w < MIN_STATIC_SIDE:
+        raise UsageError(f"--static {shape}: height and width must be at least {MIN_STATIC_SIDE}")
+    factor = scale or 1
+    if h * w * factor * factor > MAX_STATIC_OUTPUT_PIXELS:
+        side = math.isqrt(MAX_STATIC_OUTPUT_PIXELS // (factor * factor)) // 8 * 8
+        if scale is None:
+            side = min(side, 1024)  # a tile size that fits the cap at x4
+        made = f" at x{scale} makes a {h * scale}x{w * scale} output" if scale else " is too large"
+        raise UsageError(
+            f"--static {shape}{made}: a static export runs the model once at its shape on the CPU, "
+            f"so it is limited to {MAX_STATIC_OUTPUT_PIXELS / 1e6:.1f} MP of output, "
+            f"e.g. --static {side}x{side}",
+            hint="a static model upscales larger images tile by tile: its shape is the tile size",
+        )
 
 
 def _check_opset(opset: int) -> None:
@@ -274,11 +303,13 @@ def export_onnx(
     _check_opset(opset)
     _check_target(path, overwrite)
     precision = "fp16" if fp16 else "fp32"
+    config = model.config.to_dict()  # type: ignore[union-attr, operator]
+    scale = int(config["scale"])
+    if static is not None:
+        check_static(static, scale)  # before the dummy input and the trace allocate anything
     reference = model.eval().float()
     h, w = static or (64, 64)
     dummy = torch.rand(1, 3, h, w)
-    config = model.config.to_dict()  # type: ignore[union-attr, operator]
-    scale = int(config["scale"])
     meta = onnx_metadata(
         arch=str(model.arch), config=config, scale=scale, precision=precision, source=source or {}
     )

@@ -12,14 +12,22 @@ from .. import weights as weights_mod
 from ..degradations import load_degradation
 from ..errors import TrainingError
 from ..tomlfile import read_toml
-from ..training import load_checkpoint
+from ..training import (
+    TrainingOptionError,
+    load_checkpoint,
+    option_name,
+    require_positive,
+    require_rate,
+    require_seed,
+    require_unit,
+    require_weight,
+)
 from .data import (
     parse_data_spec,
 )
 from .losses import (
     CONTENT_LAYERS,
 )
-from .models import SRResNetConfig
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -32,6 +40,8 @@ AMPS = ("auto", "off", "bf16", "fp16")
 GAN_LOSSES = ("standard", "ragan")
 VGG_INPUTS = ("auto", "torchvision", "caffe")
 FAST_STEPS = ("auto", "on", "off")
+SCALES = (2, 4, 8)  # the generator has one x2 sub-pixel stage per factor of 2 (sr.models)
+MIN_CROP = 8  # smallest HR crop side (the CLI's --crop min)
 
 # Fields that define the run: a resumed run must agree with its checkpoint on these.
 RUN_FIELDS = (
@@ -150,10 +160,15 @@ class TrainConfig:
             return self.init
         return f"srresnet_x{self.scale}" if self.stage == "gan" else None
 
-    def validate(self) -> None:
+    def validate_options(self) -> None:
+        """Each option on its own: a known choice, a number in its range (UsageError naming the
+        option). Safe before --init fills in the generator's shape; `validate` checks the rest."""
+
         def one_of(field: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, field) not in allowed:
-                raise TrainingError(f"unknown {field} {getattr(self, field)!r}: use {', '.join(allowed)}")
+                raise TrainingOptionError(
+                    f"unknown {option_name(field)} {getattr(self, field)!r}: use {', '.join(allowed)}"
+                )
 
         one_of("stage", STAGES)
         for spec in self.data:
@@ -165,29 +180,69 @@ class TrainConfig:
         one_of("content_layer", tuple(CONTENT_LAYERS))
         one_of("vgg_input", VGG_INPUTS)
         one_of("fast_step", FAST_STEPS)
+        if self.scale not in SCALES or isinstance(self.scale, bool):
+            raise TrainingOptionError(
+                f"--scale must be {', '.join(map(str, SCALES[:-1]))} or {SCALES[-1]}, got {self.scale}"
+            )
+        require_positive(
+            self,
+            ("n_blocks", "n_feats", "d_feats", "crop", "batch_size", "steps")
+            + ("val_every", "checkpoint_every", "log_every"),
+        )
+        for name in ("val_limit", "samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TrainingOptionError(f"{option_name(name)} must be 0 or more, got {value}")
+        require_rate(self, ("lr", "lr_gamma"))
+        if self.d_lr is not None:
+            require_rate(self, ("d_lr",))
+        if self.content_scale is not None:
+            require_rate(self, ("content_scale",))
+        require_weight(
+            self,
+            (
+                "lr_min",
+                "pixel_weight",
+                "content_weight",
+                "adv_weight",
+                "r1_gamma",
+                "tv_weight",
+                "grid_weight",
+            ),
+        )
+        require_unit(self, ("beta1", "beta2", "ema"))
+        if not 0.0 < self.lr_step_at <= 1.0:
+            raise TrainingOptionError(
+                f"--lr-step-at is a fraction of the steps, in (0, 1], got {self.lr_step_at:g}"
+            )
+        require_seed(self)
+
+    def validate(self) -> None:
+        """Every option (`validate_options`) and how they go together; raises UsageError (exit 2)
+        naming the option, which is also a TrainingError."""
+        self.validate_options()
         if not load_degradation(self.degradation).bicubic and self.data_lr:
-            raise TrainingError(
+            raise TrainingOptionError(
                 "--data-lr gives real LR photos; a --degradation would make them: use one or the other"
             )
         if self.data_lr and len(self.data) != 1:
-            raise TrainingError("--data-lr pairs with exactly one --data folder of HR photos")
-        if self.steps < 1 or self.batch_size < 1:
-            raise TrainingError("steps and batch size must be positive")
+            raise TrainingOptionError("--data-lr pairs with exactly one --data folder of HR photos")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
-            raise TrainingError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
-        if not 0.0 <= self.ema < 1.0:
-            raise TrainingError("ema must be in [0, 1)")
-        if not 0.0 < self.lr_step_at <= 1.0:
-            raise TrainingError("lr_step_at is a fraction of the steps, in (0, 1]")
-        if min(self.val_every, self.checkpoint_every, self.log_every) < 1:
-            raise TrainingError("val_every, checkpoint_every and log_every must be positive")
-        SRResNetConfig(self.scale, self.n_blocks, self.n_feats)  # raises on a bad scale
+            raise TrainingOptionError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
         if self.crop % self.scale:
-            raise TrainingError(f"crop size {self.crop} must be a multiple of the scale {self.scale}")
-        if self.grid_weight < 0:
-            raise TrainingError("grid_weight must be 0 (off) or positive")
+            raise TrainingOptionError(f"--crop {self.crop} must be a multiple of the scale {self.scale}")
+        if self.crop < MIN_CROP:
+            raise TrainingOptionError(f"--crop must be at least {MIN_CROP} pixels, got {self.crop}")
+        if self.stage == "gan":
+            # the content layer's feature map must keep at least one pixel of the crop
+            need = _vgg_min_side(CONTENT_LAYERS[self.content_layer])
+            if self.crop < need:
+                raise TrainingOptionError(
+                    f"--content-layer {self.content_layer} pools a crop {need} times smaller: "
+                    f"use --crop {need} or more, got {self.crop}"
+                )
         if self.grid_weight > 0 and self.crop < 8 * self.scale:
-            raise TrainingError(
+            raise TrainingOptionError(
                 f"the grid loss works on tiles of {8 * self.scale} px (8 x the scale): "
                 f"use --crop {8 * self.scale} or more, or --grid-weight 0"
             )
@@ -203,6 +258,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _vgg_min_side(layer: object) -> int:
+    """The smallest crop side a VGG content layer still sees as one pixel: block i comes after
+    i - 1 max-pools of stride 2 (a multi-layer loss: its deepest layer)."""
+    deepest = max(tap.block for tap in getattr(layer, "layers", [layer]))
+    return int(2 ** (deepest - 1))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

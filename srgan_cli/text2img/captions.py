@@ -207,5 +207,5 @@ def embeddings_of(
         if state.get("key") == key:
             return CaptionEmbeddings(state["vectors"], first, count)
     vectors = encode(texts).float()
-    training.save_checkpoint({"key": key, "vectors": vectors}, cache)
+    training.save_checkpoint({"key": key, "vectors": vectors}, cache, what="embeddings cache")
     return CaptionEmbeddings(vectors, first, count)

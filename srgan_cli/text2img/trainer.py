@@ -24,7 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
-from ..training import EmaUpdate, GanPair, config_from_dict, require_positive
+from ..training import (
+    EmaUpdate,
+    GanPair,
+    TrainingOptionError,
+    config_from_dict,
+    require_positive,
+    require_rate,
+    require_seed,
+    require_unit,
+    require_weight,
+)
 from .encoders import NEGATIVES, ImageEncoder, matching_loss
 from .models import CONDITIONS, Discriminator, Generator, Text2ImgConfig, models
 
@@ -89,44 +99,46 @@ class Text2ImgTrainConfig:
     checkpoint_every: int = 250
 
     def validate(self) -> None:
+        """Every option's value and how they go together: UsageError naming the option (exit 2),
+        which is also a TrainingError."""
         if self.encoder not in ("builtin", "minilm"):
-            raise TrainingError(f"unknown --encoder {self.encoder!r}: use builtin or minilm")
+            raise TrainingOptionError(f"unknown --encoder {self.encoder!r}: use builtin or minilm")
         require_positive(
-            self, ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "encoder_steps")
+            self,
+            ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "encoder_steps")
+            + ("ngf", "ndf", "z_dim", "proj_dim", "encoder_dim"),
         )
         if self.batch_size < 2:
-            raise TrainingError("batch-size must be at least 2 (mismatched captions come from other images)")
-        if not 0.0 <= self.beta <= 1.0:
-            raise TrainingError("beta must be in [0, 1]")
-        if self.lr <= 0:
-            raise TrainingError("lr must be positive")
+            raise TrainingOptionError(
+                f"--batch-size must be at least 2 (mismatched captions come from other images), "
+                f"got {self.batch_size}"
+            )
+        if self.limit < 0:
+            raise TrainingOptionError(f"--limit must be 0 (all images) or more, got {self.limit}")
+        require_rate(self, ("lr",))
+        require_unit(self, ("beta1", "ema"))
+        require_unit(self, ("beta", "hard_wrong"), closed=True)
+        require_weight(self, ("ca_kl", "match_weight", "mode_seeking"))
+        require_seed(self)
         if self.loss not in _LOSSES:
-            raise TrainingError(f"unknown --loss {self.loss!r}: use {' or '.join(_LOSSES)}")
+            raise TrainingOptionError(f"unknown --loss {self.loss!r}: use {' or '.join(_LOSSES)}")
         if self.d_condition not in CONDITIONS:
-            raise TrainingError(f"unknown --d-condition {self.d_condition!r}: use {' or '.join(CONDITIONS)}")
+            raise TrainingOptionError(
+                f"unknown --d-condition {self.d_condition!r}: use {' or '.join(CONDITIONS)}"
+            )
         if self.encoder_negatives not in NEGATIVES:
-            raise TrainingError(
+            raise TrainingOptionError(
                 f"unknown --encoder-negatives {self.encoder_negatives!r}: use {' or '.join(NEGATIVES)}"
             )
-        if self.ca_kl < 0:
-            raise TrainingError("ca-kl must be at least 0")
-        if not 0.0 <= self.hard_wrong <= 1.0:
-            raise TrainingError("hard-wrong must be in [0, 1]")
         if self.hard_wrong > 0 and not self.cls:
-            raise TrainingError("--hard-wrong chooses GAN-CLS's mismatched captions: it needs --cls")
-        if self.match_weight < 0:
-            raise TrainingError("match-weight must be at least 0")
-        if self.mode_seeking < 0:
-            raise TrainingError("mode-seeking must be at least 0")
-        if not 0.0 <= self.ema < 1.0:
-            raise TrainingError("ema must be in [0, 1)")
+            raise TrainingOptionError("--hard-wrong chooses GAN-CLS's mismatched captions: it needs --cls")
         if self.mode_seeking_distance not in _DISTANCES:
-            raise TrainingError(
+            raise TrainingOptionError(
                 f"unknown --mode-seeking-distance {self.mode_seeking_distance!r}: "
                 f"use {' or '.join(_DISTANCES)}"
             )
         if self.match_weight > 0 and self.encoder != "builtin":
-            raise TrainingError(
+            raise TrainingOptionError(
                 "--match-weight needs the builtin text encoder (its pre-training makes the image encoder)"
             )
 
