@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +28,16 @@ AUTO_MODEL = "auto"
 REAL_MODEL = "srgan_x4_real"
 AUTO_JPEG_QUALITY = 75
 ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), searched first
+
+# What a torch model file (.pth/.pt/.ckpt/.bin: a zip archive) may unpack to, checked from its zip
+# directory before torch reads it. torch stores members uncompressed, so an honest file unpacks to
+# about its own size; the largest community SR models are 1-2 GB. A file that declares more than
+# MAX_UNPACKED_BYTES, or whose compressed members inflate more than MAX_INFLATION times (beyond
+# INFLATION_ALLOWANCE bytes in all), is a zip bomb and is refused. Module constants: raise them here.
+MAX_UNPACKED_BYTES = 8 * 2**30
+MAX_INFLATION = 100
+INFLATION_ALLOWANCE = 16 * 2**20
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")  # read with torch.load; anything else is safetensors
 
 # where each kind of model is used, for the hint when one is given to the wrong command
 ARCH_HINTS = {
@@ -181,7 +193,7 @@ def _info_from_metadata(path: Path, meta: dict[str, str], n_params: int) -> Weig
 
 def read_info(name_or_path: str | os.PathLike[str]) -> WeightsInfo:
     path = resolve(name_or_path)
-    if path.suffix in (".pth", ".pt"):
+    if path.suffix.lower() in TORCH_SUFFIXES:  # (.ckpt and .bin too: community models' suffixes)
         state = _torch_load(path)
         arch, config = infer_srresnet_config(state, path)
         n = sum(t.numel() for t in state.values())
@@ -197,8 +209,92 @@ def read_info(name_or_path: str | os.PathLike[str]) -> WeightsInfo:
     return _info_from_metadata(path, header.get("__metadata__") or {}, n_params)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def check_torch_archive(path: Path) -> None:
+    """Refuse a torch model file that would unpack to far more memory than it is big, from its zip
+    directory alone (torch.load would inflate every member first); a legacy (pre-1.6) pickle reads
+    its tensors raw from the file, so it passes; anything else is not a torch file."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            if head != b"PK\x03\x04":  # torch.load tells a zip archive by these bytes too
+                if head[:1] == b"\x80":  # pickle protocol 2+: a legacy torch file
+                    return
+                raise WeightsFormatError(
+                    f"{path}: not a PyTorch model file (neither a zip archive nor a pickle)"
+                )
+            members = zipfile.ZipFile(fh).infolist()
+    except OSError as exc:
+        raise WeightsFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise WeightsFormatError(f"{path}: corrupt PyTorch model file (bad zip archive: {exc})") from exc
+    packed = [m for m in members if m.compress_type != zipfile.ZIP_STORED]
+    lying = [m for m in members if m.compress_type == zipfile.ZIP_STORED and m.file_size != m.compress_size]
+    if lying or sum(m.compress_size for m in members) > size:
+        raise WeightsFormatError(
+            f"{path}: corrupt PyTorch model file (its zip directory does not fit the file)"
+        )
+    declared = sum(m.file_size for m in members)
+    inflated, stored = sum(m.file_size for m in packed), sum(m.compress_size for m in packed)
+    if inflated > INFLATION_ALLOWANCE and inflated > MAX_INFLATION * max(stored, 1):
+        raise WeightsFormatError(
+            f"{path}: refused: a {_size(size)} file that unpacks to {_size(declared)} "
+            "(a zip bomb, not model weights)"
+        )
+    if declared > MAX_UNPACKED_BYTES:
+        raise WeightsFormatError(
+            f"{path}: refused: unpacks to {_size(declared)}, more than the {_size(MAX_UNPACKED_BYTES)} "
+            "a model file may hold",
+            hint="if it is genuine, raise srgan_cli.weights.MAX_UNPACKED_BYTES",
+        )
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN or Inf; CPU tensors through numpy, which has none of torch's
+    per-op thread-pool cost (0.8 ms instead of 30 ms for the 258 tensors of srresnet_x4)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        return bool(torch.isfinite(t).all())
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: NaN and Inf are its all-ones exponents
+        bits = t.detach().contiguous().view(torch.int16).numpy()
+        return not bool(((bits & 0x7F80) == 0x7F80).any())
+    return bool(np.isfinite(t.detach().numpy()).all())
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse weights holding NaN or Inf (they give a black or garbage image, never an error)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not _finite(v)]
+    if bad:
+        held = "tensors hold" if len(bad) > 1 else "tensor holds"
+        raise WeightsFormatError(
+            f"{path}: {len(bad)} {held} NaN or infinite values (e.g. {bad[0]}): the file is damaged "
+            "or the training diverged"
+        )
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a model file (.safetensors, or a torch state dict), on the CPU, read without
+    running pickled code, its sizes checked before it is unpacked and its values checked finite."""
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return _torch_load(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _read_header(path)  # the header's sizes against the file's, before the library maps it
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsFormatError(f"{path}: corrupt weights file: {exc}") from exc
+    check_finite(state, path)
+    return state
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    """A .pth/.pt state dict, loaded without ever unpickling code."""
+    """A .pth/.pt state dict, loaded without ever unpickling code (nor inflating a zip bomb)."""
+    check_torch_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -214,7 +310,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsFormatError(f"{path}: does not contain a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    check_finite(state, path)
+    return state
 
 
 def infer_srresnet_config(state: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, int]]:
@@ -255,9 +353,6 @@ def load_model(
     """Read a weights file, check what it holds, build its model with `build` and load its tensors
     (CPU, eval mode). `build` comes from the caller, so this module knows no architecture:
     `archs.load` passes the table of all of them, a feature package its own class."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     info = read_info(name_or_path)
     if expect_arch is not None and info.arch != expect_arch:
         raise WeightsMismatch(
@@ -269,13 +364,7 @@ def load_model(
             f"{info.path}: is a x{info.scale} model, but x{expect_scale} was requested",
             hint="pick weights of the requested scale (`srgan models` lists them)",
         )
-    if info.path.suffix in (".pth", ".pt"):
-        state = _torch_load(info.path)
-    else:
-        try:
-            state = load_file(str(info.path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsFormatError(f"{info.path}: corrupt weights file: {exc}") from exc
+    state = read_state(info.path)  # NaN/Inf refused here, before anything is built
     _check_config(build, info, {k: tuple(v.shape) for k, v in state.items()})
     model = _build(build, info)
     load_state_dict(model, state, info.path)
@@ -330,11 +419,12 @@ def _check_config(build: Build, info: WeightsInfo, shapes: dict[str, tuple[int, 
 
 
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<state>") -> None:
-    """Strict load with a readable summary of what does not fit."""
+    """Strict load with a readable summary of what does not fit; NaN or Inf values are refused."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problem = _mismatch(own, {k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise WeightsMismatch(f"{path}: weights do not match the architecture config: {problem}")
+    check_finite(state, path)
     model.load_state_dict(state, strict=True)
 
 

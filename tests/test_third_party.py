@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import srgan_cli
 from srgan_cli.cli.app import app
 
+from .bad_files import poisoned, zip_bomb
 from .conftest import make_photo
 
 runner = CliRunner()
@@ -187,3 +188,60 @@ def test_compile_runs_a_community_model_the_same(models: dict[str, Path]) -> Non
     compiled = srgan_cli.Upscaler(models["compact"], device="cpu", tile=0, compile=True)
     assert compiled.runtime.upscaler.compiled  # type: ignore[attr-defined]
     assert np.abs(plain(photo).astype(int) - compiled(photo).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_community_weights_holding_nan_are_refused(tmp_path: Path, suffix: str) -> None:
+    """Refused by `srgan models --inspect` and `srgan upscale` alike, before spandrel builds it."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    state = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).state_dict()
+    names = [k for k in state if k.endswith("weight")][:2]
+    path = tmp_path / f"compact_nan{suffix}"
+    bad = poisoned(state, names)
+    if suffix == ".pth":
+        torch.save(bad, path)
+    else:
+        save_file(bad, str(path))
+    sentence = f"2 tensors hold NaN or infinite values (e.g. {names[0]}): the file is damaged or the "
+    sentence += "training diverged"
+    inspected = runner.invoke(app, ["models", "--inspect", str(path)])
+    assert inspected.exit_code == 2 and sentence in " ".join(inspected.output.split())
+    src, out = tmp_path / "p.png", tmp_path / "o.png"
+    Image.fromarray(make_photo(12, 12)).save(src)
+    result = runner.invoke(app, ["upscale", str(src), "-m", str(path), "-o", str(out)])
+    assert result.exit_code == 2 and sentence in " ".join(result.output.split()) and not out.exists()
+
+
+def test_a_zip_bomb_is_refused_by_inspect_and_upscale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2 MB that unpack to 2 GiB: `srgan models --inspect` took 4.9 GB and `srgan upscale` 2.8 GB of
+    memory to refuse one; now torch.load is never reached."""
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("torch.load was reached")
+
+    bomb = zip_bomb(tmp_path / "bomb.pth")
+    monkeypatch.setattr(torch, "load", never)
+    inspected = runner.invoke(app, ["models", "--inspect", str(bomb)])
+    assert inspected.exit_code == 2 and "(a zip bomb, not model weights)" in " ".join(
+        inspected.output.split()
+    )
+    src, out = tmp_path / "p.png", tmp_path / "o.png"
+    Image.fromarray(make_photo(12, 12)).save(src)
+    result = runner.invoke(app, ["upscale", str(src), "-m", str(bomb), "-o", str(out)])
+    assert result.exit_code == 2 and "zip bomb" in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin"])
+def test_ckpt_and_bin_files_are_read_as_torch_files(tmp_path: Path, suffix: str) -> None:
+    """They were taken for safetensors ("not a safetensors weights file") before spandrel saw them."""
+    from spandrel.architectures.Compact import Compact
+
+    path = tmp_path / f"compact{suffix}"
+    torch.save(Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2).state_dict(), path)
+    result = runner.invoke(app, ["models", "--inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["architecture"] == "RealESRGAN Compact"

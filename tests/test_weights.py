@@ -13,6 +13,7 @@ import torch
 from srgan_cli import archs, weights
 from srgan_cli.errors import WeightsFormatError, WeightsMismatch, WeightsNotFound
 
+from .bad_files import poisoned, zip_bomb
 from .conftest import tiny_model
 
 
@@ -246,3 +247,108 @@ def test_a_config_that_claims_a_huge_model_is_refused_at_once(
         archs.load(doctored)
     assert time.perf_counter() - start < 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: under 200 MB
+
+
+def test_weights_holding_nan_or_inf_are_refused(tmp_path: Path) -> None:
+    """NaN weights used to give an all-black image and exit 0: now neither file kind loads."""
+    names = ["body.0.body.0.weight", "body_tail.1.running_var", "tail.weight"]  # a BN buffer too
+    model = tiny_model(2)
+    bad = poisoned(model.state_dict(), names)
+    model.load_state_dict(bad)
+    sentence = (
+        r"nan\.safetensors: 3 tensors hold NaN or infinite values \(e\.g\. body\.0\.body\.0\.weight\): "
+        "the file is damaged or the training diverged"
+    )
+    with pytest.raises(WeightsFormatError, match=sentence):
+        archs.load(weights.save(tmp_path / "nan.safetensors", model))
+    torch.save(bad, tmp_path / "nan.pth")
+    with pytest.raises(WeightsFormatError, match=sentence.replace("safetensors", "pth")):
+        archs.load(tmp_path / "nan.pth")
+    with pytest.raises(WeightsFormatError, match="1 tensor holds NaN"):
+        weights.load_state_dict(tiny_model(2), poisoned(tiny_model(2).state_dict(), ["head.0.bias"]))
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in bad.items()}
+        with pytest.raises(WeightsFormatError, match="3 tensors hold"):
+            weights.check_finite(cast, "x")
+    weights.check_finite({"big": torch.full((4,), 6e4, dtype=torch.float16)}, "x")  # large is not Inf
+    archs.load(weights.save(tmp_path / "ok.safetensors", tiny_model(2)))  # honest weights still load
+
+
+def test_a_zip_bomb_is_refused_before_torch_unpacks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2 MB .pth whose member inflates to 2 GiB took 2 GB of memory in torch.load before it was
+    refused; its zip directory gives it away first."""
+    import resource
+
+    bomb = zip_bomb(tmp_path / "bomb.pth", gib=2)
+    assert bomb.stat().st_size < 3 * 2**20
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("torch.load was reached")
+
+    monkeypatch.setattr(torch, "load", never)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(
+        WeightsFormatError, match=r"refused: a 2\.0 MB file that unpacks to 2\.0 GiB \(a zip bomb"
+    ):
+        archs.load(bomb)
+    from srgan_cli.runtime.third_party import read_state_dict
+
+    with pytest.raises(WeightsFormatError, match="zip bomb"):
+        read_state_dict(bomb.rename(tmp_path / "bomb.ckpt"))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: under 100 MB
+
+
+def test_torch_files_past_the_size_limit_or_not_torch_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.pth"
+    torch.save(tiny_model(2).state_dict(), path)
+    monkeypatch.setattr(weights, "MAX_UNPACKED_BYTES", 1000)  # a module constant, raised where needed
+    with pytest.raises(WeightsFormatError, match=r"refused: unpacks to .* more than the 0\.0 MB") as caught:
+        archs.load(path)
+    assert "MAX_UNPACKED_BYTES" in (caught.value.hint or "")
+    monkeypatch.undo()
+    assert archs.load(path).info.scale == 2
+    text = tmp_path / "notes.pt"
+    text.write_text("not a model")
+    with pytest.raises(WeightsFormatError, match="neither a zip archive nor a pickle"):
+        archs.load(text)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[:-30])  # the zip directory's end is gone
+    with pytest.raises(WeightsFormatError, match="bad zip archive"):
+        archs.load(cut)
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [(2**62, "not a safetensors"), (90_000_000, "truncated"), ("offsets", "truncated")],
+)
+def test_safetensors_sizes_that_do_not_fit_the_file_are_refused_at_once(
+    tmp_path: Path, declared: int | str, message: str
+) -> None:
+    """A header length or a tensor offset past the end of the file is refused from the first bytes,
+    by our loaders and the community-model path alike, without reading or allocating it (the
+    safetensors library checks too; ours comes first, with the file's sizes in the message)."""
+    import resource
+
+    from srgan_cli.runtime.third_party import read_state_dict
+
+    raw = weights.save(tmp_path / "m.safetensors", tiny_model(2)).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    if declared == "offsets":
+        header = json.loads(raw[8 : 8 + n])
+        entry = header["head.0.weight"]
+        entry["shape"], entry["data_offsets"] = [2**20, 2**20], [0, 2**42]  # 4 TiB of float32
+        new = json.dumps(header).encode()
+        data = struct.pack("<Q", len(new)) + new + raw[8 + n :]
+    else:
+        data = struct.pack("<Q", declared) + raw[8:]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for load in (archs.load, read_state_dict):
+        with pytest.raises(WeightsFormatError, match=message):
+            load(bad)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..devices import free_memory_bytes
-from ..errors import OnnxError, UsageError, WeightsFormatError, WeightsNotFound
+from ..errors import NonFiniteOutput, OnnxError, UsageError, WeightsFormatError, WeightsNotFound
 from .onnx_export import META_PREFIX
 from .tiling import auto_tile, fixed_window_apply, shrink_on_oom, tiled_apply
 
@@ -204,7 +204,14 @@ class OnnxUpscaler:
             raise OnnxError(
                 f"{self.path.name}: gave {list(y.shape)} for a {list(x.shape)} input, not {list(want)}"
             )
-        return np.clip(y.astype(np.float32, copy=False), 0.0, 1.0)
+        y = y.astype(np.float32, copy=False)
+        if not np.isfinite(y).all():  # every tile: it is on the host already (clipping would hide Inf)
+            precision = self.info.precision
+            hint = (
+                None if precision == "fp32" else "use --precision fp32 with weights, or an fp32 .onnx export"
+            )
+            raise NonFiniteOutput(precision, hint=hint)
+        return np.clip(y, 0.0, 1.0)
 
     def _infer_each(self, x: np.ndarray) -> np.ndarray:
         """A fixed batch-1 model: one image of the batch at a time."""

@@ -27,18 +27,11 @@ SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a model file, read without running any pickled code."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    """The tensors of a model file, read without running any pickled code, refused when its sizes
+    do not fit the file (a zip bomb) or when a tensor holds NaN or Inf (weights.read_state)."""
+    from ..weights import read_state
 
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsFormatError(f"{path}: corrupt safetensors file: {exc}") from exc
-    from ..weights import _torch_load
-
-    return _torch_load(path)
+    return read_state(path)
 
 
 def _spandrel() -> Any:
@@ -160,7 +153,7 @@ class SpandrelUpscaler(TensorUpscaler):
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         y = self._forward(x.to(self.dtype))
-        return y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+        return y[..., : h * self.scale, : w * self.scale].float()  # (checked and clamped by the caller)
 
 
 class _Config:

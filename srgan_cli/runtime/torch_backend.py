@@ -1,5 +1,6 @@
 """PyTorch upscalers: `TensorUpscaler`, what every torch-run upscaler shares (tiles, `--tile auto`,
-the out-of-memory retry, numpy in and out), and `TorchUpscaler`, a super-resolution model on it."""
+the out-of-memory retry, the NaN/Inf check, numpy in and out), and `TorchUpscaler`, a
+super-resolution model on it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import free_memory_bytes
+from ..devices import free_memory_bytes, precision_name
+from ..errors import NonFiniteOutput
 from .fused import fuse
 from .tiling import auto_tile, shrink_on_oom, tiled_apply
 
@@ -37,10 +39,12 @@ class TensorUpscaler:
     tile_batch: int = 1  # tiles of one shape run together
     n_feats: int = 64  # widest feature map, and bytes per element: the `--tile auto` estimate
     elem_bytes: int = 4
+    dtype: torch.dtype = torch.float32  # what the model runs in (named when its output overflows)
     last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
 
     def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The function one attempt applies to each (N, 3, h, w) tile on self.device."""
+        """The function one attempt applies to each (N, 3, h, w) tile on self.device: the model's
+        float32 output, unclamped (the caller checks it for NaN/Inf, then clamps it to [0, 1])."""
         raise NotImplementedError
 
     def _prepare_forward(self, model: nn.Module, compile: bool) -> Callable[..., torch.Tensor]:
@@ -70,9 +74,11 @@ class TensorUpscaler:
             )
 
         def attempt(side: int) -> torch.Tensor:
-            fn = self._pass()
+            watch = _FiniteWatch(self._pass(), precision_name(self.dtype))
             with torch.inference_mode():
-                return tiled_apply(x, fn, self.scale, side, self.tile_pad, batch=self.tile_batch)
+                out = tiled_apply(x, watch, self.scale, side, self.tile_pad, batch=self.tile_batch)
+            watch.check()
+            return out
 
         def cleanup() -> None:
             if self.device.type == "cuda":
@@ -105,6 +111,32 @@ class TensorUpscaler:
             torch.cuda.current_stream(q.device).synchronize()
             return list(host.numpy())
         return list(q.numpy())
+
+
+class _FiniteWatch:
+    """A pass whose outputs are checked for NaN or Inf before they are clamped to [0, 1] (clamping
+    would hide an overflow as white). The check is each tile's sum, one reduction that NaN and Inf
+    carry through (finite outputs big enough to overflow it, ~1e32 a pixel, are garbage as well).
+    The first tile of an image is looked at at once, so a broken model fails before the rest of
+    the image is run; the others only add to a total on the device, looked at by `check` when the
+    image is done: two host syncs per image, none per tile."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], precision: str) -> None:
+        self.fn, self.precision = fn, precision
+        self.total: torch.Tensor | None = None  # () float32 on the device: the sum of every tile so far
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fn(x)
+        if self.total is None:
+            self.total = y.sum()
+            self.check()
+        else:
+            self.total += y.sum()
+        return y.clamp_(0, 1)
+
+    def check(self) -> None:
+        if self.total is not None and not bool(torch.isfinite(self.total)):
+            raise NonFiniteOutput(self.precision)
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -158,7 +190,7 @@ class TorchUpscaler(TensorUpscaler):
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         y = self._forward(x.to(self.dtype).contiguous(memory_format=self.layout))
-        return y.float().clamp_(0, 1)
+        return y.float()  # (checked and clamped by the caller)
 
     def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return self._run
