@@ -21,6 +21,7 @@ from .errors import ArgumentError, ArgumentTypeError, UsageError
 from .imageio import DEFAULT_MAX_PIXELS, ImageData, image_from_pil, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
 from .runtime.loader import ReadyUpscaler, build_upscaler, with_self_ensemble
+from .runtime.manifest import Producer
 from .runtime.pipeline import run_jobs
 from .runtime.upscaler import (
     DEFAULT_MAX_OUTPUT_PIXELS,
@@ -189,7 +190,8 @@ class Upscaler:
         allow_partial: bool = False,
     ) -> list[JobResult]:
         """Every image in `src` into `dst` (names and subfolders kept), as `srgan upscale` does it:
-        overlapped reading and writing, existing outputs skipped unless `overwrite`, one failed
+        overlapped reading and writing, an existing output skipped when this model made it from this
+        input with these options (else it fails and says why) unless `overwrite`, one failed
         file never stopping the others; an input is never overwritten. Returns one result per file
         (`.status`, `.error`, `.notes`)."""
         options = OutputOptions(
@@ -199,6 +201,8 @@ class Upscaler:
             overwrite=overwrite,
             max_output_pixels=self.max_output_pixels,
             allow_partial=allow_partial,
+            outscale=self.outscale,
+            producer=Producer(self.name, self.outscale or self.scale, quality, self._ready.self_ensemble),
         )
         plan = plan_jobs([str(src)], options, self.scale, recursive=recursive)
         return list(plan.failed) + list(

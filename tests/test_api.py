@@ -30,7 +30,7 @@ def test_every_input_kind_comes_back_as_its_kind_with_the_cli_pixels(
     src = tmp_path / "p.png"
     Image.fromarray(photo).save(src)
     assert CliRunner().invoke(app, ["upscale", str(src), "-m", "tiny_x2", "--device", "cpu"]).exit_code == 0
-    want = np.asarray(Image.open(tmp_path / "p_x2.png"))
+    want = np.asarray(Image.open(tmp_path / "p_x2_tiny.png"))
 
     from_path = up(src)
     assert isinstance(from_path, Image.Image) and np.array_equal(np.asarray(from_path), want)

@@ -38,7 +38,7 @@ def test_upscale_one_file_default_name(weights_dir: Path, tmp_path: Path) -> Non
     Image.fromarray(make_photo(20, 30)).save(src)
     code, out = run("upscale", src, "-m", "tiny_x4", "--device", "cpu")
     assert code == 0, out
-    with Image.open(tmp_path / "photo_x4.png") as im:
+    with Image.open(tmp_path / "photo_x4_tiny.png") as im:  # the scale, and the model when not the default
         assert im.size == (120, 80)
     # a second run refuses to replace a named file's output unless asked
     code, out = run("upscale", src, "-m", "tiny_x4")
@@ -92,7 +92,7 @@ def test_outputs_beside_inputs_are_not_upscaled_again(weights_dir: Path, tmp_pat
     assert json.loads(run("upscale", src, "-m", "tiny_x4", "--json")[1])["ok"] == 1
     summary = json.loads(run("upscale", src, "-m", "tiny_x4", "--json")[1])
     assert summary["skipped"] == 1 and summary["ok"] == 0
-    assert sorted(p.name for p in src.iterdir()) == ["a.png", "a_x4.png"]
+    assert sorted(p.name for p in src.iterdir() if not p.name.startswith(".")) == ["a.png", "a_x4_tiny.png"]
     # writing into the input folder without a suffix would replace the inputs: refused per file
     code, text = run("upscale", src, "-o", src, "-m", "tiny_x4", "--json")
     assert code == 1 and "overwrite the input" in text
@@ -126,7 +126,8 @@ def test_batch_with_bad_files_goes_on(weights_dir: Path, tmp_path: Path) -> None
     for bad in ("empty.png", "text.jpg", "cut.png", "missing.png"):
         assert status[bad]["status"] == "failed" and status[bad]["error"]
     assert "empty" in status["empty.png"]["error"]
-    assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # nothing half-written, no temp files
+    visible = sorted(p.name for p in out.iterdir() if p.name != ".srgan-manifest.jsonl")
+    assert visible == ["good.png"]  # nothing half-written, no temp files
     # the human-readable summary names the failures too
     code, text = run("upscale", src, "-o", tmp_path / "out2", "-m", "tiny_x4")
     assert code == 1 and "cut.png" in text and "1 upscaled" in text

@@ -79,7 +79,7 @@ def test_round_trip_keeps_frames_rate_timestamps_audio_and_tags(weights_dir: Pat
     assert code.exit_code == 0, code.output
     summary = json.loads(code.stdout)
     assert summary["ok"] == 1 and summary["results"][0]["output_size"] == [48, 32]
-    before, after = _probe(src), _probe(tmp_path / "clip_x2.mp4")
+    before, after = _probe(src), _probe(tmp_path / "clip_x2_tiny.mp4")
     assert after["size"] == (48, 32) and after["streams"] == ["audio", "video"]
     assert (after["frames"], after["fps"], after["pts"]) == (before["frames"], Fraction(10), before["pts"])
     assert after["colorspace"] == 1  # BT.709, as tagged in the source
@@ -118,16 +118,18 @@ def test_bad_and_existing_videos_fail_alone(weights_dir: Path, tmp_path: Path) -
     data = good.read_bytes()
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(data[: len(data) // 3])  # truncated: the index (moov) is missing
-    (tmp_path / "good_x2.mp4").write_bytes(b"earlier")
+    (tmp_path / "good_x2_tiny.mp4").write_bytes(b"earlier")
     args = ["upscale", str(broken), str(good), "-m", "tiny_x2", "--device", "cpu", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     rows = {Path(r["input"]).name: r for r in json.loads(result.stdout)["results"]}
     assert rows["broken.mp4"]["status"] == "failed" and "video" in rows["broken.mp4"]["error"]
     assert rows["good.mp4"]["status"] == "failed" and rows["good.mp4"]["error"] == "output already exists"
-    assert (tmp_path / "good_x2.mp4").read_bytes() == b"earlier" and not (tmp_path / "broken_x2.mp4").exists()
+    assert (tmp_path / "good_x2_tiny.mp4").read_bytes() == b"earlier" and not (
+        tmp_path / "broken_x2_tiny.mp4"
+    ).exists()
     again = runner.invoke(app, [*args[:-1], "--overwrite", "--json"])
-    assert json.loads(again.stdout)["ok"] == 1 and _probe(tmp_path / "good_x2.mp4")["frames"] == 8
+    assert json.loads(again.stdout)["ok"] == 1 and _probe(tmp_path / "good_x2_tiny.mp4")["frames"] == 8
 
 
 def test_frames_in_batches_equal_frames_one_by_one(weights_dir: Path, tmp_path: Path) -> None:
@@ -230,7 +232,7 @@ def test_truncated_video_fails_and_leaves_nothing_unless_allow_partial(
     assert re.fullmatch(
         r"truncated or corrupt: \d+ of the 20 frames the container declares could be read", error
     )
-    assert not (tmp_path / "cut_x2.mp4").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "cut_x2_tiny.mp4").exists() and not list(tmp_path.glob(".*.tmp"))
     # the same for frames: none of them is left
     result = runner.invoke(app, [*UPSCALE, str(cut), "--frames", str(tmp_path / "frames")])
     assert result.exit_code == 1 and not list((tmp_path / "frames").glob("*.png"))
@@ -239,7 +241,7 @@ def test_truncated_video_fails_and_leaves_nothing_unless_allow_partial(
     assert result.exit_code == 0, result.output
     note = re.search(r"note: cut.mp4 is truncated or corrupt: (\d+) of the 20 frames", _said(result))
     assert note is not None, result.output
-    assert 0 < _probe(tmp_path / "cut_x2.mp4")["frames"] == int(note.group(1)) < 20
+    assert 0 < _probe(tmp_path / "cut_x2_tiny.mp4")["frames"] == int(note.group(1)) < 20
     # Matroska declares a duration, not a count
     whole = make_noise_clip(tmp_path / "whole.mkv", range(20), fmt="matroska")
     data = whole.read_bytes()
@@ -249,7 +251,7 @@ def test_truncated_video_fails_and_leaves_nothing_unless_allow_partial(
     assert result.exit_code == 1
     error = str(_rows(result)[0]["error"])
     assert error.startswith("truncated or corrupt: ") and "of the 0.67 s the container declares" in error
-    assert not (tmp_path / "cut_x2.mkv").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "cut_x2_tiny.mkv").exists() and not list(tmp_path.glob(".*.tmp"))
     assert runner.invoke(app, [*UPSCALE, str(whole)]).exit_code == 0  # a whole clip passes the check
 
 
@@ -262,7 +264,7 @@ def test_damage_mid_stream_fails_too(weights_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, [*UPSCALE, str(damaged), "--json"])
     assert result.exit_code == 1
     assert str(_rows(result)[0]["error"]).startswith("truncated or corrupt: ")
-    assert not (tmp_path / "damaged_x2.mp4").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "damaged_x2_tiny.mp4").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_shortfall_rules() -> None:
@@ -341,7 +343,7 @@ def test_pixel_format_is_checked_before_decoding(weights_dir: Path, tmp_path: Pa
         assert error.startswith("libx264 (h264) cannot encode pixel format rgb24; it takes yuv420p, "), error
     result = runner.invoke(app, [*UPSCALE, str(good), "--pix-fmt", "nonsense", "--json"])
     assert _rows(result)[0]["error"] == "unknown pixel format 'nonsense'"
-    assert not list(tmp_path.glob("*_x2.mp4"))
+    assert not list(tmp_path.glob("*_x2*.mp4"))
 
 
 def test_output_named_as_another_kind_of_file_is_refused(weights_dir: Path, tmp_path: Path) -> None:
@@ -364,4 +366,4 @@ def test_frames_too_small_are_refused_before_any_work(weights_dir: Path, tmp_pat
     assert _rows(result)[0]["error"] == (
         "--outscale 0.5 would make its 24x16 frames 12x8 pixels; h265 needs at least 16x16"
     )
-    assert not (tmp_path / "frames").exists() and not list(tmp_path.glob("*_x2.mp4"))
+    assert not (tmp_path / "frames").exists() and not list(tmp_path.glob("*_x2*.mp4"))

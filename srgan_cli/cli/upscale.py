@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -30,11 +31,14 @@ from ..runtime.batch import (
     JobResult,
     OutputOptions,
     Plan,
+    default_suffix,
     gather_results,
     input_megapixels,
+    model_tag,
     plan_jobs,
     shard_jobs,
 )
+from ..runtime.manifest import Producer
 from ..runtime.pipeline import run_jobs
 from ..runtime.upscaler import (
     DEFAULT_MAX_OUTPUT_PIXELS,
@@ -251,7 +255,7 @@ def upscale(
     options = OutputOptions(
         output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression, max_output
     )
-    options.allow_partial = allow_partial
+    options.allow_partial, options.outscale = allow_partial, outscale
     quiet = as_json or not world.is_main
     with guard(as_json), terminate_as_interrupt():  # SIGTERM as Ctrl-C: temporaries removed, exit 130
         if model is None:  # the default: auto, unless another kind of model is asked for
@@ -287,6 +291,8 @@ def upscale(
 
         # the same Upscaler as `import srgan_cli`; the runs below use its parts
         ready = upscaler_for(weights.DEFAULT_MODEL if auto else model).runtime
+        if not auto and ready.name != weights.DEFAULT_MODEL:  # names beside the inputs say which model
+            options.tag = model_tag(ready.name, ready.scale)
         videos = [Path(text) for text in inputs if Path(text).is_file() and is_video(text)]
         images = [text for text in inputs if Path(text) not in videos]
         plan = plan_jobs(images, options, ready.scale, recursive=recursive) if images else Plan()
@@ -327,14 +333,16 @@ def upscale(
                 console.print(f"auto: {used[runtime.name]} {kind} input(s) -> {runtime.name}")
             for src in group_videos[world.rank :: world.size]:
                 single, to_frames = len(inputs) == 1, frames is not None
-                dst = video_output(src, output, suffix, ready.scale, single, frames=to_frames)
+                tail = suffix if suffix is not None else default_suffix(options, ready.scale)
+                dst = video_output(src, output, tail, ready.scale, single, frames=to_frames)
                 job = partial(video_job, runtime.upscaler, src, dst, video_options, outscale=outscale)
                 job = partial(job, overwrite=overwrite, skip_existing=bool(skip_existing))
                 results.append(_run_video(job, src, dst, quiet))
+            made_by = Producer(runtime.name, outscale or runtime.scale, quality, runtime.self_ensemble)
             job_results += _run_jobs(
                 runtime.upscaler,
                 group_jobs,
-                options,
+                dataclasses.replace(options, producer=made_by),
                 outscale=outscale,
                 max_pixels=max_input,
                 show=not quiet,

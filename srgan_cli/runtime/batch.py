@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import tempfile
 import time
@@ -30,6 +31,8 @@ from ..imageio import (
     write_image,
 )
 from ..photos import list_images, path_problem
+from . import manifest
+from .manifest import Producer
 from .upscaler import DEFAULT_MAX_OUTPUT_PIXELS, Upscaler, upscale_image
 
 _GLOB_CHARS = set("*?[")
@@ -85,6 +88,9 @@ class OutputOptions:
     png_compression: int = 6  # zlib level of PNG outputs: 0 (fastest) to 9 (smallest)
     max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS  # larger results are refused up front
     allow_partial: bool = False  # accept reading less than a file holds (a multi-page TIFF's first page)
+    outscale: float | None = None  # the result's scale when not the model's (in default names)
+    tag: str = ""  # a short model name for default names beside the inputs ("" for the default model)
+    producer: Producer | None = None  # what makes the outputs: recorded, and checked before a skip
 
 
 def _glob_root(pattern: str) -> Path:
@@ -129,14 +135,37 @@ def _out_format(src: Path, fmt: str) -> str:
     return own if own in WRITE_FORMATS else "png"
 
 
+def scale_label(scale: int, outscale: float | None) -> str:
+    """The result's scale as names show it: 4, 2, 1.5."""
+    return f"{scale if outscale is None else outscale:g}"
+
+
+def model_tag(model: str, scale: int) -> str:
+    """A short name for a model in output names: the weights' name without its `_x<scale>` part
+    (srgan_x4 -> srgan, srgan_x4_real -> srgan_real, a path -> its stem)."""
+    stem = Path(model).name.rsplit(".", 1)[0] if any(c in model for c in "/\\.") else model
+    short = stem.replace(f"_x{scale}", "").strip("_-. ")
+    return "".join(c if c.isalnum() or c in "_-+" else "_" for c in short) or "model"
+
+
+def default_suffix(options: OutputOptions, scale: int) -> str:
+    """`_x<scale>[_<model>]` beside the inputs; nothing inside an -o folder (there a rerun with
+    another model or scale is told apart by the manifest)."""
+    if options.output is not None:
+        return ""
+    return f"_x{scale_label(scale, options.outscale)}" + (f"_{options.tag}" if options.tag else "")
+
+
 def _output_path(src: Path, base: Path | None, options: OutputOptions, scale: int, single_file: bool) -> Path:
     out = options.output
     if single_file:
         assert out is not None
         return out
     fmt = _out_format(src, options.fmt)
-    suffix = options.suffix if options.suffix is not None else ("" if out is not None else f"_x{scale}")
-    name = f"{src.stem}{suffix}{suffix_for_format(fmt)}"
+    suffix = options.suffix if options.suffix is not None else default_suffix(options, scale)
+    # the input's own suffix when the format is kept (.tif stays .tif, .JPG stays .JPG)
+    ext = src.suffix if format_for_suffix(src) == fmt else suffix_for_format(fmt)
+    name = f"{src.stem}{suffix}{ext}"
     if out is None:
         return src.with_name(name)
     if base is not None and src.is_relative_to(base):
@@ -154,6 +183,12 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
     plan = Plan(failed=failed)
     out = options.output
     out_is_file = out is not None and not out.is_dir() and format_for_suffix(out) is not None
+    looks_like_a_file = out is not None and re.fullmatch(r"\.[A-Za-z]{1,5}", out.suffix) is not None
+    if out is not None and looks_like_a_file and not out_is_file and not out.exists() and len(found) == 1:
+        raise UsageError(
+            f"-o {out}: {out.suffix!r} is not an image suffix; write .png, .jpg, .webp or .tiff",
+            hint="for a folder, give a name without a suffix (or make the folder first)",
+        )
     if out_is_file and len(found) > 1:
         raise UsageError(
             f"-o {out} looks like a file name, but there are {len(found)} inputs",
@@ -168,6 +203,8 @@ def plan_jobs(inputs: list[str], options: OutputOptions, scale: int, *, recursiv
     for src, base, dst in planned:
         key = dst.resolve()
         if base is not None and output_of.get(src.resolve(), src.resolve()) != src.resolve():
+            continue
+        if base is not None and manifest.is_output(src):  # an earlier run's result, not an input
             continue
         if same_file(src, dst):  # the same path, a symlink to the input or a hard link of it
             plan.failed.append(
@@ -249,8 +286,10 @@ def run_job(
 
 def read_input(job: Job, max_pixels: int | None, result: JobResult, allow_partial: bool = False) -> ImageData:
     """The job's input; its size and the read's notes go into `result`."""
+    start = time.perf_counter()
     limit = {} if max_pixels is None else {"max_pixels": max_pixels}
     image = read_image(job.src, allow_partial=allow_partial, **limit)
+    result.seconds += time.perf_counter() - start  # the time spent on this file, not in a queue
     result.in_size = (image.width, image.height)
     result.notes.extend(image.notes)
     return image
@@ -258,6 +297,7 @@ def read_input(job: Job, max_pixels: int | None, result: JobResult, allow_partia
 
 def write_output(job: Job, out: ImageData, options: OutputOptions, result: JobResult) -> None:
     """The job's output, written atomically; its size goes into `result` once it is there."""
+    start = time.perf_counter()
     write_image(
         job.dst,
         out,
@@ -267,6 +307,9 @@ def write_output(job: Job, out: ImageData, options: OutputOptions, result: JobRe
         png_compression=options.png_compression,
     )
     result.out_size = (out.width, out.height)
+    result.seconds += time.perf_counter() - start
+    if options.producer is not None:
+        manifest.record(job.dst, job.src, options.producer)
 
 
 def upscale_input(
@@ -381,12 +424,19 @@ def settled_before_reading(
         result.status = "skipped"
         result.notes.append(f"another srgan process (pid {holder}) is making this output")
         return True
-    skip = options.skip_existing if options.skip_existing is not None else job.from_folder
-    if skip:
+    if options.skip_existing:  # asked for: whatever made it
         result.status = "skipped"
-    else:
-        result.status, result.error = "failed", "output already exists"
-        result.hint = "pass --overwrite to replace it, or --skip-existing to skip it"
+        return True
+    if options.skip_existing is None and job.from_folder:  # the default: only this run's own result
+        why = manifest.mismatch(job.dst, job.src, options.producer) if options.producer else None
+        if why is None:
+            result.status = "skipped"
+            return True
+        result.status, result.error = "failed", f"output exists, {why}"
+        result.hint = "pass --overwrite to replace it, --skip-existing to keep it, or choose another -o"
+        return True
+    result.status, result.error = "failed", "output already exists"
+    result.hint = "pass --overwrite to replace it, or --skip-existing to skip it"
     return True
 
 

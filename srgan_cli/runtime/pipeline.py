@@ -36,7 +36,6 @@ from .upscaler import Upscaler, check_output_size, images_per_pass, takes_u8_pat
 class _InFlight:
     job: Job
     result: JobResult
-    start: float
     work: Future[ImageData] | Future[None] | None = None  # the read, then the write; None: settled
 
     def done(self) -> bool:
@@ -122,7 +121,7 @@ def _run(
             job = None if lost else next(todo, None)  # nothing new once the destination is lost
             if job is None:
                 return
-            item = _InFlight(job, JobResult(job.src, job.dst, "ok"), time.perf_counter())
+            item = _InFlight(job, JobResult(job.src, job.dst, "ok"))
             if not settled_before_reading(job, options, item.result, blocked):
                 item.work = read_pool.submit(read_input, job, max_pixels, item.result, options.allow_partial)
             reading.append(item)
@@ -166,14 +165,19 @@ def _upscale_group(
         try:
             for _, im in together:  # the output limit, per image, before any work
                 check_output_size(im.width * scale, im.height * scale, options.max_output_pixels)
+            start = time.perf_counter()
             pixels = upscaler.upscale_u8_batch([im.pixels for _, im in together])  # type: ignore[attr-defined]
+            share = (time.perf_counter() - start) / len(together)  # each file's part of the pass
             for (i, im), out in zip(together, pixels, strict=True):
                 outs[i] = im.replace(pixels=out)
+                results[i].seconds += share
         except (SrganError, MemoryError):  # too big together (or alone): each goes its own way below
             pass
     for i, image in enumerate(images):
         if image is not None and outs[i] is None:
+            start = time.perf_counter()
             outs[i] = attempt(results[i], upscale_input, upscaler, image, outscale, options)
+            results[i].seconds += time.perf_counter() - start
     return outs
 
 
@@ -188,5 +192,4 @@ def _finish(item: _InFlight) -> JobResult:
             item.work.result()  # waits for the write; anything but a user's kind of failure propagates
     finally:
         release_output(item.job.dst)
-    item.result.seconds = time.perf_counter() - item.start
-    return item.result
+    return item.result  # its seconds: reading, upscaling and writing it, not waiting in a queue
