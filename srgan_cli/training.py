@@ -12,6 +12,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -61,7 +63,7 @@ def save_checkpoint(state: Any, path: Path, *, what: str = "checkpoint") -> None
     A failed write (a full disk, a lost mount) is a TrainingError saying so; the old file stays."""
     kept = path.is_file()
     try:
-        with atomic_open(path) as fh:
+        with _signals_held(), atomic_open(path) as fh:
             torch.save(state, fh)
     except (OSError, RuntimeError) as exc:
         # PyTorch's zip writer reports a failed write as "PytorchStreamWriter failed writing file
@@ -71,6 +73,30 @@ def save_checkpoint(state: Any, path: Path, *, what: str = "checkpoint") -> None
             f"cannot write the {what} to {path}: {_write_failure(exc, path.parent)} ({previous})",
             hint=_WRITE_HINTS.get(_errno_of(exc) or 0),
         ) from exc
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving while a checkpoint is written are handled when it is whole: raised
+    inside torch.save's writer, they would cut the file short and surface as a write failure."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in caught:  # as they would have been handled, now that the file is whole
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 _WRITE_HINTS = {
