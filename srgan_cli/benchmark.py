@@ -50,17 +50,29 @@ def conv_flops(model: nn.Module, *inputs: torch.Tensor) -> float:
     return total / inputs[0].shape[0]
 
 
-def time_runs(fn: Callable[[], object], device: torch.device, *, warmup: int, runs: int) -> list[float]:
-    """Seconds per call of `fn`, one number per run, after `warmup` untimed calls."""
-    for _ in range(warmup):
+def time_runs(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int,
+    runs: int,
+    on_run: Callable[[int, int, str], None] | None = None,
+) -> list[float]:
+    """Seconds per call of `fn`, one number per run, after `warmup` untimed calls.
+    `on_run(calls done, warmup + runs, "warmup" or "timed")` follows each call, outside the clock."""
+    for i in range(warmup):
         fn()
+        if on_run is not None:
+            on_run(i + 1, warmup + runs, "warmup")
     sync(device)
     out = []
-    for _ in range(runs):
+    for i in range(runs):
         t = time.perf_counter()
         fn()
         sync(device)
         out.append(time.perf_counter() - t)
+        if on_run is not None:
+            on_run(warmup + i + 1, warmup + runs, "timed")
     return out
 
 
@@ -220,13 +232,18 @@ def benchmark_train(
     data: str | Path | None = None,
     random_vgg: bool = True,
     profile: int = 0,
+    on_step: Callable[[int, int, str], None] | None = None,
 ) -> TrainBenchmark:
     """Time `steps` real training steps (Trainer.step on CropPool batches, their LR made by
     `config.degradation` as `srgan train` makes it) of `config`'s stage; with `profile`, run that
     many more under torch.profiler (StepProfile).
 
     The GAN stage needs VGG weights for its content loss; speed does not depend on their values,
-    so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used."""
+    so with `random_vgg` and none given, a randomly initialised VGG of the same shape is used.
+
+    `on_step(done, total, phase)` is told of each step (outside the timed part): steps done of
+    warmup + steps + profile, phase "warmup", "timed" or "profiled"; then (total, total,
+    "reference") before the FLOP count and the conv reference (a few seconds)."""
     from .degradations import Degrader, load_degradation
     from .devices import resolve_device
     from .photos import list_images
@@ -274,9 +291,22 @@ def benchmark_train(
         trainer.step(lr_img, hr_img, state["step"])
         state["step"] += 1
 
-    seconds = time_runs(one_step, device, warmup=warmup, runs=steps)
+    total = warmup + steps + profile
+
+    def on_run(done: int, _runs: int, phase: str) -> None:
+        if on_step is not None:
+            on_step(done, total, phase)
+
+    def profiled_step() -> None:
+        one_step()
+        on_run(warmup + steps + state["profiled"] + 1, total, "profiled")
+        state["profiled"] += 1
+
+    seconds = time_runs(one_step, device, warmup=warmup, runs=steps, on_run=on_run)
     median = statistics.median(seconds)
-    step_profile = profile_steps(one_step, device, profile) if profile else None
+    state["profiled"] = 0
+    step_profile = profile_steps(profiled_step, device, profile) if profile else None
+    on_run(total, total, "reference")
 
     # FLOPs per crop: every pass that needs gradients costs ~3x its forward (forward + 2x backward)
     lr_probe, hr_probe = pool.batch(2, pool.generator(1))

@@ -289,7 +289,7 @@ def test_training_help_shows_each_default_from_its_config(monkeypatch: pytest.Mo
     cases = {
         ("train",): [
             f"Residual blocks. [default: {TrainConfig().n_blocks}]",
-            "[default: 1e-4]",
+            "[default: 2e-4; gan 1e-4]",
             "[default: 2e-8]",
         ],
         ("lapgan", "train"): [f"Coarsest side. [default: {LapganTrainConfig().base}]", "[default: 2e-4]"],

@@ -46,12 +46,13 @@ def test_two_models_json_with_lpips(two_x4: Path, photo_dir: Path, lpips_dir: Pa
 
 
 def test_table_has_lpips_columns(two_x4: Path, photo_dir: Path, lpips_dir: Path) -> None:
-    code, _, err = invoke(
+    code, out, err = invoke(
         "-m", "tiny_x4", "-m", "other_x4", "--data", photo_dir, "--lpips-weights", lpips_dir
     )
     assert code == 0, err
-    assert "lower is better" in err and err.count("LPIPS") >= 3
-    assert "other_x4" in err and "mean" in err and "p2" in err
+    # the results table is on stdout (`srgan eval ... > scores.txt`), notes and progress on stderr
+    assert "lower is better" in out and out.count("LPIPS") >= 3
+    assert "other_x4" in out and "mean" in out and "p2" in out and "mean" not in err
 
 
 def test_lpips_from_env(weights_dir: Path, photo_dir: Path, lpips_dir: Path) -> None:
@@ -70,8 +71,8 @@ def test_lpips_skipped_with_note(weights_dir: Path, photo_dir: Path) -> None:
     report = json.loads(out)
     assert report["lpips"] is False and all(r["lpips"] is None for r in report["results"])
     assert "LPIPS skipped" in err and "--lpips-weights" in err
-    code, _, err = invoke("-m", "tiny_x4", "--data", photo_dir)
-    assert code == 0 and "LPIPS skipped" in err and "PSNR" in err and "LPIPS↓" not in err
+    code, out, err = invoke("-m", "tiny_x4", "--data", photo_dir)
+    assert code == 0 and "LPIPS skipped" in err and "PSNR" in out and "LPIPS↓" not in out
 
 
 def test_bad_explicit_lpips_weights_is_an_error(weights_dir: Path, photo_dir: Path, tmp_path: Path) -> None:
@@ -162,9 +163,9 @@ def test_degrade_matches_a_hand_built_damaged_copy(weights_dir: Path, tmp_path: 
     assert clean["psnr"] > damaged[0]["psnr"] + 1  # the damage is real
     assert damaged[0]["images"][0]["block"] is not None  # 96x128: two 32 px block periods
 
-    code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "heavy", "--no-clean")
+    code, out, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "heavy", "--no-clean")
     assert (
-        code == 0 and "heavy LR (blur=0.8,noise=10,jpeg=30)" in err and "clean" not in err and "block" in err
-    )
+        code == 0 and "heavy LR (blur=0.8,noise=10,jpeg=30)" in out and "clean" not in out and "block" in out
+    ), err
     code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "jpeg=500")
     assert code == 2 and "quality" in err

@@ -138,4 +138,4 @@ def test_eval_cli(weights_dir: Path, photo_dir: Path) -> None:
         ["eval", "-m", "tiny_x4", "--data", str(photo_dir), "--self-ensemble", "4"],
         env={"COLUMNS": "200"},
     )
-    assert result.exit_code == 0 and "self-ensemble of 4" in " ".join(result.stderr.split())
+    assert result.exit_code == 0 and "self-ensemble of 4" in " ".join(result.output.split())

@@ -66,7 +66,7 @@ def test_existing_run_is_not_clobbered(photo_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="different settings"):
         train(_config(photo_dir, tmp_path / "r", 10, val=None, n_feats=4), resume=True)
     with pytest.raises(TrainingError, match="global_skip"):  # no tensors differ, the model would
-        train(_config(photo_dir, tmp_path / "r", 10, val=None, global_skip=True), resume=True)
+        train(_config(photo_dir, tmp_path / "r", 10, val=None, global_skip=False), resume=True)
     with pytest.raises(TrainingError, match="already finished"):
         train(_config(photo_dir, tmp_path / "r", 5, val=None), resume=True)
 

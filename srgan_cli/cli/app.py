@@ -7,7 +7,20 @@ from typing import Annotated
 import typer
 
 from ..version import __version__
-from . import benchmark, degrade, evaluate, export, interpolate, lapgan, models, text2img, train, upscale
+from . import (
+    benchmark,
+    degrade,
+    evaluate,
+    export,
+    interpolate,
+    lapgan,
+    models,
+    text2img,
+    train,
+    upscale,
+    weights_cmd,
+)
+from .helptext import HelpGroup, use_everywhere
 
 app = typer.Typer(
     name="srgan",
@@ -15,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=HelpGroup,
 )
 
 
@@ -40,9 +54,11 @@ app.command("eval", no_args_is_help=True)(evaluate.evaluate)
 app.command("export-onnx")(export.export_onnx_cmd)
 app.command("interpolate", no_args_is_help=True)(interpolate.interpolate)
 app.command("degrade", no_args_is_help=True)(degrade.degrade)
+app.add_typer(weights_cmd.app, name="weights")
 app.add_typer(benchmark.app, name="benchmark")
 app.add_typer(lapgan.app, name="lapgan")
 app.add_typer(text2img.app, name="text2img")
+use_everywhere(app)  # every command's --help through cli/helptext.py (80 columns, no cut names)
 
 
 def main() -> None:

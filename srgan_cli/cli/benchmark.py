@@ -34,9 +34,10 @@ from .common import (
     console,
     guard,
     parse_tile,
-    print_table,
     stdout,
 )
+from .progress import StageProgress
+from .results import print_result
 
 app = typer.Typer(help="Measure throughput on this machine (see docs/benchmarks.md).", no_args_is_help=True)
 
@@ -113,8 +114,10 @@ def train(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """HR crops per second of the real training step (pretrain and/or GAN), with the machine's
-    3x3-conv GFLOP/s measured in the same process as the reference."""
+    """Training throughput: HR crops per second of the real training step.
+
+    Pretrain and/or GAN step, with the machine's 3x3-conv GFLOP/s measured in the same process as
+    the reference."""
     base = TrainConfig(
         scale=scale,
         n_blocks=n_blocks,
@@ -132,23 +135,24 @@ def train(
     modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
     degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     results = []
-    with guard(as_json):
+    runs = [(name, mode, lr_by) for name in stages for mode in modes for lr_by in degradations]
+    per_run = warmup + steps + (profile_steps if profile else 0)
+    with guard(as_json), StageProgress(console, per_run * len(runs), "steps") as progress:
         base.validate()
-        for name in stages:
-            for mode, lr_by in ((m, d) for m in modes for d in degradations):
-                what = f"{name} steps of batch {batch_size} (fast step {mode}, LR by {lr_by})"
-                with console.status(f"timing {steps} {escape(what)}"):
-                    config = replace(base, stage=name, fast_step=mode, degradation=lr_by)
-                    config.validate()
-                    results.append(
-                        benchmark_train(
-                            config,
-                            steps=steps,
-                            warmup=warmup,
-                            data=data,
-                            profile=profile_steps if profile else 0,
-                        )
+        for name, mode, lr_by in runs:
+            with progress.stage(f"{name} (fast step {mode}, LR by {lr_by})", per_run) as on_step:
+                config = replace(base, stage=name, fast_step=mode, degradation=lr_by)
+                config.validate()
+                results.append(
+                    benchmark_train(
+                        config,
+                        steps=steps,
+                        warmup=warmup,
+                        data=data,
+                        profile=profile_steps if profile else 0,
+                        on_step=on_step,
                     )
+                )
     if as_json:
         stdout.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
         return
@@ -160,14 +164,14 @@ def train(
             _print_profile(r)
     if len(degradations) > 1:
         for plain, degraded in zip(results[::2], results[1::2], strict=True):
-            console.print(
+            print_result(
                 f"{plain.stage} ({plain.step_mode}): LR by {escape(degraded.degradation)} / bicubic = "
                 f"{degraded.crops_per_s / plain.crops_per_s:.2f}x crops/s "
                 f"({1 - degraded.crops_per_s / plain.crops_per_s:.0%} slower)"
             )
     elif fast_step == BenchStep.compare:
         for plain, fast in zip(results[::2], results[1::2], strict=True):
-            console.print(
+            print_result(
                 f"{plain.stage}: fast step ({fast.step_mode}) / plain = "
                 f"{fast.crops_per_s / plain.crops_per_s:.2f}x crops/s"
             )
@@ -207,7 +211,7 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
             f"{r.fraction_of_reference:.0%} of {r.reference_gflops:,.0f}",
             f"{r.peak_memory_mb:,.0f}",
         )
-    print_table(table)
+    print_result(table)
     if any(r.vgg == "random (speed only)" for r in results):
         console.print("[dim]gan stage timed with a randomly initialised VGG (same shape, same speed)[/]")
 
@@ -234,7 +238,7 @@ def _print_profile(r: TrainBenchmark) -> None:
         table.add_row(
             row["name"], f"{row['calls_per_step']:g}", f"{row['ms_per_step']:.3f}", f"{row['share']:.0%}"
         )
-    print_table(table)
+    print_result(table)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -288,8 +292,9 @@ def upscale(
     ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upscaling throughput (ms per image, input/output MP/s, peak memory) per backend and size,
-    with the model's GFLOP per output MP and the machine's 3x3-conv GFLOP/s from the same process."""
+    """Upscaling throughput per backend and size: ms per image, MP/s, peak memory.
+
+    With the model's GFLOP per output MP and the machine's 3x3-conv GFLOP/s from the same process."""
     sizes = [_parse_size(s) for s in (size or ["256x256"])]
     tile_size = parse_tile(tile)
     names = ["torch", "onnx"] if backend == BenchBackend.all else [backend.value]
@@ -395,7 +400,7 @@ def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -
             frac,
             f"{r.peak_memory_mb:,.0f}",
         )
-    print_table(table)
+    print_result(table)
     if gflop is not None:
         console.print(
             f"[dim]model: {gflop:.1f} GFLOP per output megapixel; reference: 3x3 conv, 64 channels[/]"
@@ -406,7 +411,7 @@ def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -
     for wh, ms in by_size.items():
         for other in ("onnx", "torch-plain"):
             if "torch" in ms and other in ms:
-                console.print(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
+                print_result(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
 
 
 def _print_pipeline_table(flows: list[PipelineBenchmark]) -> None:
@@ -430,7 +435,7 @@ def _print_pipeline_table(flows: list[PipelineBenchmark]) -> None:
             f"{f.pipelined_ms_per_image:,.1f} ({f.pipelined_of_model:.0%})",
             f"{f.video_ms_per_frame:,.1f} ({f.video_of_model:.0%})",
         )
-    print_table(table)
+    print_result(table)
 
 
 def _model_gflop(ready: ReadyUpscaler) -> float | None:

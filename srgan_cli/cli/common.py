@@ -53,6 +53,7 @@ BackendOpt = Annotated[
         "--backend",
         help="auto: ONNX Runtime for .onnx models, else PyTorch. onnx with weights exports them "
         "once to a cache.",
+        rich_help_panel="Performance",
     ),
 ]
 LapganLevelsOpt = Annotated[
@@ -62,14 +63,25 @@ LapganLevelsOpt = Annotated[
         min=1,
         help="LAPGAN models: how many conditional levels upscale (x2 each, the finest ones). Default: all.",
         show_default=False,
+        rich_help_panel="Model",
     ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N.")
+    str,
+    typer.Option(
+        "--device",
+        metavar="DEVICE",
+        help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N.",
+        rich_help_panel="Performance",
+    ),
 ]
 PrecisionOpt = Annotated[
     Precision,
-    typer.Option("--precision", help="auto = fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused."),
+    typer.Option(
+        "--precision",
+        help="auto = fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused.",
+        rich_help_panel="Performance",
+    ),
 ]
 
 
@@ -87,6 +99,7 @@ SelfEnsembleOpt = Annotated[
         metavar="N",
         help="Upscale N mirrored/rotated copies of each image and average them (1, 2, 4 or 8): "
         "N times the time for a little more PSNR on PSNR weights; it also smooths GAN texture.",
+        rich_help_panel="Model",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -128,12 +141,20 @@ TileOpt = Annotated[
     str,
     typer.Option(
         "--tile",
+        metavar="auto|0|N",
         help="LR tile side in pixels: auto (from free memory), 0 (whole image, smaller tiles if it "
         "does not fit), or N.",
+        rich_help_panel="Performance",
     ),
 ]
 TilePadOpt = Annotated[
-    int, typer.Option("--tile-pad", min=0, help="Overlap in LR pixels around each tile (hides seams).")
+    int,
+    typer.Option(
+        "--tile-pad",
+        min=0,
+        help="Overlap in LR pixels around each tile (hides seams).",
+        rich_help_panel="Performance",
+    ),
 ]
 
 

@@ -107,6 +107,6 @@ def degrade(
     if as_json:
         stdout.print(json.dumps(summary, indent=2), markup=False)
     else:
-        console.print(f"{len(rows) - failed} written, {failed} failed -> {out}")
+        console.print(f"{len(rows) - failed} written, {failed} failed -> {escape(str(out))}")
     if failed:
         raise typer.Exit(1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +18,7 @@ from ..devices import resolve_device
 from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
 from ..metrics.lpips import lpips_if_available
-from ..runtime.loader import build_upscaler, is_onnx_path, with_self_ensemble
+from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path, with_self_ensemble
 from ..runtime.upscaler import Rescaled
 from ..sr.data import damage_pairs, load_eval_set
 from ..sr.evaluate import EvalReport
@@ -32,28 +34,45 @@ from .common import (
     console,
     guard,
     parse_tile,
-    print_table,
     stdout,
 )
+from .progress import StageProgress
+from .results import print_result
 
 
-def _labels(requested: list[str], names: list[str]) -> list[str]:
-    """Column labels: the weights' names; where names collide, the shortest path tails that differ."""
+def _labels(requested: list[str], loaded: list[ReadyUpscaler]) -> list[str]:
+    """Column labels: the models' names. Where names collide, a model run another way says how
+    ("srresnet_x4" and "srresnet_x4 (onnx)"); models of one kind from different files get the
+    shortest path tails that differ; the same file twice is numbered."""
+    names = [w.name for w in loaded]
     labels = list(names)
     for name in set(names):
         idx = [i for i, n in enumerate(names) if n == name]
+        if len(idx) > 1:
+            for i in idx:
+                labels[i] += f" ({_kind(loaded[i])})" if _kind(loaded[i]) else ""
+    for label in set(labels):
+        idx = [i for i, n in enumerate(labels) if n == label]
         if len(idx) < 2:
             continue
+        kind = label[len(names[idx[0]]) :]  # " (onnx)" or ""
         parts = [Path(requested[i]).with_suffix("").parts or (requested[i],) for i in idx]
         for k in range(1, max(len(p) for p in parts) + 1):
-            tails = ["/".join(p[-k:]) for p in parts]
+            tails = ["/".join(p[-k:]) + kind for p in parts]
             if len(set(tails)) == len(tails):
                 break
         if len(set(tails)) < len(tails):  # the same file twice: number them
-            tails = [f"{name}#{j + 1}" for j in range(len(idx))]
+            tails = [f"{label}#{j + 1}" for j in range(len(idx))]
         for i, tail in zip(idx, tails, strict=True):
             labels[i] = tail
     return labels
+
+
+def _kind(ready: ReadyUpscaler) -> str:
+    """ "" for weights run by PyTorch (the usual), else the backend and a precision other than fp32."""
+    if ready.backend == "torch":
+        return ""
+    return ready.backend + (f" {ready.precision}" if ready.precision not in ("fp32", "") else "")
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -62,7 +81,13 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def evaluate(
     data: Annotated[
-        Path, typer.Option("--data", help="Folder of HR photos; LR is made by bicubic downscaling.")
+        Path,
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            help="Folder of HR photos; LR is made by bicubic downscaling.",
+            rich_help_panel="Data",
+        ),
     ],
     model: Annotated[
         list[str] | None,
@@ -73,6 +98,7 @@ def evaluate(
             help=f"Weights name or path, or an .onnx file; repeat to compare several models of one scale "
             f"(default: {weights.DEFAULT_MODEL}).",
             show_default=False,
+            rich_help_panel="Model",
         ),
     ] = None,
     lpips_weights: Annotated[
@@ -80,11 +106,17 @@ def evaluate(
         typer.Option(
             "--lpips-weights",
             metavar="DIR",
-            help=f"Folder with alexnet_features.safetensors and lpips_alex_lin.safetensors. Default: "
+            help=f"LPIPS weights folder (`srgan weights fetch-perceptual DIR` makes one). Default: "
             f"${LPIPS_ENV}, then the `lpips` package; LPIPS is skipped (with a note) if none is found.",
+            rich_help_panel="Metrics",
         ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=0, help="Use at most this many photos (0 = all).")] = 0,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=0, help="Use at most this many photos (0 = all).", rich_help_panel="Data"
+        ),
+    ] = 0,
     task_scale: Annotated[
         int | None,
         typer.Option(
@@ -93,11 +125,17 @@ def evaluate(
             help="Score at this scale (LR made by downscaling N times); models of another scale are "
             "resampled to it as `srgan upscale -s N` does. Default: the models' own scale.",
             show_default=False,
+            rich_help_panel="Model",
         ),
     ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
-        Precision, typer.Option("--precision", help="Inference precision; fp32 gives reference numbers.")
+        Precision,
+        typer.Option(
+            "--precision",
+            help="Inference precision; fp32 gives reference numbers.",
+            rich_help_panel="Performance",
+        ),
     ] = Precision.fp32,
     tile: TileOpt = "auto",
     lapgan_levels: LapganLevelsOpt = None,
@@ -109,6 +147,7 @@ def evaluate(
             help="Add a column for the checkerboard artefact: the RMS (0-255) of the error that repeats "
             "every `scale` pixels, per 32 px tile; bicubic shows the floor, lower is better. "
             "Always in --json.",
+            rich_help_panel="Metrics",
         ),
     ] = False,
     degrade: Annotated[
@@ -120,15 +159,24 @@ def evaluate(
             "(any of them), a training preset (realesrgan, photo, video) or a .toml; repeat for several. "
             "Adds the JPEG block column: the LR's 8x8 grid left in the output, 1.00 = as in the original.",
             show_default=False,
+            rich_help_panel="Data",
         ),
     ] = None,
     degrade_seed: Annotated[
-        int, typer.Option("--degrade-seed", help="Seed of the noise and of preset draws (per image).")
+        int,
+        typer.Option(
+            "--degrade-seed",
+            help="Seed of the noise and of preset draws (per image).",
+            rich_help_panel="Data",
+        ),
     ] = 0,
     clean: Annotated[
         bool,
         typer.Option(
-            "--clean/--no-clean", help="With --degrade, also score the clean bicubic LR.", show_default=False
+            "--clean/--no-clean",
+            help="With --degrade, also score the clean bicubic LR.",
+            show_default=False,
+            rich_help_panel="Data",
         ),
     ] = True,
     as_json: JsonOpt = False,
@@ -136,7 +184,9 @@ def evaluate(
     """Score models against bicubic: Y-channel PSNR/SSIM (`scale` px border removed) and RGB LPIPS."""
     tile_size = parse_tile(tile)
     requested = list(model) if model else [weights.DEFAULT_MODEL]
-    with guard(as_json):
+    # nothing but the results on stdout: torch.hub prints "Downloading: ..." there when it fetches
+    # weights, which would break --json (the guard's JSON error is printed after the redirect ends)
+    with guard(as_json), contextlib.redirect_stdout(sys.stderr):
         dev = resolve_device(device)
         loaded = [
             with_self_ensemble(
@@ -170,7 +220,7 @@ def evaluate(
                 hint="run `srgan eval` once per scale, or score them all at one with --scale N",
             )
         scale = scales.pop()
-        labels = _labels(requested, [w.name for w in loaded])
+        labels = _labels(requested, loaded)
         lpips, why = lpips_if_available(lpips_weights, device=dev)
         if why is not None:
             hint = f" To enable it: {why.hint}." if why.hint else ""
@@ -185,13 +235,16 @@ def evaluate(
         sets = [("clean", "bicubic downscale", pairs)] if (clean or not damages) else []
         sets += [(d.name, d.spec, damage_pairs(pairs, scale, d)) for d in damages]
         tables: list[tuple[str, str, list[EvalReport]]] = []
-        for name, spec, chosen in sets:
-            reports: list[EvalReport] = []
-            with console.status(f"evaluating {', '.join(labels)} on {len(chosen)} image(s), {name} LR"):
-                reports.append(run_eval(chosen, scale, None, "bicubic", lpips=lpips))
-                for label, w in zip(labels, loaded, strict=True):
-                    reports.append(run_eval(chosen, scale, w.upscaler, label, lpips=lpips))
-            tables.append((name, spec, reports))
+        methods = [("bicubic", None), *((label, w.upscaler) for label, w in zip(labels, loaded, strict=True))]
+        images = sum(len(chosen) for _, _, chosen in sets) * len(methods)
+        with StageProgress(console, images, "images") as progress:  # on stderr, --json too
+            for name, spec, chosen in sets:
+                reports: list[EvalReport] = []
+                for label, up in methods:
+                    where = f"{label}, {name} LR" if damages else label
+                    with progress.stage(where, len(chosen)) as on_image:
+                        reports.append(run_eval(chosen, scale, up, label, lpips=lpips, on_image=on_image))
+                tables.append((name, spec, reports))
     if as_json:
         payload: dict[str, object] = {
             "data": str(data),
@@ -261,4 +314,4 @@ def _print_table(
     table.add_row(
         "[bold]mean", *cells([(r.psnr, r.ssim, r.lpips, r.grid, r.block) for r in reports], bold=True)
     )
-    print_table(table)
+    print_result(table)

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from .. import archs, weights
 from ..errors import ForeignWeights, UsageError
 from ..runtime.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx, parse_static
 from .common import JsonOpt, console, guard, stdout
+from .results import print_result
 
 
 def _default_output(name: str, fp16: bool, int8: bool, static: tuple[int, int] | None) -> Path:
@@ -140,19 +142,21 @@ def _model_to_export(model: str) -> tuple[Any, str, dict[str, Any]]:
 
 
 def _print_report(r: ExportReport) -> None:
+    """The result on stdout: the file written and how it was checked; how to run it on stderr."""
     shape = "x".join(str(d) for d in r.input_shape)
-    console.print(
-        f"[green]wrote[/] {r.path} ({r.size_mb:.2f} MB, opset {r.opset}, {r.precision}, input {shape})"
+    print_result(
+        f"[green]wrote[/] {escape(str(r.path))} ({r.size_mb:.2f} MB, opset {r.opset}, {r.precision}, "
+        f"input {shape})"
     )
     checked = ", ".join("x".join(str(d) for d in s) for s in r.verified_shapes)
     if r.psnr_vs_fp32 is not None:
-        console.print(
+        print_result(
             f"INT8 vs fp32 PyTorch on {len(r.verified_shapes)} calibration crop(s): "
             f"{r.psnr_vs_fp32:.2f} dB PSNR, max |diff| {r.max_abs_diff:.3g}"
         )
     else:
-        console.print(
+        print_result(
             f"verified against PyTorch on {checked}: max |diff| {r.max_abs_diff:.2e} "
             f"[green](tolerance {r.tolerance:g})[/]"
         )
-    console.print(f"[dim]{r.seconds:.1f}s; run it with: srgan upscale IMAGE -m {r.path}[/]")
+    console.print(f"[dim]{r.seconds:.1f}s; run it with:[/] srgan upscale IMAGE -m {escape(str(r.path))}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .. import archs, weights
 from ..errors import UsageError
@@ -38,4 +39,5 @@ def interpolate(
         model, provenance = archs.interpolate(first, second, alpha)
         first_info = weights.read_info(first)
         weights.save(output, model, trained_on=first_info.trained_on, provenance=provenance)
-    console.print(f"[green]wrote[/] {output} ({1 - alpha:g} x {first} + {alpha:g} x {second})")
+    blend = f"{1 - alpha:g} x {first} + {alpha:g} x {second}"
+    console.print(f"[green]wrote[/] {escape(str(output))} ({escape(blend)})")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..lapgan.train import LapganTrainConfig
@@ -18,10 +19,10 @@ from .common import (
     given_options,
     guard,
     parse_duration,
-    print_table,
     stdout,
     training_progress,
 )
+from .results import print_result
 from .signals import terminate_as_interrupt
 
 app = typer.Typer(
@@ -41,9 +42,14 @@ _opt = common.panel_option(_OPT, LapganTrainConfig())
 def train(
     data: Annotated[
         Path | None,
-        _opt("--data", panel=_RUN, help="Folder of images; class subfolders make a class-conditional model."),
+        _opt(
+            "--data",
+            panel=_RUN,
+            metavar="DIR",
+            help="Folder of images; class subfolders make a class-conditional model.",
+        ),
     ] = None,
-    out: Annotated[Path, _opt("--out", panel=_RUN, help="Run folder.")] = Path("runs/lapgan"),
+    out: Annotated[Path, _opt("--out", panel=_RUN, metavar="DIR", help="Run folder.")] = Path("runs/lapgan"),
     level: Annotated[
         list[int] | None,
         _opt("--level", panel=_RUN, help="Train only this level (repeatable; 0 = coarsest). Default: all."),
@@ -56,6 +62,7 @@ def train(
         str | None,
         _opt(
             "--time-limit",
+            metavar="TIME",
             panel=_RUN,
             help=common.TIME_LIMIT_HELP + " The level in progress stops there; later levels wait.",
         ),
@@ -137,7 +144,7 @@ def _run_training(
                     f"{data['batch_size']} each"
                 )
                 for line in data["skipped"]:
-                    progress.console.print(f"[yellow]skipped[/] {line}")
+                    progress.console.print(f"[yellow]skipped[/] {escape(line)}")
             elif kind == "level":
                 tasks[data["level"]] = progress.add_task(
                     f"level {data['level']} ({data['side']}px)",
@@ -167,12 +174,12 @@ def _run_training(
     if result.stopped:
         console.print(
             f"[yellow]stopped ({result.stopped})[/] after {result.seconds / 60:.1f} min (steps {done}); "
-            f"continue with: srgan lapgan train --out {config.out} --resume"
+            f"continue with: srgan lapgan train --out {escape(str(config.out))} --resume"
         )
     else:
         console.print(f"[green]done[/] in {result.seconds / 60:.1f} min (steps {done})")
     if result.weights is not None:
-        console.print(f"weights: {result.weights}")
+        console.print(f"weights: {escape(str(result.weights))}")
     else:
         console.print(
             "[yellow]note:[/] not every level is trained yet, so there are no weights to sample from; "
@@ -277,9 +284,12 @@ def sample(
                 written.append(_write_png(folder / f"sample_{i:03d}.png", strip, overwrite))
     sides = " -> ".join(str(net.config.side(k)) for k in range(net.config.levels))
     start = f"from the coarse level of {from_image}" if from_image else "from noise"
-    console.print(f"[green]{n} samples[/] ({sides}, {start}, seed {seed}) -> {written[0]}")
+    console.print(f"[green]{n} samples[/] ({sides}, {start}, seed {seed}) -> {escape(str(written[0]))}")
     if save_levels:
-        console.print(f"level strips (coarse to fine): {len(written) - 1} files in {output.with_suffix('')}")
+        console.print(
+            f"level strips (coarse to fine): {len(written) - 1} files in "
+            f"{escape(str(output.with_suffix('')))}"
+        )
 
 
 @app.command("eval", no_args_is_help=True)
@@ -335,4 +345,4 @@ def evaluate(
             f"{r.sigma:g}",
             f"{r.mean:.0f} ± {r.stderr:.0f}",
         )
-    print_table(table)
+    print_result(table)

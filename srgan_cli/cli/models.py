@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import weights
 from ..errors import ForeignWeights
 from .common import JsonOpt, console, guard, stdout
+from .results import print_result
 
 
 def models(
@@ -34,7 +36,7 @@ def models(
             stdout.print(json.dumps(facts, indent=2), markup=False, highlight=False)
         else:
             for key, value in facts.items():
-                console.print(f"[bold]{key}[/]: {value}", highlight=False)
+                print_result(f"[bold]{escape(key)}[/]: {escape(str(value))}")
         return
     infos, foreign = weights.list_models(), weights.list_foreign()
     if as_json:
@@ -63,7 +65,12 @@ def models(
         )
         return
     # names never wrap (they are what users type); the "use" column takes what width is left
-    table = Table(show_edge=False, header_style="bold")
+    table = Table(
+        show_edge=False,
+        header_style="bold",
+        caption="PSNR-Y (dB), LPIPS: each file's recorded validation (shipped: weights/README.md)",
+        caption_justify="left",
+    )
     table.add_column("name", no_wrap=True)
     for col in ("scale", "params", "PSNR-Y", "LPIPS"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -81,11 +88,11 @@ def models(
             f"{lpips:.3f}" if lpips is not None else "-",
             use,
         )
-    console.print(table)
-    console.print("[dim]PSNR-Y (dB), LPIPS: each file's recorded validation (shipped: weights/README.md)[/]")
+    print_result(table, fit=True)
     if foreign:
         names = ", ".join(f"{_stem(f)} ({f.stat().st_size / 2**20:.1f} MB)" for f in foreign)
-        console.print(f"third-party models (run through spandrel; --inspect FILE for details): {names}")
+        print_result(f"third-party models (run through spandrel): {escape(names)}")
+        console.print("[dim]details of one: srgan models --inspect FILE[/]")
     console.print("[dim]paths and training details: srgan models --json[/]")
 
 

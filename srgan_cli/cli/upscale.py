@@ -64,6 +64,8 @@ from .common import (
     parse_tile,
     stdout,
 )
+from .progress import FileProgress, Ticker
+from .results import print_result
 from .signals import terminate_as_interrupt
 
 
@@ -82,21 +84,29 @@ class OutFormat(str, Enum):
 
 def upscale(
     inputs: Annotated[
-        list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)
+        list[str],
+        typer.Argument(help="Image files, folders or glob patterns.", show_default=False, metavar="INPUT..."),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Output file (one input) or folder. Default: beside each input."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output file (one input) or folder. Default: beside each input.",
+            rich_help_panel="Output",
+        ),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             "-m",
             "--model",
+            metavar="NAME|PATH",
             help=f"Shipped weights name, a .safetensors/.pth path, or an .onnx file. auto (the default): "
             f"JPEGs saved at quality {weights.AUTO_JPEG_QUALITY} or lower to {weights.REAL_MODEL} (removes "
             f"blocks and noise), everything else to {weights.DEFAULT_MODEL}.",
             show_default=False,
+            rich_help_panel="Model",
         ),
     ] = None,
     mode: Annotated[
@@ -105,25 +115,37 @@ def upscale(
             "--mode",
             help="sr: a super-resolution model. lapgan: a LAPGAN model's conditional generators, "
             "x2 per level.",
+            rich_help_panel="Model",
         ),
     ] = Mode.sr,
     lapgan_levels: LapganLevelsOpt = None,
     outscale: Annotated[
         float | None,
         typer.Option(
-            "-s", "--outscale", min=0.01, help="Final scale; the model's output is resampled to it."
+            "-s",
+            "--outscale",
+            min=0.01,
+            help="Final scale; the model's output is resampled to it.",
+            rich_help_panel="Model",
         ),
     ] = None,
     suffix: Annotated[
         str | None,
         typer.Option(
-            "--suffix", help="Added to output names. Default: _x4 beside the input, none in -o folders."
+            "--suffix",
+            help="Added to output names. Default: _x4 beside the input, none in -o folders.",
+            rich_help_panel="Output",
         ),
     ] = None,
     fmt: Annotated[
-        OutFormat, typer.Option("--format", help="Output format; auto keeps the input's format.")
+        OutFormat,
+        typer.Option(
+            "--format", help="Output format; auto keeps the input's format.", rich_help_panel="Output"
+        ),
     ] = OutFormat.auto,
-    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")] = 95,
+    quality: Annotated[
+        int, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.", rich_help_panel="Output")
+    ] = 95,
     png_compression: Annotated[
         int,
         typer.Option(
@@ -131,10 +153,14 @@ def upscale(
             min=0,
             max=9,
             help="PNG zlib level: 0 is fastest, 9 smallest (lossless either way).",
+            rich_help_panel="Output",
         ),
     ] = 6,
     recursive: Annotated[
-        bool, typer.Option("-r", "--recursive", help="Look in subfolders of folder inputs.")
+        bool,
+        typer.Option(
+            "-r", "--recursive", help="Look in subfolders of folder inputs.", rich_help_panel="Output"
+        ),
     ] = False,
     skip_existing: Annotated[
         bool | None,
@@ -142,16 +168,22 @@ def upscale(
             "--skip-existing/--no-skip-existing",
             help="Skip inputs whose output exists. Default: on for folders and globs, off for named files.",
             show_default=False,
+            rich_help_panel="Output",
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.", rich_help_panel="Output")
+    ] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
     backend: BackendOpt = Backend.auto,
     onnx: Annotated[
         Path | None,
         typer.Option(
-            "--onnx", metavar="FILE", help="Run this exported .onnx model (implies --backend onnx)."
+            "--onnx",
+            metavar="FILE",
+            help="Run this exported .onnx model (implies --backend onnx).",
+            rich_help_panel="Performance",
         ),
     ] = None,
     compile_: Annotated[
@@ -160,6 +192,7 @@ def upscale(
             "--compile",
             help="torch.compile the model (CUDA graphs on GPUs): for many images of one size; "
             "each new size compiles again.",
+            rich_help_panel="Performance",
         ),
     ] = False,
     tile: TileOpt = "auto",
@@ -172,10 +205,17 @@ def upscale(
             min=0,
             help="Threads that decode the next inputs and threads that write the results while the "
             "model runs (each); 0 = one file at a time.",
+            rich_help_panel="Performance",
         ),
     ] = 2,
     max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", min=0.01, help="Refuse inputs larger than this (bomb guard).")
+        float,
+        typer.Option(
+            "--max-megapixels",
+            min=0.01,
+            help="Refuse inputs larger than this (bomb guard).",
+            rich_help_panel="Limits",
+        ),
     ] = DEFAULT_MAX_PIXELS / 1e6,
     max_output_megapixels: Annotated[
         float,
@@ -183,6 +223,7 @@ def upscale(
             "--max-output-megapixels",
             min=0.01,
             help="Refuse results larger than this, before any work (memory guard).",
+            rich_help_panel="Limits",
         ),
     ] = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
     codec: Annotated[
@@ -233,12 +274,15 @@ def upscale(
             "--allow-partial",
             help="Accept inputs that hold less than they declare (a truncated video, the first page of a "
             "multi-page TIFF): write what could be read, with a note.",
+            rich_help_panel="Limits",
         ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upscale images and videos with a super-resolution model (default: auto, the shipped x4 weights
-    for each input: srgan_x4_real for low-quality JPEGs, srresnet_x4 for everything else).
+    """Upscale images and videos with a super-resolution model.
+
+    The default model, auto, picks shipped x4 weights for each input: srgan_x4_real for
+    low-quality JPEGs, srresnet_x4 for everything else.
 
     A video (.mp4, .mkv, .webm, .mov, .avi; recognised by its content) is upscaled frame by frame
     and encoded again, with its audio and subtitles copied and its frame rate and timestamps kept.
@@ -402,44 +446,32 @@ def _run_jobs(
     io_threads: int,
 ) -> list[JobResult]:
     """Run the jobs (decoding and writing overlapped with the model: runtime/pipeline.py) under a
-    progress bar measured in megapixels (file headers); results in job order."""
+    progress bar measured in megapixels (file headers), advanced tile by tile, or plain lines when
+    stderr is not a terminal (cli/progress.py); results in job order."""
     sizes = [input_megapixels(job) for job in jobs]
-    total_mp = sum(sizes)
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn(f"{{task.fields[files]}}/{len(jobs)} files{label}"),
-        TextColumn("{task.fields[mp]:.2f}/{task.fields[mp_total]:.2f} MP"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
     results: list[JobResult] = []
-    pipeline = run_jobs(
-        upscaler,
-        jobs,
-        options,
-        outscale=outscale,
-        max_pixels=max_pixels,
-        readers=io_threads,
-        writers=io_threads,
-    )
-    with Progress(*columns, console=console, disable=not show or not jobs, transient=False) as progress:
-        task = progress.add_task("upscaling", total=total_mp or len(jobs), mp=0.0, mp_total=total_mp, files=0)
-        done_mp = 0.0
-        for result, mp in zip(pipeline, sizes, strict=True):
-            progress.update(task, description=f"[cyan]{result.src.name}")
-            results.append(result)
-            if result.status == "failed" and show_failures:
-                where, why = escape(str(result.src)), escape(result.error or "")
-                progress.console.print(f"[red]failed[/] {where}: {why}")
-            for note in result.notes if show else ():
-                progress.console.print(f"[yellow]note:[/] {escape(str(result.src))}: {escape(note)}")
-            done_mp += mp
-            progress.update(
-                task, completed=done_mp if total_mp else len(results), mp=done_mp, files=len(results)
-            )
-        progress.update(task, description="done")
+    with FileProgress(console, jobs, sizes, label=label, show=show) as progress, progress.tiles():
+        pipeline = run_jobs(
+            upscaler,
+            jobs,
+            options,
+            outscale=outscale,
+            max_pixels=max_pixels,
+            readers=io_threads,
+            writers=io_threads,
+            on_pass=progress.start_pass,
+        )
+        try:
+            for job, result in zip(jobs, pipeline, strict=True):
+                results.append(result)
+                if result.status == "failed" and show_failures:
+                    where, why = escape(str(result.src)), escape(result.error or "")
+                    progress.print(f"[red]failed[/] {where}: {why}")
+                for note in result.notes if show else ():
+                    progress.print(f"[yellow]note:[/] {escape(str(result.src))}: {escape(note)}")
+                progress.finished(job, result)
+        finally:  # interrupted here (Ctrl-C, SIGTERM): the writes under way finish, claims are released
+            pipeline.close()
     return results
 
 
@@ -460,15 +492,22 @@ def _run_video(
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+    plain, ticker = not quiet and not console.is_terminal, Ticker()  # a log: a line now and then
+    with Progress(*columns, console=console, disable=quiet or plain, transient=False) as progress:
         task = progress.add_task("video", total=None, frames="?", fps=0.0)
         start = time.perf_counter()
 
         def on_frame(done: int, total: int) -> None:
             fps = done / max(time.perf_counter() - start, 1e-9)
             progress.update(task, completed=done, total=total or None, frames=total or "?", fps=fps)
+            if plain and ticker.due():
+                line = f"{src.name}: {done}/{total or '?'} frames, {fps:.1f} frames/s"
+                console.print(escape(line), soft_wrap=True)
 
         status, video, error, hint = job(on_frame=on_frame)
+    if plain and video is not None and status == "ok":
+        line = f"{src.name} done: {video.frames} frames in {video.seconds:.1f} s"
+        console.print(escape(line), soft_wrap=True)
     result = JobResult(src, video.dst if video is not None else dst, status, error, hint)
     if video is not None:
         result.seconds, result.in_size, result.out_size = video.seconds, video.in_size, video.out_size
@@ -491,15 +530,15 @@ def _print_summary(results: list[JobResult], counts: dict[str, int]) -> None:
             if r.status == "ok":
                 assert r.in_size is not None and r.out_size is not None
                 size = f"{r.in_size[0]}x{r.in_size[1]} -> {r.out_size[0]}x{r.out_size[1]}"
-                text = f"[green]{r.dst}[/] ({size}, {r.seconds:.1f}s)"
+                text = f"[green]{escape(str(r.dst))}[/] ({size}, {r.seconds:.1f}s)"
             elif r.status == "skipped":
                 why = escape(r.notes[0]) if r.notes else f"{escape(str(r.dst))} exists"
                 text = f"[yellow]skipped[/], {why}"
             else:
-                text = f"[red]{r.error}[/]" + (f" [dim]({r.hint})[/]" if r.hint else "")
-            table.add_row(str(r.src), text)
-        console.print(table)
+                text = f"[red]{escape(r.error or '')}[/]" + (f" [dim]({escape(r.hint)})[/]" if r.hint else "")
+            table.add_row(escape(str(r.src)), text)
+        print_result(table, fit=True)
     colour = "red" if counts["failed"] else "green"
-    console.print(
+    print_result(
         f"[{colour}]{counts['ok']} upscaled, {counts['skipped']} skipped, {counts['failed']} failed[/]"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ FEATURES_FILE = "alexnet_features.safetensors"
 LIN_FILE = "lpips_alex_lin.safetensors"
 
 # torchvision alexnet().features: conv index -> (out, in, k, stride, pad); ReLUs follow at index + 1.
-_CONVS: dict[int, tuple[int, int, int, int, int]] = {
+ALEXNET_CONVS: dict[int, tuple[int, int, int, int, int]] = {
     0: (64, 3, 11, 4, 2),
     3: (192, 64, 5, 1, 2),
     6: (384, 192, 3, 1, 1),
@@ -29,7 +30,7 @@ _CONVS: dict[int, tuple[int, int, int, int, int]] = {
 }
 _POOLS = (2, 5)  # MaxPool2d(3, stride 2) after the first two ReLUs
 _TAPS = (1, 4, 7, 9, 11)  # the five ReLU outputs LPIPS compares
-_CHANNELS = (64, 192, 384, 256, 256)
+HEAD_CHANNELS = (64, 192, 384, 256, 256)
 
 # The LPIPS "scaling layer": inputs in [-1, 1] are shifted/scaled to ImageNet statistics.
 _SHIFT = (-0.030, -0.088, -0.188)
@@ -39,9 +40,8 @@ _SCALE = (0.458, 0.448, 0.450)
 MIN_SIZE = 31
 
 _HINT = (
-    "with internet, `pip install lpips` (its v0.1 heads; torchvision downloads AlexNet once); offline, "
-    f"pass `--lpips-weights DIR` or set {ENV_VAR}=DIR, a folder holding alexnet_features.safetensors "
-    "and lpips_alex_lin.safetensors (see docs/usage.md)"
+    f"make them once with `srgan weights fetch-perceptual DIR`, then pass `--lpips-weights DIR` or set "
+    f"{ENV_VAR}=DIR; with internet, `pip install lpips` works too (docs/usage.md)"
 )
 
 
@@ -49,8 +49,8 @@ def _features_layers() -> nn.Sequential:
     """torchvision's alexnet().features up to the last ReLU (index 11), same indices, no inplace ops."""
     layers: list[nn.Module] = []
     for i in range(12):
-        if i in _CONVS:
-            out_c, in_c, k, stride, pad = _CONVS[i]
+        if i in ALEXNET_CONVS:
+            out_c, in_c, k, stride, pad = ALEXNET_CONVS[i]
             layers.append(nn.Conv2d(in_c, out_c, k, stride=stride, padding=pad))
         elif i in _POOLS:
             layers.append(nn.MaxPool2d(3, stride=2))
@@ -108,17 +108,17 @@ class LPIPS(nn.Module):
             if not k.startswith("classifier.")
         }
         expected_feats: dict[str, tuple[int, ...]] = {}
-        for i, (out_c, in_c, k, _, _) in _CONVS.items():
+        for i, (out_c, in_c, k, _, _) in ALEXNET_CONVS.items():
             expected_feats[f"{i}.weight"] = (out_c, in_c, k, k)
             expected_feats[f"{i}.bias"] = (out_c,)
         feats = _check(feats, expected_feats, "AlexNet features", origin)
-        expected_lin = {f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate(_CHANNELS)}
+        expected_lin = {f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate(HEAD_CHANNELS)}
         lins = _check(lin_state, expected_lin, "linear head", origin)
 
         self.features = _features_layers()
         self.features.load_state_dict(feats)
         # the learned per-channel weights; the reference's Dropout before them is a no-op in eval
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS)
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in HEAD_CHANNELS)
         for i, lin in enumerate(self.lins):
             lin.weight.data.copy_(lins[f"lin{i}.model.1.weight"])
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1))
@@ -210,6 +210,11 @@ def _lpips_package_head() -> Path | None:
     return None
 
 
+def package_head() -> Path | None:
+    """The `lpips` package's v0.1 AlexNet head file, if the package is installed."""
+    return _lpips_package_head()
+
+
 def _from_lpips_package(head: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Head from the lpips package, AlexNet from torchvision (its hub cache, or a download)."""
     try:
@@ -229,7 +234,9 @@ def _from_lpips_package(head: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             hint=_HINT,
         )
     try:
-        feats = weights.get_state_dict(progress=False)
+        # torch.hub reports a download on stdout, which is kept for results (`--json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            feats = weights.get_state_dict(progress=False)
     except Exception as exc:  # offline, or a blocked download: remembered, so later runs do not wait
         with contextlib.suppress(OSError):
             failed.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .progress import part
 from .upscaler import Upscaler
 
 ENSEMBLE_SIZES = (1, 2, 4, 8)
@@ -41,9 +42,10 @@ class SelfEnsemble:
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         total: np.ndarray | None = None
-        for turns, mirror in _DIHEDRAL[: self.passes]:
+        for index, (turns, mirror) in enumerate(_DIHEDRAL[: self.passes]):
             view = np.ascontiguousarray(_forward_view(pixels, turns, mirror))
-            out = _inverse_view(self.inner(view), turns, mirror)
+            with part(index, self.passes):  # progress: one run over all passes
+                out = _inverse_view(self.inner(view), turns, mirror)
             if total is None:
                 total = out.astype(np.float32, copy=True)
             else:

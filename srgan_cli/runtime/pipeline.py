@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ def run_jobs(
     writers: int = 2,
     ahead: int = 3,
     batch: int | None = None,
+    on_pass: Callable[[list[Job]], None] | None = None,
 ) -> Iterator[JobResult]:
     """Each job's result, in order, as soon as it and every job before it are done. With
     `readers` and `writers` 0, the jobs run one after the other (`batch.run_job`). `batch`
@@ -61,13 +62,18 @@ def run_jobs(
 
     Jobs whose output folder cannot be written fail at once, without being upscaled; after a
     write fails for lack of space (or a read-only disk, a quota), no further job is started: the
-    jobs in flight finish, the rest are reported as not attempted."""
+    jobs in flight finish, the rest are reported as not attempted.
+
+    `on_pass(jobs)` is called, on this thread, just before the model runs on those jobs' images
+    (several: one batched pass; with no IO threads, before each job is read): with
+    runtime.progress.on_tiles around the loop, a caller knows whose tiles it is told about."""
     jobs = list(jobs)
     blocked = unwritable_folders(jobs)
     lost: list[str] = []  # the reason the destination was lost, once it was
     group = images_per_pass(upscaler, outscale, batch or 0)
+    sizes = (ahead, group)
     results = _run(
-        upscaler, jobs, options, outscale, max_pixels, blocked, lost, readers, writers, (ahead, group)
+        upscaler, jobs, options, outscale, max_pixels, blocked, lost, readers, writers, sizes, on_pass
     )
     done = 0
     try:
@@ -101,12 +107,15 @@ def _run(
     readers: int,
     writers: int,
     sizes: tuple[int, int],
+    on_pass: Callable[[list[Job]], None] | None,
 ) -> Iterator[JobResult]:
     ahead, batch = sizes  # inputs decoded ahead; images per pass of the model
     if readers == 0 and writers == 0:
         for job in jobs:
             if lost:
                 return
+            if on_pass is not None:
+                on_pass([job])
             yield run_job(upscaler, job, options, outscale=outscale, max_pixels=max_pixels, blocked=blocked)
         return
     todo = iter(jobs)
@@ -135,7 +144,10 @@ def _run(
             for _ in group:
                 read_next()  # keep inputs decoding while these are upscaled
             images = [attempt(item.result, item.work.result) if item.work else None for item in group]
-            outs = _upscale_group(upscaler, images, [item.result for item in group], outscale, options)
+            results = [item.result for item in group]
+            outs = _upscale_group(
+                upscaler, images, results, outscale, options, [item.job for item in group], on_pass
+            )
             del images  # the inputs are not needed while the results are written
             for item, out in zip(group, outs, strict=True):
                 item.work = write_pool.submit(_write, item, out, options) if out is not None else None
@@ -152,9 +164,12 @@ def _upscale_group(
     results: list[JobResult],
     outscale: float | None,
     options: OutputOptions,
+    jobs: list[Job] | None = None,
+    on_pass: Callable[[list[Job]], None] | None = None,
 ) -> list[ImageData | None]:
     """Each image's result (None where it failed, recorded in its result): the 8-bit RGB images of
-    the first one's size in one pass of the model, the others one by one, as upscale_image would."""
+    the first one's size in one pass of the model, the others one by one, as upscale_image would.
+    `on_pass` is told the `jobs` of each pass before it runs."""
     outs: list[ImageData | None] = [None] * len(images)
     ready = [
         (i, im) for i, im in enumerate(images) if im is not None and takes_u8_path(upscaler, im, outscale)
@@ -165,6 +180,8 @@ def _upscale_group(
         try:
             for _, im in together:  # the output limit, per image, before any work
                 check_output_size(im.width * scale, im.height * scale, options.max_output_pixels)
+            if on_pass is not None and jobs is not None:
+                on_pass([jobs[i] for i, _ in together])
             start = time.perf_counter()
             pixels = upscaler.upscale_u8_batch([im.pixels for _, im in together])  # type: ignore[attr-defined]
             share = (time.perf_counter() - start) / len(together)  # each file's part of the pass
@@ -175,6 +192,8 @@ def _upscale_group(
             pass
     for i, image in enumerate(images):
         if image is not None and outs[i] is None:
+            if on_pass is not None and jobs is not None:
+                on_pass([jobs[i]])
             start = time.perf_counter()
             outs[i] = attempt(results[i], upscale_input, upscaler, image, outscale, options)
             results[i].seconds += time.perf_counter() - start

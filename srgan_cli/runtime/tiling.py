@@ -11,6 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from ..errors import OutOfMemory
+from .progress import tile_sink
 
 Array = TypeVar("Array")  # torch.Tensor or np.ndarray, shaped (N, C, H, W)
 T = TypeVar("T")
@@ -64,11 +65,19 @@ def tiled_apply(
 
     Padded tiles of the same shape (all interior tiles, usually) go through `fn` together, up to
     `batch` at a time, stacked along N: fewer, larger calls for a GPU.
+
+    With a progress sink set (runtime/progress.py), each batch of tiles reports the LR pixels done
+    so far, times N, out of height * width * N.
     """
     n, _c, height, width = x.shape  # type: ignore[attr-defined]
     grid = tile_grid(height, width, tile)
+    sink = tile_sink()
+    total = n * height * width
     if len(grid) == 1:
-        return fn(x)
+        out = fn(x)
+        if sink is not None:
+            sink(total, total)
+        return out
     groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
     for y0, y1, x0, x1 in grid:
         py0, py1 = max(y0 - pad, 0), min(y1 + pad, height)
@@ -76,6 +85,7 @@ def tiled_apply(
         groups.setdefault((py1 - py0, px1 - px0), []).append((y0, y1, x0, x1, py0, py1, px0, px1))
     out = None
     step = max(1, batch)
+    done = 0
     for items in groups.values():
         for i in range(0, len(items), step):
             chunk = items[i : i + step]
@@ -87,6 +97,9 @@ def tiled_apply(
                 out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[  # type: ignore[index]
                     j * n : (j + 1) * n, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
                 ]
+                done += n * (y1 - y0) * (x1 - x0)
+            if sink is not None:
+                sink(done, total)
     return out  # type: ignore[return-value]
 
 
@@ -114,8 +127,11 @@ def fixed_window_apply(
     pad = max(0, min(pad, (min(wh, ww) - 8) // 2))
     th, tw = wh - 2 * pad, ww - 2 * pad
     out = None
-    for y0, y1 in _spans(full_h, th) if full_h > wh else [(0, full_h)]:
-        for x0, x1 in _spans(full_w, tw) if full_w > ww else [(0, full_w)]:
+    sink, done, total = tile_sink(), 0, n * height * width
+    rows = _spans(full_h, th) if full_h > wh else [(0, full_h)]
+    cols = _spans(full_w, tw) if full_w > ww else [(0, full_w)]
+    for y0, y1 in rows:
+        for x0, x1 in cols:
             wy = min(max(y0 - pad, 0), full_h - wh)
             wx = min(max(x0 - pad, 0), full_w - ww)
             result = fn(x[:, :, wy : wy + wh, wx : wx + ww])
@@ -125,6 +141,9 @@ def fixed_window_apply(
             out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
                 :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
             ]
+            if sink is not None:  # the part inside the image (edge padding is not counted)
+                done += n * max(0, min(y1, height) - y0) * max(0, min(x1, width) - x0)
+                sink(done, total)
     assert out is not None
     return out[:, :, : height * scale, : width * scale]
 

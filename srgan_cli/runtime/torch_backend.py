@@ -4,8 +4,9 @@ super-resolution model on it."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from torch import nn
 from ..devices import free_memory_bytes, precision_name
 from ..errors import NonFiniteOutput
 from .fused import fuse
-from .tiling import auto_tile, shrink_on_oom, tiled_apply
+from .progress import tile_sink
+from .tiling import auto_tile, shrink_on_oom, tile_grid, tiled_apply
 
 
 def is_torch_oom(exc: BaseException) -> bool:
@@ -41,6 +43,9 @@ class TensorUpscaler:
     elem_bytes: int = 4
     dtype: torch.dtype = torch.float32  # what the model runs in (named when its output overflows)
     last_tile: int = 0  # the tile side actually used by the last call (0 = whole image)
+    compiled: bool = False
+    model: nn.Module | None = None  # the network `_pass` runs (its conv layers report progress)
+    _work_per_pixel: float | None = None  # conv work per LR pixel of one pass (measured once)
 
     def _pass(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The function one attempt applies to each (N, 3, h, w) tile on self.device: the model's
@@ -75,7 +80,7 @@ class TensorUpscaler:
 
         def attempt(side: int) -> torch.Tensor:
             watch = _FiniteWatch(self._pass(), precision_name(self.dtype))
-            with torch.inference_mode():
+            with torch.inference_mode(), self._layer_progress(x, side):
                 out = tiled_apply(x, watch, self.scale, side, self.tile_pad, batch=self.tile_batch)
             watch.check()
             return out
@@ -88,6 +93,58 @@ class TensorUpscaler:
             attempt, tile, max(height, width), is_torch_oom, str(self.device), cleanup
         )
         return out
+
+    def _layer_progress(self, x: torch.Tensor, side: int) -> contextlib.AbstractContextManager[None]:
+        """Progress inside a whole-image pass on the CPU (one tile, so the tiler has nothing to report
+        until the end): each conv layer of the model tells the progress sink (runtime/progress.py)
+        the share of the pass's conv work done so far, as LR pixels. The same pass, the same result,
+        a Python call per layer; nothing at all without a sink. Not on a GPU, whose layers are only
+        queued when their hooks run, nor for a compiled model."""
+        sink = tile_sink()
+        n, _c, height, width = x.shape
+        if (
+            sink is None
+            or self.model is None
+            or self.compiled
+            or self.device.type != "cpu"
+            or len(tile_grid(height, width, side)) > 1
+        ):
+            return contextlib.nullcontext()
+        per_pixel = self._measure_work()
+        if not per_pixel:
+            return contextlib.nullcontext()
+        total = int(n * height * width)
+        expected = per_pixel * total
+        state = {"work": 0.0, "done": 0}
+
+        def on_work(work: float) -> None:
+            state["work"] += work
+            done = min(total - 1, int(total * state["work"] / expected))  # the tiler says "all"
+            if done > state["done"]:
+                state["done"] = done
+                sink(done, total)
+
+        return _conv_work(self.model, on_work)
+
+    def _measure_work(self) -> float:
+        """Conv work per LR pixel of one pass, from a pass over a small probe (once; 0 if the model
+        cannot run one, and then it shows no progress inside a pass)."""
+        if self._work_per_pixel is None and self.model is not None:
+            step = max(int(getattr(self, "multiple", 1)), 1)  # a community model's size needs
+            side = -(-max(32, int(getattr(self, "minimum", 0))) // step) * step
+            work = 0.0
+
+            def add(amount: float) -> None:
+                nonlocal work
+                work += amount
+
+            try:
+                with torch.inference_mode(), _conv_work(self.model, add):
+                    self._pass()(torch.zeros(1, 3, side, side, device=self.device))
+            except Exception:  # only progress is lost
+                work = 0.0
+            self._work_per_pixel = work / side**2
+        return self._work_per_pixel or 0.0
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """(H, W, 3) float32 in [0, 1] -> (sH, sW, 3) float32 in [0, 1]."""
@@ -137,6 +194,23 @@ class _FiniteWatch:
     def check(self) -> None:
         if self.total is not None and not bool(torch.isfinite(self.total)):
             raise NonFiniteOutput(self.precision)
+
+
+@contextlib.contextmanager
+def _conv_work(model: nn.Module, on_work: Callable[[float], None]) -> Iterator[None]:
+    """Inside: `on_work(multiply-adds)` after each Conv2d of `model` runs."""
+
+    def hook(module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        assert isinstance(module, nn.Conv2d)
+        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        on_work(float(kernel * out.numel()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:

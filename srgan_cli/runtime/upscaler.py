@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, SrganError
 from ..imageio import ImageData, fill_transparent
+from .progress import part
 
 
 class Upscaler(Protocol):
@@ -166,7 +167,9 @@ def upscale_image(
     opaque = alpha is None or float(alpha.min()) >= 1.0
     if alpha is not None and not opaque:
         rgb = fill_transparent(rgb, alpha)
-    out = upscaler(rgb)
+    passes = 2 if alpha is not None and not opaque else 1  # progress: the colour, then the alpha
+    with part(0, passes):
+        out = upscaler(rgb)
     if image.is_gray:
         out = out.mean(axis=2, keepdims=True)
     out_alpha = None
@@ -174,7 +177,8 @@ def upscale_image(
         if opaque:  # fully opaque: nothing to upscale
             out_alpha = np.ones(out.shape[:2], dtype=np.float32)
         else:
-            out_alpha = upscaler(np.repeat(alpha[..., None], 3, axis=2)).mean(axis=2)
+            with part(1, passes):
+                out_alpha = upscaler(np.repeat(alpha[..., None], 3, axis=2)).mean(axis=2)
     width, height = output_size(image, upscaler.scale, outscale)
     out = resample(out, width, height)
     if out_alpha is not None:

@@ -79,32 +79,36 @@ class TrainConfig:
     stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
     init: str | None = None  # generator weights to start from (gan stage default: srresnet_x<scale>)
     # --- generator (taken from --init in the gan stage) -----------------------------------------
+    # the defaults of the fields the pretrain stage reads are the shipped srresnet_x4's (RECIPES),
+    # but for its cosine schedule
     scale: int = 4  # 2, 4 or 8
     n_blocks: int = 16  # residual blocks (paper: 16)
     n_feats: int = 64  # channels per block (paper: 64)
-    global_skip: bool = False  # learn a residual over bicubic upscaling (not in the paper)
+    global_skip: bool = True  # learn a residual over bicubic upscaling (not in the paper: off)
     # --- discriminator --------------------------------------------------------------------------
     d_feats: int = 64  # channels of D's first conv (paper: 64)
     # --- data -----------------------------------------------------------------------------------
-    crop: int = 96  # HR crop side; LR crops are crop/scale (paper: 96)
-    batch_size: int = 16  # crops per step and process (paper: 16)
+    crop: int = 128  # HR crop side; LR crops are crop/scale (paper: 96)
+    batch_size: int = 64  # crops per step and process (paper: 16)
     augment: bool = True  # random flips and 90-degree rotations of each crop
     # how LR inputs are made from HR crops: bicubic (the SR protocol), a preset of realistic damage
     # (realesrgan, photo, video: degradations/config.py) or a TOML file of ranges
     degradation: str = "bicubic"
     data_device: str = "auto"  # where decoded photos live: auto (GPU if they fit), cpu, or the device
     # --- optimisation ---------------------------------------------------------------------------
-    steps: int = 100_000  # total optimiser steps (paper: 10^6 SRResNet, 2x10^5 SRGAN)
-    lr: float = 1e-4  # Adam learning rate of G (paper: 1e-4)
+    steps: int = 4_000  # total optimiser steps (paper: 10^6 SRResNet, 2x10^5 SRGAN)
+    lr: float = 2e-4  # Adam learning rate of G (paper: 1e-4)
     d_lr: float | None = None  # Adam learning rate of D; None = the same as lr
-    schedule: str = "constant"  # constant, cosine (to lr_min), or step (x lr_gamma at lr_step_at)
+    # constant (paper), cosine (to lr_min), or step (x lr_gamma at lr_step_at). srresnet_x4 used
+    # cosine; the default stays constant so that a run stopped, resumed or extended (--steps) keeps it
+    schedule: str = "constant"
     lr_min: float = 1e-6  # floor of the cosine schedule
     lr_step_at: float = 0.5  # step schedule: fraction of the steps where the rate drops
     lr_gamma: float = 0.1  # step schedule: factor of the drop (paper: 1e-4 -> 1e-5 halfway)
     beta1: float = 0.9  # Adam beta1 (paper: 0.9)
     beta2: float = 0.999
     # --- losses ---------------------------------------------------------------------------------
-    loss: str = "mse"  # pixel loss: mse (paper) or l1; the whole loss of the pretrain stage
+    loss: str = "l1"  # pixel loss: mse (paper) or l1; the whole loss of the pretrain stage
     pixel_weight: float = 0.0  # gan stage: weight of the pixel loss (paper: 0)
     content_layer: str = "vgg54"  # gan stage: vgg54 (paper), vgg22, vgg16_53, vgg16_22, vgg19_multi
     content_weight: float = 1.0  # weight of the VGG content loss (paper: 1)
@@ -118,7 +122,7 @@ class TrainConfig:
     grid_weight: float = 0.0  # phase-consistency (anti-checkerboard) loss, not in the paper; 0 = off
     # --- averaging, validation, logging --------------------------------------------------------
     ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
-    val_every: int = 1000  # steps between validations (and interim weights, and sample grids)
+    val_every: int = 500  # steps between validations (and interim weights, and sample grids)
     val_limit: int = 0  # validate on at most this many photos; 0 = all
     lpips_weights: str | None = None  # LPIPS weights folder; None = $SRGAN_LPIPS_WEIGHTS (else no LPIPS)
     samples: int = 4  # sample crops in the grid saved at each validation; 0 = none
@@ -141,10 +145,25 @@ class TrainConfig:
 
     @classmethod
     def for_stage(cls, stage: str) -> TrainConfig:
-        """The defaults of a stage (the gan stage follows the paper's SRGAN schedule)."""
-        if stage == "gan":
-            return cls(stage="gan", steps=200_000, schedule="step")
-        return cls(stage=stage)
+        """The paper's recipe of a stage (srresnet_paper, srgan_paper: the defaults of earlier
+        versions); `from_recipe` gives the shipped models' recipes."""
+        return cls.from_recipe("srgan_paper" if stage == "gan" else "srresnet_paper")
+
+    @classmethod
+    def new_run(cls, recipe: str | None, stage: str | None = None) -> TrainConfig:
+        """The base of a new run, under a config file and options: `recipe`'s config (refused if
+        it is for another `stage`), else the defaults of `stage` (pretrain: TrainConfig(), which is
+        the srresnet_x4 recipe at a constant rate; gan: the srgan_x4 recipe)."""
+        recipe = choose_recipe(recipe, stage)
+        return cls.from_recipe(recipe) if recipe else cls(stage=stage or "pretrain")
+
+    @classmethod
+    def from_recipe(cls, name: str, **values: Any) -> TrainConfig:
+        """The config of a recipe (RECIPES), with `values` (any fields) on top of it."""
+        recipe = RECIPES.get(name)
+        if recipe is None:
+            raise TrainingOptionError(f"unknown --recipe {name!r}: use {', '.join(RECIPES)}")
+        return cls(**{"stage": recipe.stage, **recipe.values, **values})
 
     @property
     def name(self) -> str:
@@ -260,6 +279,181 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of TrainConfig values: what a shipped model was trained with (its weights'
+    provenance.train_config; weights/README.md), or the paper's. It leaves out the photos, the run
+    folder, the machine (device, amp) and, in the gan stage, the generator's shape (from --init)."""
+
+    stage: str
+    about: str  # one line, printed when a run starts from it
+    values: dict[str, Any]
+
+
+# the losses of the shipped GAN models (weights/README.md: chosen by the CPU runs there)
+_SHIPPED_GAN_LOSSES: dict[str, Any] = dict(
+    loss="l1",
+    pixel_weight=1.0,
+    content_layer="vgg19_multi",
+    content_weight=0.01,
+    adv_weight=1e-3,
+    gan_loss="standard",
+    r1_gamma=0.0,
+    tv_weight=2e-8,
+    grid_weight=10.0,
+)
+_SRRESNET_X4: dict[str, Any] = dict(
+    scale=4,
+    n_blocks=16,
+    n_feats=64,
+    global_skip=True,
+    loss="l1",
+    lr=2e-4,
+    schedule="cosine",
+    lr_min=1e-6,
+    batch_size=64,
+    crop=128,
+    augment=True,
+    degradation="bicubic",
+    ema=0.999,
+    steps=4_000,
+    val_every=500,
+)
+RECIPES: dict[str, Recipe] = {
+    "srresnet_x4": Recipe(
+        "pretrain",
+        "as shipped: 16x64, global skip, L1, lr 2e-4 cosine, 4,000 steps of 64 crops of 128 px",
+        _SRRESNET_X4,
+    ),
+    "srresnet_x4_fast": Recipe(
+        "pretrain",
+        "as shipped: 10x48, as srresnet_x4 but 4,200 steps of 16 crops of 96 px (80 min on 2 CPU cores)",
+        {
+            **_SRRESNET_X4,
+            "n_blocks": 10,
+            "n_feats": 48,
+            "batch_size": 16,
+            "crop": 96,
+            "steps": 4_200,
+            "val_every": 250,
+        },
+    ),
+    "srgan_x4": Recipe(
+        "gan",
+        "as shipped: from srresnet_x<scale>, vgg19_multi 0.01 + L1 1 + adv 1e-3 + grid 10, "
+        "3,900 steps of 16 crops of 96 px, lr 1e-4 x0.1 halfway",
+        dict(
+            scale=4,
+            **_SHIPPED_GAN_LOSSES,
+            d_feats=64,
+            lr=1e-4,
+            d_lr=None,
+            schedule="step",
+            lr_step_at=0.5,
+            lr_gamma=0.1,
+            batch_size=16,
+            crop=96,
+            augment=True,
+            degradation="bicubic",
+            ema=0.999,
+            steps=3_900,
+            val_every=975,
+        ),
+    ),
+    "srgan_x4_real": Recipe(
+        "gan",
+        "as shipped: from srgan_x4, LR by --degradation photo, srgan_x4's losses, "
+        "2,625 steps of 8 crops of 96 px, lr 1e-4 constant",
+        dict(
+            scale=4,
+            init="srgan_x4",
+            **_SHIPPED_GAN_LOSSES,
+            d_feats=64,
+            lr=1e-4,
+            d_lr=None,
+            schedule="constant",
+            batch_size=8,
+            crop=96,
+            augment=True,
+            degradation="photo",
+            ema=0.999,
+            steps=2_625,
+        ),
+    ),
+    "srresnet_paper": Recipe(
+        "pretrain",
+        "the paper's SRResNet (the earlier default): MSE, no global skip, lr 1e-4 constant, "
+        "100,000 steps of 16 crops of 96 px",
+        dict(
+            scale=4,
+            n_blocks=16,
+            n_feats=64,
+            global_skip=False,
+            loss="mse",
+            lr=1e-4,
+            schedule="constant",
+            batch_size=16,
+            crop=96,
+            augment=True,
+            degradation="bicubic",
+            ema=0.999,
+            steps=100_000,
+            val_every=1000,
+        ),
+    ),
+    "srgan_paper": Recipe(
+        "gan",
+        "the paper's SRGAN (the earlier default): vgg54 + adv 1e-3 + TV 2e-8, "
+        "200,000 steps of 16 crops of 96 px, lr 1e-4 x0.1 halfway",
+        dict(
+            scale=4,
+            loss="mse",
+            pixel_weight=0.0,
+            content_layer="vgg54",
+            content_weight=1.0,
+            adv_weight=1e-3,
+            gan_loss="standard",
+            r1_gamma=0.0,
+            tv_weight=2e-8,
+            grid_weight=0.0,
+            d_feats=64,
+            lr=1e-4,
+            d_lr=None,
+            schedule="step",
+            lr_step_at=0.5,
+            lr_gamma=0.1,
+            batch_size=16,
+            crop=96,
+            augment=True,
+            degradation="bicubic",
+            ema=0.999,
+            steps=200_000,
+            val_every=1000,
+        ),
+    ),
+}
+# a new run given no --recipe: the gan stage's recipe (pretrain: TrainConfig's own defaults)
+DEFAULT_RECIPES = {"gan": "srgan_x4"}
+
+
+def choose_recipe(name: str | None, stage: str | None) -> str | None:
+    """The recipe of a new run: `name` (--recipe, or a config file's `recipe`), else the default
+    recipe of `stage` (None: TrainConfig's defaults); a recipe of the other stage than an explicit
+    `stage` is refused."""
+    if name is None:
+        return DEFAULT_RECIPES.get(stage or "pretrain")
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        raise TrainingOptionError(f"unknown --recipe {name!r}: use {', '.join(RECIPES)}")
+    if stage is not None and stage != recipe.stage:
+        same = [n for n, r in RECIPES.items() if r.stage == stage]
+        raise TrainingOptionError(
+            f"--recipe {name} is a {recipe.stage}-stage recipe, not for --stage {stage}",
+            hint=f"leave out --stage, or pick {', '.join(same)}" if same else None,
+        )
+    return name
+
+
 def _vgg_min_side(layer: object) -> int:
     """The smallest crop side a VGG content layer still sees as one pixel: block i comes after
     i - 1 max-pools of stride 2 (a multi-layer loss: its deepest layer)."""
@@ -269,7 +463,8 @@ def _vgg_min_side(layer: object) -> int:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A `--config` file: TOML with the TrainConfig field names (dashes or underscores), flat or in
-    tables ([model], [gan], ...) whose keys are merged; every name is checked."""
+    tables ([model], [gan], ...) whose keys are merged; every name is checked. `recipe = "NAME"`
+    names the recipe under the file's values (the caller takes it out: it is not a field)."""
     path = Path(path)
     raw = read_toml(path, TrainingError, "config file")
     flat: dict[str, Any] = {}
@@ -281,11 +476,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
                 raise TrainingError(f"{path}: option {k!r} is set twice")
             flat[k] = v
     known = {f.name: f for f in fields(TrainConfig)}
-    unknown = sorted(set(flat) - set(known))
+    unknown = sorted(set(flat) - set(known) - {"recipe"})
     if unknown:
         raise TrainingError(f"{path}: unknown option(s): {', '.join(unknown)}")
     defaults = TrainConfig()
     for k, v in flat.items():
+        if k == "recipe":  # not a field: the recipe under the file's values (choose_recipe)
+            if not isinstance(v, str):
+                raise TrainingError(f"{path}: recipe should be a name ({', '.join(RECIPES)}), got {v!r}")
+            continue
         want = type(getattr(defaults, k)) if getattr(defaults, k) is not None else None
         ok = want is None or isinstance(v, want) or (want is float and isinstance(v, int))
         if want is list:  # data: one folder, or a list of them

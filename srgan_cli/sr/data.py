@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,63 @@ def gather_sources(specs: Sequence[str]) -> list[DataSource]:
     if not sources:
         raise TrainingError(f"no images found in {', '.join(map(str, specs)) or 'no --data folder'}")
     return sources
+
+
+@dataclass(frozen=True)
+class ValOverlap:
+    """The --data photos that are also --val photos, and what training does about them."""
+
+    sources: list[DataSource]  # what to train on
+    photos: list[Path]  # the training photos that are --val photos
+    left_out: bool  # True: `photos` are not in `sources`; False: --val is the training set itself
+
+
+def without_val_photos(sources: list[DataSource], val: str | Path) -> ValOverlap:
+    """`sources` without the photos that are also --val photos (training on them would inflate
+    every validation number), unless that leaves nothing: then --val is the training set itself,
+    given on purpose (a check of fit), and `sources` stay whole.
+
+    A training photo is a --val photo when it is the same file (by resolved path: a val folder
+    inside --data, a symlink) or has identical bytes (a copy under another name: SHA-256, computed
+    only for files whose size matches a val photo's). A source left with no photo is dropped."""
+    val_files = list_images(require_folder(val, "--val"))
+    val_paths = {p.resolve() for p in val_files}
+    by_size: dict[int, list[Path]] = {}
+    for path in val_files:
+        by_size.setdefault(path.stat().st_size, []).append(path)
+    val_hashes: dict[Path, str] = {}  # filled for the val photos whose size some training photo has
+
+    def same_bytes(path: Path) -> bool:
+        twins = by_size.get(path.stat().st_size)
+        if not twins:
+            return False
+        for twin in twins:
+            if twin not in val_hashes:
+                val_hashes[twin] = _sha256(twin)
+        return _sha256(path) in {val_hashes[t] for t in twins}
+
+    kept: list[DataSource] = []
+    overlap: list[Path] = []
+    for source in sources:
+        files = []
+        for path in source.files:
+            if path.resolve() in val_paths or same_bytes(path):
+                overlap.append(path)
+            else:
+                files.append(path)
+        if files:
+            kept.append(DataSource(source.name, tuple(files), source.weight))
+    if not kept:
+        return ValOverlap(sources, overlap, left_out=False)
+    return ValOverlap(kept, overlap, left_out=bool(overlap))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:

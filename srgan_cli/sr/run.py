@@ -34,6 +34,7 @@ from .data import (
     load_eval_set,
     pair_lr_files,
     parse_data_spec,
+    without_val_photos,
 )
 from .evaluate import EvalReport, evaluate
 from .models import SRResNet, SRResNetConfig
@@ -67,6 +68,11 @@ class Run:
                 hint="pass --resume to continue it, or choose another --out",
             )
         self.sources = gather_sources(config.data)
+        # --val photos reached through --data (a nested folder, a link, a copy) are not trained on,
+        # unless --val is the training set itself (then the start event says so)
+        self.val_overlap = without_val_photos(self.sources, config.val) if config.val else None
+        if self.val_overlap is not None:
+            self.sources = self.val_overlap.sources
         files = [f for s in self.sources for f in s.files]
         source_of = {f: s for s in self.sources for f in s.files}
         lr_files = (
@@ -124,6 +130,7 @@ class Run:
         self.lr_now = config.lr
         self.final: Path | None = None
         self.log: Event = _ignore  # the event log, from `begin` on (rank 0 only)
+        self.timed, self.timed_from = (-1, -1), (0.0, 0.0)  # the steps timed for the estimate (`begin`)
 
         self._files = contextlib.ExitStack()
         self.tb = (
@@ -202,9 +209,15 @@ class Run:
                 if self.config.data_lr
                 else self.degradation.name,
                 "note": self.lpips_note,
+                "left_out": [str(p) for p in self._val_overlap(left_out=True)],  # also --val photos
+                "val_trained_on": len(self._val_overlap(left_out=False)),  # --val is the training set
             },
         )
         self.clock.begin(self.step)
+        # the wall-time estimate: the steps after the first ones (compiling, allocating) are timed
+        warmup = 3 if self.config.compile or self.device.type == "cuda" else 1
+        self.timed = (self.step + warmup, self.step + warmup + (10 if self.device.type == "cuda" else 2))
+        self.timed_from = (0.0, 0.0)  # (clock, overheads) at the first timed step
         self.t_log = time.perf_counter()
         trainer.g.train()
         if trainer.d is not None:
@@ -227,6 +240,33 @@ class Run:
         self.step += 1
         while self.trainer.notes:  # e.g. a compile that fell back to eager, on the first step
             self.log("note", {"step": self.step, "message": self.trainer.notes.pop(0)})
+        if self.main and self.step in self.timed:
+            self._estimate()
+
+    def _estimate(self) -> None:
+        """At the first timed step, start the watch; at the last, an "estimate" event: seconds per
+        step (validations and checkpoints in between left out) and for the steps still to go."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # steps run ahead of the host: time finished work
+        now, overheads = time.perf_counter(), sum(self.clock.spent.values())
+        first, last = self.timed
+        if self.step == first:
+            self.timed_from = (now, overheads)
+            return
+        per_step = (now - self.timed_from[0] - (overheads - self.timed_from[1])) / (last - first)
+        left = self.config.steps - self.clock.first_step
+        self.log(
+            "estimate",
+            {
+                "step": self.step,
+                "seconds_per_step": per_step,
+                "steps": left,  # the steps of this call, from where it started
+                "seconds": per_step * left,
+                "device": str(self.device),
+                "batch_size": self.config.batch_size,
+                "crop": self.config.crop,
+            },
+        )
 
     def log_progress(self) -> None:
         """The mean losses since the last log line, the learning rate and the speed."""
@@ -351,6 +391,10 @@ class Run:
             "degradation": self.degradation.to_dict(),
             "data_lr": self.config.data_lr,
         }
+        if self._val_overlap(left_out=True):  # photos of --data that are also --val photos
+            provenance["left_out_as_val"] = [str(p) for p in self._val_overlap(left_out=True)]
+        if self._val_overlap(left_out=False):  # the validation numbers are on training photos
+            provenance["val_is_training_data"] = True
         metrics: dict[str, Any] = {}
         if self.last_val:
             val = self.last_val
@@ -367,6 +411,11 @@ class Run:
             provenance=provenance,
             metrics=metrics,
         )
+
+    def _val_overlap(self, *, left_out: bool) -> list[Path]:
+        """The --data photos that are also --val photos and were left out (or trained on)."""
+        overlap = self.val_overlap
+        return overlap.photos if overlap is not None and overlap.left_out == left_out else []
 
     @property
     def weights_path(self) -> Path:
