@@ -133,7 +133,8 @@ def upscale(
         str | None,
         typer.Option(
             "--suffix",
-            help="Added to output names. Default: _x4 beside the input, none in -o folders.",
+            help="Added to output names. Default beside the input: _x<scale>, plus _<model> for a "
+            "model other than the default (photo_x2.png, photo_x4_srgan.png); none in -o folders.",
             rich_help_panel="Output",
         ),
     ] = None,
@@ -166,7 +167,9 @@ def upscale(
         bool | None,
         typer.Option(
             "--skip-existing/--no-skip-existing",
-            help="Skip inputs whose output exists. Default: on for folders and globs, off for named files.",
+            help="Skip inputs whose output exists, whatever made it. Default: for folders and globs, "
+            "skip an output this model made from this input at this scale (else say why not); for "
+            "named files, an existing output is an error.",
             show_default=False,
             rich_help_panel="Output",
         ),

@@ -1,6 +1,6 @@
 """Palette storage for weight files whose tensors take few distinct values.
 
-The Caffe VGG19 weights that `perceptual_weights.py` builds come from a package that stores each
+The Caffe VGG19 weights that `srgan weights fetch-perceptual` builds come from a package that stores each
 kernel k-means quantised: every conv kernel holds at most 256 distinct values. Such a kernel is
 exactly a table of those values plus a uint8 index per weight, a quarter of its float32 size and
 with nothing rounded (float16 would halve the file and round every value). `pack` writes a tensor
