@@ -112,6 +112,22 @@ def _no_ambient_lpips(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lpips_mod, "_lpips_package_head", lambda: None)
 
 
+@pytest.fixture(scope="session")
+def _test_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_models(monkeypatch: pytest.MonkeyPatch, _test_home: Path) -> None:
+    """Models come only from what a test sets up: not the user's weights folder or SRGAN_WEIGHTS_DIR,
+    not their model catalogue or cache (one cache for the session, so ONNX exports are shared)."""
+    home = _test_home
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    for name in ("SRGAN_WEIGHTS_DIR", "SRGAN_MODEL_CATALOGUE", "SRGAN_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def lpips_dir(tmp_path: Path) -> Path:
     return write_lpips_weights(tmp_path / "lpips")

@@ -187,7 +187,7 @@ def test_upscale_prints_plain_lines_off_a_terminal(
     assert any(line.startswith("1/2 p0.png done in ") for line in lines)
     assert any(line.startswith("2/2 p1.png done in ") for line in lines)
     assert not any("━" in line and "files" in line for line in lines)  # no Rich bar
-    assert "2 upscaled" in result.stderr
+    assert "2 upscaled" in result.stdout  # the summary is a result: stdout
 
 
 def test_upscale_plain_lines_are_throttled(weights_dir: Path, tmp_path: Path) -> None:
