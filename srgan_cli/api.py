@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import numpy as np
 
 from .atomic import same_file
+from .blend import Blend, check_alpha
 from .errors import ArgumentError, ArgumentTypeError, UsageError
 from .imageio import DEFAULT_MAX_PIXELS, ImageData, image_from_pil, read_image, write_image
 from .runtime.batch import JobResult, OutputOptions, plan_jobs
@@ -52,6 +53,9 @@ class Upscaler:
     self_ensemble: 1, 2, 4 or 8 passes over mirrored/rotated copies, averaged.
     mode: "sr", "lapgan" (a LAPGAN's conditional levels, x2 each; `lapgan_levels` of them) or
         "auto" (whichever the weights hold). onnx: an exported file to run instead of `model`.
+    blend: (other, alpha) blends `model` with weights `other` of its architecture at load time,
+        (1 - alpha) * model + alpha * other, alpha in [0, 1] (torch backend; `srgan interpolate`
+        writes the same blend to a file).
 
     The same image handling as `srgan upscale`: gray stays gray, alpha is upscaled without
     fringes, 16-bit sources keep 16 bits when written; a result above `max_output_megapixels` is
@@ -66,7 +70,7 @@ class Upscaler:
         precision: str = "auto",
         backend: str = "auto",
         tile: int | str = "auto",
-        tile_pad: int = 32,
+        tile_pad: int | None = None,
         outscale: float | None = None,
         self_ensemble: int = 1,
         compile: bool = False,
@@ -74,6 +78,7 @@ class Upscaler:
         mode: str = "auto",
         lapgan_levels: int | None = None,
         onnx: str | os.PathLike[str] | None = None,
+        blend: tuple[str | os.PathLike[str], float] | None = None,
     ) -> None:
         if str(model) == AUTO_MODEL:
             raise UsageError(
@@ -95,6 +100,7 @@ class Upscaler:
             compile=compile,
             mode=mode,
             lapgan_levels=lapgan_levels,
+            blend=None if blend is None else _blend(blend),
         )
         self._ready = with_self_ensemble(ready, self_ensemble)
         self.outscale = outscale
@@ -239,6 +245,13 @@ class Upscaler:
 
 
 FLOAT_SLACK = 0.1  # floats this far outside [0, 1] (a resampler's overshoot) are clipped, not refused
+
+
+def _blend(blend: Any) -> Blend:
+    """Upscaler's `blend=(other, alpha)`, checked (an ArgumentError says what is wrong)."""
+    if not isinstance(blend, tuple) or len(blend) != 2 or not isinstance(blend[0], (str, os.PathLike)):
+        raise ArgumentTypeError(f"blend is a (weights path, alpha) pair, not {blend!r}")
+    return Blend(str(blend[0]), check_alpha(blend[1], "blend's alpha"))
 
 
 def _check_size(height: int, width: int) -> None:

@@ -60,17 +60,24 @@ def load(
 
 
 def interpolate(
-    first: str | os.PathLike[str], second: str | os.PathLike[str], alpha: float
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    alpha: float,
+    *,
+    expect_arch: str | None = None,
+    expect_scale: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Network interpolation (Wang et al. 2018, ESRGAN, section 3.4): (1 - alpha) * first + alpha * second.
 
     Both files must hold the same architecture and config, typically a PSNR-trained model and the
     GAN model fine-tuned from it; alpha trades the first's clean, smooth output for the second's
     texture. Returns the blended model (CPU, eval mode) and the provenance to save with it.
+    Community models are blended by blend.py (this table knows only ours).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    a, b = load(first), load(second)
+    a = load(first, expect_arch=expect_arch, expect_scale=expect_scale)
+    b = load(second, expect_arch=expect_arch, expect_scale=expect_scale)
     if (a.info.arch, a.info.config) != (b.info.arch, b.info.config):
         differ = sorted(
             k

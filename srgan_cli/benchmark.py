@@ -340,7 +340,7 @@ def benchmark_train(
         gflop_per_crop=round(flops / 1e9, 3),
         achieved_gflops=round(achieved, 1),
         reference_gflops=round(reference, 1),
-        fraction_of_reference=round(achieved / reference, 3),
+        fraction_of_reference=float(f"{achieved / reference:.3g}"),  # 3 significant digits, never 0
         peak_memory_mb=round(peak_memory_mb(device), 1),
         profile=step_profile,
         notes=list(trainer.notes),
@@ -444,7 +444,7 @@ def benchmark_upscale(
         gflop_per_output_mp=None if gflop_per_output_mp is None else round(gflop_per_output_mp, 2),
         achieved_gflops=None if achieved is None else round(achieved, 1),
         reference_gflops=round(reference_gflops, 1),
-        fraction_of_reference=None if achieved is None else round(achieved / reference_gflops, 3),
+        fraction_of_reference=None if achieved is None else float(f"{achieved / reference_gflops:.3g}"),
         peak_memory_mb=round(peak_memory_mb(torch_device), 1),
     )
 

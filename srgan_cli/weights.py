@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,8 +76,34 @@ def shipped_use(info: WeightsInfo) -> str:
 
 
 def search_dirs() -> list[Path]:
-    extra = [Path(p).expanduser() for p in os.environ.get(ENV_DIR, "").split(os.pathsep) if p.strip()]
-    return extra + shipped_dirs()
+    """Where weights are looked for by name, first one wins: SRGAN_WEIGHTS_DIR's folders, the user's
+    weights folder (where `srgan models get` stores models; searched whether or not it exists),
+    then the shipped weights."""
+    found = [*_env_dirs(), default_user_dir(), *shipped_dirs()]
+    return [d for i, d in enumerate(found) if d not in found[:i]]  # one folder named twice: once
+
+
+def _env_dirs() -> list[Path]:
+    return [Path(p).expanduser() for p in os.environ.get(ENV_DIR, "").split(os.pathsep) if p.strip()]
+
+
+def default_user_dir() -> Path:
+    """The per-user weights folder: $XDG_DATA_HOME/srgan-cli/weights (~/.local/share/...), or the
+    platform's equivalent on Windows (%LOCALAPPDATA%) and macOS (~/Library/Application Support)."""
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base.expanduser() / "srgan-cli" / "weights"
+
+
+def user_dir() -> Path:
+    """Where downloaded models go: the first folder of SRGAN_WEIGHTS_DIR when it is set (so that one
+    setting moves everything), else default_user_dir()."""
+    env = _env_dirs()
+    return env[0] if env else default_user_dir()
 
 
 @dataclass
@@ -292,25 +319,112 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# Containers a state dict comes wrapped in, tried in this order at each level (spandrel's
+# canonicalize_state_dict knows the same ones, but tries "state_dict" before "params_ema"): BasicSR
+# and Real-ESRGAN save both "params" and "params_ema", and publish results with the EMA weights;
+# Lightning checkpoints keep theirs under "state_dict" beside optimizer states and hyper-parameters.
+STATE_WRAPPERS = (
+    "params_ema", "params-ema", "ema", "params", "state_dict", "model_state_dict",
+    "net_g", "netG", "generator", "model", "net", "module",
+)  # fmt: skip
+# What a checkpoint may hold beside its tensors that is read as an inert stand-in rather than
+# refused: training bookkeeping (Lightning's hyper-parameters, an argparse.Namespace, OmegaConf
+# configs, numpy scalars, paths): an entry ending in "." names a module, any other one global. The
+# stand-in never runs the class's code; any other class or function in the pickle (a whole pickled
+# model, os.system, ...) is refused.
+BOOKKEEPING_GLOBALS = (
+    "lightning.", "pytorch_lightning.", "lightning_fabric.", "omegaconf.", "argparse.Namespace",
+    "numpy.", "pathlib.", "typing.", "enum.", "collections.defaultdict", "datetime.",
+    *(f"builtins.{t}" for t in ("list", "dict", "set", "frozenset", "tuple", "int", "float", "complex",
+                                "str", "bytes", "bytearray", "bool", "slice", "range", "object")),
+)  # fmt: skip
+
+
+class _Inert:
+    """A stand-in for a checkpoint's bookkeeping object: takes any arguments and state, runs nothing."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, _state: Any) -> None:
+        pass
+
+
+class _PlainDict:
+    """A stand-in for a dict subclass (Lightning's AttributeDict): unpickles as a plain dict."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> dict[Any, Any]:  # type: ignore[misc]
+        return {}
+
+
+def _load_weights_only(path: Path) -> Any:
+    """torch.load with weights_only=True; a checkpoint whose only non-tensor objects are training
+    bookkeeping (BOOKKEEPING_GLOBALS) is read again with inert stand-ins for them."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+            raise
+        list_globals = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+        try:
+            names = list(list_globals(path)) if list_globals is not None else []
+        except Exception:  # a legacy (not zip) file: torch cannot list them
+            names = []
+        modules = tuple(g for g in BOOKKEEPING_GLOBALS if g.endswith("."))
+        code = [n for n in names if not n.startswith(modules) and n not in BOOKKEEPING_GLOBALS]
+        if not names or code:
+            what = f" ({', '.join(code[:3])})" if code else ""
+            raise WeightsFormatError(
+                f"{path}: holds pickled code or objects{what}, not only tensors: refused (files "
+                "that need arbitrary pickled code are never loaded)",
+                hint="save model.state_dict() instead, or convert it to .safetensors where it was made",
+            ) from exc
+        stand_ins = [(_PlainDict if n.lower().endswith("dict") else _Inert, n) for n in names]
+        with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap_state(obj: Any) -> Any:
+    """The state dict inside a checkpoint's wrappers (STATE_WRAPPERS, or a dict of one dict), up to
+    four levels deep; `obj` itself when it is not wrapped."""
+    for _ in range(4):
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in STATE_WRAPPERS if isinstance(obj.get(k), dict) and obj[k]), None)
+        if inner is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+            inner = next(iter(obj.values()))
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    """A .pth/.pt state dict, loaded without ever unpickling code (nor inflating a zip bomb)."""
+    """A .pth/.pt/.ckpt/.bin state dict, loaded without ever unpickling code (nor inflating a zip
+    bomb), unwrapped from its checkpoint (unwrap_state); values that are not tensors are dropped."""
     check_torch_archive(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_weights_only(path)
+    except WeightsFormatError:
+        raise
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         raise WeightsFormatError(
             f"{path}: cannot load as a plain state dict ({type(exc).__name__}); files that need "
             "arbitrary pickled code are refused",
             hint="convert it to .safetensors where it was made",
         ) from exc
-    # common wrappers: {"state_dict": ...}, {"params_ema": ...}, {"model": ...}, {"generator": ...}
-    for key in ("params_ema", "ema", "state_dict", "params", "model", "generator"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = unwrap_state(obj)
+    tensors = (
+        {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if isinstance(obj, dict)
+        else {}
+    )
+    if not tensors:
         raise WeightsFormatError(f"{path}: does not contain a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in tensors.items()}
     check_finite(state, path)
     return state
 
@@ -479,30 +593,39 @@ def save(
     return path
 
 
-FOREIGN_SUFFIXES = (".pth", ".pt", ".ckpt")  # community model files (run through spandrel)
+FOREIGN_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")  # community model files (run through spandrel)
 
 
 def list_foreign() -> list[Path]:
-    """Model files in the search folders that are not srgan-cli weights (.pth/.pt/.ckpt, and
-    .safetensors without our metadata), by name, first one wins; their contents are not read
-    beyond a safetensors header (`srgan models --inspect` says what one is)."""
+    """The model files in the search folders that are not srgan-cli weights and that `srgan upscale`
+    can run (foreign_status says why the others cannot)."""
+    return [path for path, why in foreign_status() if why is None]
+
+
+def foreign_status() -> list[tuple[Path, str | None]]:
+    """Every model file in the search folders that is not srgan-cli weights (.pth/.pt/.ckpt/.bin,
+    and .safetensors without our metadata), by name, first one wins, with why it cannot run (None
+    when it can): read without running pickled code and built through spandrel once per file
+    contents in this process (runtime.third_party.why_not_runnable)."""
+    from .runtime.third_party import why_not_runnable
+
     seen: dict[str, Path] = {}
     ours = {info.name for info in list_models()}
     for folder in search_dirs():
         for file in sorted(folder.iterdir()) if folder.is_dir() else []:
             name = file.name.rsplit(".", 1)[0]
-            if name in seen or name in ours or not file.is_file():
+            if name in seen or name in ours or not file.is_file() or file.name.startswith("."):
                 continue
-            if file.suffix in FOREIGN_SUFFIXES:
+            if file.suffix.lower() in (*FOREIGN_SUFFIXES, ".safetensors"):
                 seen[name] = file
-            elif file.suffix == ".safetensors":
-                try:
-                    read_info(file)
-                except ForeignWeights:
-                    seen[name] = file
-                except (WeightsFormatError, WeightsMismatch):
-                    continue
-    return list(seen.values())
+    return [(path, why_not_runnable(path)) for path in seen.values()]
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header ({} when it has none), its tensors unread:
+    what `srgan models get` recorded about a community model (source, licence, ...)."""
+    meta = _read_header(path).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def list_models() -> list[WeightsInfo]:

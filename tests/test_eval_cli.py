@@ -169,3 +169,9 @@ def test_degrade_matches_a_hand_built_damaged_copy(weights_dir: Path, tmp_path: 
     ), err
     code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "jpeg=500")
     assert code == 2 and "quality" in err
+
+
+def test_eval_at_a_scale_that_does_not_divide_the_grid_block(weights_dir: Path, photo_dir: Path) -> None:
+    result = runner.invoke(app, ["eval", "-m", "tiny_x4", "--data", str(photo_dir), "--scale", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scale"] == 3

@@ -300,3 +300,15 @@ def test_sigterm_stops_upscale_cleanly(weights_dir: Path, tmp_path: Path) -> Non
     hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert hidden in ([], [".srgan-manifest.jsonl"])  # no temporaries, no claims
     assert 0 < len(list(out.glob("*.png"))) < 60
+
+
+def test_json_gets_a_document_for_an_option_refused_while_parsing(tmp_path: Path) -> None:
+    src = photo(tmp_path / "in.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srgan_cli", "upscale", str(src), "-s", "0", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    document = json.loads(proc.stdout)
+    assert document["exit_code"] == 2 and "--outscale" in document["error"]

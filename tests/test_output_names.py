@@ -120,3 +120,12 @@ def test_an_output_with_an_unknown_suffix_is_refused(weights_dir: Path, tmp_path
     result = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "result.xyz"), "-m", "tiny_x2"])
     assert result.exit_code == 2 and "'.xyz' is not an image suffix" in result.output
     assert not (tmp_path / "result.xyz").exists()
+
+
+def test_an_onnx_run_beside_the_inputs_is_named_apart(weights_dir: Path, tmp_path: Path) -> None:
+    src = photos(tmp_path / "in", ("a.png",))
+    onnx = tmp_path / "tiny_x4.onnx"
+    assert runner.invoke(app, ["export-onnx", "-m", "tiny_x4", "-o", str(onnx)]).exit_code == 0
+    assert upscale(src / "a.png", "-m", "tiny_x4")[0] == 0
+    code, report = upscale(src / "a.png", "-m", onnx)  # the same model through ONNX Runtime
+    assert code == 0 and Path(report["results"][0]["output"]).name == "a_x4_tiny_onnx.png"

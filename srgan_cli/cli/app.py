@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Annotated
 
 import typer
@@ -48,7 +50,7 @@ def _root(
 
 
 app.command("upscale", no_args_is_help=True)(upscale.upscale)
-app.command("models")(models.models)
+app.add_typer(models.app, name="models")
 app.command("train", no_args_is_help=True)(train.train)
 app.command("eval", no_args_is_help=True)(evaluate.evaluate)
 app.command("export-onnx")(export.export_onnx_cmd)
@@ -62,4 +64,24 @@ use_everywhere(app)  # every command's --help through cli/helptext.py (80 column
 
 
 def main() -> None:
-    app()
+    """The `srgan` console script. With --json, an option refused while the command line is parsed
+    (before any command runs: `-s 0`, `--format bmp`) still gives a JSON error document on stdout."""
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:  # typer >= 0.2x carries its own copy of click; older versions use click itself
+        from click.exceptions import Abort, ClickException
+    except ImportError:
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        exc.show()  # the usual message, on stderr
+        document = {"error": exc.format_message(), "hint": None, "exit_code": exc.exit_code}
+        print(json.dumps(document, indent=2))
+        sys.exit(exc.exit_code)
+    except Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -22,7 +22,7 @@ from ..benchmark import (
     benchmark_upscale,
     model_gflop_per_output_mp,
 )
-from ..runtime.loader import ReadyUpscaler, build_upscaler, is_foreign, is_onnx_path
+from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
 from .common import (
@@ -45,6 +45,7 @@ app = typer.Typer(help="Measure throughput on this machine (see docs/benchmarks.
 class BenchBackend(str, Enum):
     torch = "torch"
     onnx = "onnx"
+    auto = "auto"
     all = "all"
 
 
@@ -257,7 +258,12 @@ def upscale(
         str, typer.Option("-m", "--model", help="Weights name or path, or an .onnx file.")
     ] = weights.DEFAULT_MODEL,
     backend: Annotated[
-        BenchBackend, typer.Option("--backend", help="Which backend(s) to time; all = torch and onnx.")
+        BenchBackend,
+        typer.Option(
+            "--backend",
+            help="Which backend(s) to time; all = torch and onnx (a community model's: its cached "
+            "ONNX export); auto = what srgan upscale picks.",
+        ),
     ] = BenchBackend.all,
     size: Annotated[
         list[str] | None,
@@ -302,10 +308,6 @@ def upscale(
         if backend == BenchBackend.torch:
             raise typer.BadParameter("an .onnx model runs on the onnx backend only")
         names = ["onnx"]
-    if "onnx" in names and not is_onnx_path(model) and is_foreign(model):
-        if backend == BenchBackend.onnx:
-            raise typer.BadParameter("a community model runs on the torch backend (export it first)")
-        names = [n for n in names if n != "onnx"]  # community models: export them, then time the .onnx
     if plain and "torch" in names:
         names.insert(names.index("torch") + 1, "torch-plain")
     results = []
@@ -320,10 +322,10 @@ def upscale(
                 device=device,
                 precision=precision.value,
                 tile=tile_size,
-                compile=compile_ and name == "torch",
+                compile=compile_ and name in ("torch", "auto"),
                 fast=name != "torch-plain",
             )
-            ready.backend = name
+            ready.backend = f"auto ({ready.backend})" if name == "auto" else name
             if gflop is None:
                 gflop = _model_gflop(ready)
             if not as_json:
@@ -409,8 +411,8 @@ def _print_upscale_table(results: list[UpscaleBenchmark], gflop: float | None) -
     for r in results:
         by_size.setdefault(r.input_size, {})[r.backend] = r.ms_per_image
     for wh, ms in by_size.items():
-        for other in ("onnx", "torch-plain"):
-            if "torch" in ms and other in ms:
+        for other in ms:
+            if "torch" in ms and other != "torch":
                 print_result(f"{wh[0]}x{wh[1]}: {other} / torch time = {ms[other] / ms['torch']:.2f}")
 
 
@@ -443,6 +445,7 @@ def _model_gflop(ready: ReadyUpscaler) -> float | None:
     runs); None for an .onnx made elsewhere, whose architecture is unknown."""
     if ready.arch == "unknown":
         return None
-    if ready.arch.startswith("spandrel:"):  # counted from the model's own graph
-        return model_gflop_per_output_mp(ready.upscaler.model, scale=ready.scale)  # type: ignore[attr-defined]
+    if ready.arch.startswith("spandrel:"):  # counted from the model's own graph, when it is at hand
+        net = getattr(ready.upscaler, "model", None)  # (not in a community model's ONNX export)
+        return None if net is None else model_gflop_per_output_mp(net, scale=ready.scale)
     return model_gflop_per_output_mp(archs.build_model(ready.arch, ready.config))

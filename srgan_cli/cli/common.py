@@ -51,8 +51,9 @@ BackendOpt = Annotated[
     Backend,
     typer.Option(
         "--backend",
-        help="auto: ONNX Runtime for .onnx models, else PyTorch. onnx with weights exports them "
-        "once to a cache.",
+        help="auto: ONNX Runtime for .onnx models, PyTorch for our weights, and for a community "
+        "model on the CPU whichever was timed faster once. onnx with weights exports them once "
+        "to a cache.",
         rich_help_panel="Performance",
     ),
 ]
@@ -148,11 +149,13 @@ TileOpt = Annotated[
     ),
 ]
 TilePadOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--tile-pad",
         min=0,
-        help="Overlap in LR pixels around each tile (hides seams).",
+        help="Overlap in LR pixels around each tile. Default: the model's reach (SRResNet's receptive "
+        "field; a community model's, measured once and cached), so tiles match the whole image.",
+        show_default=False,
         rich_help_panel="Performance",
     ),
 ]

@@ -75,6 +75,8 @@ def degrade(
             try:
                 if path.resolve() == target.resolve():
                     raise ImageError(target, "would overwrite the input")
+                if target.exists() and not overwrite:
+                    raise ImageError(target, "already exists; pass --overwrite to replace it")
                 hr = load_rgb_uint8(path)
                 h, w = hr.shape[:2]
                 if min(h, w) < scale:
@@ -102,8 +104,9 @@ def degrade(
             "ranges": table,
             "images": rows,
         }
-        with atomic_open(out / "degrade.json") as fh:
-            fh.write(json.dumps(summary, indent=2).encode())
+        if failed < len(rows) or not (out / "degrade.json").exists():  # a run that wrote nothing keeps the
+            with atomic_open(out / "degrade.json") as fh:  # record of the images already there
+                fh.write(json.dumps(summary, indent=2).encode())
     if as_json:
         stdout.print(json.dumps(summary, indent=2), markup=False)
     else:

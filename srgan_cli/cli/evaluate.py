@@ -195,7 +195,6 @@ def evaluate(
                     device=device,
                     precision="auto" if is_onnx_path(m) else precision.value,
                     tile=tile_size,
-                    tile_pad=32,
                     mode="auto",
                     lapgan_levels=lapgan_levels,
                 ),

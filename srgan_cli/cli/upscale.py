@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import api, weights
+from ..blend import blend_tag, parse_blend
 from ..distributed import rank_device, world_from_env
 from ..errors import UsageError
 from ..imageio import DEFAULT_MAX_PIXELS, jpeg_quality
@@ -119,6 +120,16 @@ def upscale(
         ),
     ] = Mode.sr,
     lapgan_levels: LapganLevelsOpt = None,
+    blend: Annotated[
+        str | None,
+        typer.Option(
+            "--blend",
+            metavar="MODEL:ALPHA",
+            help="Use (1 - ALPHA) x -m + ALPHA x MODEL, weight by weight (one architecture; ALPHA 0-1).",
+            show_default=False,
+            rich_help_panel="Model",
+        ),
+    ] = None,
     outscale: Annotated[
         float | None,
         typer.Option(
@@ -199,7 +210,7 @@ def upscale(
         ),
     ] = False,
     tile: TileOpt = "auto",
-    tile_pad: TilePadOpt = 32,
+    tile_pad: TilePadOpt = None,
     self_ensemble: SelfEnsembleOpt = Ensemble.one,
     io_threads: Annotated[
         int,
@@ -299,6 +310,7 @@ def upscale(
         max_output = check_max_pixels(max_output_megapixels, "--max-output-megapixels")
         max_input = check_max_pixels(max_megapixels, "--max-megapixels")
         world = world_from_env()
+        blended = parse_blend(blend) if blend is not None else None
     options = OutputOptions(
         output, suffix, fmt.value, quality, overwrite, skip_existing, png_compression, max_output
     )
@@ -308,6 +320,10 @@ def upscale(
         if model is None:  # the default: auto, unless another kind of model is asked for
             model = weights.AUTO_MODEL if onnx is None and mode == Mode.sr else weights.DEFAULT_MODEL
         auto = model == weights.AUTO_MODEL
+        if auto and blended is not None:
+            raise UsageError(
+                "--blend needs the first model named with -m", hint="e.g. -m A.pth --blend B.pth:0.5"
+            )
         if auto and (onnx is not None or mode != Mode.sr):
             raise UsageError(
                 "-m auto picks a shipped super-resolution model per input; with --onnx or --mode lapgan "
@@ -329,6 +345,7 @@ def upscale(
                     compile=compile_,
                     mode=mode.value,
                     lapgan_levels=lapgan_levels,
+                    blend=None if blended is None else (blended.model, blended.alpha),
                     self_ensemble=int(self_ensemble.value),
                 )
                 if not quiet:
@@ -338,8 +355,12 @@ def upscale(
 
         # the same Upscaler as `import srgan_cli`; the runs below use its parts
         ready = upscaler_for(weights.DEFAULT_MODEL if auto else model).runtime
-        if not auto and ready.name != weights.DEFAULT_MODEL:  # names beside the inputs say which model
-            options.tag = model_tag(ready.name, ready.scale)
+        asked_onnx = backend == Backend.onnx or onnx is not None or model.lower().endswith(".onnx")
+        if not auto and (ready.name != weights.DEFAULT_MODEL or asked_onnx):
+            # names beside the inputs say which model, and a run asked of ONNX Runtime says so too
+            options.tag = model_tag(ready.name, ready.scale) + ("_onnx" if asked_onnx else "")
+        if blended is not None:  # photo_x4_a+b@0.3.png
+            options.tag = blend_tag(model, blended, ready.scale)
         videos = [Path(text) for text in inputs if Path(text).is_file() and is_video(text)]
         images = [text for text in inputs if Path(text) not in videos]
         plan = plan_jobs(images, options, ready.scale, recursive=recursive) if images else Plan()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import archs, weights
+from ..blend import Blend, blend_name, describe_blend, load_ours
 from ..devices import precision_name, resolve_device, resolve_precision
 from ..errors import ArgumentError, ForeignWeights, UsageError
 from ..version import __version__
@@ -70,22 +71,28 @@ def build_upscaler(
     device: str = "auto",
     precision: str = "auto",
     tile: int | None = None,
-    tile_pad: int = 32,
+    tile_pad: int | None = None,
     compile: bool = False,
     tile_batch: int | None = None,
     expect_scale: int | None = None,
     fast: bool = True,
     mode: str = "sr",
     lapgan_levels: int | None = None,
+    blend: Blend | None = None,
 ) -> ReadyUpscaler:
     """One upscaler for `srgan upscale`, `srgan eval` and `srgan benchmark upscale`.
 
-    backend auto: ONNX Runtime for a .onnx model (or when --onnx is given), else torch.
+    backend auto: ONNX Runtime for a .onnx model (or when --onnx is given), else torch; for a
+    community model on the CPU in fp32, whichever of torch and its cached ONNX export was timed
+    faster for it, once (runtime/community_onnx.py).
     backend onnx with weights (not a .onnx file): the weights are exported once into the cache
     (fp16 when the GPU will run it, fp32 on the CPU) and that file is used.
     fast=False: the paper's graph in NCHW in the torch backend (the baseline for comparisons).
     mode sr: a super-resolution model; lapgan: a LAPGAN's conditional levels, x2 each
     (`lapgan_levels` of them, default all); auto: whichever the weights hold.
+    blend: `model` blended with another of its architecture at load time (blend.py; torch only).
+    tile_pad None: from the model, so that tiles match the whole image: SRResNet's receptive radius,
+    a community model's reach measured once (third_party.tile_pad_for); 32 for ONNX and LAPGAN.
     """
     if backend not in BACKENDS:
         raise ArgumentError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
@@ -98,10 +105,14 @@ def build_upscaler(
     foreign = info is None and onnx is None and not is_onnx_path(model)
     if mode == "auto":
         mode = "lapgan" if info is not None and info.arch == "lapgan" else "sr"
-    if mode == "lapgan":
-        return _lapgan_upscaler(
-            model, backend, onnx, device, precision, tile, tile_pad, compile, lapgan_levels
+    if blend is not None and (mode == "lapgan" or backend == "onnx" or onnx or is_onnx_path(model)):
+        raise UsageError(
+            "--blend runs super-resolution weights on the torch backend",
+            hint="for ONNX, write the blend with srgan interpolate and export that file",
         )
+    if mode == "lapgan":
+        pad = 32 if tile_pad is None else tile_pad  # LAPGAN: the pad it always had
+        return _lapgan_upscaler(model, backend, onnx, device, precision, tile, pad, compile, lapgan_levels)
     if lapgan_levels is not None and chosen == "sr":
         raise UsageError("--lapgan-levels applies to --mode lapgan only")
     onnx_file = Path(onnx) if onnx is not None else (Path(model) if is_onnx_path(model) else None)
@@ -111,19 +122,22 @@ def build_upscaler(
             f"{onnx_file} is an ONNX model; the torch backend needs weights (.safetensors)",
             hint="use --backend onnx, or give weights with -m",
         )
+    auto = backend == "auto"
     if backend == "auto":
         backend = "onnx" if onnx_file is not None else "torch"
     if foreign:  # a community model: spandrel knows its architecture
-        if backend == "onnx":
-            raise UsageError(
-                "third-party models run on the torch backend (export them with srgan export-onnx)"
-            )
-        return _spandrel_upscaler(model, expect_scale, device, precision, compile=compile, **tiling)
+        return _community_upscaler(
+            model, auto, backend, expect_scale, device, precision, compile, blend, tiling
+        )
 
     if backend == "torch":
-        return _torch_upscaler(model, expect_scale, device, precision, compile=compile, fast=fast, **tiling)
+        return _torch_upscaler(
+            model, expect_scale, device, precision, blend, compile=compile, fast=fast, **tiling
+        )
     if compile:
         raise UsageError("--compile applies to the torch backend only")
+    if tile_pad is None:  # ONNX Runtime: the pad it always had (srresnet_x4 tiles: within 2e-7)
+        tiling["tile_pad"] = 32
     return _onnx_upscaler(model, onnx_file, device, precision, expect_scale, **tiling)
 
 
@@ -152,31 +166,85 @@ def is_foreign(model: str) -> bool:
     return not is_onnx_path(model) and _info_or_foreign(model) is None
 
 
+def _community_upscaler(
+    model: str,
+    auto: bool,
+    backend: str,
+    expect_scale: int | None,
+    device: str,
+    precision: str,
+    compile: bool,
+    blend: Blend | None,
+    tiling: dict[str, Any],
+) -> ReadyUpscaler:
+    """A community model: on the torch backend, through its cached ONNX export (backend onnx), or,
+    with backend auto on the CPU in fp32, through whichever of the two was timed faster for it
+    (runtime/community_onnx.py; a blend or --compile stays on torch)."""
+    from . import community_onnx
+
+    def torch_ready() -> ReadyUpscaler:
+        return _spandrel_upscaler(
+            model, expect_scale, device, precision, blend=blend, compile=compile, **tiling
+        )
+
+    path = weights.resolve(model)
+    if backend == "onnx":
+        if compile:
+            raise UsageError("--compile applies to the torch backend only")
+        return community_onnx.explicit_ready(path, expect_scale, device, precision, **tiling)
+    cpu_fp32 = precision in ("auto", "fp32") and resolve_device(device).type == "cpu"
+    if auto and blend is None and not compile and cpu_fp32:
+        return community_onnx.fast_ready(path, expect_scale, torch_ready, **tiling)
+    return torch_ready()
+
+
 def _spandrel_upscaler(
-    model: str, expect_scale: int | None, device: str, precision: str, *, compile: bool, **tiling: Any
+    model: str,
+    expect_scale: int | None,
+    device: str,
+    precision: str,
+    *,
+    compile: bool,
+    blend: Blend | None = None,
+    **tiling: Any,
 ) -> ReadyUpscaler:
     """A community model (runtime/third_party.py) on the torch backend."""
     from .third_party import SpandrelUpscaler, describe, summary
 
     path = weights.resolve(model)
-    descriptor = describe(path)
+    descriptor = describe(path) if blend is None else describe_blend(path, blend)
     if expect_scale is not None and descriptor.scale != expect_scale:
         raise UsageError(f"{path} is a x{descriptor.scale} model, but x{expect_scale} was requested")
     dev = resolve_device(device)
     notes: list[str] = []
     dtype = resolve_precision(precision, dev)
+    if precision == "auto" and dev.type == "cuda" and not descriptor.supports_half:
+        import torch  # auto on a GPU: the half precision the architecture supports, else fp32
+
+        bf16 = descriptor.supports_bfloat16 and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
     up = SpandrelUpscaler(descriptor, device=dev, dtype=dtype, compile=compile, notes=notes, **tiling)
     info = summary(descriptor)
     name = path.name.rsplit(".", 1)[0]
+    if blend is not None:
+        name = blend_name(name, weights.resolve(blend.model).name.rsplit(".", 1)[0], blend.alpha)
     arch = f"spandrel:{info['arch_id']}"
     return ReadyUpscaler(up, name, up.scale, "torch", str(dev), precision_name(up.dtype), arch, info, notes)
 
 
 def _torch_upscaler(
-    model: str, expect_scale: int | None, device: str, precision: str, **options: Any
+    model: str,
+    expect_scale: int | None,
+    device: str,
+    precision: str,
+    blend: Blend | None = None,
+    **options: Any,
 ) -> ReadyUpscaler:
     """Weights on the torch backend; `options` are TorchUpscaler's (tiles, compile, fast)."""
-    loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
+    if blend is None:
+        loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
+    else:
+        loaded = load_ours(model, blend, expect_arch="srresnet", expect_scale=expect_scale)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     from .torch_backend import TorchUpscaler
@@ -225,7 +293,7 @@ def _onnx_upscaler(
         raise UsageError(f"{onnx_file} is a x{info.scale} model, but x{expect_scale} was requested")
     return ReadyUpscaler(
         onnx_up,
-        info.name,
+        info.name if given else weights.read_info(model).name,  # weights keep their own name
         info.scale,
         "onnx",
         onnx_up.device_name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from ..devices import free_memory_bytes
 from ..errors import NonFiniteOutput, OnnxError, UsageError, WeightsFormatError, WeightsNotFound
-from .onnx_export import META_PREFIX
+from .onnx_export import META_PREFIX, fit_side, size_needs
 from .tiling import auto_tile, fixed_window_apply, shrink_on_oom, tiled_apply
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -129,7 +130,7 @@ class OnnxUpscaler:
         *,
         device: str = "auto",
         tile: int | None = None,
-        tile_pad: int = 32,
+        tile_pad: int | Callable[[], int] = 32,
         threads: int | None = None,
         tile_batch: int | None = None,
     ) -> None:
@@ -172,7 +173,14 @@ class OnnxUpscaler:
         self.gpu_index = _device_index(device.strip().lower())
         self.info = read_onnx_info(self.path, self.session)
         self.scale = self.info.scale
-        self.tile, self.tile_pad = tile, tile_pad
+        # a community model's size needs (inputs padded, results cropped, as SpandrelUpscaler does)
+        self.multiple, self.minimum = size_needs(self.info.config)
+        # a model that tiles itself, or tiles badly, gets the whole image unless a tile is asked for
+        tiling = str(self.info.config.get("tiling", "supported")).lower()
+        self.tile = tile if tile is not None or tiling == "supported" else 0
+        self.tile_pad = tile_pad  # or a function giving it, asked only when an image is cut into tiles
+        # where tiles must start: a community export's window or size multiple (its source metadata)
+        self.tile_align = _tile_align(self.info.metadata)
         self.tile_batch = tile_batch if tile_batch is not None else (8 if self.on_gpu else 1)
         self.last_tile = 0
         if not self.info.has_srgan_metadata:
@@ -190,6 +198,12 @@ class OnnxUpscaler:
         return f"{_SHORT.get(self.provider, self.provider)} (onnxruntime)"
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
+        height, width = x.shape[-2:]
+        ph = fit_side(height, self.multiple, self.minimum) - height
+        pw = fit_side(width, self.multiple, self.minimum) - width
+        if ph or pw:  # reflecting the edge where the image is large enough, as SpandrelUpscaler does
+            mode = "reflect" if ph < height and pw < width else "edge"
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
         x = np.ascontiguousarray(x, dtype=self.info.input_dtype)
         if self.on_gpu:
             binding = self.session.io_binding()
@@ -204,7 +218,7 @@ class OnnxUpscaler:
             raise OnnxError(
                 f"{self.path.name}: gave {list(y.shape)} for a {list(x.shape)} input, not {list(want)}"
             )
-        y = y.astype(np.float32, copy=False)
+        y = y[..., : height * self.scale, : width * self.scale].astype(np.float32, copy=False)
         if not np.isfinite(y).all():  # every tile: it is on the host already (clipping would hide Inf)
             precision = self.info.precision
             hint = (
@@ -223,7 +237,8 @@ class OnnxUpscaler:
         if self.info.static is not None:  # one window shape, one image at a time
             self.last_tile = min(self.info.static)
             run_one = self._infer if not self.info.fixed_batch else self._infer_each
-            return fixed_window_apply(x, run_one, self.scale, self.info.static, self.tile_pad)
+            pad = self.tile_pad() if callable(self.tile_pad) else self.tile_pad
+            return fixed_window_apply(x, run_one, self.scale, self.info.static, pad)
         tile = self.tile
         if tile is None:
             free = free_memory_bytes(
@@ -233,8 +248,12 @@ class OnnxUpscaler:
             n_feats = int(self.info.config.get("n_feats", 64))
             tile = auto_tile(free, height, width, scale=self.scale, n_feats=n_feats, elem_bytes=elem)
 
+        aligned = {"align": self.tile_align} if self.tile_align > 1 else {}
+
         def attempt(side: int) -> np.ndarray:
-            return tiled_apply(x, self._infer, self.scale, side, self.tile_pad, batch=self.tile_batch)
+            return tiled_apply(
+                x, self._infer, self.scale, side, self.tile_pad, batch=self.tile_batch, **aligned
+            )
 
         def is_oom(exc: BaseException) -> bool:
             text = str(exc).lower()
@@ -247,6 +266,15 @@ class OnnxUpscaler:
         """(H, W, 3) float32 in [0, 1] -> (sH, sW, 3) float32 in [0, 1]."""
         x = np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], dtype=np.float32)
         return self.upscale_array(x)[0].transpose(1, 2, 0)
+
+
+def _tile_align(metadata: dict[str, str]) -> int:
+    """`tile_align` from an export's source metadata (community models exported by the loader), else 1."""
+    try:
+        value = json.loads(metadata.get(META_PREFIX + "source", "{}")).get("tile_align", 1)
+    except (ValueError, AttributeError):
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _dim(d: Any) -> int | None:

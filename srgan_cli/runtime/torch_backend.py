@@ -37,7 +37,8 @@ class TensorUpscaler:
     device: torch.device
     scale: int
     tile: int | None
-    tile_pad: int
+    tile_pad: int | Callable[[], int]  # or a function giving it when an image is cut (tiled_apply)
+    tile_align: int = 1  # tiles start at multiples of this (a window-attention model's window)
     tile_batch: int = 1  # tiles of one shape run together
     n_feats: int = 64  # widest feature map, and bytes per element: the `--tile auto` estimate
     elem_bytes: int = 4
@@ -81,7 +82,9 @@ class TensorUpscaler:
         def attempt(side: int) -> torch.Tensor:
             watch = _FiniteWatch(self._pass(), precision_name(self.dtype))
             with torch.inference_mode(), self._layer_progress(x, side):
-                out = tiled_apply(x, watch, self.scale, side, self.tile_pad, batch=self.tile_batch)
+                out = tiled_apply(
+                    x, watch, self.scale, side, self.tile_pad, batch=self.tile_batch, align=self.tile_align
+                )
             watch.check()
             return out
 
@@ -170,6 +173,12 @@ class TensorUpscaler:
         return list(q.numpy())
 
 
+def _receptive_radius(model: nn.Module) -> int:
+    from ..sr.models import SRResNet
+
+    return SRResNet.receptive_radius(model.config)  # type: ignore[arg-type]
+
+
 class _FiniteWatch:
     """A pass whose outputs are checked for NaN or Inf before they are clamped to [0, 1] (clamping
     would hide an overflow as white). The check is each tile's sum, one reduction that NaN and Inf
@@ -243,7 +252,7 @@ class TorchUpscaler(TensorUpscaler):
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         tile: int | None = None,
-        tile_pad: int = 24,
+        tile_pad: int | None = 24,
         tile_batch: int | None = None,
         compile: bool = False,
         fast: bool = True,
@@ -258,7 +267,8 @@ class TorchUpscaler(TensorUpscaler):
         self.model: nn.Module = net.to(device=device, dtype=dtype).eval()
         self.layout = torch.channels_last if fast else torch.contiguous_format
         self.model = self.model.to(memory_format=self.layout)
-        self.tile, self.tile_pad = tile, tile_pad
+        # None: the network's receptive radius (40 LR px for srresnet_x4): tiles then match exactly
+        self.tile, self.tile_pad = tile, tile_pad if tile_pad is not None else _receptive_radius(model)
         self.tile_batch = tile_batch if tile_batch is not None else (8 if device.type == "cuda" else 1)
         self._forward = self._prepare_forward(self.model, compile)
 

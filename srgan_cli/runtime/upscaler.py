@@ -50,10 +50,10 @@ def check_outscale(outscale: Any) -> float | None:
 
 
 def check_tiling(tile: Any, tile_pad: Any) -> None:
-    """A tile side (None: auto, 0: whole image, or >= MIN_TILE_SIDE) and a tile pad (>= 0), both
-    whole numbers; ArgumentError/ArgumentTypeError otherwise."""
+    """A tile side (None: auto, 0: whole image, or >= MIN_TILE_SIDE) and a tile pad (None: from the
+    model, or >= 0), both whole numbers; ArgumentError/ArgumentTypeError otherwise."""
     for name, value in (("tile", tile), ("tile_pad", tile_pad)):
-        if value is None and name == "tile":
+        if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ArgumentTypeError(f"{name} is a whole number, not {type(value).__name__} {value!r}")
@@ -61,7 +61,7 @@ def check_tiling(tile: Any, tile_pad: Any) -> None:
         raise ArgumentError(
             f"tile must be 0 (whole image), auto or at least {MIN_TILE_SIDE} pixels, got {tile}"
         )
-    if tile_pad < 0:
+    if tile_pad is not None and tile_pad < 0:
         raise ArgumentError(f"tile_pad must be 0 or more pixels, got {tile_pad}")
 
 

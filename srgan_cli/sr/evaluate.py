@@ -89,9 +89,10 @@ def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
 def grid_score(sr: np.ndarray, hr: np.ndarray, scale: int) -> float | None:
     """metrics.grid_y of two (H, W, 3) arrays; None for scale 1 or a photo smaller than one tile."""
     a, b = _pair(sr, hr)
-    if scale < 2 or min(a.shape[-2:]) < GRID_BLOCK:
+    block = -(-GRID_BLOCK // max(scale, 1)) * max(scale, 1)  # whole phases per tile: 32 at x2/x4/x8, 33 at x3
+    if scale < 2 or min(a.shape[-2:]) < block:
         return None
-    return grid_y(a, b, scale, GRID_BLOCK)
+    return grid_y(a, b, scale, block)
 
 
 def block_score(sr: np.ndarray, hr: np.ndarray, scale: int) -> float | None:
