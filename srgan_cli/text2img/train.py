@@ -24,7 +24,7 @@ import torch
 from .. import training
 from .. import weights as weights_mod
 from ..devices import resolve_device
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 from ..training import (
     Event,
     RunningMeans,
@@ -48,7 +48,7 @@ from .captions import (
     text_encoder_of,
 )
 from .data import CaptionSet, load_caption_set
-from .encoders import BuiltinTextEncoder
+from .encoders import BuiltinTextEncoder, minilm_available
 from .models import Generator, Text2Img, Text2ImgConfig
 from .trainer import MODEL_FIELDS, Text2ImgTrainConfig, Text2ImgTrainer, variant_name
 
@@ -115,6 +115,11 @@ def train_text2img(
                 f"{out} already holds a text-to-image run",
                 hint="--resume continues it, --overwrite starts again from scratch",
             )
+    if config.encoder == "minilm" and not minilm_available():  # before the run folder is made
+        raise UsageError(
+            "the MiniLM text encoder needs the [text] extra (sentence-transformers is not installed)",
+            hint="pip install 'srgan-cli[text]', or use --encoder builtin",
+        )
     if overwrite:
         for name in (CHECKPOINT, ENCODER_FILE, IMAGE_ENCODER_FILE, EMBEDDINGS, WEIGHTS, LOG):
             (out / name).unlink(missing_ok=True)
