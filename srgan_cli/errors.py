@@ -113,3 +113,15 @@ class TrainingOptionError(ArgumentError, TrainingError):
 
 class OnnxError(SrganError):
     """An ONNX export that fails the checker or its verification, or a model ONNX Runtime cannot run."""
+
+
+class QueueFull(SrganError):
+    """`srgan serve`: every worker is busy and the waiting line is full (HTTP 429: try again later)."""
+
+
+class ShuttingDown(SrganError):
+    """`srgan serve`: the server is stopping and takes no new work (HTTP 503)."""
+
+
+class UploadTooLarge(SrganError):
+    """`srgan serve`: a request body above the server's upload limit (HTTP 413)."""

@@ -17,6 +17,7 @@ from . import (
     interpolate,
     lapgan,
     models,
+    serve,
     text2img,
     train,
     upscale,
@@ -60,6 +61,7 @@ app.add_typer(weights_cmd.app, name="weights")
 app.add_typer(benchmark.app, name="benchmark")
 app.add_typer(lapgan.app, name="lapgan")
 app.add_typer(text2img.app, name="text2img")
+app.command("serve")(serve.serve)
 use_everywhere(app)  # every command's --help through cli/helptext.py (80 columns, no cut names)
 
 
@@ -69,11 +71,11 @@ def main() -> None:
     if "--json" not in sys.argv[1:]:
         app()
         return
-    try:  # typer >= 0.2x carries its own copy of click; older versions use click itself
-        from click.exceptions import Abort, ClickException
-    except ImportError:
+    try:  # typer >= 0.2x carries its own copy of click (click may be installed beside it, unused)
         from typer._click.exceptions import ClickException
         from typer.exceptions import Abort
+    except ImportError:  # older typer: click itself
+        from click.exceptions import Abort, ClickException
 
     try:
         code = app(standalone_mode=False)
