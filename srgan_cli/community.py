@@ -828,11 +828,10 @@ def about(path: Path) -> Installed:
         except ValueError:
             scale = None
         return _installed(path, record, record.get("architecture", "?"), scale)
-    from .runtime.third_party import describe, summary
+    from .runtime.third_party import facts_of
 
-    try:
-        facts = summary(describe(path))
-    except SrganError:
+    facts = facts_of(path)  # the build `srgan models` already made to judge the file
+    if facts is None:
         return _installed(path, {}, "?", None)
     return _installed(path, {}, str(facts["architecture"]), int(facts["scale"]))
 

@@ -139,33 +139,45 @@ def cannot_run(descriptor: Any) -> str | None:
     return None
 
 
-_WHY_NOT: dict[tuple[str, int, int], str | None] = {}
+_JUDGED: dict[tuple[str, int, int], tuple[str | None, dict[str, Any] | None]] = {}
 
 
 def why_not_runnable(path: Path) -> str | None:
     """Why the model file `path` cannot be upscaled with (None when it can): refused, unreadable,
     an architecture spandrel does not know, or not an RGB super-resolution model. Builds the model
     once per file contents in this process (cached by path, size and modification time)."""
+    return _judge(path)[0]
+
+
+def facts_of(path: Path) -> dict[str, Any] | None:
+    """`summary` of a community model file, from the same single build as why_not_runnable (None
+    for our own weights and for files spandrel cannot build)."""
+    return _judge(path)[1]
+
+
+def _judge(path: Path) -> tuple[str | None, dict[str, Any] | None]:
     from .. import weights
     from ..errors import SrganError
 
     try:
         key = _file_key(path)
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
-    if key not in _WHY_NOT:
+        return f"cannot read: {exc.strerror or exc}", None
+    if key not in _JUDGED:
         reason: str | None
+        facts: dict[str, Any] | None = None
         try:
             try:
                 info = weights.read_info(path)
             except ForeignWeights:
-                reason = cannot_run(describe(path))
+                descriptor = describe(path)
+                reason, facts = cannot_run(descriptor), summary(descriptor)
             else:
                 reason = None if info.arch == "srresnet" else f"a {info.arch} model, not super-resolution"
         except SrganError as exc:
             reason = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}")
-        _WHY_NOT[key] = reason
-    return _WHY_NOT[key]
+        _JUDGED[key] = (reason, facts)
+    return _JUDGED[key]
 
 
 def summary(descriptor: Any) -> dict[str, Any]:
