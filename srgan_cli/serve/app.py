@@ -218,7 +218,7 @@ def create_app(options: ServeOptions | None = None) -> Any:
     wrong name fails at start (WeightsNotFound) and the first request is fast."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+    from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
     from fastapi.responses import JSONResponse, Response
 
     options = options or ServeOptions()
@@ -293,8 +293,7 @@ def create_app(options: ServeOptions | None = None) -> Any:
         """The models a request may name, and the default one."""
         return {"default": default_model(options), "models": available_models(options)}
 
-    @app.post("/api/upscale", responses={200: {"content": {f: {} for f in codec.OUTPUT_FORMATS.values()}}})
-    async def upscale(
+    async def request_job(
         image: Annotated[UploadFile, File(description="The image to upscale.")],
         model: str | None = Query(None, description="A model by name (GET /api/models)."),
         outscale: float | None = Query(None, description="A final scale other than the model's."),
@@ -304,40 +303,27 @@ def create_app(options: ServeOptions | None = None) -> Any:
         outscale_f: float | None = Form(None, alias="outscale"),
         format_f: str | None = Form(None, alias="format"),
         quality_f: int | None = Form(None, alias="quality"),
-    ) -> Response:
-        """Upscale one image and answer with it (options as query or form fields)."""
-        job = work(
+    ) -> Job:
+        """The queued job of one request (its options as query or form fields), for both endpoints."""
+        return work(
             await read_upload(image),
             pick(model_f, model),
             pick(outscale_f, outscale),
             pick(format_f, format),
             pick(quality_f, quality),
         )
+
+    @app.post("/api/upscale", responses={200: {"content": {f: {} for f in codec.OUTPUT_FORMATS.values()}}})
+    async def upscale(job: Annotated[Job, Depends(request_job)]) -> Response:
+        """Upscale one image and answer with it (options as query or form fields)."""
         await _wait(job)
         if job.error is not None:
             raise job.error
         return image_response(job.result)
 
     @app.post("/api/jobs", status_code=202)
-    async def submit(
-        image: Annotated[UploadFile, File(description="The image to upscale.")],
-        model: str | None = Query(None),
-        outscale: float | None = Query(None),
-        format: str = Query("png"),
-        quality: int = Query(95),
-        model_f: str | None = Form(None, alias="model"),
-        outscale_f: float | None = Form(None, alias="outscale"),
-        format_f: str | None = Form(None, alias="format"),
-        quality_f: int | None = Form(None, alias="quality"),
-    ) -> dict[str, Any]:
+    async def submit(job: Annotated[Job, Depends(request_job)]) -> dict[str, Any]:
         """Queue one image; poll GET /api/jobs/{id}, then fetch GET /api/jobs/{id}/result."""
-        job = work(
-            await read_upload(image),
-            pick(model_f, model),
-            pick(outscale_f, outscale),
-            pick(format_f, format),
-            pick(quality_f, quality),
-        )
         return _job_document(job)
 
     @app.get("/api/jobs/{job_id}")
