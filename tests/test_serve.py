@@ -36,7 +36,7 @@ def _png(height: int = 12, width: int = 16) -> bytes:
 
 def _client(weights_dir: Path, **changes: object) -> TestClient:
     options = ServeOptions(**{"models": ("tiny_x4", "tiny_x2"), "device": "cpu", **changes})  # type: ignore[arg-type]
-    return TestClient(create_app(options))
+    return TestClient(create_app(options), base_url="http://127.0.0.1:8765")
 
 
 @pytest.fixture
@@ -65,7 +65,9 @@ def test_upscale_returns_the_image(client: TestClient, tmp_path: Path, model: st
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(r.content)).size == (16 * scale, 12 * scale)
-    assert list(tmp_path.glob("srgan-serve-*")) == []  # the scratch files are gone
+    scratch: Path = client.app.state.scratch  # type: ignore[attr-defined]
+    assert scratch.parent == tmp_path
+    assert [p.name for p in scratch.rglob("*")] == ["results"]  # the upload and the result are gone
 
 
 def test_upscale_options_as_form_fields(client: TestClient) -> None:
@@ -142,7 +144,7 @@ def test_queue_full_is_429(client: TestClient, monkeypatch: pytest.MonkeyPatch) 
     jobs: JobQueue = client.app.state.jobs  # type: ignore[attr-defined]
     release = threading.Event()
     monkeypatch.setattr(jobs, "capacity", 0)
-    blocker = jobs.submit(release.wait)  # the one worker is busy, nothing may wait
+    blocker = jobs.submit(lambda job: release.wait())  # the one worker is busy, nothing may wait
     try:
         r = client.post("/api/jobs", files=_files())
         assert r.status_code == 429 and "the server is busy" in r.json()["error"]
@@ -180,12 +182,14 @@ def test_cli_serves_with_uvicorn(weights_dir: Path, monkeypatch: pytest.MonkeyPa
     import uvicorn
 
     seen: dict[str, object] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.update(config=self.config))
     monkeypatch.setenv("SRGAN_SERVE_TOKEN", "t")
     result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "-m", "tiny_x2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert seen["host"] == "0.0.0.0" and seen["port"] == 8765
-    assert seen["app"].state.options.token == "t"  # type: ignore[attr-defined]
+    config = seen["config"]
+    assert config.host == "0.0.0.0" and config.port == 8765  # type: ignore[attr-defined]
+    assert config.app.state.options.token == "t"  # type: ignore[attr-defined]
+    assert "http://127.0.0.1:8765/?token=t" in result.output
 
 
 def test_cli_says_how_to_install_fastapi(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,3 +199,255 @@ def test_cli_says_how_to_install_fastapi(monkeypatch: pytest.MonkeyPatch) -> Non
     result = CliRunner().invoke(cli_app, ["serve"])
     assert result.exit_code == 2
     assert "needs FastAPI" in result.output and "srgan-cli[serve]" in result.output
+
+
+# --- results, their names and their lifetime -------------------------------------------------
+
+
+def _done(client: TestClient, job: dict[str, object]) -> dict[str, object]:
+    for _ in range(500):
+        status = client.get(str(job["url"])).json()
+        if status["status"] in ("done", "failed"):
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"the job did not finish: {status}")
+
+
+def test_job_document_names_and_frees_its_result(client: TestClient) -> None:
+    job = client.post("/api/jobs", params={"model": "tiny_x2", "format": "jpeg"}, files=_files()).json()
+    status = _done(client, job)
+    assert status["progress"] == 1.0 and status["size"] == "32x24"
+    assert status["name"] == "passwd_x2.jpg"  # the client's path is cut to its last part
+    result = client.get(str(status["result"]))
+    assert 'filename="passwd_x2.jpg"' in result.headers["content-disposition"]
+    scratch: Path = client.app.state.scratch  # type: ignore[attr-defined]
+    assert len(list((scratch / "results").iterdir())) == 1
+    assert client.delete(str(job["url"])).status_code == 204
+    assert list((scratch / "results").iterdir()) == []
+    assert client.get(str(job["url"])).status_code == 404
+    assert client.delete(str(job["url"])).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("C:\\Users\\me\\holiday photo.JPG", "holiday photo_x4.png"),
+        ("../../../.bashrc", "bashrc_x4.png"),
+        ("", "image_x4.png"),
+        (None, "image_x4.png"),
+        ("ünïcødé<>|.png", "n_c_d_x4.png"),
+        ("a" * 300 + ".png", "a" * 80 + "_x4.png"),
+    ],
+)
+def test_download_names_are_plain(given: str | None, expected: str) -> None:
+    from srgan_cli.serve.codec import download_name
+
+    assert download_name(given, 4.0, "png") == expected
+
+
+def test_results_expire_and_the_folder_goes_at_exit(weights_dir: Path, tmp_path: Path) -> None:
+    with _client(weights_dir, temp_dir=tmp_path, keep_seconds=0.2) as c:
+        scratch: Path = c.app.state.scratch  # type: ignore[attr-defined]
+        job = c.post("/api/jobs", files=_files()).json()
+        _done(c, job)
+        assert len(list((scratch / "results").iterdir())) == 1
+        time.sleep(0.3)
+        assert c.get(str(job["url"])).status_code == 404  # forgotten, and its file removed
+        assert list((scratch / "results").iterdir()) == []
+        _done(c, c.post("/api/jobs", files=_files()).json())  # one left behind when the server stops
+    assert not scratch.exists()
+
+
+def test_delete_refuses_a_running_job(client: TestClient) -> None:
+    jobs: JobQueue = client.app.state.jobs  # type: ignore[attr-defined]
+    release = threading.Event()
+    blocker = jobs.submit(lambda job: release.wait())
+    try:
+        queued = client.post("/api/jobs", files=_files()).json()
+        status = client.get(str(queued["url"])).json()
+        assert status["status"] == "queued" and status["position"] == 0
+        r = client.delete(str(queued["url"]))
+        assert r.status_code == 409 and "only a finished job" in r.json()["error"]
+    finally:
+        release.set()
+        blocker.wait(5)
+    assert _done(client, queued)["status"] == "done"
+
+
+# --- who may ask ------------------------------------------------------------------------------
+
+
+def test_token_guards_every_path_and_the_page_logs_in_with_a_cookie(weights_dir: Path) -> None:
+    with _client(weights_dir, token="s3cret") as c:
+        for path in ("/", "/docs", "/openapi.json", "/static/app.js", "/api/models"):
+            assert c.get(path).status_code == 401, path
+        page = c.get("/")
+        assert "text/html" in page.headers["content-type"] and "?token=" in page.text
+        assert c.get("/?token=wrong", follow_redirects=False).status_code == 401
+        login = c.get("/?token=s3cret", follow_redirects=False)
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        cookie = login.headers["set-cookie"]
+        assert "srgan_token=s3cret" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        # the client keeps the cookie from here on
+        for path in ("/", "/docs", "/openapi.json", "/api/models"):
+            assert c.get(path).status_code == 200, path
+        assert c.post("/api/upscale", files=_files()).status_code == 200
+
+
+def test_loopback_answers_only_to_local_host_names(weights_dir: Path) -> None:
+    with _client(weights_dir) as c:
+        for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "LOCALHOST"):
+            assert c.get("/api/health", headers={"host": host}).status_code == 200, host
+        r = c.get("/api/health", headers={"host": "attacker.example:8765"})  # DNS rebinding
+        assert r.status_code == 403 and "localhost only" in r.json()["error"]
+        assert c.get("/", headers={"host": "attacker.example"}).status_code == 403
+    with _client(weights_dir, allowed_hosts=("srgan.lan",)) as c:
+        assert c.get("/api/health", headers={"host": "srgan.lan"}).status_code == 200
+    with _client(weights_dir, host="0.0.0.0", token="t") as c:  # open binding: the token guards it
+        auth = {"Authorization": "Bearer t", "host": "box.lan:8765"}
+        assert c.get("/api/health", headers=auth).status_code == 200
+
+
+def test_cross_site_posts_are_refused(client: TestClient) -> None:
+    r = client.post("/api/upscale", files=_files(), headers={"origin": "https://attacker.example"})
+    assert r.status_code == 403 and "another site" in r.json()["error"]
+    assert client.post("/api/upscale", files=_files(), headers={"origin": "null"}).status_code == 403
+    same = client.post("/api/upscale", files=_files(), headers={"origin": "http://127.0.0.1:8765"})
+    assert same.status_code == 200
+    assert client.get("/api/models", headers={"origin": "https://attacker.example"}).status_code == 200
+
+
+# --- batching ---------------------------------------------------------------------------------
+
+
+def test_same_size_images_share_a_pass_and_each_gets_its_own_result(
+    weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = [_png_seeded(seed) for seed in range(3)] + [b"broken", _png(20, 16)]
+    with _client(weights_dir, temp_dir=tmp_path) as c:  # one at a time: the reference
+        alone = [c.post("/api/upscale", files=_files(data)) for data in uploads]
+    with _client(weights_dir, temp_dir=tmp_path, batch=8) as c:
+        jobs: JobQueue = c.app.state.jobs  # type: ignore[attr-defined]
+        up, _ = c.app.state.pool.get("tiny_x4", "cpu", "auto")  # type: ignore[attr-defined]
+        passes: list[int] = []
+        real = up.runtime.upscaler.upscale_u8_batch
+        monkeypatch.setattr(
+            up.runtime.upscaler, "upscale_u8_batch", lambda images: passes.append(len(images)) or real(images)
+        )
+        release = threading.Event()
+        blocker = jobs.submit(lambda job: release.wait())  # the one worker is busy while they queue
+        queued = [c.post("/api/jobs", files=_files(data)).json() for data in uploads]
+        release.set()
+        blocker.wait(5)
+        statuses = [_done(c, job) for job in queued]
+        results = [c.get(f"{job['url']}/result") for job in queued]
+    assert passes == [3, 1]  # the three 16x12 photos in one pass, then the 16x20 alone
+    assert [s["status"] for s in statuses] == ["done", "done", "done", "failed", "done"]
+    for i, (mine, reference) in enumerate(zip(results, alone, strict=True)):
+        assert mine.status_code == reference.status_code, i
+        if i != 3:
+            assert mine.content == reference.content, i  # bit for bit its own image's result
+    assert "not an image" in str(statuses[3]["error"])
+
+
+def _png_seeded(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(make_photo(12, 16, seed=seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- shutting down ----------------------------------------------------------------------------
+
+
+def test_close_cancels_what_waits_and_what_runs_past_the_grace_time() -> None:
+    from srgan_cli.errors import ShuttingDown
+    from srgan_cli.serve.jobs import JobCancelled
+
+    jobs = JobQueue(1, 4)
+    started = threading.Event()
+
+    def slow(job: object) -> str:
+        started.set()
+        for step in range(1000):  # a pass that reports its progress, as the tiler does
+            job.report(step, 1000)  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        return "finished"
+
+    running = jobs.submit(slow)
+    waiting = jobs.submit(lambda job: "never")
+    assert started.wait(5)
+    jobs.close(grace=0.2)
+    assert waiting.status == "failed" and isinstance(waiting.error, ShuttingDown)
+    assert running.status == "failed" and isinstance(running.error, JobCancelled)
+    assert 0 < running.progress < 1
+
+
+def test_sigterm_finishes_the_running_request_and_cleans_up(weights_dir: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = f"""
+import time, uvicorn
+import srgan_cli.serve.app as serve_app
+from srgan_cli.cli.serve import _server_class
+real = serve_app.upscale_image
+def slow(*args, **kwargs):
+    time.sleep(1.5)
+    return real(*args, **kwargs)
+serve_app.upscale_image = slow
+options = serve_app.ServeOptions(models=("tiny_x4",), device="cpu", temp_dir={str(tmp_path)!r})
+app = serve_app.create_app(options)
+print("SCRATCH", app.state.scratch, flush=True)
+_server_class()(uvicorn.Config(app, host="127.0.0.1", port={port}, log_level="warning")).run()
+"""
+    server = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        scratch = Path(server.stdout.readline().split(" ", 1)[1].strip())  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/api/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        answers: dict[str, httpx.Response] = {}
+
+        def post(name: str) -> None:
+            answers[name] = httpx.post(f"{base}/api/upscale", files=_files(), timeout=30)
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        for _ in range(200):  # until it runs
+            if httpx.get(f"{base}/api/health").json()["jobs"]["running"] == 1:
+                break
+            time.sleep(0.02)
+        second = threading.Thread(target=post, args=("second",))
+        second.start()
+        for _ in range(200):  # until it waits behind the first
+            if httpx.get(f"{base}/api/health").json()["jobs"]["waiting"] == 1:
+                break
+            time.sleep(0.02)
+        server.send_signal(signal.SIGTERM)
+        first.join(30)
+        second.join(30)
+        # uvicorn re-raises the signal once it has shut down: the status a process manager expects
+        assert server.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert answers["first"].status_code == 200  # the running job finished and was answered
+    assert Image.open(io.BytesIO(answers["first"].content)).size == (64, 48)
+    assert answers["second"].status_code == 503, answers["second"].text  # the waiting one was told
+    assert "shut down" in json.loads(answers["second"].text)["error"]
+    assert not scratch.exists()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..serve.app import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServeOptions, check_binding
+from ..serve.app import DEFAULT_GRACE, DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServeOptions, check_binding
+from ..serve.jobs import KEEP_SECONDS
 from .common import DeviceOpt, Precision, PrecisionOpt, console, guard
 
 
@@ -43,13 +45,43 @@ def serve(
             show_envvar=False,
         ),
     ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            min=0,
+            help="Small images of one size that share a pass of the model. 0: 4 on a GPU, 1 on the CPU.",
+        ),
+    ] = 0,
+    keep: Annotated[
+        float,
+        typer.Option("--keep", min=1, help="Seconds a finished job's result waits to be fetched."),
+    ] = KEEP_SECONDS,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            help="At shutdown, seconds running jobs get to finish before they are cancelled.",
+        ),
+    ] = DEFAULT_GRACE,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            metavar="NAME",
+            help="Another Host name a loopback server answers to (a reverse proxy's; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
 ) -> None:
-    """Serve upscaling over HTTP: a JSON API, its docs at /docs.
+    """Serve upscaling over HTTP: a web page to drop photos on, and a JSON API (docs at /docs).
 
-    POST an image to /api/upscale and get the upscaled image back, or queue it with /api/jobs and
-    poll. Needs the serve extra: pip install 'srgan-cli[serve]'. docs/serve.md says more.
+    Open the printed address in a browser, or POST an image to /api/upscale and get the upscaled
+    image back, or queue it with /api/jobs and poll. Needs the serve extra:
+    pip install 'srgan-cli[serve]'. docs/serve.md says more.
     """
     with guard():
         check_binding(host, token)
@@ -69,8 +101,37 @@ def serve(
             workers=workers,
             queue=queue,
             token=token or None,
+            host=host,
+            allowed_hosts=tuple(allow_host or ()),
+            batch=batch,
+            keep_seconds=keep,
+            grace=grace,
         )
         app = create_app(options)
-    where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    console.print(f"[green]serving[/] {escape(where)}/api (docs at {escape(where)}/docs)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    where = f"http://{shown if ':' not in shown else f'[{shown}]'}:{port}"
+    page = f"{where}/?token={token}" if token else f"{where}/"
+    console.print(f"[green]serving[/] {escape(page)}  (API docs at {escape(where)}/docs)", soft_wrap=True)
+    server = _server_class()(
+        uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=grace)
+    )
+    server.run()
+
+
+def _server_class() -> type:
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which on the first Ctrl-C or SIGTERM also stops the job queue at once:
+        waiting jobs fail (503) and running ones finish, before uvicorn waits for open requests."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app = self.config.app
+            if getattr(app.state, "stop_requested", None) is None:
+                app.state.stop_requested = time.monotonic()
+                threading.Thread(target=app.state.jobs.stop, daemon=True).start()  # not in the handler
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    return Server

@@ -3,14 +3,18 @@ here, when called). Every upscale goes through the job queue and the shared warm
 
 No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time."""
 
+import atexit
 import ipaddress
 import json
 import re
 import secrets
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from .. import weights
 from ..errors import (
@@ -24,12 +28,20 @@ from ..errors import (
     WeightsError,
     WeightsNotFound,
 )
-from ..imageio import DEFAULT_MAX_PIXELS
-from ..runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, OutputTooLarge, check_outscale, upscale_image
+from ..imageio import DEFAULT_MAX_PIXELS, ImageData
+from ..runtime.progress import on_tiles
+from ..runtime.upscaler import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    OutputTooLarge,
+    check_output_size,
+    check_outscale,
+    takes_u8_path,
+    upscale_image,
+)
 from ..version import __version__
 from ..weights import DEFAULT_MODEL
 from . import codec
-from .jobs import Job, JobQueue, UpscalerPool
+from .jobs import KEEP_SECONDS, Job, JobCancelled, JobQueue, UpscalerPool
 
 TOKEN_ENV = "SRGAN_SERVE_TOKEN"
 DEFAULT_HOST = "127.0.0.1"
@@ -38,6 +50,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 2**20  # 50 MiB: a large camera JPEG or PNG, far
 RUNNABLE_ARCHS = ("srresnet", "lapgan")  # what an Upscaler runs; text2img models are not upscalers
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _NOT_FINISHED = 409
+BATCH_MAX_PIXELS = 1_000_000  # images up to 1 MP may share a pass of the model; larger ones go alone
+DEFAULT_GRACE = 30.0  # seconds running jobs get to finish at shutdown before they are cancelled
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,12 @@ class ServeOptions:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_input_pixels: int = DEFAULT_MAX_PIXELS  # the decompression-bomb guard of the reader
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
-    temp_dir: Path | None = None  # where uploads and results pass through; None: the system's
+    temp_dir: Path | None = None  # where the server's own temporary folder goes; None: the system's
+    host: str = DEFAULT_HOST  # where it listens: on loopback, only localhost Host headers are answered
+    allowed_hosts: tuple[str, ...] = ()  # more Host names a loopback server answers to (a proxy's)
+    batch: int = 0  # images of one size per pass of the model; 0: 4 on a GPU, 1 on the CPU
+    keep_seconds: float = KEEP_SECONDS  # how long a finished job's result waits to be fetched
+    grace: float = DEFAULT_GRACE  # at shutdown, how long running jobs may take to finish
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +104,7 @@ def status_for(exc: BaseException) -> int:
         return 413 if "decompression-bomb" in exc.reason else 400
     if isinstance(exc, QueueFull):
         return 429
-    if isinstance(exc, ShuttingDown):
+    if isinstance(exc, (ShuttingDown, JobCancelled)):
         return 503
     if isinstance(exc, (WeightsNotFound, JobNotFound)):
         return 404
@@ -139,28 +158,114 @@ def default_model(options: ServeOptions) -> str:
     return options.models[0] if options.models else DEFAULT_MODEL
 
 
-# --- the app ----------------------------------------------------------------------------------
+# --- the guard in front of everything --------------------------------------------------------
+
+TOKEN_COOKIE = "srgan_token"
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(host_header: str) -> str:
+    """The host of a Host header or an Origin's netloc, without the port ("[::1]:80" -> "::1")."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _cookie(headers: dict[str, str], name: str) -> str | None:
+    for part in headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
 
 
 class _Guard:
-    """ASGI middleware in front of /api: the bearer token (401), then the upload limit (413), checked
-    from Content-Length and again while the body streams in (a chunked upload has no length)."""
+    """ASGI middleware in front of every path:
+
+    - the Host header (DNS rebinding): a server on loopback answers only to localhost names;
+    - a cross-site form post (its Origin is another site) is refused (403);
+    - the token, when set, on every request (/, /docs and /api alike): `Authorization: Bearer T`,
+      or the cookie that opening `/?token=T` once sets (how a browser gets in);
+    - the upload limit on /api (413), from Content-Length and again while the body streams in
+      (a chunked upload has no length)."""
 
     def __init__(self, app: Any, options: ServeOptions) -> None:
         self.app, self.options = app, options
+        self.hosts = None
+        if is_loopback(options.host):
+            self.hosts = {*_LOOPBACK_NAMES, _host_name(options.host), *map(str.lower, options.allowed_hosts)}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path, api = scope["path"], scope["path"].startswith("/api")
+        if self.hosts is not None and _host_name(headers.get("host", "")) not in self.hosts:
+            body = {
+                "error": f"this server answers to localhost only, not to host {headers.get('host', '')!r}",
+                "hint": "open http://127.0.0.1:PORT/, or start srgan serve with --allow-host NAME",
+            }
+            await _send_json(send, 403, body)
+            return
+        origin = headers.get("origin")
+        unsafe = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+        if unsafe and origin and origin.split("://", 1)[-1].lower() != headers.get("host", "").lower():
+            body = {"error": f"a request from another site ({origin}) is refused", "hint": None}
+            await _send_json(send, 403, body)
+            return
         if self.options.token is not None:
-            given = headers.get("authorization", "")
-            expected = f"Bearer {self.options.token}"
-            if not secrets.compare_digest(given.encode(), expected.encode()):
-                body = {"error": "this server needs a token", "hint": "send 'Authorization: Bearer TOKEN'"}
-                await _send_json(send, 401, body, {"www-authenticate": "Bearer"})
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if path == "/" and "token" in query:  # the address srgan serve prints: set the cookie
+                await self._log_in(send, query["token"][0])
                 return
+            if not self._authorized(headers):
+                await self._refuse(send, api)
+                return
+        if not api:
+            await self.app(scope, receive, send)
+            return
+        await self._limited(scope, receive, send, headers)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        expected = str(self.options.token).encode()
+        auth = headers.get("authorization", "")
+        bearer = auth[7:] if auth[:7].lower() == "bearer " else ""
+        cookie = _cookie(headers, TOKEN_COOKIE) or ""
+        return secrets.compare_digest(bearer.encode(), expected) or secrets.compare_digest(
+            cookie.encode(), expected
+        )
+
+    async def _log_in(self, send: Any, given: str) -> None:
+        if not secrets.compare_digest(given.encode(), str(self.options.token).encode()):
+            await self._refuse(send, api=False)
+            return
+        cookie = f"{TOKEN_COOKIE}={given}; Path=/; HttpOnly; SameSite=Strict"
+        headers = [(b"location", b"/"), (b"set-cookie", cookie.encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _refuse(self, send: Any, api: bool) -> None:
+        extra = {"www-authenticate": "Bearer"}
+        if api:
+            body = {"error": "this server needs a token", "hint": "send 'Authorization: Bearer TOKEN'"}
+            await _send_json(send, 401, body, extra)
+            return
+        page = (
+            b"<!doctype html><meta charset=utf-8><title>srgan-cli: token needed</title>"
+            b"<h1>This server needs a token</h1><p>Open the address that <code>srgan serve</code> "
+            b"printed when it started: it ends in <code>/?token=...</code>.</p>"
+        )
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", str(len(page)).encode()),
+        ]
+        headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": page})
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any, headers: dict[str, str]) -> None:
         limit = self.options.max_upload_bytes
         too_large = UploadTooLarge(
             f"the request is larger than this server's upload limit of {limit / 2**20:g} MiB"
@@ -213,25 +318,171 @@ async def _send_json(
     await send({"type": "http.response.body", "body": data})
 
 
+# --- the work of one job, or of a batch of them -----------------------------------------------
+
+
+class _Work:
+    """Decode -> upscale -> write, for one job or a batch of jobs of one size (a single pass of
+    the model); results go to files of the server's own naming in its temporary folder."""
+
+    def __init__(self, options: ServeOptions, pool: UpscalerPool, scratch: Path) -> None:
+        self.options, self.pool, self.scratch = options, pool, scratch
+        self.results = scratch / "results"
+        self.results.mkdir(exist_ok=True)
+
+    def one(self, job: Job) -> dict[str, Any]:
+        image = self._decode(job)
+        up, lock = self.pool.get(job.meta["model"], self.options.device, self.options.precision)
+        with lock, on_tiles(job.report):  # the same runtime path as Upscaler.__call__
+            out = upscale_image(
+                up.runtime.upscaler, image, job.meta["outscale"], max_pixels=self.options.max_output_pixels
+            )
+        return self._write(job, out, up.scale)
+
+    def group(self, jobs: list[Job]) -> list[tuple[Any, BaseException | None]]:
+        """Jobs of one batch key: the 8-bit RGB ones of the first one's size in one pass, any other
+        one by one. Each job's failure is its own."""
+        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(jobs)
+        images: list[ImageData | None] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            try:
+                images[i] = self._decode(job)
+            except Exception as exc:  # noqa: BLE001 - this job fails, the others go on
+                outcomes[i] = (None, exc)
+        up, lock = self.pool.get(jobs[0].meta["model"], self.options.device, self.options.precision)
+        inner = up.runtime.upscaler
+        outscale = jobs[0].meta["outscale"]
+        ready = [i for i, im in enumerate(images) if im is not None and takes_u8_path(inner, im, outscale)]
+        first = images[ready[0]] if ready else None
+        together = [i for i in ready if first is not None and images[i].pixels.shape == first.pixels.shape]  # type: ignore[union-attr]
+        if len(together) > 1 and hasattr(inner, "upscale_u8_batch"):
+
+            def report(done: int, total: int) -> None:
+                for i in together:
+                    jobs[i].report(done, total)
+
+            try:
+                for i in together:  # the output limit, per image, before any work
+                    im = images[i]
+                    assert im is not None
+                    check_output_size(
+                        im.width * up.scale, im.height * up.scale, self.options.max_output_pixels
+                    )
+                with lock, on_tiles(report):
+                    outs = inner.upscale_u8_batch([images[i].pixels for i in together])  # type: ignore[union-attr]
+                for i, pixels in zip(together, outs, strict=True):
+                    outcomes[i] = self._attempt(
+                        lambda i=i, pixels=pixels: self._write(
+                            jobs[i], images[i].replace(pixels=pixels), up.scale
+                        )
+                    )  # type: ignore[union-attr,misc]
+                    images[i] = None  # done
+            except JobCancelled:
+                raise
+            except (SrganError, MemoryError):  # too big together: each goes its own way below
+                pass
+        for i, image in enumerate(images):
+            if image is None:
+                continue
+            job = jobs[i]
+
+            def single(job: Job = job, image: ImageData = image) -> dict[str, Any]:
+                with lock, on_tiles(job.report):
+                    out = upscale_image(inner, image, outscale, max_pixels=self.options.max_output_pixels)
+                return self._write(job, out, up.scale)
+
+            outcomes[i] = self._attempt(single)
+        return outcomes
+
+    @staticmethod
+    def _attempt(fn: Any) -> tuple[Any, BaseException | None]:
+        try:
+            return fn(), None
+        except JobCancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded as this job's error
+            return None, exc
+
+    def _decode(self, job: Job) -> ImageData:
+        data = job.meta.pop("data")  # the upload's bytes are not kept past this
+        return codec.decode(data, folder=self.scratch, max_pixels=self.options.max_input_pixels)
+
+    def _write(self, job: Job, out: ImageData, model_scale: int) -> dict[str, Any]:
+        meta = job.meta
+        path = codec.write_result(
+            out, meta["format"], meta["quality"], self.results / f"{job.id}.{meta['format']}"
+        )
+        scale = meta["outscale"] if meta["outscale"] is not None else float(model_scale)
+        return {
+            "path": path,
+            "format": meta["format"],
+            "width": out.width,
+            "height": out.height,
+            "model": meta["model"],
+            "name": codec.download_name(meta["client_name"], scale, meta["format"]),
+        }
+
+
+def _forget_result(job: Job) -> None:
+    if isinstance(job.result, dict) and isinstance(job.result.get("path"), Path):
+        job.result["path"].unlink(missing_ok=True)
+
+
+def batch_size(options: ServeOptions) -> int:
+    """Images of one size that go through the model together: `options.batch`, or by default 4 on
+    a GPU (small images alone leave it mostly idle) and 1 on the CPU (no gain there)."""
+    if options.batch:
+        return options.batch
+    from ..devices import resolve_device
+
+    return 4 if resolve_device(options.device).type == "cuda" else 1
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
 def create_app(options: ServeOptions | None = None) -> Any:
     """The FastAPI app of `srgan serve`. The models named in `options.models` are loaded now, so a
-    wrong name fails at start (WeightsNotFound) and the first request is fast."""
+    wrong name fails at start (WeightsNotFound) and the first request is fast. Uploads and results
+    pass through a temporary folder of its own, removed when the app stops (and at exit)."""
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.background import BackgroundTask
 
     options = options or ServeOptions()
     pool = UpscalerPool(max_output_pixels=options.max_output_pixels)
     for name in options.models:
         pool.get(check_model(name, options), options.device, options.precision)
-    jobs = JobQueue(options.workers, options.queue)
-    scratch = options.temp_dir or Path(tempfile.gettempdir())
+    scratch = Path(tempfile.mkdtemp(prefix="srgan-serve-", dir=options.temp_dir))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    work = _Work(options, pool, scratch)
+    batch = batch_size(options)
+    jobs = JobQueue(
+        options.workers,
+        options.queue,
+        batch=batch,
+        run_group=work.group,
+        keep_seconds=options.keep_seconds,
+        on_forget=_forget_result,
+    )
+
+    def shut_down() -> None:
+        """Stop taking work, let running jobs end (up to the grace time, counted from the first
+        signal), cancel the rest, and remove every upload and result."""
+        since = getattr(app.state, "stop_requested", None) or time.monotonic()
+        jobs.close(grace=max(0.0, options.grace - (time.monotonic() - since)))
+        jobs.forget_all()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     @asynccontextmanager
     async def lifespan(_: Any) -> Any:
         yield
-        jobs.close()
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(shut_down)
 
     app = FastAPI(
         title="srgan-cli",
@@ -239,37 +490,57 @@ def create_app(options: ServeOptions | None = None) -> Any:
         summary="Image super-resolution over HTTP (srgan serve).",
         lifespan=lifespan,
     )
-    app.state.jobs, app.state.pool, app.state.options = jobs, pool, options
+    app.state.jobs, app.state.pool, app.state.options, app.state.scratch = jobs, pool, options, scratch
+    app.state.stop_requested = None
     app.add_middleware(_Guard, options=options)
 
     @app.exception_handler(SrganError)
     async def _library_error(_: Request, exc: SrganError) -> JSONResponse:
         return JSONResponse(error_body(exc), status_code=status_for(exc))
 
-    def work(data: bytes, model: str | None, outscale: float | None, fmt: str, quality: int) -> Job:
-        """Check the options (before queueing), then queue decode -> upscale -> encode."""
+    def submit(
+        data: bytes,
+        client_name: str | None,
+        model: str | None,
+        outscale: float | None,
+        fmt: str,
+        quality: int,
+    ) -> Job:
+        """Check the options (before queueing), then queue decode -> upscale -> write."""
         fmt = codec.check_format(fmt)
         codec.check_quality(quality)
         scale = check_outscale(outscale)
         name = check_model(model, options) if model is not None else default_model(options)
+        key = None
+        if batch > 1:
+            size = codec.probe(data)
+            if size is not None and size[0] * size[1] <= BATCH_MAX_PIXELS:
+                key = (name, size, scale)
+        meta = {
+            "data": data,
+            "client_name": client_name,
+            "model": name,
+            "outscale": scale,
+            "format": fmt,
+            "quality": quality,
+        }
+        return jobs.submit(work.one, key=key, meta=meta)
 
-        def run() -> dict[str, Any]:
-            image = codec.decode(data, folder=scratch, max_pixels=options.max_input_pixels)
-            up, lock = pool.get(name, options.device, options.precision)
-            with lock:  # the same runtime path as Upscaler.__call__ (its own outscale left alone)
-                out = upscale_image(up.runtime.upscaler, image, scale, max_pixels=options.max_output_pixels)
-            body = codec.encode(out, fmt, quality, folder=scratch)
-            return {"body": body, "format": fmt, "width": out.width, "height": out.height, "model": name}
-
-        return jobs.submit(run)
-
-    def image_response(result: dict[str, Any]) -> Response:
+    def image_response(job: Job, *, then_forget: bool = False) -> Response:
+        result = job.result
         headers = {
             "X-Srgan-Model": result["model"],
             "X-Srgan-Size": f"{result['width']}x{result['height']}",
-            "Content-Disposition": f'inline; filename="upscaled.{result["format"]}"',
+            "Content-Disposition": f'inline; filename="{result["name"]}"',
+            "Cache-Control": "no-store",
         }
-        return Response(result["body"], media_type=codec.OUTPUT_FORMATS[result["format"]], headers=headers)
+        after = BackgroundTask(jobs.discard, job.id) if then_forget else None
+        return FileResponse(
+            result["path"],
+            media_type=codec.OUTPUT_FORMATS[result["format"]],
+            headers=headers,
+            background=after,
+        )
 
     async def read_upload(image: UploadFile) -> bytes:
         limit = options.max_upload_bytes
@@ -283,10 +554,29 @@ def create_app(options: ServeOptions | None = None) -> Any:
     def pick(form: Any, query: Any) -> Any:
         return form if form is not None else query
 
+    static = Path(__file__).with_name("static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        """The web page (static, offline: no CDN, no build step)."""
+        return FileResponse(static / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
     @app.get("/api/health")
     def health() -> dict[str, Any]:
-        """Whether the server is up, its version, its queue and the models loaded."""
-        return {"status": "ok", "version": __version__, "jobs": jobs.counts(), "loaded": pool.loaded()}
+        """Whether the server is up, its version, its queue, the models loaded and its limits."""
+        return {
+            "status": "ok",
+            "version": __version__,
+            "jobs": jobs.counts(),
+            "loaded": pool.loaded(),
+            "limits": {
+                "max_upload_bytes": options.max_upload_bytes,
+                "max_input_pixels": options.max_input_pixels,
+                "max_output_pixels": options.max_output_pixels,
+            },
+        }
 
     @app.get("/api/models")
     def models() -> dict[str, Any]:
@@ -305,8 +595,9 @@ def create_app(options: ServeOptions | None = None) -> Any:
         quality_f: int | None = Form(None, alias="quality"),
     ) -> Job:
         """The queued job of one request (its options as query or form fields), for both endpoints."""
-        return work(
+        return submit(
             await read_upload(image),
+            image.filename,
             pick(model_f, model),
             pick(outscale_f, outscale),
             pick(format_f, format),
@@ -318,18 +609,20 @@ def create_app(options: ServeOptions | None = None) -> Any:
         """Upscale one image and answer with it (options as query or form fields)."""
         await _wait(job)
         if job.error is not None:
+            jobs.discard(job.id)
             raise job.error
-        return image_response(job.result)
+        return image_response(job, then_forget=True)
 
     @app.post("/api/jobs", status_code=202)
-    async def submit(job: Annotated[Job, Depends(request_job)]) -> dict[str, Any]:
+    async def submit_job(job: Annotated[Job, Depends(request_job)]) -> dict[str, Any]:
         """Queue one image; poll GET /api/jobs/{id}, then fetch GET /api/jobs/{id}/result."""
-        return _job_document(job)
+        return _job_document(job, jobs)
 
     @app.get("/api/jobs/{job_id}")
     def job_status(job_id: str) -> dict[str, Any]:
-        """A job's status: queued, running, done or failed (with the error)."""
-        return _job_document(_job(jobs, job_id))
+        """A job's status: queued (with its place in the line), running (with its progress), done
+        or failed (with the error)."""
+        return _job_document(_job(jobs, job_id), jobs)
 
     @app.get("/api/jobs/{job_id}/result")
     def job_result(job_id: str) -> Response:
@@ -340,7 +633,20 @@ def create_app(options: ServeOptions | None = None) -> Any:
         if job.status != "done":
             body = {"error": f"job {job_id} is {job.status}, not done", "hint": "poll GET /api/jobs/{id}"}
             return JSONResponse(body, status_code=_NOT_FINISHED)
-        return image_response(job.result)
+        return image_response(job)
+
+    @app.delete("/api/jobs/{job_id}", status_code=204)
+    def forget_job(job_id: str) -> Response:
+        """Forget a finished job and remove its result now (else it goes after a while); 409 while
+        it is queued or running."""
+        job = _job(jobs, job_id)
+        if not jobs.discard(job_id):
+            body = {
+                "error": f"job {job_id} is {job.status}; only a finished job can be removed",
+                "hint": None,
+            }
+            return JSONResponse(body, status_code=_NOT_FINISHED)
+        return Response(status_code=204)
 
     return app
 
@@ -362,11 +668,21 @@ def _job(jobs: JobQueue, job_id: str) -> Job:
     return job
 
 
-def _job_document(job: Job) -> dict[str, Any]:
-    doc: dict[str, Any] = {"id": job.id, "status": job.status, "url": f"/api/jobs/{job.id}"}
+def _job_document(job: Job, jobs: JobQueue) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "url": f"/api/jobs/{job.id}",
+        "progress": round(job.progress, 4),
+    }
+    if job.status == "queued":
+        position = jobs.position(job)
+        if position is not None:
+            doc["position"] = position
     if job.status == "done":
         doc["result"] = f"/api/jobs/{job.id}/result"
         doc["size"] = f"{job.result['width']}x{job.result['height']}"
+        doc["name"] = job.result["name"]
     if job.status == "failed" and job.error is not None:
         doc.update(error_body(job.error), status_code=status_for(job.error))
     return doc

@@ -1,11 +1,13 @@
-"""Uploads to images and images to response bytes, through srgan_cli.imageio only: the bytes go to a
-file of a random name in the server's temp folder (never a name the client gave), are read or
-written there, and the file is removed."""
+"""Uploads to images and images to result files, through srgan_cli.imageio only. An upload's bytes go
+to a file of a random name in the server's temporary folder (never a name the client gave), are
+read there, and the file is removed; a result is written under a name the server makes (the job's
+id). The client's file name only ever comes back as a download name (`download_name`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +57,38 @@ def decode(data: bytes, *, folder: Path | None = None, max_pixels: int = DEFAULT
             raise ImageReadError(UPLOAD_NAME, exc.reason, hint=exc.hint) from None
 
 
-def encode(image: ImageData, fmt: str, quality: int, *, folder: Path | None = None) -> bytes:
-    """`image` encoded by write_image as `fmt` (png, jpg or webp)."""
+def write_result(image: ImageData, fmt: str, quality: int, path: Path) -> Path:
+    """`image` written by write_image as `fmt` to `path` (a name the server made), atomically."""
     fmt = check_format(fmt)
-    with _scratch(folder, f".{fmt}") as path:
-        try:
-            write_image(path, image, fmt=fmt, quality=check_quality(quality), overwrite=True)
-        except ImageWriteError as exc:
-            raise ImageWriteError(f"result.{fmt}", exc.reason, hint=exc.hint) from None
-        return path.read_bytes()
+    try:
+        write_image(path, image, fmt=fmt, quality=check_quality(quality), overwrite=True)
+    except ImageWriteError as exc:
+        raise ImageWriteError(f"result.{fmt}", exc.reason, hint=exc.hint) from None
+    return path
+
+
+def probe(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, mode) as the upload's header states them, without decoding the pixels; None
+    when Pillow cannot tell (the decode then says why). Only a hint for batching: never trusted."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height, im.mode
+    except Exception:  # noqa: BLE001 - any unreadable upload: no hint
+        return None
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def download_name(client_name: str | None, scale: float, fmt: str) -> str:
+    """The name a result is offered under: the upload's stem (its last path part, in plain ASCII, at
+    most 80 characters), `_x<scale>` as `srgan upscale` names it, and the format. Only ever sent
+    back in a header or a JSON field, never used as a path on the server."""
+    base = (client_name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = _SAFE.sub("_", stem).strip(" ._")[:80] or "image"
+    return f"{stem}_x{scale:g}.{check_format(fmt)}"
