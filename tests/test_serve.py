@@ -451,3 +451,25 @@ _server_class()(uvicorn.Config(app, host="127.0.0.1", port={port}, log_level="wa
     assert answers["second"].status_code == 503, answers["second"].text  # the waiting one was told
     assert "shut down" in json.loads(answers["second"].text)["error"]
     assert not scratch.exists()
+
+
+def test_onnx_exports_in_the_weights_folder_are_served_by_name(weights_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from srgan_cli.runtime.onnx_export import export_onnx
+
+    from .conftest import tiny_model
+
+    export_onnx(tiny_model(4, global_skip=True), weights_dir / "tiny_x4.onnx", source={"weights": "tiny"})
+    with TestClient(
+        create_app(ServeOptions(device="cpu", temp_dir=tmp_path)), base_url="http://127.0.0.1"
+    ) as c:
+        listed = {m["name"]: m["kind"] for m in c.get("/api/models").json()["models"]}
+        assert listed["tiny_x4.onnx"] == "onnx" and listed["tiny_x4"] == "srgan-cli"
+        r = c.post("/api/upscale", params={"model": "tiny_x4.onnx"}, files=_files())
+        assert r.status_code == 200, r.text
+        assert r.headers["x-srgan-model"] == "tiny_x4.onnx"
+        assert Image.open(io.BytesIO(r.content)).size == (64, 48)
+        loaded = c.get("/api/health").json()["loaded"]
+        assert {"tiny_x4.onnx"} <= {m["model"] for m in loaded}
+        r = c.post("/api/upscale", params={"model": str(weights_dir / "tiny_x4.onnx")}, files=_files())
+        assert r.status_code == 422  # a path, even to a file the server has, is never loaded

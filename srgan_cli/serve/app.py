@@ -125,8 +125,9 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 
 
 def available_models(options: ServeOptions) -> list[dict[str, Any]]:
-    """The models a client may ask for, by name: srgan-cli weights an Upscaler runs, then community
-    models in the weights folders (or only `options.models`, when it names some)."""
+    """The models a client may ask for, by name: srgan-cli weights an Upscaler runs, community
+    models and `.onnx` exports in the weights folders (named with their suffix, beside the weights
+    they came from), or only `options.models`, when it names some."""
     found: list[dict[str, Any]] = []
     for info in weights.list_models():
         if info.arch in RUNNABLE_ARCHS:
@@ -136,22 +137,48 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
         name = path.name.rsplit(".", 1)[0]
         if name not in names:
             found.append({"name": name, "scale": None, "arch": None, "kind": "community"})
+            names.add(name)
+    for name in onnx_files():
+        if name not in names:
+            found.append({"name": name, "scale": None, "arch": None, "kind": "onnx"})
+            names.add(name)
     if options.models:
         found = [m for m in found if m["name"] in options.models]
     return found
 
 
+def onnx_files() -> dict[str, Path]:
+    """The `.onnx` files in the weights folders, by file name (first folder wins)."""
+    found: dict[str, Path] = {}
+    for folder in weights.search_dirs():
+        for file in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
+            if file.is_file() and not file.name.startswith("."):
+                found.setdefault(file.name, file)
+    return found
+
+
 def check_model(name: str, options: ServeOptions) -> str:
-    """A model name a client may use, or an error: a path is refused (400), an unknown name is 404."""
+    """A model name a client may use, or an error: a path is refused (422), an unknown name is 404."""
     if not _MODEL_NAME.fullmatch(name) or ".." in name:
         raise ArgumentError(f"model is given by name (GET /api/models lists them), not as a path: {name!r}")
     names = [m["name"] for m in available_models(options)]
-    stem = name.removesuffix(".safetensors")
+    stem = name if name in names else name.removesuffix(".safetensors")
     if stem not in names:
         raise WeightsNotFound(
             f"no model named {name!r} on this server (available: {', '.join(names) or 'none'})"
         )
     return stem
+
+
+def model_source(name: str) -> str | Path:
+    """What an Upscaler is built from for a checked name: the name itself (weights are found by
+    name), or the server's own path of an `.onnx` file. Never anything a client sent."""
+    if name.endswith(".onnx"):
+        path = onnx_files().get(name)
+        if path is None:
+            raise WeightsNotFound(f"the ONNX file {name!r} is no longer in the weights folders")
+        return path
+    return name
 
 
 def default_model(options: ServeOptions) -> str:

@@ -261,13 +261,15 @@ class UpscalerPool:
         self._upscalers: dict[tuple[str, str, str], tuple[Any, threading.Lock]] = {}
 
     def get(self, model: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
+        """The warm upscaler of a model the server checked (app.check_model) and its lock."""
         from ..api import Upscaler
+        from .app import model_source
 
         key = (model, device, precision)
         with self._lock:  # one build per key, even when two requests ask at once
             if key not in self._upscalers:
                 up = Upscaler(
-                    model,
+                    model_source(model),
                     device=device,
                     precision=precision,
                     max_output_megapixels=self.max_output_pixels / 1e6,
@@ -278,6 +280,6 @@ class UpscalerPool:
     def loaded(self) -> list[dict[str, Any]]:
         with self._lock:
             return [
-                {"model": up.name, "scale": up.scale, "device": up.device, "precision": up.precision}
-                for up, _ in self._upscalers.values()
+                {"model": key[0], "scale": up.scale, "device": up.device, "precision": up.precision}
+                for key, (up, _) in self._upscalers.items()
             ]
