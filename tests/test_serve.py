@@ -473,3 +473,31 @@ def test_onnx_exports_in_the_weights_folder_are_served_by_name(weights_dir: Path
         assert {"tiny_x4.onnx"} <= {m["model"] for m in loaded}
         r = c.post("/api/upscale", params={"model": str(weights_dir / "tiny_x4.onnx")}, files=_files())
         assert r.status_code == 422  # a path, even to a file the server has, is never loaded
+
+
+def test_a_killed_servers_folder_is_removed_by_the_next_one(weights_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from srgan_cli.serve.app import STALE_AFTER
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    old = time.time() - STALE_AFTER - 60
+    folders = {
+        "dead_old": tmp_path / f"srgan-serve-{gone.pid}-abc123",
+        "dead_recent": tmp_path / f"srgan-serve-{gone.pid}-def456",
+        "alive": tmp_path / f"srgan-serve-{os.getppid()}-ghi789",
+        "not_ours": tmp_path / "srgan-serve-notapid",
+    }
+    for name, folder in folders.items():
+        (folder / "results").mkdir(parents=True)
+        (folder / "results" / "x.png").write_bytes(b"x")
+        if name != "dead_recent":
+            for path in (folder / "results" / "x.png", folder / "results", folder):
+                os.utime(path, (old, old))
+    with _client(weights_dir, temp_dir=tmp_path) as c:
+        assert c.app.state.scratch.name.startswith(f"srgan-serve-{os.getpid()}-")  # type: ignore[attr-defined]
+    assert not folders["dead_old"].exists()
+    assert all(folders[name].exists() for name in ("dead_recent", "alive", "not_ours"))

@@ -23,6 +23,7 @@ from ..benchmark import (
     model_gflop_per_output_mp,
 )
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
+from ..serve.load import TINY_MODEL, ServeLoadBenchmark, benchmark_serve
 from ..sr.config import TrainConfig
 from .choices import Amp, ContentLayer
 from .common import (
@@ -449,3 +450,149 @@ def _model_gflop(ready: ReadyUpscaler) -> float | None:
         net = getattr(ready.upscaler, "model", None)  # (not in a community model's ONNX export)
         return None if net is None else model_gflop_per_output_mp(net, scale=ready.scale)
     return model_gflop_per_output_mp(archs.build_model(ready.arch, ready.config))
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(
+            "-m",
+            "--model",
+            help=f"The model the server serves, by name. {TINY_MODEL}: a tiny SRResNet made on the fly "
+            "(the server's own overhead, with almost no model work).",
+        ),
+    ] = "srresnet_x4_fast",
+    clients: Annotated[int, typer.Option("--clients", min=1, help="Client threads sending at once.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="The server's --workers.")] = 2,
+    queue: Annotated[int, typer.Option("--queue", min=0, help="The server's --queue.")] = 4,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.1, help="How long the clients send (after a warm-up).")
+    ] = 20.0,
+    size: Annotated[
+        str, typer.Option("--size", metavar="WxH", help="The size of every image sent.")
+    ] = "64x64",
+    device: Annotated[
+        str,
+        typer.Option("--device", metavar="DEVICE", help="The server's --device (cpu, cuda, cuda:N, auto)."),
+    ] = "cpu",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="PyTorch's CPU threads in the server (OMP_NUM_THREADS) and for the reference. "
+            "Default: PyTorch's own (the CPU's cores).",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            min=1,
+            help="The server's --batch (images of one size per pass of the model). Default: its own.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The HTTP server under load: requests/s, latency, refusals, wrong results and its memory.
+
+    Starts `srgan serve` in a subprocess on 127.0.0.1, then --clients threads POST /api/upscale for
+    --seconds, each with its own images, checking every answer is the upscale of the image it sent.
+    The server's memory is read from /proc every half second. The same upscale in this process (no
+    HTTP, one thread) is the reference."""
+    wh = _parse_size(size)
+    phases = {
+        "reference": "upscaling the images here (the reference and the expected answers)",
+        "starting": "starting srgan serve",
+        "warm-up": "warm-up: every image once",
+        "stopping": "stopping the server",
+    }
+    with guard(as_json), console.status("") as status:
+
+        def on_progress(phase: str, done: float, total: float, answers: int) -> None:
+            if phase == "load":
+                status.update(f"{clients} clients: {done:.0f}/{total:.0f} s, {answers:,} answers")
+            else:
+                status.update(phases.get(phase, phase))
+
+        result = benchmark_serve(
+            model,
+            clients=clients,
+            workers=workers,
+            queue=queue,
+            seconds=seconds,
+            size=wh,
+            device=device,
+            threads=threads,
+            batch=batch,
+            on_progress=on_progress,
+        )
+    if as_json:
+        stdout.print(json.dumps(result.to_dict(), indent=2), markup=False)
+        return
+    _print_serve_table(result)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _print_serve_table(r: ServeLoadBenchmark) -> None:
+    """Throughput and latency, answers by status, then the server's memory."""
+    (w, h), (ow, oh) = r.input_size, r.output_size
+    table = Table(
+        show_edge=False,
+        header_style="bold",
+        title=f"srgan serve under load: {r.model} on {r.device}, {w}x{h} -> {ow}x{oh} PNG, "
+        f"{r.clients} clients, {r.workers} workers, queue {r.queue}"
+        f"{'' if r.batch is None else f', batch {r.batch}'}"
+        f"{'' if r.threads is None else f', torch threads: {r.threads}'}, {r.duration_s:g} s",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    statuses = ", ".join(f"{code}: {n:,}" for code, n in r.statuses.items()) or "none"
+    rows = [
+        ("requests/s (200s)", f"{r.requests_per_s:,.2f}"),
+        (
+            "of in-process",
+            f"{r.of_in_process:.0%} of {r.in_process_images_per_s:,.2f} img/s "
+            f"({r.in_process_ms_per_image:,.1f} ms/image)",
+        ),
+        (
+            "latency p50 / p90 / p99 / max (ms)",
+            " / ".join(
+                _ms(v) for v in (r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_max)
+            ),
+        ),
+        ("refusal latency p50 (ms)", _ms(r.refused_latency_ms_p50)),
+        ("answers by status", statuses),
+        ("wrong results", f"{r.wrong_results:,}" + ("" if r.wrong_results == 0 else " (!)")),
+        ("server errors (5xx but 503)", f"{r.server_errors:,}"),
+        (
+            "server RSS start / end / peak (MB)",
+            f"{r.rss_start_mb:,.0f} / {r.rss_end_mb:,.0f} / {r.rss_peak_mb:,.0f}",
+        ),
+        ("RSS first / last third, median (MB)", f"{r.rss_first_third_mb:,.0f} / {r.rss_last_third_mb:,.0f}"),
+        (
+            "RSS slope, all / second half (MB per 1000 answers)",
+            " / ".join(
+                "-" if v is None else f"{v:+.2f}"
+                for v in (r.rss_slope_mb_per_1000, r.rss_slope_late_mb_per_1000)
+            ),
+        ),
+        ("server CPU (s)", f"{r.server_cpu_s:,.1f} in {r.duration_s:g} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    print_result(table)
+    console.print(
+        f"[dim]{r.requests:,} answers, {r.warmup_requests} warm-up requests first; {r.images} distinct "
+        f"images; load average before: {', '.join(f'{v:.2f}' for v in r.load_average)}[/]"
+    )
+    for example in r.wrong_examples:
+        console.print(f"[red]wrong result:[/] {escape(example)}")
+    for note in r.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")

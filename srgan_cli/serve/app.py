@@ -6,6 +6,7 @@ No `from __future__ import annotations`: FastAPI reads the endpoints' annotation
 import atexit
 import ipaddress
 import json
+import os
 import re
 import secrets
 import shutil
@@ -455,6 +456,39 @@ def _forget_result(job: Job) -> None:
         job.result["path"].unlink(missing_ok=True)
 
 
+_SCRATCH = re.compile(r"srgan-serve-(\d+)-\w+")
+STALE_AFTER = 600.0  # a dead server's folder untouched this long is removed by the next one
+
+
+def remove_stale_folders(parent: Path) -> list[Path]:
+    """Remove the temporary folders that servers killed outright (SIGKILL, a power cut) left in
+    `parent`: ours by name and owner, of a process that is gone, untouched for 10 minutes."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for folder in entries:
+        match = _SCRATCH.fullmatch(folder.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            info = folder.lstat()
+            if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
+                continue
+            newest = max([info.st_mtime, *(p.lstat().st_mtime for p in folder.iterdir())])
+            os.kill(int(match.group(1)), 0)
+            continue  # that server is alive (or the pid is someone else's now): leave it
+        except ProcessLookupError:
+            if time.time() - newest < STALE_AFTER:
+                continue
+        except (OSError, ValueError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def batch_size(options: ServeOptions) -> int:
     """Images of one size that go through the model together: `options.batch`, or by default 4 on
     a GPU (small images alone leave it mostly idle) and 1 on the CPU (no gain there)."""
@@ -483,7 +517,8 @@ def create_app(options: ServeOptions | None = None) -> Any:
     pool = UpscalerPool(max_output_pixels=options.max_output_pixels)
     for name in options.models:
         pool.get(check_model(name, options), options.device, options.precision)
-    scratch = Path(tempfile.mkdtemp(prefix="srgan-serve-", dir=options.temp_dir))
+    remove_stale_folders(Path(options.temp_dir or tempfile.gettempdir()))
+    scratch = Path(tempfile.mkdtemp(prefix=f"srgan-serve-{os.getpid()}-", dir=options.temp_dir))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     work = _Work(options, pool, scratch)
     batch = batch_size(options)

@@ -204,7 +204,11 @@ class JobQueue:
                 for job in group:
                     job.status = "running"
                     self._running.add(job)
-            self._finish(group, self._run(group))
+            try:
+                outcomes = self._run(group)
+            except BaseException as exc:  # never leave a job hanging, whatever went wrong
+                outcomes = [(None, exc)] * len(group)
+            self._finish(group, outcomes)
 
     def _run(self, group: list[Job]) -> list[tuple[Any, BaseException | None]]:
         if len(group) > 1 and self._run_group is not None:
