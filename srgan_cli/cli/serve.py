@@ -1,4 +1,4 @@
-"""`srgan serve`: the JSON/HTTP API (FastAPI + uvicorn, from the `serve` extra)."""
+"""`srgan serve`: the web page and the JSON/HTTP API (FastAPI + uvicorn)."""
 
 from __future__ import annotations
 
@@ -80,8 +80,7 @@ def serve(
     """Serve upscaling over HTTP: a web page to drop photos on, and a JSON API (docs at /docs).
 
     Open the printed address in a browser, or POST an image to /api/upscale and get the upscaled
-    image back, or queue it with /api/jobs and poll. Needs the serve extra:
-    pip install 'srgan-cli[serve]'. docs/serve.md says more.
+    image back, or queue it with /api/jobs and poll. docs/serve.md says more.
     """
     with guard():
         check_binding(host, token)
