@@ -501,3 +501,20 @@ def test_a_killed_servers_folder_is_removed_by_the_next_one(weights_dir: Path, t
         assert c.app.state.scratch.name.startswith(f"srgan-serve-{os.getpid()}-")  # type: ignore[attr-defined]
     assert not folders["dead_old"].exists()
     assert all(folders[name].exists() for name in ("dead_recent", "alive", "not_ours"))
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_lying_headers_are_refused_like_the_cli_refuses_them(
+    weights_dir: Path, tmp_path: Path, batch: int
+) -> None:
+    from .test_imageio import _png_with_size
+
+    bomb = _png_with_size(tmp_path / "bomb.png", 100_000, 100_000).read_bytes()
+    liar = _png_with_size(tmp_path / "liar.png", 3, 3).read_bytes()  # the pixels are for 2x2
+    with _client(weights_dir, temp_dir=tmp_path, batch=batch) as c:
+        r = c.post("/api/upscale", files=_files(bomb))
+        assert r.status_code == 413 and "decompression-bomb" in r.json()["error"]
+        assert "100000x100000" in r.json()["error"]
+        r = c.post("/api/upscale", files=_files(liar))
+        assert r.status_code == 400 and r.json()["error"].startswith("upload: ")
+        assert c.post("/api/upscale", files=_files()).status_code == 200  # and it goes on
