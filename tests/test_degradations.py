@@ -249,6 +249,16 @@ def test_degrade_command_writes_reproducible_images_and_a_record(tmp_path: Path)
         )
     refused = runner.invoke(app, args)  # outputs exist: nothing overwritten unless asked
     assert refused.exit_code == 1 and "already exists" in refused.output
+    Image.fromarray(make_photo(64, 72, seed=5)).save(src / "p2.png")
+    added = runner.invoke(app, [*args[:-1], "3"])  # a new photo, another seed: the record keeps all
+    assert added.exit_code == 1
+    images = json.loads((tmp_path / "a" / "degrade.json").read_text())["images"]
+    by_name = {Path(str(row["output"])).name: row for row in images}
+    assert set(by_name) == {"p0.png", "p1.png", "p2.png", "broken.png"}
+    assert [by_name[n]["seed"] for n in ("p0.png", "p1.png", "p2.png")] == [2, 2, 3]
+    first_p0 = next(row for row in record["images"] if str(row["output"]).endswith("p0.png"))
+    assert by_name["p0.png"]["applied"] == first_p0["applied"]
+    assert "error" not in by_name["p0.png"] and "error" in by_name["broken.png"]
     bad = runner.invoke(app, ["degrade", str(src), "-o", str(tmp_path / "c"), "--preset", "nope"])
     assert bad.exit_code == 2 and "cannot read" in bad.output
 

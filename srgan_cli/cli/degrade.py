@@ -86,7 +86,14 @@ def degrade(
                 lr = damage_image(hr, scale, damage, rel.as_posix(), record)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_image(target, ImageData(lr, None), overwrite=overwrite)
-                row.update(size=f"{lr.shape[1]}x{lr.shape[0]}", applied=record)
+                row.update(
+                    size=f"{lr.shape[1]}x{lr.shape[0]}",
+                    applied=record,
+                    preset=preset,
+                    spec=damage.spec,
+                    seed=seed,
+                    scale=scale,
+                )
                 if not as_json:
                     what = ", ".join(f"{k} {v}" for k, v in record.items()) or damage.spec
                     console.print(f"{escape(str(path))} -> {escape(str(target))}: {escape(what)}")
@@ -105,11 +112,28 @@ def degrade(
             "images": rows,
         }
         if failed < len(rows) or not (out / "degrade.json").exists():  # a run that wrote nothing keeps the
-            with atomic_open(out / "degrade.json") as fh:  # record of the images already there
-                fh.write(json.dumps(summary, indent=2).encode())
+            kept = {**summary, "images": _merged_rows(out / "degrade.json", rows)}  # record as it is
+            with atomic_open(out / "degrade.json") as fh:
+                fh.write(json.dumps(kept, indent=2).encode())
     if as_json:
         stdout.print(json.dumps(summary, indent=2), markup=False)
     else:
         console.print(f"{len(rows) - failed} written, {failed} failed -> {escape(str(out))}")
     if failed:
         raise typer.Exit(1)
+
+
+def _merged_rows(record: Path, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The images of an earlier degrade.json in that folder that this run did not write again (each
+    with the preset, spec, seed and scale that made it), then this run's rows: a run that adds
+    images to a folder, or fails on some, does not lose the record of the images already there."""
+    try:
+        earlier = json.loads(record.read_text())
+        settings = {k: earlier.get(k) for k in ("preset", "spec", "seed", "scale")}
+        old = [{**settings, **row} for row in earlier.get("images", []) if "error" not in row]
+    except (OSError, ValueError, AttributeError, TypeError):
+        old = []  # none, or not ours to read: this run's record alone
+    written = {row["output"] for row in rows if "error" not in row}
+    kept = [row for row in old if row.get("output") not in written]
+    have = {row.get("output") for row in kept}
+    return kept + [row for row in rows if "error" not in row or row["output"] not in have]
