@@ -218,6 +218,7 @@ def test_the_gan_stage_defaults_to_the_srgan_x4_recipe(
     code, text = run(*args, "--content-layer", "vgg22", "--device", "cpu")
     assert code == 0, text
     assert "recipe srgan_x4: as shipped" in text and "overridden: --batch-size, --content-layer" in text
+    assert "--d-feats, --init, --steps)" in " ".join(text.split())  # "from srresnet_x<scale>": --init too
     saved = TrainConfig.from_dict(torch.load(out / CHECKPOINT, weights_only=True)["config"])
     assert (saved.content_layer, saved.crop, saved.n_feats) == ("vgg22", 16, 8)  # options, --init
     assert (saved.pixel_weight, saved.content_weight, saved.grid_weight) == (1.0, 0.01, 10.0)  # recipe

@@ -330,7 +330,9 @@ def train(
         config.validate()
         world = world_from_env()  # a half-set torchrun environment is refused before the photos are read
         if recipe and world.is_main:
-            overridden = [f"--{k.replace('_', '-')}" for k in options if k in RECIPES[recipe].values]
+            chosen = RECIPES[recipe]  # a gan recipe names where it starts from, whether or not it sets init
+            named = {*chosen.values, *(("init",) if chosen.stage == "gan" else ())}
+            overridden = [f"--{k.replace('_', '-')}" for k in options if k in named]
             but = f" (overridden: {', '.join(sorted(overridden))})" if overridden else ""
             console.print(f"recipe {recipe}: {escape(RECIPES[recipe].about)}{escape(but)}", highlight=False)
         _run(config, resume, seconds)
