@@ -399,12 +399,11 @@ class _Work:
                 with lock, on_tiles(report):
                     outs = inner.upscale_u8_batch([images[i].pixels for i in together])  # type: ignore[union-attr]
                 for i, pixels in zip(together, outs, strict=True):
+                    done = images[i].replace(pixels=pixels)  # type: ignore[union-attr]
                     outcomes[i] = self._attempt(
-                        lambda i=i, pixels=pixels: self._write(
-                            jobs[i], images[i].replace(pixels=pixels), up.scale
-                        )
-                    )  # type: ignore[union-attr,misc]
-                    images[i] = None  # done
+                        lambda job=jobs[i], done=done: self._write(job, done, up.scale)
+                    )
+                    images[i] = None  # its outcome is known
             except JobCancelled:
                 raise
             except (SrganError, MemoryError):  # too big together: each goes its own way below
