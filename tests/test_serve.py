@@ -184,11 +184,15 @@ def test_cli_serves_with_uvicorn(weights_dir: Path, monkeypatch: pytest.MonkeyPa
     seen: dict[str, object] = {}
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: seen.update(config=self.config))
     monkeypatch.setenv("SRGAN_SERVE_TOKEN", "t")
-    result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "-m", "tiny_x2", "--device", "cpu"])
+    limits = ["--max-upload-mb", "1.5", "--max-megapixels", "2", "--max-output-megapixels", "30"]
+    args = ["serve", "--host", "0.0.0.0", "-m", "tiny_x2", "--device", "cpu", *limits]
+    result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert config.host == "0.0.0.0" and config.port == 8765  # type: ignore[attr-defined]
-    assert config.app.state.options.token == "t"  # type: ignore[attr-defined]
+    options = config.app.state.options  # type: ignore[attr-defined]
+    assert options.token == "t" and options.max_upload_bytes == int(1.5 * 2**20)
+    assert (options.max_input_pixels, options.max_output_pixels) == (2_000_000, 30_000_000)
     assert "http://127.0.0.1:8765/?token=t" in result.output
 
 

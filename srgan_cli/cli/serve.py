@@ -9,7 +9,17 @@ import typer
 from rich.markup import escape
 
 from ..errors import UsageError
-from ..serve.app import DEFAULT_GRACE, DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV, ServeOptions, check_binding
+from ..imageio import DEFAULT_MAX_PIXELS
+from ..runtime.upscaler import DEFAULT_MAX_OUTPUT_PIXELS, check_max_pixels
+from ..serve.app import (
+    DEFAULT_GRACE,
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_PORT,
+    TOKEN_ENV,
+    ServeOptions,
+    check_binding,
+)
 from ..serve.jobs import KEEP_SECONDS
 from .common import DeviceOpt, Precision, PrecisionOpt, console, guard
 
@@ -40,7 +50,8 @@ def serve(
         typer.Option(
             "--token",
             envvar=TOKEN_ENV,
-            help=f"Every /api request must send 'Authorization: Bearer TOKEN'. Also from {TOKEN_ENV}.",
+            help=f"Every request must carry it: 'Authorization: Bearer TOKEN', or the cookie that "
+            f"opening /?token=TOKEN sets. Also from {TOKEN_ENV}.",
             show_default=False,
             show_envvar=False,
         ),
@@ -74,6 +85,22 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    max_upload_mb: Annotated[
+        float,
+        typer.Option("--max-upload-mb", min=0.01, help="Refuse requests larger than this (HTTP 413)."),
+    ] = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    max_megapixels: Annotated[
+        float,
+        typer.Option("--max-megapixels", min=0.01, help="Refuse images larger than this (bomb guard, 413)."),
+    ] = DEFAULT_MAX_PIXELS / 1e6,
+    max_output_megapixels: Annotated[
+        float,
+        typer.Option(
+            "--max-output-megapixels",
+            min=0.01,
+            help="Refuse results larger than this, before any work (413).",
+        ),
+    ] = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
 ) -> None:
@@ -105,6 +132,9 @@ def serve(
             batch=batch,
             keep_seconds=keep,
             grace=grace,
+            max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
+            max_input_pixels=check_max_pixels(max_megapixels, "--max-megapixels"),
+            max_output_pixels=check_max_pixels(max_output_megapixels, "--max-output-megapixels"),
         )
         app = create_app(options)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
