@@ -469,6 +469,8 @@ def test_onnx_exports_in_the_weights_folder_are_served_by_name(weights_dir: Path
     ) as c:
         listed = {m["name"]: m["kind"] for m in c.get("/api/models").json()["models"]}
         assert listed["tiny_x4.onnx"] == "onnx" and listed["tiny_x4"] == "srgan-cli"
+        onnx_entry = next(m for m in c.get("/api/models").json()["models"] if m["name"] == "tiny_x4.onnx")
+        assert (onnx_entry["scale"], onnx_entry["arch"]) == (4, "srresnet")  # from its metadata
         r = c.post("/api/upscale", params={"model": "tiny_x4.onnx"}, files=_files())
         assert r.status_code == 200, r.text
         assert r.headers["x-srgan-model"] == "tiny_x4.onnx"
@@ -522,3 +524,22 @@ def test_lying_headers_are_refused_like_the_cli_refuses_them(
         r = c.post("/api/upscale", files=_files(liar))
         assert r.status_code == 400 and r.json()["error"].startswith("upload: ")
         assert c.post("/api/upscale", files=_files()).status_code == 200  # and it goes on
+
+
+def test_community_models_in_the_weights_folder_are_listed_with_their_scale(
+    weights_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("spandrel")
+    from safetensors.torch import save_file
+
+    from .test_containers import compact
+
+    save_file(compact(seed=1, scale=2), str(weights_dir / "tiny-compact-x2.safetensors"))
+    with TestClient(
+        create_app(ServeOptions(device="cpu", temp_dir=tmp_path)), base_url="http://127.0.0.1"
+    ) as c:
+        entry = next(m for m in c.get("/api/models").json()["models"] if m["name"] == "tiny-compact-x2")
+        assert (entry["kind"], entry["scale"], entry["arch"]) == ("community", 2, "RealESRGAN Compact")
+        r = c.post("/api/upscale", params={"model": "tiny-compact-x2"}, files=_files())
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (32, 24)

@@ -129,6 +129,8 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
     """The models a client may ask for, by name: srgan-cli weights an Upscaler runs, community
     models and `.onnx` exports in the weights folders (named with their suffix, beside the weights
     they came from), or only `options.models`, when it names some."""
+    from ..runtime.third_party import facts_of
+
     found: list[dict[str, Any]] = []
     for info in weights.list_models():
         if info.arch in RUNNABLE_ARCHS:
@@ -137,11 +139,20 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
     for path in weights.list_foreign():
         name = path.name.rsplit(".", 1)[0]
         if name not in names:
-            found.append({"name": name, "scale": None, "arch": None, "kind": "community"})
+            facts = facts_of(path) or {}  # from the one cached build that listed it as runnable
+            found.append(
+                {
+                    "name": name,
+                    "scale": facts.get("scale"),
+                    "arch": facts.get("architecture"),
+                    "kind": "community",
+                }
+            )
             names.add(name)
-    for name in onnx_files():
+    for name, path in onnx_files().items():
         if name not in names:
-            found.append({"name": name, "scale": None, "arch": None, "kind": "onnx"})
+            scale, arch = _onnx_facts(path)
+            found.append({"name": name, "scale": scale, "arch": arch, "kind": "onnx"})
             names.add(name)
     if options.models:
         found = [m for m in found if m["name"] in options.models]
@@ -156,6 +167,34 @@ def onnx_files() -> dict[str, Path]:
             if file.is_file() and not file.name.startswith("."):
                 found.setdefault(file.name, file)
     return found
+
+
+_ONNX_FACTS: dict[tuple[str, int, int], tuple[int | None, str | None]] = {}
+
+
+def _onnx_facts(path: Path) -> tuple[int | None, str | None]:
+    """The scale and architecture an `.onnx` export's srgan-cli metadata states (None, None for
+    another producer's file, which is measured when loaded), read once per file version."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None, None
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _ONNX_FACTS:
+        scale: int | None = None
+        arch: str | None = None
+        try:
+            import onnx
+
+            from ..runtime.onnx_export import META_PREFIX
+
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            scale = int(meta[META_PREFIX + "scale"]) if META_PREFIX + "scale" in meta else None
+            arch = meta.get(META_PREFIX + "arch")
+        except Exception:  # noqa: BLE001 - unreadable here: the upscaler says why when it loads
+            pass
+        _ONNX_FACTS[key] = (scale, arch)
+    return _ONNX_FACTS[key]
 
 
 def check_model(name: str, options: ServeOptions) -> str:
