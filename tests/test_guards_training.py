@@ -1,6 +1,7 @@
 """The training, export and environment side of the edge checks: option values refused with one
 line and exit 2, a half-set torchrun environment refused at once (and an unreachable master within
-seconds), a checkpoint write on a full disk ending in a sentence, and SIGTERM handled as Ctrl-C."""
+seconds), a checkpoint write on a full disk ending in a sentence, SIGTERM handled as Ctrl-C, and
+the training commands stopping after the current step with a checkpoint on a first signal."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from srgan_cli import training
+from srgan_cli import training, weights
 from srgan_cli.atomic import atomic_open
 from srgan_cli.cli.app import app
-from srgan_cli.cli.signals import Terminated, terminate_as_interrupt
+from srgan_cli.cli.signals import StopOnSignal, Terminated, terminate_as_interrupt
 from srgan_cli.distributed import World, init_group, world_from_env
 from srgan_cli.errors import TrainingError, UsageError
 from srgan_cli.lapgan.train import LapganTrainConfig
@@ -354,14 +355,39 @@ def test_sigterm_raises_as_ctrl_c_and_temporaries_go(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) is before  # put back
 
 
-def test_srgan_train_stops_at_once_on_a_second_signal() -> None:
-    from srgan_cli.cli.train import _StopOnSignal
-
-    stop = _StopOnSignal()
+def test_the_training_commands_stop_at_once_on_a_second_signal() -> None:
+    stop = StopOnSignal()
+    assert not stop()
     stop._handle(signal.SIGTERM, None)
     assert stop() and stop.signum == signal.SIGTERM  # the first: stop after this step
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Terminated) as info:
         stop._handle(signal.SIGTERM, None)  # the second: at once (guard: "terminated", exit 143)
+    assert info.value.signum == signal.SIGTERM
+    ctrl_c = StopOnSignal()
+    ctrl_c._handle(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        ctrl_c._handle(signal.SIGINT, None)  # guard: "interrupted", exit 130
+    assert not isinstance(raised.value, Terminated)
+
+
+def test_outside_the_training_loop_sigterm_is_ctrl_c_again() -> None:
+    """The lapgan and text2img commands install StopOnSignal inside terminate_as_interrupt: once
+    training is over (or before it starts) SIGTERM interrupts at once again."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with terminate_as_interrupt():
+        outer = signal.getsignal(signal.SIGTERM)
+        with StopOnSignal().installed() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # Python runs the handler between bytecodes, soon after the kill
+                if stop():
+                    break
+                time.sleep(0.01)
+            assert stop.signum == signal.SIGTERM  # asked to stop, nothing raised
+        assert signal.getsignal(signal.SIGTERM) is outer
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def _sigterm_after_training_began(args: list[str], out: Path) -> tuple[int, str]:
@@ -390,26 +416,56 @@ def _sigterm_after_training_began(args: list[str], out: Path) -> tuple[int, str]
     return proc.returncode, " ".join(output.split())
 
 
-def test_sigterm_interrupts_lapgan_training_cleanly(photo_dir: Path, tmp_path: Path) -> None:
+def _events(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _stopped_on_request(code: int, text: str, out: Path) -> int:
+    """Checks a run that got one SIGTERM while training; returns the step it stopped at."""
+    assert code == 143, text  # 128 + SIGTERM, as srgan train after a stop on request
+    assert "SIGTERM: stopping after this step with a checkpoint" in text, text
+    assert "stopped (stop request)" in text and "--resume" in text, text
+    assert "terminated" not in text and "Traceback" not in text, text
+    assert not _temps(out)
+    last = _events(out)[-1]
+    assert last["event"] == "stopped" and last["reason"] == "stop request", last
+    return int(last["step"])  # type: ignore[call-overload]
+
+
+def test_sigterm_stops_lapgan_after_the_step_with_a_checkpoint(photo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "lapgan"
     args = ["lapgan", "train", "--data", str(photo_dir), "--out", str(out), "--size", "16", "--base", "4"]
     args += ["--n-feats", "8", "--coarse-hidden", "16", "--steps", "100000", "--batch-size", "2"]
-    args += ["--checkpoint-every", "1", "--sample-every", "100000", "--device", "cpu"]
+    args += ["--checkpoint-every", "100000", "--sample-every", "100000", "--device", "cpu"]
     code, text = _sigterm_after_training_began(args, out)
-    assert code == 143, text  # 128 + SIGTERM, as a shell reports a terminated process
-    assert "terminated" in text and "Traceback" not in text
-    assert not _temps(out)
+    step = _stopped_on_request(code, text, out)
+    ckpt = torch.load(out / "level0.pt", weights_only=True)
+    assert ckpt["step"] == step >= 50  # no periodic checkpoint was due: this one is the stop's
+    assert "level 0: " + str(step) in text
+    # --resume continues from the stop: the next call starts at that step and adds to it
+    code, text = run("lapgan", "train", "--out", out, "--resume", "--level", 0, "--steps", step + 2)
+    assert code == 0 and "done" in text, text
+    levels = [e for e in _events(out) if e["event"] == "level"]
+    assert levels[-1]["step"] == step and levels[-1]["level"] == 0
+    assert torch.load(out / "level0.pt", weights_only=True)["step"] == step + 2
 
 
-def test_sigterm_interrupts_text2img_training_cleanly(shapes_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_text2img_after_the_step_with_a_checkpoint(shapes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "t2i"
     args = ["text2img", "train", "--data", str(shapes_dir), "--out", str(out), "--steps", "100000"]
     args += ["--ngf", "8", "--ndf", "8", "--encoder-steps", "2", "--batch-size", "4", "--device", "cpu"]
-    args += ["--checkpoint-every", "1", "--sample-every", "100000"]
+    args += ["--checkpoint-every", "100000", "--sample-every", "100000"]
     code, text = _sigterm_after_training_began(args, out)
-    assert code == 143, text  # 128 + SIGTERM, as a shell reports a terminated process
-    assert "terminated" in text and "Traceback" not in text
-    assert not _temps(out)
+    step = _stopped_on_request(code, text, out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step >= 50  # the stop's
+    info = weights.read_info(out / "text2img.safetensors")
+    assert info.provenance["steps"] == step  # the weights of the steps done
+    code, text = run("text2img", "train", "--out", out, "--resume", "--steps", step + 2)
+    assert code == 0 and "done" in text, text
+    gan = [e for e in _events(out) if e["event"] == "gan"]
+    assert gan[-1]["step"] == step  # continued from the stop, nothing lost
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
+    assert weights.read_info(out / "text2img.safetensors").provenance["steps"] == step + 2
 
 
 def test_a_signal_during_a_checkpoint_write_waits_for_the_file(

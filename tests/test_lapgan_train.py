@@ -143,6 +143,34 @@ def test_time_limit_stops_the_level_in_progress_and_resume_finishes_exactly(
     assert again.stopped == "time limit" and again.steps[0] == 0
 
 
+def test_a_stop_request_stops_after_the_step_with_a_checkpoint(photo_dir: Path, tmp_path: Path) -> None:
+    """`should_stop` (a signal handler's flag in the CLI) is polled before each step: the level stops
+    there with a checkpoint of the steps done (none was due), and --resume finishes exactly."""
+    events: list[tuple[str, dict]] = []
+    polls = iter(range(100))
+    out = tmp_path / "cut"
+    cut = train_lapgan(
+        tiny_config(photo_dir, out, steps=4, checkpoint_every=3),
+        levels=[1],
+        should_stop=lambda: next(polls) >= 2,  # the 3rd poll: after 2 steps
+        on_event=lambda k, d: events.append((k, d)),
+    )
+    assert cut.stopped == "stop request" and cut.steps == {1: 2} and cut.weights is None
+    assert (
+        "stopped",
+        {"level": 1, "step": 2, "reason": "stop request", "path": str(out / "level1.pt")},
+    ) in events
+    assert events[-1] == ("done", {"weights": None, "steps": {1: 2}, "stopped": "stop request"})
+    assert torch.load(out / "level1.pt", weights_only=True)["step"] == 2  # the stop's checkpoint
+    done = train_lapgan(tiny_config(photo_dir, out, steps=4, checkpoint_every=3), levels=[1], resume=True)
+    straight = train_lapgan(tiny_config(photo_dir, tmp_path / "straight", steps=4), levels=[1])
+    assert done.stopped is None and done.steps == straight.steps == {1: 4}
+    a = torch.load(out / "level1.pt", weights_only=True)["G"]
+    b = torch.load(tmp_path / "straight" / "level1.pt", weights_only=True)["G"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_one_level_can_be_retrained(photo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train_lapgan(tiny_config(photo_dir, out))

@@ -320,6 +320,25 @@ def test_time_limit_writes_weights_of_the_steps_done_and_resume_finishes(
         train_text2img(_config(shapes_dir, tmp_path / "neg"), time_limit=-1)
 
 
+def test_a_stop_request_stops_after_the_step_with_a_checkpoint(shapes_dir: Path, tmp_path: Path) -> None:
+    """`should_stop` (a signal handler's flag in the CLI) is polled before each GAN step: the run
+    stops there with a checkpoint and the weights of the steps done, and --resume finishes exactly."""
+    polls = iter(range(100))
+    out = tmp_path / "cut"
+    config = _config(shapes_dir, out, checkpoint_every=3)
+    cut = train_text2img(config, should_stop=lambda: next(polls) >= 1)  # the 2nd poll: after 1 step
+    assert cut.stopped == "stop request" and cut.steps == 1 and cut.weights.is_file()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1  # the stop's checkpoint
+    assert weights.read_info(cut.weights).provenance["steps"] == 1
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "stopped" and last["reason"] == "stop request" and last["step"] == 1
+    done = train_text2img(_config(shapes_dir, out, checkpoint_every=3), resume=True)
+    straight = train_text2img(_config(shapes_dir, tmp_path / "straight"))
+    assert done.stopped is None and done.steps == straight.steps == 4
+    a, b = archs.load(done.weights).model, archs.load(straight.weights).model
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
 def test_gan_int_only_run_and_the_encoder_is_reused(shapes_dir: Path, tmp_path: Path) -> None:
     first = _config(shapes_dir, tmp_path / "a", steps=2)
     train_text2img(first)

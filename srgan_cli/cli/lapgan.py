@@ -23,7 +23,7 @@ from .common import (
     training_progress,
 )
 from .results import print_result
-from .signals import terminate_as_interrupt
+from .signals import StopOnSignal, terminate_as_interrupt
 
 app = typer.Typer(
     help="LAPGAN: sample images coarse to fine, train a pyramid of GANs, score it (Parzen window).",
@@ -112,7 +112,9 @@ def train(
     given = given_options(dict(locals()), skip=("level", "resume", "overwrite", "time_limit"))  # options only
     from ..lapgan.train import LapganTrainConfig, read_run_config
 
-    with guard(), terminate_as_interrupt():  # SIGTERM as Ctrl-C: no checkpoint temporaries left
+    # SIGTERM as Ctrl-C (no checkpoint temporaries left); while training, the first signal stops
+    # after the current step with a checkpoint instead (StopOnSignal, in _run_training)
+    with guard(), terminate_as_interrupt():
         seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out)
         if saved is None and "data" not in given:
@@ -128,6 +130,20 @@ def train(
 
 def _run_training(
     config: Any, levels: list[int] | None, resume: bool, overwrite: bool, time_limit: float | None
+) -> None:
+    with StopOnSignal().installed() as stop:  # the first signal: stop after this step, with a checkpoint
+        _train_with(config, levels, resume, overwrite, time_limit, stop)
+    if stop.signum is not None:  # stopped on request: 130 or 143, as srgan train
+        raise typer.Exit(128 + stop.signum)
+
+
+def _train_with(
+    config: Any,
+    levels: list[int] | None,
+    resume: bool,
+    overwrite: bool,
+    time_limit: float | None,
+    stop: StopOnSignal,
 ) -> None:
     from ..lapgan.train import train_lapgan
 
@@ -169,12 +185,14 @@ def _run_training(
             overwrite=overwrite,
             on_event=on_event,
             time_limit=time_limit,
+            should_stop=stop,
         )
     done = ", ".join(f"level {k}: {n}" for k, n in sorted(result.steps.items()))
     if result.stopped:
+        again = f" --time-limit {time_limit:g}" if time_limit is not None else ""
         console.print(
             f"[yellow]stopped ({result.stopped})[/] after {result.seconds / 60:.1f} min (steps {done}); "
-            f"continue with: srgan lapgan train --out {escape(str(config.out))} --resume"
+            f"continue with: srgan lapgan train --out {escape(str(config.out))} --resume{again}"
         )
     else:
         console.print(f"[green]done[/] in {result.seconds / 60:.1f} min (steps {done})")

@@ -26,7 +26,7 @@ from .common import (
     training_progress,
 )
 from .results import print_result
-from .signals import terminate_as_interrupt
+from .signals import StopOnSignal, terminate_as_interrupt
 
 app = typer.Typer(
     help="Text-to-image: a matching-aware conditional GAN (GAN-CLS, GAN-INT) whose 64x64 output can be "
@@ -254,13 +254,15 @@ def train(
     given = given_options(dict(locals()), skip=("resume", "overwrite", "time_limit"))  # first: options only
     from ..text2img.train import read_run_config, train_text2img
 
-    with guard(), terminate_as_interrupt():  # SIGTERM as Ctrl-C: no checkpoint temporaries left
+    # SIGTERM as Ctrl-C (no checkpoint temporaries left); while training, the first signal stops
+    # after the current step with a checkpoint instead (StopOnSignal)
+    with guard(), terminate_as_interrupt():
         seconds = parse_duration(time_limit) if time_limit is not None else None
         saved = read_run_config(out) if not overwrite else None
         if saved is None and "data" not in given:
             raise typer.BadParameter("--data is required for a new run", param_hint="--data")
         config = Text2ImgTrainConfig.from_dict({**(saved.to_dict() if saved else {}), **given})
-        with _progress() as progress:
+        with StopOnSignal().installed() as stop, _progress() as progress:
             tasks: dict[str, Any] = {}
 
             def on_event(kind: str, data: dict[str, Any]) -> None:
@@ -301,13 +303,19 @@ def train(
                     progress.update(tasks["gan"], completed=data["step"], stats=stats)
 
             result = train_text2img(
-                config, resume=resume, overwrite=overwrite, on_event=on_event, time_limit=seconds
+                config,
+                resume=resume,
+                overwrite=overwrite,
+                on_event=on_event,
+                time_limit=seconds,
+                should_stop=stop,
             )
     if result.stopped:
+        again = f" --time-limit {seconds:g}" if seconds is not None else ""
         console.print(
             f"[yellow]stopped ({result.stopped})[/] after {result.steps} of {config.steps} steps in "
             f"{result.seconds / 60:.1f} min -> {escape(str(result.weights))}; continue with: "
-            f"srgan text2img train --out {escape(str(out))} --resume"
+            f"srgan text2img train --out {escape(str(out))} --resume{again}"
         )
     else:
         console.print(
@@ -317,6 +325,8 @@ def train(
     console.print(
         f"sample grids: {escape(str(out / 'samples'))} (rows: the captions in samples/captions.txt)"
     )
+    if stop.signum is not None:  # stopped on request: 130 or 143, as srgan train
+        raise typer.Exit(128 + stop.signum)
 
 
 def _slug(text: str, width: int = 40) -> str:

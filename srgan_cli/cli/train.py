@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
@@ -36,7 +32,7 @@ from .common import (
     parse_duration,
     training_progress,
 )
-from .signals import Terminated
+from .signals import StopOnSignal
 
 _GAN = "GAN stage"
 _RUN = "Run"
@@ -338,41 +334,6 @@ def train(
         _run(config, resume, seconds)
 
 
-class _StopOnSignal:
-    """While training: the first SIGINT/SIGTERM asks the run to stop after the current step (it
-    writes a checkpoint and the weights); a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # the second signal: at once (guard: exit 130, or 143 for SIGTERM)
-            raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt
-        self.signum = signum
-        console.print(
-            f"[yellow]{signal.Signals(signum).name}[/]: stopping after this step with a checkpoint "
-            "(send it again to stop at once)"
-        )
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopOnSignal]:
-        if threading.current_thread() is not threading.main_thread():  # e.g. inside a test runner
-            yield self
-            return
-        caught = (signal.SIGINT, signal.SIGTERM)
-        previous = {s: signal.getsignal(s) for s in caught}
-        for s in caught:
-            signal.signal(s, self._handle)
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
@@ -441,13 +402,13 @@ def _stats(data: dict[str, Any]) -> str:
 
 
 def _run(config: TrainConfig, resume: bool, time_limit: float | None) -> None:
-    with _StopOnSignal().installed() as stop:
+    with StopOnSignal().installed() as stop:
         _run_with(config, resume, time_limit, stop)
     if stop.signum is not None:
         raise typer.Exit(128 + stop.signum)
 
 
-def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop: _StopOnSignal) -> None:
+def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop: StopOnSignal) -> None:
     if not world_from_env().is_main:  # under torchrun only rank 0 talks
         run_training(config, resume=resume, time_limit=time_limit, should_stop=stop)
         return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class LapganTrainResult:
     weights: Path | None  # None until every level has been trained
     steps: dict[int, int]  # steps done per level
     seconds: float
-    stopped: str | None = None  # "time limit" when the call stopped before its levels were done
+    stopped: str | None = None  # "time limit" or "stop request" when it stopped before its levels were done
 
 
 class LevelTrainer(GanPair):
@@ -230,14 +231,17 @@ def train_lapgan(
     overwrite: bool = False,
     on_event: Event | None = None,
     time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LapganTrainResult:
     """Train the chosen levels (all by default) one after the other; see the module docstring.
     With `time_limit` (seconds of this call) the level in progress stops before a step that would
-    not fit and writes its checkpoint, the levels after it are left for a `resume=True` call."""
+    not fit and writes its checkpoint, the levels after it are left for a `resume=True` call.
+    `should_stop` (polled before each step, e.g. set by a signal handler) stops it the same way,
+    with the reason "stop request"."""
     emit: Event = on_event or (lambda kind, data: None)
     if time_limit is not None and time_limit < 0:
         raise TrainingError(f"the time limit must be 0 or more seconds, not {time_limit}")
-    clock = StopClock(time_limit, None)
+    clock = StopClock(time_limit, should_stop)
     config.validate()
     out = Path(config.out)
     saved_run = _read_run(out)
@@ -330,7 +334,8 @@ def _train_level(
     log: Event,
     clock: StopClock,
 ) -> str | None:
-    """Train one level to `config.steps`; returns "time limit" when the clock stopped it first."""
+    """Train one level to `config.steps`; returns why the clock stopped it first ("time limit",
+    "stop request"), or None."""
     ckpt = out / f"level{level}.pt"
     torch.manual_seed(config.seed * 1000 + level)  # the level's initial weights
     trainer = LevelTrainer(model_config, level, config, device)
@@ -387,12 +392,13 @@ def _train_level(
     clock.begin(step)
     saved = step if resume and ckpt.exists() else -1  # the step of this run's checkpoint on disk
     while step < config.steps:
-        if clock.reason(step, 1, val_due=False) is not None:
+        reason = clock.reason(step, 1, val_due=False)
+        if reason is not None:
             if saved != step:
                 elapsed += time.perf_counter() - t_seg
                 save_checkpoint()
-            log("stopped", {"level": level, "step": step, "reason": "time limit", "path": str(ckpt)})
-            return "time limit"
+            log("stopped", {"level": level, "step": step, "reason": reason, "path": str(ckpt)})
+            return reason
         real, labels = data.batch(config.batch_size, data_rng)
         meter.add(trainer.step(real.to(device), labels.to(device) if conditional else None))
         step += 1

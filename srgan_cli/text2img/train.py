@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ class Text2ImgTrainResult:
     weights: Path
     steps: int
     seconds: float
-    stopped: str | None = None  # why the run stopped before `config.steps`: "time limit", or None
+    stopped: str | None = None  # why it stopped before `config.steps`: "time limit", "stop request"
 
 
 def sample_captions(data: CaptionSet, n: int = 8) -> list[str]:
@@ -90,14 +91,17 @@ def train_text2img(
     overwrite: bool = False,
     on_event: Event | None = None,
     time_limit: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Text2ImgTrainResult:
     """Train (or resume) a text-to-image GAN; see the module docstring. With `time_limit` (seconds
     of this call, data loading and encoder pre-training included) the run stops before a step that
-    would not fit, writes its checkpoint and the weights of the steps done; `resume=True` continues."""
+    would not fit, writes its checkpoint and the weights of the steps done; `resume=True` continues.
+    `should_stop` (polled before each GAN step, e.g. set by a signal handler) stops it the same
+    way, with the reason "stop request" (the encoder's pre-training, if due, is finished first)."""
     emit: Event = on_event or (lambda kind, data: None)
     if time_limit is not None and time_limit < 0:
         raise TrainingError(f"the time limit must be 0 or more seconds, not {time_limit}")
-    clock = StopClock(time_limit, None)
+    clock = StopClock(time_limit, should_stop)
     config.validate()
     out = Path(config.out)
     saved_run = _read_run(out)
@@ -194,7 +198,7 @@ def _train_gan(
     log: Event,
     clock: StopClock,
 ) -> tuple[int, str | None]:
-    """Steps done, and why it stopped early ("time limit") or None."""
+    """Steps done, and why it stopped early ("time limit", "stop request") or None."""
     ckpt = out / CHECKPOINT
     torch.manual_seed(config.seed)
     trainer = Text2ImgTrainer(model_config, config, device, text.image)
@@ -241,8 +245,8 @@ def _train_gan(
     clock.begin(step)
     stopped, saved = None, (step if resume and ckpt.exists() else -1)  # this run's checkpoint on disk
     while step < config.steps:
-        if clock.reason(step, 1, val_due=False) is not None:
-            stopped = "time limit"
+        stopped = clock.reason(step, 1, val_due=False)
+        if stopped is not None:
             if saved != step:
                 elapsed += time.perf_counter() - t_seg
                 save_checkpoint()
