@@ -752,7 +752,7 @@ def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
     run = RUNS / "speed_loop"
     shutil.rmtree(ROOT / run, ignore_errors=True)
     cmd = ["train", "--data", str(TRAIN), "--out", str(run), "--batch-size", "64", "--crop", "96"]
-    cmd += ["--n-blocks", "16", "--n-feats", "64", "--steps", "100000", "--log-every", "20", "--samples", "0"]
+    cmd += ["--n-blocks", "16", "--n-feats", "64", "--steps", "100000", "--log-every", "5", "--samples", "0"]
     cmd += [
         "--val-every",
         "100000",
