@@ -109,3 +109,52 @@ def test_a_later_tile_that_overflows_is_caught_too(tile: int) -> None:
     with pytest.raises(NonFiniteOutput, match=r"precision fp32\): the result would be garbage") as e:
         _Upsampler(tile)(image)
     assert e.value.hint is None
+
+
+def _onnx_upsampler(path: Path, gain: float) -> Path:
+    """A x2 ONNX model by hand (nearest upsampling, then times `gain` twice): with a finite gain of
+    3e38 every non-zero pixel overflows float32; no torch export needed."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node(
+            "Constant", [], ["scales"], value=helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+        ),
+        helper.make_node("Resize", ["input", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node(
+            "Constant", [], ["gain"], value=helper.make_tensor("g", TensorProto.FLOAT, [], [gain])
+        ),
+        helper.make_node("Mul", ["up", "gain"], ["once"]),
+        helper.make_node("Mul", ["once", "gain"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "upsampler",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 3, "H", "W"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tile", [0, 8])
+def test_an_onnx_model_whose_output_overflows_is_refused(tmp_path: Path, tile: int) -> None:
+    from srgan_cli.runtime.onnx_backend import OnnxUpscaler
+
+    image = np.zeros((16, 16, 3), np.float32)
+    image[8:, 8:] = 0.5  # non-zero in the last tile only
+    fine = OnnxUpscaler(_onnx_upsampler(tmp_path / "fine.onnx", 1.0), device="cpu", tile=tile, tile_pad=0)
+    assert np.array_equal(fine(image), np.kron(image, np.ones((2, 2, 1), np.float32)))
+    bad = OnnxUpscaler(_onnx_upsampler(tmp_path / "bad.onnx", 3e38), device="cpu", tile=tile, tile_pad=0)
+    with pytest.raises(NonFiniteOutput, match="the result would be garbage"):
+        bad(image)
+    photos = _photos(tmp_path / "in")
+    result = runner.invoke(
+        app, ["upscale", str(photos), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "bad.onnx")]
+    )
+    assert result.exit_code == 1 and "garbage" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.png"))
