@@ -543,3 +543,26 @@ def test_community_models_in_the_weights_folder_are_listed_with_their_scale(
         r = c.post("/api/upscale", params={"model": "tiny-compact-x2"}, files=_files())
         assert r.status_code == 200, r.text
         assert Image.open(io.BytesIO(r.content)).size == (32, 24)
+
+
+def test_the_model_listing_is_read_once_until_a_weights_folder_changes(
+    weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from srgan_cli import weights
+
+    from .conftest import tiny_model
+
+    reads: list[int] = []
+    real = weights.list_models
+    monkeypatch.setattr(weights, "list_models", lambda: reads.append(1) or real())
+    with _client(weights_dir, models=(), temp_dir=tmp_path) as c:
+        assert c.get("/api/models").status_code == 200
+        once = len(reads)  # one read of the folders (the community listing reads ours too)
+        assert once >= 1
+        for _ in range(3):
+            assert c.post("/api/upscale", params={"model": "tiny_x2"}, files=_files()).status_code == 200
+            assert c.get("/api/models").status_code == 200
+        assert len(reads) == once  # six more requests, no more reads
+        weights.save(weights_dir / "tiny_new_x4.safetensors", tiny_model(4, seed=9), trained_on="nothing")
+        names = {m["name"] for m in c.get("/api/models").json()["models"]}
+        assert "tiny_new_x4" in names and len(reads) == 2 * once

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SrganError
 from ..imageio import ImageData
 from .batch import (
     DESTINATION_LOST,
@@ -29,7 +28,7 @@ from .batch import (
     upscale_input,
     write_output,
 )
-from .upscaler import Upscaler, check_output_size, images_per_pass, takes_u8_path
+from .upscaler import Upscaler, images_per_pass, upscale_same_size
 
 
 @dataclass
@@ -171,25 +170,17 @@ def _upscale_group(
     the first one's size in one pass of the model, the others one by one, as upscale_image would.
     `on_pass` is told the `jobs` of each pass before it runs."""
     outs: list[ImageData | None] = [None] * len(images)
-    ready = [
-        (i, im) for i, im in enumerate(images) if im is not None and takes_u8_path(upscaler, im, outscale)
-    ]
-    together = [(i, im) for i, im in ready if im.pixels.shape == ready[0][1].pixels.shape] if ready else []
-    if len(together) > 1:
-        scale = upscaler.scale
-        try:
-            for _, im in together:  # the output limit, per image, before any work
-                check_output_size(im.width * scale, im.height * scale, options.max_output_pixels)
-            if on_pass is not None and jobs is not None:
-                on_pass([jobs[i] for i, _ in together])
-            start = time.perf_counter()
-            pixels = upscaler.upscale_u8_batch([im.pixels for _, im in together])  # type: ignore[attr-defined]
-            share = (time.perf_counter() - start) / len(together)  # each file's part of the pass
-            for (i, im), out in zip(together, pixels, strict=True):
-                outs[i] = im.replace(pixels=out)
-                results[i].seconds += share
-        except (SrganError, MemoryError):  # too big together (or alone): each goes its own way below
-            pass
+
+    def announce(indices: list[int]) -> None:
+        if on_pass is not None and jobs is not None:
+            on_pass([jobs[i] for i in indices])
+
+    start = time.perf_counter()
+    together = upscale_same_size(upscaler, images, outscale, options.max_output_pixels, before=announce)
+    share = (time.perf_counter() - start) / max(len(together), 1)  # each file's part of the pass
+    for i, out in together.items():
+        outs[i] = out
+        results[i].seconds += share
     for i, image in enumerate(images):
         if image is not None and outs[i] is None:
             if on_pass is not None and jobs is not None:

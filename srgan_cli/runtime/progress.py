@@ -18,6 +18,12 @@ from contextvars import ContextVar
 
 TileCallback = Callable[[int, int], None]  # (done, total), in LR pixels; done rises to total
 
+
+class PassCancelled(Exception):
+    """Raised by a sink to stop the pass it watches (a server giving up on a job): it goes through
+    every layer of the runtime, never taken for a failure of the pass itself."""
+
+
 _sink: ContextVar[TileCallback | None] = ContextVar("srgan_tile_progress", default=None)
 
 

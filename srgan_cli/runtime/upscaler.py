@@ -4,6 +4,7 @@ gray and alpha, `--outscale` resampling, and `Rescaled` for scoring at another s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import cv2
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..errors import ArgumentError, ArgumentTypeError, SrganError
 from ..imageio import ImageData, fill_transparent
-from .progress import part
+from .progress import PassCancelled, part
 
 
 class Upscaler(Protocol):
@@ -112,6 +113,38 @@ def images_per_pass(upscaler: Upscaler, outscale: float | None, asked: int = 0) 
     if asked:
         return asked
     return 4 if getattr(getattr(upscaler, "device", None), "type", "cpu") == "cuda" else 1
+
+
+def upscale_same_size(
+    upscaler: Upscaler,
+    images: Sequence[ImageData | None],
+    outscale: float | None,
+    max_pixels: int | None,
+    before: Callable[[list[int]], None] | None = None,
+) -> dict[int, ImageData]:
+    """The 8-bit RGB images (at the model's scale) of the first such image's size, upscaled in one
+    pass of the model (upscale_u8_batch), by index. Empty when fewer than two qualify or when they
+    fail together (too big, out of memory, a bad output): the caller then runs each on its own,
+    as upscale_image would, and each failure is that image's. `before` is told the indices first."""
+    if not hasattr(upscaler, "upscale_u8_batch"):
+        return {}
+    ready = [
+        (i, im) for i, im in enumerate(images) if im is not None and takes_u8_path(upscaler, im, outscale)
+    ]
+    together = [(i, im) for i, im in ready if im.pixels.shape == ready[0][1].pixels.shape] if ready else []
+    if len(together) < 2:
+        return {}
+    try:
+        for _, im in together:  # the output limit, per image, before any work
+            check_output_size(im.width * upscaler.scale, im.height * upscaler.scale, max_pixels)
+        if before is not None:
+            before([i for i, _ in together])
+        pixels = upscaler.upscale_u8_batch([im.pixels for _, im in together])  # type: ignore[attr-defined]
+    except PassCancelled:
+        raise
+    except (SrganError, MemoryError):
+        return {}
+    return {i: im.replace(pixels=out) for (i, im), out in zip(together, pixels, strict=True)}
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,13 @@ from ..errors import (
     WeightsNotFound,
 )
 from ..imageio import DEFAULT_MAX_PIXELS, ImageData
-from ..runtime.progress import on_tiles
+from ..runtime.progress import PassCancelled, on_tiles
 from ..runtime.upscaler import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     OutputTooLarge,
-    check_output_size,
     check_outscale,
-    takes_u8_path,
     upscale_image,
+    upscale_same_size,
 )
 from ..version import __version__
 from ..weights import DEFAULT_MODEL
@@ -129,6 +129,33 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
     """The models a client may ask for, by name: srgan-cli weights an Upscaler runs, community
     models and `.onnx` exports in the weights folders (named with their suffix, beside the weights
     they came from), or only `options.models`, when it names some."""
+    found = _listing()["models"]
+    return [m for m in found if m["name"] in options.models] if options.models else list(found)
+
+
+_LISTED: dict[str, Any] = {"key": None, "models": [], "onnx": {}}
+_LISTED_LOCK = threading.Lock()
+
+
+def _listing() -> dict[str, Any]:
+    """Every model in the weights folders ("models") and the `.onnx` paths by name ("onnx"), read
+    again only when a folder changes (its mtime moves when a file is added, removed or renamed into
+    it): every request checks its model name here."""
+    key = tuple((str(d), _mtime(d)) for d in weights.search_dirs())
+    with _LISTED_LOCK:
+        if _LISTED["key"] != key:
+            _LISTED.update(key=key, **_read_listing())
+        return dict(_LISTED)
+
+
+def _mtime(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:  # not there (yet)
+        return None
+
+
+def _read_listing() -> dict[str, Any]:
     from ..runtime.third_party import facts_of
 
     found: list[dict[str, Any]] = []
@@ -140,61 +167,33 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
         name = path.name.rsplit(".", 1)[0]
         if name not in names:
             facts = facts_of(path) or {}  # from the one cached build that listed it as runnable
-            found.append(
-                {
-                    "name": name,
-                    "scale": facts.get("scale"),
-                    "arch": facts.get("architecture"),
-                    "kind": "community",
-                }
-            )
+            kind = {"scale": facts.get("scale"), "arch": facts.get("architecture"), "kind": "community"}
+            found.append({"name": name, **kind})
             names.add(name)
-    for name, path in onnx_files().items():
-        if name not in names:
-            scale, arch = _onnx_facts(path)
-            found.append({"name": name, "scale": scale, "arch": arch, "kind": "onnx"})
-            names.add(name)
-    if options.models:
-        found = [m for m in found if m["name"] in options.models]
-    return found
-
-
-def onnx_files() -> dict[str, Path]:
-    """The `.onnx` files in the weights folders, by file name (first folder wins)."""
-    found: dict[str, Path] = {}
+    onnx_paths: dict[str, Path] = {}
     for folder in weights.search_dirs():
         for file in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
-            if file.is_file() and not file.name.startswith("."):
-                found.setdefault(file.name, file)
-    return found
-
-
-_ONNX_FACTS: dict[tuple[str, int, int], tuple[int | None, str | None]] = {}
+            if file.is_file() and not file.name.startswith(".") and file.name not in names:
+                onnx_paths[file.name] = file  # first folder wins
+                names.add(file.name)
+                scale, arch = _onnx_facts(file)
+                found.append({"name": file.name, "scale": scale, "arch": arch, "kind": "onnx"})
+    return {"models": found, "onnx": onnx_paths}
 
 
 def _onnx_facts(path: Path) -> tuple[int | None, str | None]:
     """The scale and architecture an `.onnx` export's srgan-cli metadata states (None, None for
-    another producer's file, which is measured when loaded), read once per file version."""
+    another producer's file, which is measured when loaded)."""
     try:
-        stat = path.stat()
-    except OSError:
+        import onnx
+
+        from ..runtime.onnx_export import META_PREFIX
+
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        scale = meta.get(META_PREFIX + "scale")
+        return (int(scale) if scale is not None else None), meta.get(META_PREFIX + "arch")
+    except Exception:  # noqa: BLE001 - unreadable here: the upscaler says why when it loads
         return None, None
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _ONNX_FACTS:
-        scale: int | None = None
-        arch: str | None = None
-        try:
-            import onnx
-
-            from ..runtime.onnx_export import META_PREFIX
-
-            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            scale = int(meta[META_PREFIX + "scale"]) if META_PREFIX + "scale" in meta else None
-            arch = meta.get(META_PREFIX + "arch")
-        except Exception:  # noqa: BLE001 - unreadable here: the upscaler says why when it loads
-            pass
-        _ONNX_FACTS[key] = (scale, arch)
-    return _ONNX_FACTS[key]
 
 
 def check_model(name: str, options: ServeOptions) -> str:
@@ -214,7 +213,7 @@ def model_source(name: str) -> str | Path:
     """What an Upscaler is built from for a checked name: the name itself (weights are found by
     name), or the server's own path of an `.onnx` file. Never anything a client sent."""
     if name.endswith(".onnx"):
-        path = onnx_files().get(name)
+        path = _listing()["onnx"].get(name)
         if path is None:
             raise WeightsNotFound(f"the ONNX file {name!r} is no longer in the weights folders")
         return path
@@ -419,34 +418,19 @@ class _Work:
         up, lock = self.pool.get(jobs[0].meta["model"], self.options.device, self.options.precision)
         inner = up.runtime.upscaler
         outscale = jobs[0].meta["outscale"]
-        ready = [i for i, im in enumerate(images) if im is not None and takes_u8_path(inner, im, outscale)]
-        first = images[ready[0]] if ready else None
-        together = [i for i in ready if first is not None and images[i].pixels.shape == first.pixels.shape]  # type: ignore[union-attr]
-        if len(together) > 1 and hasattr(inner, "upscale_u8_batch"):
 
-            def report(done: int, total: int) -> None:
-                for i in together:
-                    jobs[i].report(done, total)
+        shared: list[int] = []  # the jobs in the shared pass: its progress is each one's
 
-            try:
-                for i in together:  # the output limit, per image, before any work
-                    im = images[i]
-                    assert im is not None
-                    check_output_size(
-                        im.width * up.scale, im.height * up.scale, self.options.max_output_pixels
-                    )
-                with lock, on_tiles(report):
-                    outs = inner.upscale_u8_batch([images[i].pixels for i in together])  # type: ignore[union-attr]
-                for i, pixels in zip(together, outs, strict=True):
-                    done = images[i].replace(pixels=pixels)  # type: ignore[union-attr]
-                    outcomes[i] = self._attempt(
-                        lambda job=jobs[i], done=done: self._write(job, done, up.scale)
-                    )
-                    images[i] = None  # its outcome is known
-            except JobCancelled:
-                raise
-            except (SrganError, MemoryError):  # too big together: each goes its own way below
-                pass
+        def report(done: int, total: int) -> None:
+            for i in shared:
+                jobs[i].report(done, total)
+
+        with lock, on_tiles(report):
+            limit = self.options.max_output_pixels
+            together = upscale_same_size(inner, images, outscale, limit, before=shared.extend)
+        for i, out in together.items():
+            outcomes[i] = self._attempt(lambda job=jobs[i], out=out: self._write(job, out, up.scale))
+            images[i] = None  # its outcome is known
         for i, image in enumerate(images):
             if image is None:
                 continue
@@ -464,7 +448,7 @@ class _Work:
     def _attempt(fn: Any) -> tuple[Any, BaseException | None]:
         try:
             return fn(), None
-        except JobCancelled:
+        except PassCancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded as this job's error
             return None, exc

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import QueueFull, ShuttingDown, SrganError
+from ..runtime.progress import PassCancelled
 
 KEEP_FINISHED = 64  # finished jobs kept for polling; beyond that the oldest are forgotten
 KEEP_SECONDS = 600.0  # and none longer than this after it finished
 
 
-class JobCancelled(SrganError):
-    """A running job stopped because the server shut down before it could finish (HTTP 503)."""
+class JobCancelled(PassCancelled, SrganError):
+    """A running job stopped because the server shut down before it could finish (HTTP 503); as a
+    PassCancelled it stops the model's pass at its next tile or layer."""
 
 
 @dataclass(eq=False)  # by identity: jobs live in sets and are looked up in the line
