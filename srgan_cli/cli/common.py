@@ -160,6 +160,25 @@ TilePadOpt = Annotated[
     ),
 ]
 
+MaxMegapixelsOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-megapixels",
+        min=0.01,
+        help="Refuse inputs larger than this (bomb guard).",
+        rich_help_panel="Limits",
+    ),
+]
+MaxOutputMegapixelsOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-output-megapixels",
+        min=0.01,
+        help="Refuse results larger than this, before any work (memory guard).",
+        rich_help_panel="Limits",
+    ),
+]
+
 
 def panel_option(default_panel: str, defaults: object | None = None) -> Callable[..., Any]:
     """A typer.Option maker for one command's options: each lands in `default_panel` of --help

@@ -21,7 +21,15 @@ from ..serve.app import (
     check_binding,
 )
 from ..serve.jobs import KEEP_SECONDS
-from .common import DeviceOpt, Precision, PrecisionOpt, console, guard
+from .common import (
+    DeviceOpt,
+    MaxMegapixelsOpt,
+    MaxOutputMegapixelsOpt,
+    Precision,
+    PrecisionOpt,
+    console,
+    guard,
+)
 
 
 def serve(
@@ -87,20 +95,15 @@ def serve(
     ] = None,
     max_upload_mb: Annotated[
         float,
-        typer.Option("--max-upload-mb", min=0.01, help="Refuse requests larger than this (HTTP 413)."),
-    ] = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-    max_megapixels: Annotated[
-        float,
-        typer.Option("--max-megapixels", min=0.01, help="Refuse images larger than this (bomb guard, 413)."),
-    ] = DEFAULT_MAX_PIXELS / 1e6,
-    max_output_megapixels: Annotated[
-        float,
         typer.Option(
-            "--max-output-megapixels",
+            "--max-upload-mb",
             min=0.01,
-            help="Refuse results larger than this, before any work (413).",
+            help="Refuse requests larger than this (HTTP 413).",
+            rich_help_panel="Limits",
         ),
-    ] = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
+    ] = DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    max_megapixels: MaxMegapixelsOpt = DEFAULT_MAX_PIXELS / 1e6,
+    max_output_megapixels: MaxOutputMegapixelsOpt = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.auto,
 ) -> None:

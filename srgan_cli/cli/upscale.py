@@ -55,6 +55,8 @@ from .common import (
     Ensemble,
     JsonOpt,
     LapganLevelsOpt,
+    MaxMegapixelsOpt,
+    MaxOutputMegapixelsOpt,
     Precision,
     PrecisionOpt,
     SelfEnsembleOpt,
@@ -222,24 +224,8 @@ def upscale(
             rich_help_panel="Performance",
         ),
     ] = 2,
-    max_megapixels: Annotated[
-        float,
-        typer.Option(
-            "--max-megapixels",
-            min=0.01,
-            help="Refuse inputs larger than this (bomb guard).",
-            rich_help_panel="Limits",
-        ),
-    ] = DEFAULT_MAX_PIXELS / 1e6,
-    max_output_megapixels: Annotated[
-        float,
-        typer.Option(
-            "--max-output-megapixels",
-            min=0.01,
-            help="Refuse results larger than this, before any work (memory guard).",
-            rich_help_panel="Limits",
-        ),
-    ] = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
+    max_megapixels: MaxMegapixelsOpt = DEFAULT_MAX_PIXELS / 1e6,
+    max_output_megapixels: MaxOutputMegapixelsOpt = DEFAULT_MAX_OUTPUT_PIXELS / 1e6,
     codec: Annotated[
         str,
         typer.Option(
