@@ -54,7 +54,7 @@ SHIPPED_USES = {
     "srresnet_x4": "photos: faithful detail, best PSNR",
     "srresnet_x4_fast": "CPU: half the time, a bit softer",
     "srgan_x4": "sharper texture (GAN: invented detail)",
-    "srgan_x4_real": "low-quality JPEGs, noise: removes blocks (-m auto)",
+    "srgan_x4_real": "low-quality JPEGs: removes blocks (-m auto)",
     "lapgan_photos64": "srgan lapgan sample",
     "text2img_shapes": "srgan text2img generate",
     "shapes_checker": "srgan text2img eval --checker",
