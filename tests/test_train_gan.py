@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from srgan_cli import archs, weights
@@ -327,3 +328,56 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
     assert stats and all(e["r1"] > 0 and e["grid"] > 0 and 0 < e["D(x)"] < 1 for e in stats)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in stats)
     assert shipped.info.metrics["val_psnr_y"] > 10
+
+
+def _weights_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """D's learned tensors, without BN's running statistics (each forward pass moves them)."""
+    return {k: v for k, v in state.items() if k.endswith(("weight", "bias"))}
+
+
+def test_init_d_starts_the_discriminator_from_a_gan_run(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 3, val=None))
+    checkpoint = tmp_path / "a" / CHECKPOINT
+    trained = torch.load(checkpoint, weights_only=True)["discriminator"]
+    as_file = tmp_path / "d.safetensors"
+    save_file(trained, str(as_file))
+
+    def d_after_one_step(out: str, init_d: Path | None) -> dict[str, torch.Tensor]:
+        # an Adam step of 1e-12 leaves D where it started, to within 1e-11
+        cfg = _gan(photo_dir, tmp_path / out, init_weights, vgg_file, 1, val=None, d_lr=1e-12, seed=11)
+        result = train(replace(cfg, init_d=None if init_d is None else str(init_d)))
+        if init_d is not None:
+            assert weights.read_info(result.weights).provenance["init_d"] == str(init_d)
+        return _weights_only(torch.load(tmp_path / out / CHECKPOINT, weights_only=True)["discriminator"])
+
+    for source in (checkpoint, as_file):
+        started = d_after_one_step(f"from_{source.suffix[1:]}", source)
+        for key, value in _weights_only(trained).items():
+            torch.testing.assert_close(started[key], value, rtol=0, atol=1e-10, msg=key)
+    fresh = d_after_one_step("fresh", None)  # the same seed without --init-d: a new D
+    assert not torch.allclose(fresh["features.0.weight"], trained["features.0.weight"], atol=1e-3)
+
+
+def test_init_d_refuses_what_cannot_start_a_discriminator(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    train(_gan(photo_dir, tmp_path / "a", init_weights, vgg_file, 3, val=None))
+    checkpoint = tmp_path / "a" / CHECKPOINT
+
+    def start(init_d: Path, **kw: object) -> None:
+        train(_gan(photo_dir, tmp_path / "b", init_weights, vgg_file, 1, val=None, init_d=str(init_d), **kw))
+
+    with pytest.raises(TrainingError, match="width 4, this run's is 8") as info:
+        start(checkpoint, d_feats=8)
+    assert "--d-feats 4" in str(info.value.hint)
+    with pytest.raises(TrainingError, match="no such file"):
+        start(tmp_path / "missing.pt")
+    pretrain = replace(_gan(photo_dir, tmp_path / "p", init_weights, vgg_file, 1, val=None), stage="pretrain")
+    train(pretrain)
+    with pytest.raises(TrainingError, match="holds no discriminator"):
+        start(tmp_path / "p" / CHECKPOINT)
+    with pytest.raises(TrainingError, match="only the gan stage"):
+        train(replace(pretrain, out=str(tmp_path / "q"), init_d=str(checkpoint)))
+    assert not (tmp_path / "b" / CHECKPOINT).exists()  # nothing was written for the refused runs

@@ -162,6 +162,16 @@ def train(
             help="Start G from these weights (gan stage: srresnet_x<scale> if not given).",
         ),
     ] = None,
+    init_d: Annotated[
+        Path | None,
+        _opt(
+            "--init-d",
+            panel=_RUN,
+            metavar="PATH",
+            help="gan stage: start D from a gan run's checkpoint.pt (or a .safetensors of D) "
+            "instead of afresh, to fine-tune a trained pair (Adam starts afresh).",
+        ),
+    ] = None,
     scale: Annotated[int | None, _opt("--scale", panel=_MODEL, help="2, 4 or 8.")] = None,
     n_blocks: Annotated[int | None, _opt("--n-blocks", panel=_MODEL, min=1, help="Residual blocks.")] = None,
     n_feats: Annotated[int | None, _opt("--n-feats", panel=_MODEL, min=1, help="Channels.")] = None,
@@ -419,6 +429,8 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
             if kind == "start":
                 progress.update(task, completed=data["step"])
                 d_params = f" + D {data['d_params'] / 1e6:.2f}M" if data["d_params"] else ""
+                if data["d_params"] and config.init_d and not data["step"]:
+                    d_params += f" (from {escape(config.init_d)})"
                 procs = f" x {data['world_size']} processes" if data["world_size"] > 1 else ""
                 progress.console.print(
                     f"{data['stage']}: {data['images']} photos ({data['pool']}), "

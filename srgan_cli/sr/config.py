@@ -78,6 +78,9 @@ class TrainConfig:
     out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
     stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
     init: str | None = None  # generator weights to start from (gan stage default: srresnet_x<scale>)
+    # gan stage: D's weights to start from (BasicSR's pretrain_network_d): a gan-stage run's
+    # checkpoint.pt or a .safetensors of D's state; None = a fresh D. Adam starts fresh either way
+    init_d: str | None = None
     # --- generator (taken from --init in the gan stage) -----------------------------------------
     # the defaults of the fields the pretrain stage reads are the shipped srresnet_x4's (RECIPES),
     # but for its cosine schedule
@@ -248,6 +251,8 @@ class TrainConfig:
             raise TrainingOptionError("--data-lr pairs with exactly one --data folder of HR photos")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
             raise TrainingOptionError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
+        if self.init_d and self.stage != "gan":
+            raise TrainingOptionError("--init-d starts the discriminator, which only the gan stage has")
         if self.crop % self.scale:
             raise TrainingOptionError(f"--crop {self.crop} must be a multiple of the scale {self.scale}")
         if self.crop < MIN_CROP:

@@ -387,6 +387,7 @@ class Run:
             "device": str(self.device),
             "world_size": self.world.size,
             "init": config.init_weights if config.stage == "gan" else config.init,
+            "init_d": config.init_d,
             "train_config": config.to_dict(),
             "degradation": self.degradation.to_dict(),
             "data_lr": self.config.data_lr,
@@ -441,10 +442,48 @@ def _new_trainer(config: TrainConfig, device: torch.device, world: World, resume
         weights_mod.load_state_dict(trainer.g, init.model.state_dict(), init.info.path)
         if trainer.ema is not None:
             trainer.ema.load_state_dict(trainer.g.state_dict())
+    if not resume and config.init_d:
+        assert trainer.d is not None  # validate(): --init-d needs the gan stage
+        state = read_discriminator(config.init_d)
+        width = int(state["features.0.weight"].shape[0]) if "features.0.weight" in state else None
+        if width is not None and width != config.d_feats:
+            raise TrainingError(
+                f"--init-d {config.init_d} holds a discriminator of width {width}, this run's is "
+                f"{config.d_feats}",
+                hint=f"add --d-feats {width}",
+            )
+        try:
+            weights_mod.load_state_dict(trainer.d, state, config.init_d)
+        except Exception as exc:  # a mismatch or non-finite values, named by load_state_dict
+            raise TrainingError(f"--init-d: {exc}") from exc
     trainer.broadcast_from_main()
     torch.manual_seed(config.seed + world.rank)
     random.seed(config.seed + world.rank)
     return trainer
+
+
+def read_discriminator(path: str | Path) -> dict[str, torch.Tensor]:
+    """D's state from a gan-stage run's checkpoint.pt, or from a .safetensors file of it."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(
+            f"--init-d {path}: no such file",
+            hint="give the checkpoint.pt of a gan-stage run (or a .safetensors of its discriminator)",
+        )
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise TrainingError(f"cannot read --init-d {path}: {exc}") from exc
+    state = training.load_checkpoint(path).get("discriminator")
+    if not isinstance(state, dict) or not state:
+        raise TrainingError(
+            f"--init-d {path} holds no discriminator: it is not the checkpoint of a gan-stage run"
+        )
+    return state
 
 
 def _pool_device(config: TrainConfig, device: torch.device, files: list[Path]) -> torch.device:
