@@ -220,11 +220,33 @@ def test_toml_overrides_ranges_and_rejects_mistakes(tmp_path: Path) -> None:
 def test_damage_specs() -> None:
     assert parse_damage("moderate").jpeg == 60
     d = parse_damage("blur=0.7, jpeg=40")
-    assert (d.blur, d.noise, d.jpeg) == (0.7, 0.0, 40)
+    assert (d.blur, d.noise, d.jpeg, d.codec) == (0.7, 0.0, 40, None)
     assert parse_damage("photo", seed=3).preset == "photo"
-    for bad in ("jpeg=0", "blur=x", "sharpen=1", ""):
+    v = parse_damage("noise=2,h265=28")
+    assert (v.noise, v.codec, v.crf, v.spec) == (2.0, "libx265", 28, "noise=2,h265=28")
+    assert (parse_damage("h264=0").codec, parse_damage("h264=0").crf) == ("libx264", 0)
+    for bad in ("jpeg=0", "blur=x", "sharpen=1", "", "h264=52", "h264=2.5", "h264=20,h265=20", "vp9=30"):
         with pytest.raises(DegradationError):
             parse_damage(bad)
+
+
+def test_codec_damage_is_one_video_frame_after_the_jpeg_save() -> None:
+    """`jpeg=50,h264=30` is the `jpeg=50` LR through one H.264 frame at CRF 30; a higher CRF damages
+    more, and the same spec gives the same LR every time."""
+    from srgan_cli.degradations import damage_image
+
+    hr = make_photo(96, 136, seed=4)
+    jpeg_only = damage_image(hr, 4, parse_damage("jpeg=50"), "a")
+    both = damage_image(hr, 4, parse_damage("jpeg=50,h264=30"), "a")
+    assert both.shape == jpeg_only.shape == (24, 34, 3)
+    assert np.array_equal(both, ops.codec_round_trip(jpeg_only, "libx264", 30))
+    assert np.array_equal(both, damage_image(hr, 4, parse_damage("jpeg=50,h264=30"), "a"))
+    clean = damage_image(hr, 4, parse_damage("blur=0"), "a").astype(float)
+    errors = [
+        np.abs(damage_image(hr, 4, parse_damage(f"{codec}={crf}"), "a") - clean).mean()
+        for codec, crf in (("h264", 10), ("h264", 40), ("h265", 40))
+    ]
+    assert 0 < errors[0] < errors[1] and errors[2] > errors[0]
 
 
 def test_degrade_command_writes_reproducible_images_and_a_record(tmp_path: Path) -> None:

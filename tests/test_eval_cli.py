@@ -167,6 +167,8 @@ def test_degrade_matches_a_hand_built_damaged_copy(weights_dir: Path, tmp_path: 
     assert (
         code == 0 and "heavy LR (blur=0.8,noise=10,jpeg=30)" in out and "clean" not in out and "block" in out
     ), err
+    code, out, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "h265=30", "--no-clean")
+    assert code == 0 and "h265=30 LR" in out, err
     code, _, err = invoke("-m", "tiny_x4", "--data", data, "--degrade", "jpeg=500")
     assert code == 2 and "quality" in err
 

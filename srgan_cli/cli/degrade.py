@@ -44,7 +44,7 @@ def degrade(
             "-p",
             metavar="SPEC",
             help="realesrgan, photo, video or FILE.toml (random, seeded per image); or the fixed eval "
-            "levels light, moderate, heavy, or blur=S,noise=S,jpeg=Q.",
+            "levels light, moderate, heavy, or blur=S,noise=S,jpeg=Q,h264=CRF (or h265=CRF).",
         ),
     ] = "realesrgan",
     seed: Annotated[

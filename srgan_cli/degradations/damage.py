@@ -1,6 +1,7 @@
 """Fixed, reproducible damage for evaluation: an HR photo -> its x`scale` LR as a user would have it
-(the SR protocol's bicubic downscale, then blur, sensor noise and a JPEG save at set strengths), or
-drawn from a training preset with a set seed. `srgan eval --degrade SPEC` scores models on these."""
+(the SR protocol's bicubic downscale, then blur, sensor noise, a JPEG save and a video codec at set
+strengths), or drawn from a training preset with a set seed. `srgan eval --degrade SPEC` scores
+models on these."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ from .config import PRESETS, DegradationError
 class Damage:
     """One damage setting. Fixed strengths apply in this order to the bicubic LR: Gaussian blur of
     std. dev. `blur` LR px, Gaussian noise of std. dev. `noise` grey levels (colour, seeded per image
-    by its name), a JPEG save at `jpeg` quality (4:2:0, as PIL and most cameras save). With `preset`
-    (a training preset or a .toml file), the LR is drawn from that pipeline with `seed` instead."""
+    by its name), a JPEG save at `jpeg` quality (4:2:0, as PIL and most cameras save), then one
+    intra frame of `codec` (libx264 or libx265, yuv420p) at constant rate factor `crf`: a frame of
+    streamed or downloaded video. With `preset` (a training preset or a .toml file), the LR is drawn
+    from that pipeline with `seed` instead."""
 
     name: str
     blur: float = 0.0
     noise: float = 0.0
     jpeg: int | None = None
+    codec: str | None = None  # libx264 or libx265, with crf
+    crf: int | None = None
     preset: str | None = None
     seed: int = 0
 
@@ -38,8 +43,14 @@ class Damage:
         parts = [f"blur={self.blur:g}"] if self.blur else []
         parts += [f"noise={self.noise:g}"] if self.noise else []
         parts += [f"jpeg={self.jpeg}"] if self.jpeg is not None else []
+        parts += [f"{_CODEC_KEYS[self.codec]}={self.crf}"] if self.codec is not None else []
         return ",".join(parts) or "none"
 
+
+# --degrade's name for each codec: h264=CRF, h265=CRF
+_CODEC_KEYS = {"libx264": "h264", "libx265": "h265"}
+_KEYS = ("blur", "noise", "jpeg", *_CODEC_KEYS.values())
+_FORMS = "blur=SIGMA,noise=SIGMA,jpeg=QUALITY,h264=CRF (or h265=CRF)"
 
 # the three levels of docs/degradations.md: light, moderate and heavy phone/web damage
 DAMAGE_LEVELS = {
@@ -50,7 +61,8 @@ DAMAGE_LEVELS = {
 
 
 def parse_damage(spec: str, *, seed: int = 0) -> Damage:
-    """`light`, `moderate`, `heavy`; `blur=S,noise=S,jpeg=Q` (any subset); a training preset name
+    """`light`, `moderate`, `heavy`; `blur=S,noise=S,jpeg=Q,h264=CRF` (any subset; or h265=CRF); a
+    training preset name
     (`realesrgan`, `photo`, `video`) or a .toml degradation file, drawn with `seed`."""
     text = spec.strip()
     if text in DAMAGE_LEVELS:
@@ -63,11 +75,11 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         key = key.strip().lower()
-        if not sep or key not in ("blur", "noise", "jpeg"):
+        if not sep or key not in _KEYS:
             raise DegradationError(
                 f"--degrade {spec!r}: cannot read {part!r}",
                 hint="use light, moderate, heavy, a preset (realesrgan, photo, video), a .toml file, "
-                "or blur=SIGMA,noise=SIGMA,jpeg=QUALITY",
+                f"or {_FORMS}",
             )
         try:
             values[key] = float(value)
@@ -81,7 +93,21 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
     jpeg = values.get("jpeg")
     if jpeg is not None and not (1 <= jpeg <= 100 and jpeg == int(jpeg)):
         raise DegradationError(f"--degrade {spec!r}: jpeg is a quality from 1 to 100")
-    return Damage(text, blur=blur, noise=noise, jpeg=None if jpeg is None else int(jpeg), seed=seed)
+    codecs = [(codec, values[key]) for codec, key in _CODEC_KEYS.items() if key in values]
+    if len(codecs) > 1:
+        raise DegradationError(f"--degrade {spec!r}: one video codec at a time (h264 or h265)")
+    codec, crf = codecs[0] if codecs else (None, None)
+    if crf is not None and not (0 <= crf <= 51 and crf == int(crf)):
+        raise DegradationError(f"--degrade {spec!r}: {_CODEC_KEYS[str(codec)]} takes a CRF from 0 to 51")
+    return Damage(
+        text,
+        blur=blur,
+        noise=noise,
+        jpeg=None if jpeg is None else int(jpeg),
+        codec=codec,
+        crf=None if crf is None else int(crf),
+        seed=seed,
+    )
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -127,4 +153,8 @@ def damage_image(
         Image.fromarray(out).save(buffer, format="JPEG", quality=damage.jpeg)
         buffer.seek(0)
         out = np.array(Image.open(buffer).convert("RGB"))
+    if damage.codec is not None and damage.crf is not None:
+        from .ops import codec_round_trip
+
+        out = codec_round_trip(out, damage.codec, damage.crf)
     return out

@@ -100,14 +100,14 @@ def video_codec(images: torch.Tensor, codecs: list[str], crf: list[int]) -> torc
     """Each image encoded as one intra frame by libx264/libx265 at its own CRF (yuv420p, as almost
     all distributed video is) and decoded again, through PyAV on the CPU."""
     data = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
-    out = np.stack([_codec_round_trip(img, c, q) for img, c, q in zip(data, codecs, crf, strict=True)])
+    out = np.stack([codec_round_trip(img, c, q) for img, c, q in zip(data, codecs, crf, strict=True)])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(images.device, images.dtype).div_(255.0)
 
 
 _DECODERS = {"libx264": "h264", "libx265": "hevc"}
 
 
-def _codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
+def codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
     """One frame through an encoder and its decoder, as bare codec contexts (no container, so no
     muxer timing rules to satisfy)."""
     import av
