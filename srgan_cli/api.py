@@ -83,7 +83,8 @@ class Upscaler:
         if str(model) == AUTO_MODEL:
             raise UsageError(
                 "model 'auto' picks a model per input file, in `srgan upscale`; here name one: "
-                f"{DEFAULT_MODEL}, or {REAL_MODEL} for JPEGs saved at quality {AUTO_JPEG_QUALITY} or lower"
+                f"{DEFAULT_MODEL}, or {REAL_MODEL} for JPEGs saved at quality {AUTO_JPEG_QUALITY} or lower "
+                "and video frames"
             )
         if tile != "auto" and (isinstance(tile, (str, bool)) or not isinstance(tile, (int, np.integer))):
             raise ArgumentTypeError(f"tile is 'auto', 0 or a side in pixels, not {tile!r}")

@@ -147,6 +147,46 @@ def test_frames_in_batches_equal_frames_one_by_one(weights_dir: Path, tmp_path: 
             assert np.array_equal(np.asarray(x), np.asarray(y)), a.name
 
 
+def test_auto_sends_videos_to_the_real_world_model(weights_dir: Path, tmp_path: Path) -> None:
+    """-m auto: a video goes to srgan_x4_real (docs/degradations.md: lower LPIPS and less flicker
+    than srresnet_x4 on H.264 streams), next to a PNG that goes to srresnet_x4."""
+    from PIL import Image
+
+    from srgan_cli import weights
+
+    from .conftest import make_photo, tiny_model
+
+    weights.save(weights_dir / "srresnet_x4.safetensors", tiny_model(4, seed=3), trained_on="x")
+    weights.save(weights_dir / "srgan_x4_real.safetensors", tiny_model(4, seed=4), trained_on="x")
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=3)
+    Image.fromarray(make_photo(16, 24, seed=1)).save(src / "a.png")
+    base = ["upscale", "--device", "cpu", "--format", "png"]
+    inputs = [str(src / "clip.mp4"), str(src / "a.png")]
+    result = runner.invoke(app, [*base, *inputs, "-o", str(tmp_path / "auto"), "-m", "auto"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "auto: 1 other input -> srresnet_x4" in said and "auto: 1 video -> srgan_x4_real" in said
+    result = runner.invoke(app, [*base, *inputs, "-o", str(tmp_path / "json"), "-m", "auto", "--json"])
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["models"] == {"srresnet_x4": 1, "srgan_x4_real": 1}
+    for model in ("srgan_x4_real", "srresnet_x4"):
+        out = tmp_path / model
+        result = runner.invoke(app, [*base, str(src / "clip.mp4"), "-m", model, "--frames", str(out)])
+        assert result.exit_code == 0, result.output
+    by_auto = tmp_path / "frames_auto"
+    result = runner.invoke(app, [*base, str(src / "clip.mp4"), "-m", "auto", "--frames", str(by_auto)])
+    assert result.exit_code == 0, result.output
+    frames = sorted(by_auto.iterdir())
+    assert len(frames) == 3
+    for frame in frames:
+        with Image.open(frame) as a, Image.open(tmp_path / "srgan_x4_real" / frame.name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+        with Image.open(frame) as a, Image.open(tmp_path / "srresnet_x4" / frame.name) as c:
+            assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
 def make_noise_clip(
     path: Path, pts: Sequence[int], *, fmt: str = "mp4", options: dict[str, str] | None = None
 ) -> Path:

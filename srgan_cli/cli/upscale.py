@@ -106,8 +106,8 @@ def upscale(
             "--model",
             metavar="NAME|PATH",
             help=f"Shipped weights name, a .safetensors/.pth path, or an .onnx file. auto (the default): "
-            f"JPEGs saved at quality {weights.AUTO_JPEG_QUALITY} or lower to {weights.REAL_MODEL} (removes "
-            f"the 8x8 blocks), everything else to {weights.DEFAULT_MODEL}.",
+            f"JPEGs saved at quality {weights.AUTO_JPEG_QUALITY} or lower and videos to {weights.REAL_MODEL} "
+            f"(removes the 8x8 blocks, flickers less), everything else to {weights.DEFAULT_MODEL}.",
             show_default=False,
             rich_help_panel="Model",
         ),
@@ -282,7 +282,7 @@ def upscale(
     """Upscale images and videos with a super-resolution model.
 
     The default model, auto, picks shipped x4 weights for each input: srgan_x4_real for
-    low-quality JPEGs, srresnet_x4 for everything else.
+    low-quality JPEGs and videos, srresnet_x4 for everything else.
 
     A video (.mp4, .mkv, .webm, .mov, .avi; recognised by its content) is upscaled frame by frame
     and encoded again, with its audio and subtitles copied and its frame rate and timestamps kept.
@@ -362,7 +362,7 @@ def upscale(
             max_output_pixels=max_output,
             allow_partial=allow_partial,
         )
-        # -m auto: low-quality JPEGs to the real-world model, the rest to the default; each group
+        # -m auto: low-quality JPEGs and videos to the real-world model, the rest to the default; each group
         # runs as one batch, results come back in input order
         groups = _auto_groups(jobs, videos) if auto else {model: (jobs, videos)}
         used: dict[str, int] = {}
@@ -379,12 +379,9 @@ def upscale(
                 )
             used[runtime.name] = len(group_jobs) + len(group_videos)
             if auto and not quiet:
-                kind = (
-                    "other"
-                    if name == weights.DEFAULT_MODEL
-                    else f"JPEG (quality <= {weights.AUTO_JPEG_QUALITY})"
+                console.print(
+                    f"auto: {_auto_kinds(name, len(group_jobs), len(group_videos))} -> {runtime.name}"
                 )
-                console.print(f"auto: {used[runtime.name]} {kind} input(s) -> {runtime.name}")
             for src in group_videos[world.rank :: world.size]:
                 single, to_frames = len(inputs) == 1, frames is not None
                 tail = suffix if suffix is not None else default_suffix(options, ready.scale)
@@ -432,15 +429,24 @@ def upscale(
 
 def _auto_groups(jobs: list[Job], videos: list[Path]) -> dict[str, tuple[list[Job], list[Path]]]:
     """-m auto: model name -> (its image jobs, its videos). JPEGs saved at quality
-    weights.AUTO_JPEG_QUALITY or lower (read from their quantization tables) go to the real-world
-    model, everything else (lossless images, good JPEGs, videos) to the default."""
+    weights.AUTO_JPEG_QUALITY or lower (read from their quantization tables) and videos (always
+    lossy) go to the real-world model, everything else (lossless images, good JPEGs) to the default
+    (docs/degradations.md measures both rules)."""
     damaged = {
         job.src for job in jobs if (q := jpeg_quality(job.src)) is not None and q <= weights.AUTO_JPEG_QUALITY
     }
     return {
-        weights.DEFAULT_MODEL: ([job for job in jobs if job.src not in damaged], list(videos)),
-        weights.REAL_MODEL: ([job for job in jobs if job.src in damaged], []),
+        weights.DEFAULT_MODEL: ([job for job in jobs if job.src not in damaged], []),
+        weights.REAL_MODEL: ([job for job in jobs if job.src in damaged], list(videos)),
     }
+
+
+def _auto_kinds(model: str, images: int, videos: int) -> str:
+    """What -m auto sent to `model`, in words: "2 JPEG (quality <= 75) inputs and 1 video"."""
+    kind = "other" if model == weights.DEFAULT_MODEL else f"JPEG (quality <= {weights.AUTO_JPEG_QUALITY})"
+    parts = [f"{images} {kind} input{'s' if images != 1 else ''}"] if images else []
+    parts += [f"{videos} video{'s' if videos != 1 else ''}"] if videos else []
+    return " and ".join(parts)
 
 
 def _run_jobs(
