@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 import srgan_cli
 from srgan_cli.degradations.damage import bicubic_downscale
+from srgan_cli.degradations.ops import stream_round_trip
 from srgan_cli.metrics.luma import psnr_y, rgb_to_y
 from srgan_cli.photos import list_images, load_rgb_uint8
 from srgan_cli.sr.data import bicubic_upscale
@@ -51,34 +51,6 @@ def pan_windows(hr: np.ndarray, frames: int, step: int = STEP) -> list[np.ndarra
         raise ValueError(f"a {w}x{h} photo is too small for a {frames}-frame pan")
     y0, x0 = (h - height) // 2, (w - width - step * (frames - 1)) // 2
     return [hr[y0 : y0 + height, x0 + t * step : x0 + t * step + width] for t in range(frames)]
-
-
-def encode_decode(frames: list[np.ndarray], codec: str, crf: int) -> list[np.ndarray]:
-    """RGB frames -> one libx264/libx265 stream (yuv420p) -> the decoded RGB frames, in order."""
-    import av
-
-    h, w = frames[0].shape[:2]
-    encoder = av.CodecContext.create(codec, "w")
-    encoder.width, encoder.height, encoder.pix_fmt = w, h, "yuv420p"
-    encoder.time_base, encoder.framerate = Fraction(1, 25), Fraction(25, 1)
-    options = {"crf": str(crf), "preset": "medium"}
-    if codec == "libx265":
-        options["x265-params"] = "log-level=none"
-    encoder.options = options
-    packets = []
-    for t, rgb in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-            format="yuv420p"
-        )
-        frame.pts = t
-        packets += encoder.encode(frame)
-    packets += encoder.encode(None)
-    decoder = av.CodecContext.create({"libx264": "h264", "libx265": "hevc"}[codec], "r")
-    out = [f for p in packets for f in decoder.decode(p)] + list(decoder.decode(None))
-    out.sort(key=lambda f: f.pts)
-    if len(out) != len(frames):
-        raise RuntimeError(f"{codec} gave {len(out)} frames back for {len(frames)}")
-    return [f.to_ndarray(format="rgb24") for f in out]
 
 
 def luma(img: np.ndarray) -> torch.Tensor:
@@ -121,7 +93,7 @@ def main() -> None:
         rows: dict[str, dict[str, list[float]]] = {}
         for path in photos:
             hr_frames = pan_windows(load_rgb_uint8(path), args.frames)
-            lr = encode_decode([bicubic_downscale(f, SCALE) for f in hr_frames], args.codec, crf)
+            lr = stream_round_trip([bicubic_downscale(f, SCALE) for f in hr_frames], args.codec, crf)
             outputs = {"bicubic": [bicubic_upscale(f, SCALE) for f in lr]}
             outputs.update({name: [up(f) for f in lr] for name, up in upscalers.items()})
             for name, frames in outputs.items():

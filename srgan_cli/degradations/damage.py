@@ -62,8 +62,8 @@ DAMAGE_LEVELS = {
 
 def parse_damage(spec: str, *, seed: int = 0) -> Damage:
     """`light`, `moderate`, `heavy`; `blur=S,noise=S,jpeg=Q,h264=CRF` (any subset; or h265=CRF); a
-    training preset name
-    (`realesrgan`, `photo`, `video`) or a .toml degradation file, drawn with `seed`."""
+    training preset name (`realesrgan`, `photo`, `video`) or a .toml degradation file, drawn with
+    `seed`."""
     text = spec.strip()
     if text in DAMAGE_LEVELS:
         return replace(DAMAGE_LEVELS[text], seed=seed)

@@ -108,31 +108,46 @@ _DECODERS = {"libx264": "h264", "libx265": "hevc"}
 
 
 def codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
-    """One frame through an encoder and its decoder, as bare codec contexts (no container, so no
-    muxer timing rules to satisfy)."""
-    import av
-
+    """One frame through an encoder and its decoder (preset veryfast): an intra frame."""
     h, w = rgb.shape[:2]
     # 4:2:0 needs even sides, and x265 refuses frames under 64 px: pad with the edge, crop after
     ph, pw = max(64, h + h % 2) - h, max(64, w + w % 2) - w
     padded = np.ascontiguousarray(np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge"))
+    return stream_round_trip([padded], codec, crf, preset="veryfast")[0][:h, :w]
+
+
+def stream_round_trip(
+    frames: list[np.ndarray], codec: str, crf: int, *, preset: str = "medium"
+) -> list[np.ndarray]:
+    """RGB frames of one size (even sides; x265: 64 px or more) encoded by libx264/libx265 as one
+    yuv420p stream at `crf` (the encoder's defaults otherwise: B-frames, one keyframe) and decoded
+    again, in display order. Bare codec contexts: no container, so no muxer timing rules."""
+    import av
+
+    h, w = frames[0].shape[:2]
     encoder = av.CodecContext.create(codec, "w")
-    encoder.width, encoder.height = padded.shape[1], padded.shape[0]
+    encoder.width, encoder.height = w, h
     encoder.pix_fmt = "yuv420p"
     encoder.time_base = Fraction(1, 25)
     encoder.framerate = Fraction(25, 1)
-    options = {"crf": str(int(crf)), "preset": "veryfast"}
+    options = {"crf": str(int(crf)), "preset": preset}
     if codec == "libx265":
         options["x265-params"] = "log-level=none"
     encoder.options = options
-    frame = av.VideoFrame.from_ndarray(padded, format="rgb24").reformat(format="yuv420p")
-    frame.pts = 0
-    packets = [*encoder.encode(frame), *encoder.encode(None)]
+    packets = []
+    for t, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        frame.pts = t
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
     decoder = av.CodecContext.create(_DECODERS[codec], "r")
-    frames = [f for packet in packets for f in decoder.decode(packet)] + list(decoder.decode(None))
-    if not frames:
-        raise RuntimeError(f"{codec} at CRF {crf} gave no frame back")
-    return frames[0].to_ndarray(format="rgb24")[:h, :w]
+    out = [f for packet in packets for f in decoder.decode(packet)] + list(decoder.decode(None))
+    if len(out) != len(frames):
+        raise RuntimeError(f"{codec} at CRF {crf} gave {len(out)} frame(s) back for {len(frames)}")
+    out.sort(key=lambda f: f.pts)
+    return [f.to_ndarray(format="rgb24") for f in out]
 
 
 def unsharp_mask(
