@@ -566,3 +566,44 @@ def test_the_model_listing_is_read_once_until_a_weights_folder_changes(
         weights.save(weights_dir / "tiny_new_x4.safetensors", tiny_model(4, seed=9), trained_on="nothing")
         names = {m["name"] for m in c.get("/api/models").json()["models"]}
         assert "tiny_new_x4" in names and len(reads) == 2 * once
+
+
+def test_auto_picks_the_real_world_model_for_low_quality_jpegs(weights_dir: Path, tmp_path: Path) -> None:
+    """Without -m the server offers `auto` first and uses it by default, as `srgan upscale` does: a
+    JPEG saved at quality 75 or lower gets srgan_x4_real, anything else srresnet_x4."""
+    from srgan_cli import weights
+
+    from .conftest import tiny_model
+
+    # stand-ins for the two shipped models (SRGAN_WEIGHTS_DIR is searched first)
+    weights.save(weights_dir / "srresnet_x4.safetensors", tiny_model(4, seed=3), trained_on="x")
+    weights.save(weights_dir / "srgan_x4_real.safetensors", tiny_model(4, seed=4), trained_on="x")
+
+    def jpeg(quality: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(make_photo(12, 16)).save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+
+    with _client(weights_dir, models=(), temp_dir=tmp_path) as c:
+        listing = c.get("/api/models").json()
+        assert listing["default"] == "auto"
+        first = listing["models"][0]
+        assert (first["name"], first["scale"], first["kind"]) == ("auto", 4, "auto")
+        assert "srgan_x4_real for JPEGs saved at quality 75 or lower" in first["about"]
+        for data, params, expected in [
+            (jpeg(40), {}, "srgan_x4_real"),  # the default is auto
+            (jpeg(40), {"model": "auto"}, "srgan_x4_real"),
+            (jpeg(92), {"model": "auto"}, "srresnet_x4"),
+            (_png(), {}, "srresnet_x4"),
+            (jpeg(40), {"model": "srresnet_x4"}, "srresnet_x4"),  # a named model always wins
+        ]:
+            r = c.post("/api/upscale", params=params, files=_files(data))
+            assert r.status_code == 200, r.text
+            assert r.headers["x-srgan-model"] == expected, (params, expected)
+        queued = c.post("/api/jobs", data={"model": "auto"}, files=_files(jpeg(30))).json()
+        assert _done(c, queued)["model"] == "srgan_x4_real"  # the job document names it too
+    with _client(weights_dir, models=("auto",), temp_dir=tmp_path) as c:  # `srgan serve -m auto`
+        assert {m["model"] for m in c.get("/api/health").json()["loaded"]} == {"srresnet_x4", "srgan_x4_real"}
+        assert [m["name"] for m in c.get("/api/models").json()["models"]] == ["auto"]
+        r = c.post("/api/upscale", files=_files(jpeg(40)))
+        assert r.status_code == 200 and r.headers["x-srgan-model"] == "srgan_x4_real"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -62,10 +62,11 @@ _FIRST_FRAME_FORMATS = ("MPO", "TIFF")
 _STANDARD_LUMA_SUM = 3688
 
 
-def jpeg_quality(path: str | Path) -> int | None:
-    """The quality (1-100) a JPEG file was saved at, estimated from its luminance quantization
-    table as libjpeg scales it (exact for files saved by libjpeg, Pillow, OpenCV and most cameras;
-    close for others); None for a file that is not a readable JPEG. Reads the header only."""
+def jpeg_quality(path: str | Path | BinaryIO) -> int | None:
+    """The quality (1-100) a JPEG file (a path, or a binary file object) was saved at, estimated
+    from its luminance quantization table as libjpeg scales it (exact for files saved by libjpeg,
+    Pillow, OpenCV and most cameras; close for others); None for a file that is not a readable JPEG.
+    Reads the header only."""
     from PIL import Image, UnidentifiedImageError
 
     try:

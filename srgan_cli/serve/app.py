@@ -40,7 +40,7 @@ from ..runtime.upscaler import (
     upscale_same_size,
 )
 from ..version import __version__
-from ..weights import DEFAULT_MODEL
+from ..weights import AUTO_JPEG_QUALITY, AUTO_MODEL, DEFAULT_MODEL, REAL_MODEL
 from . import codec
 from .jobs import KEEP_SECONDS, Job, JobCancelled, JobQueue, UpscalerPool
 
@@ -128,9 +128,27 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 def available_models(options: ServeOptions) -> list[dict[str, Any]]:
     """The models a client may ask for, by name: srgan-cli weights an Upscaler runs, community
     models and `.onnx` exports in the weights folders (named with their suffix, beside the weights
-    they came from), or only `options.models`, when it names some."""
+    they came from), and `auto` first where both models it picks from are there (as `srgan upscale
+    -m auto`: the real-world model for low-quality JPEGs, the default for the rest); or only
+    `options.models`, when it names some."""
     found = _listing()["models"]
+    by_name = {m["name"]: m for m in found}
+    if DEFAULT_MODEL in by_name and REAL_MODEL in by_name:
+        about = f"{REAL_MODEL} for JPEGs saved at quality {AUTO_JPEG_QUALITY} or lower, else {DEFAULT_MODEL}"
+        auto = {"name": AUTO_MODEL, "scale": by_name[DEFAULT_MODEL]["scale"], "arch": None, "kind": "auto"}
+        found = [{**auto, "about": about}, *found]
     return [m for m in found if m["name"] in options.models] if options.models else list(found)
+
+
+def auto_pick(data: bytes) -> str:
+    """The model `auto` runs on an upload: the real-world model for a JPEG saved at quality
+    AUTO_JPEG_QUALITY or lower (read from its quantization tables), else the default."""
+    import io
+
+    from ..imageio import jpeg_quality
+
+    quality = jpeg_quality(io.BytesIO(data))
+    return REAL_MODEL if quality is not None and quality <= AUTO_JPEG_QUALITY else DEFAULT_MODEL
 
 
 _LISTED: dict[str, Any] = {"key": None, "models": [], "onnx": {}}
@@ -221,7 +239,11 @@ def model_source(name: str) -> str | Path:
 
 
 def default_model(options: ServeOptions) -> str:
-    return options.models[0] if options.models else DEFAULT_MODEL
+    """The model of a request that names none: the first of `options.models`, else `auto` where
+    it can run, else the shipped default."""
+    if options.models:
+        return options.models[0]
+    return AUTO_MODEL if any(m["name"] == AUTO_MODEL for m in available_models(options)) else DEFAULT_MODEL
 
 
 # --- the guard in front of everything --------------------------------------------------------
@@ -538,7 +560,9 @@ def create_app(options: ServeOptions | None = None) -> Any:
     options = options or ServeOptions()
     pool = UpscalerPool(max_output_pixels=options.max_output_pixels)
     for name in options.models:
-        pool.get(check_model(name, options), options.device, options.precision)
+        checked = check_model(name, options)
+        for each in (DEFAULT_MODEL, REAL_MODEL) if checked == AUTO_MODEL else (checked,):
+            pool.get(each, options.device, options.precision)
     remove_stale_folders(Path(options.temp_dir or tempfile.gettempdir()))
     scratch = Path(tempfile.mkdtemp(prefix=f"srgan-serve-{os.getpid()}-", dir=options.temp_dir))
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -595,6 +619,8 @@ def create_app(options: ServeOptions | None = None) -> Any:
         codec.check_quality(quality)
         scale = check_outscale(outscale)
         name = check_model(model, options) if model is not None else default_model(options)
+        if name == AUTO_MODEL:
+            name = auto_pick(data)
         key = None
         if batch > 1:
             size = codec.probe(data)
@@ -767,6 +793,7 @@ def _job_document(job: Job, jobs: JobQueue) -> dict[str, Any]:
         doc["result"] = f"/api/jobs/{job.id}/result"
         doc["size"] = f"{job.result['width']}x{job.result['height']}"
         doc["name"] = job.result["name"]
+        doc["model"] = job.result["model"]
     if job.status == "failed" and job.error is not None:
         doc.update(error_body(job.error), status_code=status_for(job.error))
     return doc

@@ -210,6 +210,10 @@
       const option = document.createElement("option");
       option.value = m.name;
       option.textContent = m.scale ? `${m.name} (×${m.scale})` : `${m.name} (scale unknown)`;
+      if (m.kind === "auto") {
+        option.textContent += ": picks one per image";
+        if (m.about) option.title = m.about;
+      }
       if (m.name === doc.default) option.selected = true;
       el.model.append(option);
     }
@@ -601,7 +605,8 @@
     job.q(".compare").hidden = false;
     job.q(".thumb").src = job.resultUrl;
     job.q(".thumb").style.visibility = "";
-    setState(job, "done", `done: ${sizeText}, ${formatBytes(blob.size)} (${job.resultName})`, 1);
+    const by = doc.model && doc.model !== job.options.model ? ` by ${doc.model}` : "";
+    setState(job, "done", `done${by}: ${sizeText}, ${formatBytes(blob.size)} (${job.resultName})`, 1);
     announce(`${job.file.name} done: ${sizeText}`);
     if (!state.selected) showInViewer(job, false);
   }
