@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-m", "--model", default="srresnet_x4")
+    parser.add_argument("-m", "--model", default="auto")
     parser.add_argument("--image", type=Path, default=ROOT / "examples" / "grace_hopper_lr.png")
     parser.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument(

@@ -211,7 +211,7 @@
       option.value = m.name;
       option.textContent = m.scale ? `${m.name} (×${m.scale})` : `${m.name} (scale unknown)`;
       if (m.kind === "auto") {
-        option.textContent += ": picks one per image";
+        option.textContent += ": per image";
         if (m.about) option.title = m.about;
       }
       if (m.name === doc.default) option.selected = true;
