@@ -8,8 +8,9 @@ usage:
 Each photo is cropped to a window of at most 640x480 px that moves 8 px (two LR pixels at x4, so the
 4:2:0 chroma samples stay on the same sites) to the right per frame; each window is downscaled x4
 with antialiased bicubic (the eval protocol), and the frames go through the encoder as one stream
-(x264/x265 defaults but the CRF: preset medium, B-frames, one keyframe), so the model sees what a
-decoded video frame holds, not a still. Per model (and bicubic):
+(x264/x265 defaults but the CRF: preset medium, B-frames, one keyframe; one encoder thread, so the
+stream is the same on every run), so the model sees what a decoded video frame holds, not a still.
+Per model (and bicubic):
 
 - PSNR-Y, LPIPS (with --lpips-weights): every frame against its HR window, averaged.
 - flicker: the mean absolute difference in luma (grey levels) between frame t+1 and frame t moved
@@ -93,7 +94,9 @@ def main() -> None:
         rows: dict[str, dict[str, list[float]]] = {}
         for path in photos:
             hr_frames = pan_windows(load_rgb_uint8(path), args.frames)
-            lr = stream_round_trip([bicubic_downscale(f, SCALE) for f in hr_frames], args.codec, crf)
+            lr = stream_round_trip(
+                [bicubic_downscale(f, SCALE) for f in hr_frames], args.codec, crf, threads=1
+            )
             outputs = {"bicubic": [bicubic_upscale(f, SCALE) for f in lr]}
             outputs.update({name: [up(f) for f in lr] for name, up in upscalers.items()})
             for name, frames in outputs.items():

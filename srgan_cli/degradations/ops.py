@@ -117,15 +117,19 @@ def codec_round_trip(rgb: np.ndarray, codec: str, crf: int) -> np.ndarray:
 
 
 def stream_round_trip(
-    frames: list[np.ndarray], codec: str, crf: int, *, preset: str = "medium"
+    frames: list[np.ndarray], codec: str, crf: int, *, preset: str = "medium", threads: int = 0
 ) -> list[np.ndarray]:
     """RGB frames of one size (even sides; x265: 64 px or more) encoded by libx264/libx265 as one
     yuv420p stream at `crf` (the encoder's defaults otherwise: B-frames, one keyframe) and decoded
-    again, in display order. Bare codec contexts: no container, so no muxer timing rules."""
+    again, in display order. Bare codec contexts: no container, so no muxer timing rules. `threads`
+    1 makes a stream of many frames the same on every run (0: the encoder's own choice, whose
+    output can move a little with the machine's load)."""
     import av
 
     h, w = frames[0].shape[:2]
     encoder = av.CodecContext.create(codec, "w")
+    if threads:
+        encoder.thread_count = threads
     encoder.width, encoder.height = w, h
     encoder.pix_fmt = "yuv420p"
     encoder.time_base = Fraction(1, 25)
