@@ -24,7 +24,7 @@ FORMAT_VERSION = "1"
 DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
 # `srgan upscale -m auto`: JPEGs saved at AUTO_JPEG_QUALITY or lower get the real-world GAN, which
 # beats DEFAULT_MODEL on them in PSNR, LPIPS and JPEG blocks, and so do videos, where it gives lower
-# LPIPS, no block grid and less flicker for some PSNR (docs/degradations.md); the rest get
+# LPIPS, far less of the block grid and no more flicker for some PSNR (docs/degradations.md); the rest get
 # DEFAULT_MODEL, which is better on clean photos and light JPEG damage
 AUTO_MODEL = "auto"
 REAL_MODEL = "srgan_x4_real"

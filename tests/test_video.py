@@ -148,7 +148,7 @@ def test_frames_in_batches_equal_frames_one_by_one(weights_dir: Path, tmp_path: 
 
 
 def test_auto_sends_videos_to_the_real_world_model(weights_dir: Path, tmp_path: Path) -> None:
-    """-m auto: a video goes to srgan_x4_real (docs/degradations.md: lower LPIPS and less flicker
+    """-m auto: a video goes to srgan_x4_real (docs/degradations.md: lower LPIPS and no more flicker
     than srresnet_x4 on H.264 streams), next to a PNG that goes to srresnet_x4."""
     from PIL import Image
 

@@ -107,7 +107,7 @@ def upscale(
             metavar="NAME|PATH",
             help=f"Shipped weights name, a .safetensors/.pth path, or an .onnx file. auto (the default): "
             f"JPEGs saved at quality {weights.AUTO_JPEG_QUALITY} or lower and videos to {weights.REAL_MODEL} "
-            f"(removes the 8x8 blocks, flickers less), everything else to {weights.DEFAULT_MODEL}.",
+            f"(removes the 8x8 blocks), everything else to {weights.DEFAULT_MODEL}.",
             show_default=False,
             rich_help_panel="Model",
         ),
