@@ -11,7 +11,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,6 +29,18 @@ DEFAULT_MODEL = "srresnet_x4"  # what `srgan upscale` uses when -m is not given
 AUTO_MODEL = "auto"
 REAL_MODEL = "srgan_x4_real"
 AUTO_JPEG_QUALITY = 75
+
+
+def auto_model(image: str | Path | BinaryIO) -> str:
+    """The shipped model `auto` gives an image file (a path or a binary file object): REAL_MODEL
+    for a JPEG saved at AUTO_JPEG_QUALITY or lower (read from its quantization tables), else
+    DEFAULT_MODEL. `srgan upscale -m auto` and `srgan serve` both ask here."""
+    from .imageio import jpeg_quality
+
+    quality = jpeg_quality(image)
+    return REAL_MODEL if quality is not None and quality <= AUTO_JPEG_QUALITY else DEFAULT_MODEL
+
+
 ENV_DIR = "SRGAN_WEIGHTS_DIR"  # extra search folders (os.pathsep-separated), searched first
 
 # What a torch model file (.pth/.pt/.ckpt/.bin: a zip archive) may unpack to, checked from its zip

@@ -26,7 +26,7 @@ from .. import api, weights
 from ..blend import blend_tag, parse_blend
 from ..distributed import rank_device, world_from_env
 from ..errors import UsageError
-from ..imageio import DEFAULT_MAX_PIXELS, jpeg_quality
+from ..imageio import DEFAULT_MAX_PIXELS
 from ..runtime.batch import (
     Job,
     JobResult,
@@ -432,9 +432,7 @@ def _auto_groups(jobs: list[Job], videos: list[Path]) -> dict[str, tuple[list[Jo
     weights.AUTO_JPEG_QUALITY or lower (read from their quantization tables) and videos (always
     lossy) go to the real-world model, everything else (lossless images, good JPEGs) to the default
     (docs/degradations.md measures both rules)."""
-    damaged = {
-        job.src for job in jobs if (q := jpeg_quality(job.src)) is not None and q <= weights.AUTO_JPEG_QUALITY
-    }
+    damaged = {job.src for job in jobs if weights.auto_model(job.src) == weights.REAL_MODEL}
     return {
         weights.DEFAULT_MODEL: ([job for job in jobs if job.src not in damaged], []),
         weights.REAL_MODEL: ([job for job in jobs if job.src in damaged], list(videos)),

@@ -4,6 +4,7 @@ here, when called). Every upscale goes through the job queue and the shared warm
 No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time."""
 
 import atexit
+import io
 import ipaddress
 import json
 import os
@@ -138,17 +139,6 @@ def available_models(options: ServeOptions) -> list[dict[str, Any]]:
         auto = {"name": AUTO_MODEL, "scale": by_name[DEFAULT_MODEL]["scale"], "arch": None, "kind": "auto"}
         found = [{**auto, "about": about}, *found]
     return [m for m in found if m["name"] in options.models] if options.models else list(found)
-
-
-def auto_pick(data: bytes) -> str:
-    """The model `auto` runs on an upload: the real-world model for a JPEG saved at quality
-    AUTO_JPEG_QUALITY or lower (read from its quantization tables), else the default."""
-    import io
-
-    from ..imageio import jpeg_quality
-
-    quality = jpeg_quality(io.BytesIO(data))
-    return REAL_MODEL if quality is not None and quality <= AUTO_JPEG_QUALITY else DEFAULT_MODEL
 
 
 _LISTED: dict[str, Any] = {"key": None, "models": [], "onnx": {}}
@@ -620,7 +610,7 @@ def create_app(options: ServeOptions | None = None) -> Any:
         scale = check_outscale(outscale)
         name = check_model(model, options) if model is not None else default_model(options)
         if name == AUTO_MODEL:
-            name = auto_pick(data)
+            name = weights.auto_model(io.BytesIO(data))
         key = None
         if batch > 1:
             size = codec.probe(data)
