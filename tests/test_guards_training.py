@@ -138,6 +138,16 @@ def test_a_config_file_and_a_resumed_run_are_checked_too(photo_dir: Path, tmp_pa
     code, text = run("train", "--out", out, "--resume", "--lr", "-1")
     _one_error_line(code, text, "--lr must be a positive finite number, got -1")
 
+    # --init / --init-d choose a new run's start: with --resume the checkpoint would win in silence
+    config.update(stage="gan", init="a.safetensors")
+    torch.save({"config": config, "step": 1}, out / CHECKPOINT)
+    code, text = run("train", "--out", out, "--resume", "--init", "b.safetensors")
+    _one_error_line(code, text, "--init starts a new run, but --resume continues")
+    assert "started with --init a.safetensors" in text and "drop --init" in text
+    code, text = run("train", "--out", out, "--resume", "--init-d", "d.pt")
+    _one_error_line(code, text, "--init-d starts a new run, but --resume continues")
+    assert "started with --init-d none" in text
+
 
 def test_lapgan_and_text2img_check_their_rates(photo_dir: Path, tmp_path: Path) -> None:
     code, text = run("lapgan", "train", "--data", photo_dir, "--out", tmp_path / "l", "--lr", "nan")

@@ -324,6 +324,7 @@ def train(
             base = read_checkpoint_config(
                 options.get("out") or TrainConfig(stage=options.get("stage", "pretrain")).run_dir
             )
+            _refuse_new_start(base, options)
         else:
             if "data" not in options:
                 raise typer.BadParameter("--data is required (a folder of photos)", param_hint="--data")
@@ -342,6 +343,22 @@ def train(
             but = f" (overridden: {', '.join(sorted(overridden))})" if overridden else ""
             console.print(f"recipe {recipe}: {escape(RECIPES[recipe].about)}{escape(but)}", highlight=False)
         _run(config, resume, seconds)
+
+
+def _refuse_new_start(saved: TrainConfig, options: dict[str, Any]) -> None:
+    """--init/--init-d choose where a new run starts; a resumed run already has its weights.
+
+    The same value as the run was started with is accepted (a repeated command line); another is
+    refused rather than ignored, since the checkpoint's weights would win without a word.
+    """
+    for key in ("init", "init_d"):
+        if key in options and options[key] != getattr(saved, key):
+            flag = "--" + key.replace("_", "-")
+            raise TrainingOptionError(
+                f"{flag} starts a new run, but --resume continues {saved.run_dir} from its checkpoint "
+                f"(started with {flag} {getattr(saved, key) or 'none'})",
+                hint=f"drop {flag} to continue, or give a new --out to start from {options[key]}",
+            )
 
 
 def _duration(seconds: float) -> str:
