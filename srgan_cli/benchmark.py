@@ -219,6 +219,7 @@ class TrainBenchmark:
     profile: StepProfile | None = None  # with profile=N: N more steps under torch.profiler
     notes: list[str] = field(default_factory=list)  # e.g. a compile that fell back to eager
     degradation: str = "bicubic"  # how the step's LR inputs were made (degradations/)
+    discriminator: str = "none"  # the gan step's D: its --d-arch and width, e.g. "unet 64"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -345,6 +346,7 @@ def benchmark_train(
         profile=step_profile,
         notes=list(trainer.notes),
         degradation=degradation.name,
+        discriminator=f"{config.d_arch} {config.d_feats}" if trainer.d is not None else "none",
     )
 
 

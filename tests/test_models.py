@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srgan_cli.sr.models import Discriminator, SRResNet, SRResNetConfig
+from srgan_cli.sr.models import Discriminator, SRResNet, SRResNetConfig, UNetDiscriminator
 from srgan_cli.training import count_parameters
 
 from .conftest import tiny_model
@@ -55,6 +55,43 @@ def test_discriminator_structure() -> None:
     assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1, 2]
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in disc.modules()) == 7
     assert disc.classifier[1].out_features == 1024
+
+
+@pytest.mark.parametrize("size", [16, 37, 96])
+def test_unet_discriminator_scores_every_pixel_of_any_crop(size: int) -> None:
+    disc = UNetDiscriminator(n_feats=8)
+    x = torch.rand(2, 3, size, size)
+    logits = disc(x)
+    assert logits.shape == (2, 1, size, size)
+    # a change in one corner moves the logits near it and leaves the far corner alone
+    x2 = x.clone()
+    x2[..., :4, :4] = 1 - x2[..., :4, :4]
+    disc.eval()  # no power-iteration update between the two passes
+    with torch.no_grad():
+        diff = (disc(x2) - disc(x)).abs()[0, 0]
+    assert diff[:4, :4].max() > 0
+    if size == 96:
+        assert diff[-8:, -8:].max() == 0
+
+
+def test_unet_discriminator_is_spectrally_normalised() -> None:
+    """Every conv but the first and the last has its largest singular value held at 1 (Miyato et
+    al.), however large its raw weights grow."""
+    torch.manual_seed(0)
+    disc = UNetDiscriminator(n_feats=8)
+    for module in disc.modules():
+        if isinstance(module, torch.nn.Conv2d) and hasattr(module, "parametrizations"):
+            with torch.no_grad():
+                module.parametrizations.weight.original.mul_(50)
+    for _ in range(50):  # power iterations, one per training-mode forward
+        disc(torch.rand(1, 3, 16, 16))
+    disc.eval()
+    normed = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d) and hasattr(m, "parametrizations")]
+    assert len(normed) == 8
+    for conv in normed:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert abs(float(sigma) - 1) < 0.05  # the raw weights were made 50 times larger
+    assert sum(p.numel() for p in UNetDiscriminator().parameters()) < 5e6  # a fifth of the SRGAN D's
 
 
 @pytest.mark.parametrize("scale", [2, 4])

@@ -372,6 +372,9 @@ def test_init_d_refuses_what_cannot_start_a_discriminator(
     with pytest.raises(TrainingError, match="width 4, this run's is 8") as info:
         start(checkpoint, d_feats=8)
     assert "--d-feats 4" in str(info.value.hint)
+    with pytest.raises(TrainingError, match="holds a srgan discriminator, this run's is unet") as info:
+        start(checkpoint, d_arch="unet")
+    assert "--d-arch srgan" in str(info.value.hint)
     with pytest.raises(TrainingError, match="no such file"):
         start(tmp_path / "missing.pt")
     pretrain = replace(_gan(photo_dir, tmp_path / "p", init_weights, vgg_file, 1, val=None), stage="pretrain")
@@ -381,3 +384,34 @@ def test_init_d_refuses_what_cannot_start_a_discriminator(
     with pytest.raises(TrainingError, match="only the gan stage"):
         train(replace(pretrain, out=str(tmp_path / "q"), init_d=str(checkpoint)))
     assert not (tmp_path / "b" / CHECKPOINT).exists()  # nothing was written for the refused runs
+
+
+def test_unet_discriminator_trains_resumes_bit_exactly_and_restarts(
+    photo_dir: Path, tmp_path: Path, init_weights: Path, vgg_file: Path
+) -> None:
+    """--d-arch unet: per-pixel logits through the same losses, spectral-norm state (the power
+    iteration's vectors) in the checkpoint so that a killed run resumes to the same weights, and
+    --init-d from such a run."""
+
+    def config(out: Path) -> TrainConfig:
+        return _gan(photo_dir, out, init_weights, vgg_file, 6, d_arch="unet", gan_loss="ragan")
+
+    straight_weights = _straight_and_killed_then_resumed(config, tmp_path)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for part in ("generator", "ema", "discriminator"):
+        _assert_same(a[part], b[part])
+    assert any(key.endswith("._u") for key in a["discriminator"])  # the power iteration resumes too
+    info = weights.read_info(straight_weights)
+    assert info.provenance["train_config"]["d_arch"] == "unet"
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    first = next(e for e in logs if e["event"] == "log")
+    assert 0 < first["D(x)"] < 1 and first["adversarial"] > 0
+
+    # the checkpoint restarts a unet D; a srgan run refuses it by name
+    cfg = replace(config(tmp_path / "c"), steps=1, val=None, init_d=str(tmp_path / "a" / CHECKPOINT))
+    train(cfg)
+    with pytest.raises(TrainingError, match="holds a unet discriminator, this run's is srgan"):
+        train(replace(cfg, out=str(tmp_path / "d"), d_arch="srgan"))
+    with pytest.raises(TrainingError, match="cannot resume with different settings .*d_arch"):
+        train(replace(config(tmp_path / "b"), d_arch="srgan"), resume=True)

@@ -25,7 +25,7 @@ from ..benchmark import (
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..serve.load import TINY_MODEL, ServeLoadBenchmark, benchmark_serve
 from ..sr.config import TrainConfig
-from .choices import Amp, ContentLayer
+from .choices import Amp, ContentLayer, DArch
 from .common import (
     DeviceOpt,
     JsonOpt,
@@ -96,6 +96,9 @@ def train(
     ] = False,
     profile_steps: Annotated[int, typer.Option("--profile-steps", min=1, help="Steps to profile.")] = 5,
     content_layer: Annotated[ContentLayer, typer.Option("--content-layer")] = ContentLayer.vgg54,
+    d_arch: Annotated[
+        DArch, typer.Option("--d-arch", help="The gan step's discriminator (see srgan train --d-arch).")
+    ] = DArch.srgan,  # type: ignore[attr-defined]
     vgg_weights: Annotated[
         str | None,
         typer.Option(
@@ -130,6 +133,7 @@ def train(
         amp=amp.value,
         compile=compile_,
         content_layer=content_layer.value,
+        d_arch=d_arch.value,
         vgg_weights=vgg_weights,
         ema=0.999,
     )
@@ -186,7 +190,8 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
         show_edge=False,
         header_style="bold",
         title=f"training throughput: {first.model}, batch {first.batch_size} x {first.crop}px, "
-        f"{first.device}, amp {first.amp}{', compiled' if first.compile else ''}",
+        f"{first.device}, amp {first.amp}{', compiled' if first.compile else ''}"
+        + "".join(sorted({f", D {r.discriminator}" for r in results if r.discriminator.startswith("unet")})),
     )
     for col in (
         "stage",

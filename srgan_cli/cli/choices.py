@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from ..sr.config import AMPS, FAST_STEPS, GAN_LOSSES, LOSSES, SCHEDULES, STAGES, VGG_INPUTS
+from ..sr.config import AMPS, D_ARCHS, FAST_STEPS, GAN_LOSSES, LOSSES, SCHEDULES, STAGES, VGG_INPUTS
 from ..sr.losses import CONTENT_LAYERS
 
 
@@ -20,4 +20,5 @@ Amp = _choices("Amp", AMPS)
 ContentLayer = _choices("ContentLayer", tuple(CONTENT_LAYERS))
 VggInput = _choices("VggInput", VGG_INPUTS)
 GanLoss = _choices("GanLoss", GAN_LOSSES)
+DArch = _choices("DArch", D_ARCHS)
 FastStep = _choices("FastStep", FAST_STEPS)

@@ -22,7 +22,7 @@ from ..sr.config import (
     read_checkpoint_config,
 )
 from ..sr.train import train as run_training
-from .choices import Amp, ContentLayer, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
+from .choices import Amp, ContentLayer, DArch, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
 from .common import (
     TIME_LIMIT_HELP,
     console,
@@ -43,7 +43,7 @@ _MACHINE = "Machine"
 
 # fields only the gan stage reads: --help shows the gan recipe's value alone
 _GAN_ONLY = {"pixel_weight", "content_layer", "content_weight", "vgg_weights", "vgg_input", "content_scale"}
-_GAN_ONLY |= {"adv_weight", "gan_loss", "r1_gamma", "tv_weight", "grid_weight", "d_feats", "d_lr"}
+_GAN_ONLY |= {"adv_weight", "gan_loss", "r1_gamma", "tv_weight", "grid_weight", "d_feats", "d_arch", "d_lr"}
 
 
 def _value_text(value: object) -> str:
@@ -186,6 +186,15 @@ def train(
     ] = None,
     d_feats: Annotated[
         int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width.")
+    ] = None,
+    d_arch: Annotated[
+        DArch | None,
+        _opt(
+            "--d-arch",
+            panel=_MODEL,
+            help="Discriminator: srgan (the paper's, one score per crop) or unet (Real-ESRGAN's, "
+            "spectral norm, one score per pixel).",
+        ),
     ] = None,
     degradation: Annotated[
         str | None,

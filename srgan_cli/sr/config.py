@@ -38,6 +38,7 @@ LOSSES = ("mse", "l1")
 SCHEDULES = ("constant", "cosine", "step")
 AMPS = ("auto", "off", "bf16", "fp16")
 GAN_LOSSES = ("standard", "ragan")
+D_ARCHS = ("srgan", "unet")  # sr.models.D_ARCHS
 VGG_INPUTS = ("auto", "torchvision", "caffe")
 FAST_STEPS = ("auto", "on", "off")
 SCALES = (2, 4, 8)  # the generator has one x2 sub-pixel stage per factor of 2 (sr.models)
@@ -51,6 +52,7 @@ RUN_FIELDS = (
     "n_feats",
     "global_skip",
     "d_feats",
+    "d_arch",
     "crop",
     "batch_size",
     "loss",
@@ -90,6 +92,9 @@ class TrainConfig:
     global_skip: bool = True  # learn a residual over bicubic upscaling (not in the paper: off)
     # --- discriminator --------------------------------------------------------------------------
     d_feats: int = 64  # channels of D's first conv (paper: 64)
+    # srgan: the paper's 8 convs and one logit per crop; unet: Real-ESRGAN's U-Net with spectral
+    # normalisation, one logit per pixel (sr.models)
+    d_arch: str = "srgan"
     # --- data -----------------------------------------------------------------------------------
     crop: int = 128  # HR crop side; LR crops are crop/scale (paper: 96)
     batch_size: int = 64  # crops per step and process (paper: 16)
@@ -199,6 +204,7 @@ class TrainConfig:
         one_of("schedule", SCHEDULES)
         one_of("amp", AMPS)
         one_of("gan_loss", GAN_LOSSES)
+        one_of("d_arch", D_ARCHS)
         one_of("content_layer", tuple(CONTENT_LAYERS))
         one_of("vgg_input", VGG_INPUTS)
         one_of("fast_step", FAST_STEPS)

@@ -1,4 +1,5 @@
-"""SRGAN networks (Ledig et al., 2017): the SRResNet generator and the 8-conv discriminator."""
+"""SRGAN networks (Ledig et al., 2017): the SRResNet generator, the 8-conv discriminator, and a
+U-Net discriminator for real-world damage (Real-ESRGAN)."""
 
 from __future__ import annotations
 
@@ -160,3 +161,60 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.pool(self.features(x * 2 - 1))  # (N, 8F, 6, 6)
         return self.classifier(feat)  # (N, 1) logits
+
+
+class UNetDiscriminator(nn.Module):
+    """A U-Net discriminator with spectral normalisation: one logit per pixel, (N, 1, H, W).
+
+    The design Real-ESRGAN (Wang et al., 2021, section 3.3) uses for real-world damage: an
+    encoder of three stride-2 convs (F, 2F, 4F, 8F channels), a decoder that upsamples back with a
+    skip from each encoder level, and two more convs before the logit map. Each pixel's logit
+    tells G where a region looks generated, not only whether the crop does (the SRGAN
+    discriminator's one logit per crop), which is the signal that removes local grain and ringing.
+    Spectral normalisation (Miyato et al., 2018) keeps every conv 1-Lipschitz, so a D this strong
+    does not run away from G. Any crop size works: the decoder resizes to each skip's size.
+    """
+
+    arch = "unet_discriminator"
+
+    def __init__(self, config: DiscriminatorConfig | None = None, **overrides: int) -> None:
+        super().__init__()
+        if config is None:
+            config = DiscriminatorConfig(**overrides)
+        self.config = config
+        sn = nn.utils.parametrizations.spectral_norm
+        f = config.n_feats
+        self.stem = nn.Conv2d(config.in_channels, f, 3, 1, 1)  # the first conv is left free, as in the paper
+        self.down = nn.ModuleList(
+            sn(nn.Conv2d(f * 2**i, f * 2 ** (i + 1), 4, 2, 1, bias=False)) for i in range(3)
+        )
+        self.up = nn.ModuleList(
+            sn(nn.Conv2d(f * 2 ** (i + 1), f * 2**i, 3, 1, 1, bias=False)) for i in (2, 1, 0)
+        )
+        self.head = nn.Sequential(
+            sn(nn.Conv2d(f, f, 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2, inplace=True),
+            sn(nn.Conv2d(f, f, 3, 1, 1, bias=False)),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(f, 1, 3, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = F.leaky_relu
+        skips = [act(self.stem(x * 2 - 1), 0.2)]
+        for conv in self.down:
+            skips.append(act(conv(skips[-1]), 0.2))
+        h = skips.pop()
+        for conv in self.up:
+            skip = skips.pop()
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = act(conv(h), 0.2) + skip
+        return self.head(h)  # (N, 1, H, W) logits
+
+
+D_ARCHS = {"srgan": Discriminator, "unet": UNetDiscriminator}
+
+
+def make_discriminator(arch: str, n_feats: int) -> nn.Module:
+    """The discriminator `--d-arch` names: srgan (the paper's, one logit per crop) or unet."""
+    return D_ARCHS[arch](DiscriminatorConfig(n_feats=n_feats))

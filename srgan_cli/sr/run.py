@@ -445,7 +445,14 @@ def _new_trainer(config: TrainConfig, device: torch.device, world: World, resume
     if not resume and config.init_d:
         assert trainer.d is not None  # validate(): --init-d needs the gan stage
         state = read_discriminator(config.init_d)
-        width = int(state["features.0.weight"].shape[0]) if "features.0.weight" in state else None
+        arch = "unet" if "stem.weight" in state else "srgan" if "features.0.weight" in state else None
+        if arch is not None and arch != config.d_arch:
+            raise TrainingError(
+                f"--init-d {config.init_d} holds a {arch} discriminator, this run's is {config.d_arch}",
+                hint=f"add --d-arch {arch}",
+            )
+        first = "stem.weight" if arch == "unet" else "features.0.weight"
+        width = int(state[first].shape[0]) if first in state else None
         if width is not None and width != config.d_feats:
             raise TrainingError(
                 f"--init-d {config.init_d} holds a discriminator of width {width}, this run's is "

@@ -31,7 +31,7 @@ from .losses import (
     r1_penalty,
     tv_loss,
 )
-from .models import Discriminator, DiscriminatorConfig, SRResNet, SRResNetConfig
+from .models import SRResNet, SRResNetConfig, make_discriminator
 
 
 def lr_at(config: TrainConfig, step: int, base: float) -> float:
@@ -115,10 +115,10 @@ class Trainer:
         self._ema_update = EmaUpdate(self.ema, self.g) if self.ema is not None else None
         self.g_opt = self._adam(self.g, config.lr)
         self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-        self.d: Discriminator | None = None
+        self.d: nn.Module | None = None
         self.content: ContentLoss | None = None
         if gan:
-            self.d = Discriminator(DiscriminatorConfig(n_feats=config.d_feats)).to(device, memory_format=fmt)
+            self.d = make_discriminator(config.d_arch, config.d_feats).to(device, memory_format=fmt)
             self.d_opt = self._adam(self.d, config.d_lr or config.lr)
             self.d_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
             if config.content_weight > 0:
