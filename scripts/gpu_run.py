@@ -65,6 +65,8 @@ then `srgan eval --degrade light/moderate/heavy` of the result next to `srgan_x4
           (the GAN stage with --degradation photo from .carry/real_start; the weights, the last
           snapshots, real_eval.json and the logs come back; D and its Adam state, about 0.3 GB,
           cannot, so each call starts a fresh D from the latest G, as the CPU run's D is not carried)
+          Real-ESRGAN's discriminator and loss weights instead (the arm docs/degradations.md names):
+          chunk real --minutes 9 -- --d-arch unet --content-weight 1 --adv-weight 0.1
   here    python scripts/gpu_run.py collect FILES_AT
 
 `prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
@@ -774,6 +776,17 @@ def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
     return {"images_per_s": speeds, "step_mode": start.get("step_mode"), "seconds": seconds}
 
 
+def d_arch_of(extra: list[str]) -> list[str]:
+    """The `--d-arch` among the `srgan train` options after `--`, for the benchmark to time the
+    same discriminator (the U-Net's GAN step costs about twice the SRGAN one's)."""
+    for i, arg in enumerate(extra):
+        if arg.startswith("--d-arch="):
+            return ["--d-arch", arg.split("=", 1)[1]]
+        if arg == "--d-arch" and i + 1 < len(extra):
+            return ["--d-arch", extra[i + 1]]
+    return []
+
+
 def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:
     """Crops per second of the real training step of `stage` (random VGG weights: speed only)."""
     if args.rate:
@@ -783,7 +796,7 @@ def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> 
     cmd += ["--steps", str(args.bench_steps), "--warmup", str(min(5, args.bench_steps))]
     cmd += ["--device", args.device, "--amp", args.amp, "--json"]
     if stage == "gan":
-        cmd += ["--content-layer", "vgg19_multi"]
+        cmd += ["--content-layer", "vgg19_multi", *d_arch_of(args.extra)]
     if recipe.get("degradation"):  # timed next to the plain step; the degraded row is the last
         cmd += ["--degradation", str(recipe["degradation"])]
     text = srgan(*cmd, log=console, capture=True)

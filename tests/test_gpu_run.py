@@ -115,6 +115,12 @@ def test_a_gan_chunk_without_pretrained_weights_says_so(gpu_run, tmp_path: Path)
         gpu_run.main(["chunk", "gan", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
 
 
+def test_the_benchmark_times_the_discriminator_the_run_trains(gpu_run) -> None:  # noqa: ANN001
+    assert gpu_run.d_arch_of(["--seed", "3", "--d-arch", "unet"]) == ["--d-arch", "unet"]
+    assert gpu_run.d_arch_of(["--d-arch=unet", "--adv-weight", "0.1"]) == ["--d-arch", "unet"]
+    assert gpu_run.d_arch_of(["--d-feats", "32"]) == [] and gpu_run.d_arch_of([]) == []
+
+
 def test_planned_steps(gpu_run) -> None:  # noqa: ANN001
     assert gpu_run.planned_steps(3000.0, 1020.0, 64, 1000) == 40000  # 0.85 x 3000 x 1020 / 64 = 40640
     assert gpu_run.planned_steps(1.0, 10.0, 64, 1000) == 1000  # at least one unit
@@ -293,13 +299,26 @@ def test_the_real_chunk_trains_on_degraded_lr_then_scores_damaged_copies(
     gpu_run.main(["plan"])
     assert "real (the real-world GAN, then its eval)" in capsys.readouterr().out
 
-    tiny = [*TINY, "--content-layer", "vgg22"]
+    # Real-ESRGAN's discriminator and weights, the arm docs/degradations.md names for a GPU call
+    tiny = [
+        *TINY,
+        "--content-layer",
+        "vgg22",
+        "--d-arch",
+        "unet",
+        "--content-weight",
+        "1",
+        "--adv-weight",
+        "0.1",
+    ]
     back = _call(gpu_run, tmp_path, "r1", "real", *CPU, "--steps", "6", "--", *tiny)
     manifest = json.loads((back / "manifest.json").read_text())
     assert (manifest["stage"], manifest["step"]) == ("real", 6)
     gan = weights.read_info(back / "srgan_x4.safetensors")
     assert gan.provenance["init"] == str(gpu_run.REAL_START_FILE)
     assert gan.provenance["degradation"]["name"] == "photo" and gan.provenance["steps"] == 6
+    assert gan.provenance["train_config"]["d_arch"] == "unet"
+    assert gan.provenance["train_config"]["adv_weight"] == 0.1
     scores = json.loads((back / "real_eval.json").read_text())
     assert [s["name"] for s in scores["sets"]] == ["clean", "light", "moderate", "heavy"]
     methods = [r["method"] for r in scores["sets"][3]["results"]]
