@@ -98,7 +98,7 @@ def train(
     content_layer: Annotated[ContentLayer, typer.Option("--content-layer")] = ContentLayer.vgg54,
     d_arch: Annotated[
         DArch, typer.Option("--d-arch", help="The gan step's discriminator (see srgan train --d-arch).")
-    ] = DArch.srgan,  # type: ignore[attr-defined]
+    ] = DArch.srgan,
     vgg_weights: Annotated[
         str | None,
         typer.Option(

@@ -170,9 +170,10 @@ class UNetDiscriminator(nn.Module):
     encoder of three stride-2 convs (F, 2F, 4F, 8F channels), a decoder that upsamples back with a
     skip from each encoder level, and two more convs before the logit map. Each pixel's logit
     tells G where a region looks generated, not only whether the crop does (the SRGAN
-    discriminator's one logit per crop), which is the signal that removes local grain and ringing.
-    Spectral normalisation (Miyato et al., 2018) keeps every conv 1-Lipschitz, so a D this strong
-    does not run away from G. Any crop size works: the decoder resizes to each skip's size.
+    discriminator's one logit per crop). Spectral normalisation (Miyato et al., 2018) holds each
+    inner conv's largest singular value at 1 (the first and the last conv are left free, as in
+    Real-ESRGAN), which keeps D from running away from G. Any crop size works: the decoder
+    resizes to each skip's size.
     """
 
     arch = "unet_discriminator"
@@ -184,7 +185,7 @@ class UNetDiscriminator(nn.Module):
         self.config = config
         sn = nn.utils.parametrizations.spectral_norm
         f = config.n_feats
-        self.stem = nn.Conv2d(config.in_channels, f, 3, 1, 1)  # the first conv is left free, as in the paper
+        self.stem = nn.Conv2d(config.in_channels, f, 3, 1, 1)
         self.down = nn.ModuleList(
             sn(nn.Conv2d(f * 2**i, f * 2 ** (i + 1), 4, 2, 1, bias=False)) for i in range(3)
         )
