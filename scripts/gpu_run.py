@@ -779,12 +779,10 @@ def loop_speed(args: argparse.Namespace, console: Path, seconds: float) -> dict:
 def d_arch_of(extra: list[str]) -> list[str]:
     """The `--d-arch` among the `srgan train` options after `--`, for the benchmark to time the
     same discriminator (the U-Net's GAN step costs about twice the SRGAN one's)."""
-    for i, arg in enumerate(extra):
-        if arg.startswith("--d-arch="):
-            return ["--d-arch", arg.split("=", 1)[1]]
-        if arg == "--d-arch" and i + 1 < len(extra):
-            return ["--d-arch", extra[i + 1]]
-    return []
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--d-arch")
+    d_arch = parser.parse_known_args(extra)[0].d_arch
+    return ["--d-arch", d_arch] if d_arch else []
 
 
 def bench(stage: str, recipe: dict, args: argparse.Namespace, console: Path) -> float:

@@ -186,12 +186,13 @@ def train(
 def _print_train_table(results: list[TrainBenchmark]) -> None:
     """One row per stage (and step mode)."""
     first = results[0]
+    # the paper's D goes without saying; the other one is named (the gan rows share one D)
+    unet = next((f", D {r.discriminator}" for r in results if r.discriminator.startswith("unet")), "")
     table = Table(
         show_edge=False,
         header_style="bold",
         title=f"training throughput: {first.model}, batch {first.batch_size} x {first.crop}px, "
-        f"{first.device}, amp {first.amp}{', compiled' if first.compile else ''}"
-        + "".join(sorted({f", D {r.discriminator}" for r in results if r.discriminator.startswith("unet")})),
+        f"{first.device}, amp {first.amp}{', compiled' if first.compile else ''}{unet}",
     )
     for col in (
         "stage",

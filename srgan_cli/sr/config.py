@@ -28,6 +28,7 @@ from .data import (
 from .losses import (
     CONTENT_LAYERS,
 )
+from .models import DISCRIMINATORS
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -38,7 +39,7 @@ LOSSES = ("mse", "l1")
 SCHEDULES = ("constant", "cosine", "step")
 AMPS = ("auto", "off", "bf16", "fp16")
 GAN_LOSSES = ("standard", "ragan")
-D_ARCHS = ("srgan", "unet")  # sr.models.D_ARCHS
+D_ARCHS = tuple(DISCRIMINATORS)
 VGG_INPUTS = ("auto", "torchvision", "caffe")
 FAST_STEPS = ("auto", "on", "off")
 SCALES = (2, 4, 8)  # the generator has one x2 sub-pixel stage per factor of 2 (sr.models)

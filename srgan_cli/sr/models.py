@@ -213,9 +213,9 @@ class UNetDiscriminator(nn.Module):
         return self.head(h)  # (N, 1, H, W) logits
 
 
-D_ARCHS = {"srgan": Discriminator, "unet": UNetDiscriminator}
+DISCRIMINATORS = {"srgan": Discriminator, "unet": UNetDiscriminator}  # --d-arch
 
 
 def make_discriminator(arch: str, n_feats: int) -> nn.Module:
     """The discriminator `--d-arch` names: srgan (the paper's, one logit per crop) or unet."""
-    return D_ARCHS[arch](DiscriminatorConfig(n_feats=n_feats))
+    return DISCRIMINATORS[arch](DiscriminatorConfig(n_feats=n_feats))
