@@ -65,6 +65,24 @@ def test_benchmark_train_compares_step_modes_and_profiles() -> None:
     )
 
 
+def test_benchmark_train_compares_precisions_in_one_process() -> None:
+    """--amp compare: the fp32 step, then the bf16 one (on the CPU as on a GPU), and their ratio."""
+    args = ["benchmark", "train", "--stage", "pretrain", "--n-blocks", "1", "--n-feats", "8", "--crop", "32"]
+    args += ["--batch-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--amp", "compare"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["stage"], r["amp"]) for r in rows] == [("pretrain", "off"), ("pretrain", "bf16")]
+    assert all(r["crops_per_s"] > 0 for r in rows)
+
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "pretrain (plain): amp bf16 / off = " in table.output
+    assert "cpu, amp" not in table.output and "┃ amp" in table.output  # a column, not the title
+    both = CliRunner().invoke(app, [*args, "--fast-step", "compare"])
+    assert both.exit_code == 2 and "--amp and --fast-step each compare two runs" in both.output
+
+
 def test_conv_flops_counts_the_paper_generator() -> None:
     # 16x64 SRResNet x4 on a 24x24 LR crop: hand count of its convolutions
     model = SRResNet(SRResNetConfig(4, 16, 64))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from srgan_cli import archs, weights
 from srgan_cli.cli.app import app
-from srgan_cli.errors import PerceptualWeightsError, TrainingError
+from srgan_cli.errors import PerceptualWeightsError, TrainingError, TrainingOptionError
 from srgan_cli.sr import losses
 from srgan_cli.sr.config import CHECKPOINT, SAMPLES, TrainConfig, apply_init_arch, load_toml
 from srgan_cli.sr.train import train
@@ -299,13 +299,17 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
     monkeypatch: pytest.MonkeyPatch,
     dtype: torch.dtype,
 ) -> None:
-    """The code `--amp bf16|fp16` runs on CUDA (autocast regions, the float casts around every loss,
-    fp16's loss scalers and their checkpointed state), executed under the CPU's autocast: CI has no
-    GPU, and the CLI keeps --amp to CUDA, so the Trainer's dtype is forced here."""
+    """The code `--amp bf16|fp16` runs (autocast regions, the float casts around every loss, fp16's
+    loss scalers and their checkpointed state) under the CPU's autocast. bf16 is `--amp bf16` as a
+    CPU user runs it; fp16 is CUDA's only, so for it the Trainer's dtype is forced here (CI has no
+    GPU)."""
     from srgan_cli.sr import trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "amp_dtype", lambda amp, device: dtype)
-    terms = dict(pixel_weight=1.0, grid_weight=1.0, r1_gamma=1.0)
+    if dtype == torch.float16:
+        monkeypatch.setattr(trainer_module, "amp_dtype", lambda amp, device: dtype)
+    terms = dict(
+        pixel_weight=1.0, grid_weight=1.0, r1_gamma=1.0, amp="bf16" if dtype == torch.bfloat16 else "off"
+    )
     straight_weights = _straight_and_killed_then_resumed(
         lambda out: _gan(photo_dir, out, init_weights, vgg_file, 6, **terms), tmp_path
     )
@@ -328,6 +332,41 @@ def test_mixed_precision_paths_train_and_resume_bit_exactly(
     assert stats and all(e["r1"] > 0 and e["grid"] > 0 and 0 < e["D(x)"] < 1 for e in stats)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in stats)
     assert shipped.info.metrics["val_psnr_y"] > 10
+    assert (
+        logs[0]["event"] == "start"
+        and logs[0]["amp"] == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    )
+
+
+def test_amp_on_the_cpu() -> None:
+    """On the CPU auto is fp32 (the same numbers on every CPU), bf16 is there to ask for, and fp16
+    is refused as a usage error that names the way round."""
+    from srgan_cli.sr.trainer import amp_dtype, cpu_bf16_native
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(TrainingOptionError, match="--amp fp16 needs a CUDA device") as caught:
+        amp_dtype("fp16", cpu)
+    assert caught.value.exit_code == 2 and "--amp bf16" in (caught.value.hint or "")
+    assert isinstance(cpu_bf16_native(), bool)
+
+
+def test_emulated_cpu_bf16_gets_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--amp bf16 on a CPU without bf16 hardware runs, slower than fp32: the run says so."""
+    from srgan_cli.sr import trainer as trainer_module
+
+    cpu = torch.device("cpu")
+
+    def notes(amp: str) -> list[str]:
+        config = TrainConfig(device="cpu", scale=2, n_blocks=1, n_feats=8, crop=16, batch_size=2, amp=amp)
+        return trainer_module.Trainer(config, cpu).notes
+
+    monkeypatch.setattr(trainer_module, "cpu_bf16_native", lambda: False)
+    assert notes("auto") == [] and notes("off") == []
+    assert len(notes("bf16")) == 1 and "emulated" in notes("bf16")[0]
+    monkeypatch.setattr(trainer_module, "cpu_bf16_native", lambda: True)
+    assert notes("bf16") == []
 
 
 def _weights_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,10 +22,11 @@ from ..benchmark import (
     benchmark_upscale,
     model_gflop_per_output_mp,
 )
+from ..errors import UsageError
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..serve.load import TINY_MODEL, ServeLoadBenchmark, benchmark_serve
 from ..sr.config import TrainConfig
-from .choices import Amp, ContentLayer, DArch
+from .choices import BenchAmp, ContentLayer, DArch
 from .common import (
     DeviceOpt,
     JsonOpt,
@@ -76,7 +77,14 @@ def train(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps.")] = 10,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed steps first.")] = 3,
     device: DeviceOpt = "auto",
-    amp: Annotated[Amp, typer.Option("--amp", help="Mixed precision on CUDA.")] = Amp.auto,
+    amp: Annotated[
+        BenchAmp,
+        typer.Option(
+            "--amp",
+            help="Mixed precision: auto (CUDA: bf16 or fp16; CPU: off), bf16, fp16 (CUDA only), off; "
+            "compare = off, then bf16, and their ratio.",
+        ),
+    ] = BenchAmp.auto,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks.")] = False,
     fast_step: Annotated[
         BenchStep,
@@ -123,6 +131,16 @@ def train(
 
     Pretrain and/or GAN step, with the machine's 3x3-conv GFLOP/s measured in the same process as
     the reference."""
+    amps = ["off", "bf16"] if amp.value == "compare" else [amp.value]
+    compared = [
+        name
+        for name, on in (
+            ("--amp", len(amps) > 1),
+            ("--fast-step", fast_step == BenchStep.compare),
+            ("--degradation", bool(degradation and degradation != "bicubic")),
+        )
+        if on
+    ]
     base = TrainConfig(
         scale=scale,
         n_blocks=n_blocks,
@@ -130,7 +148,7 @@ def train(
         crop=crop,
         batch_size=batch_size,
         device=device,
-        amp=amp.value,
+        amp=amps[0],
         compile=compile_,
         content_layer=content_layer.value,
         d_arch=d_arch.value,
@@ -141,13 +159,22 @@ def train(
     modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
     degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     results = []
-    runs = [(name, mode, lr_by) for name in stages for mode in modes for lr_by in degradations]
+    runs = [
+        (name, mode, lr_by, precision)
+        for name in stages
+        for mode in modes
+        for lr_by in degradations
+        for precision in amps
+    ]
     per_run = warmup + steps + (profile_steps if profile else 0)
     with guard(as_json), StageProgress(console, per_run * len(runs), "steps") as progress:
+        if len(compared) > 1:
+            raise UsageError(f"{' and '.join(compared)} each compare two runs; give one of them at a time")
         base.validate()
-        for name, mode, lr_by in runs:
-            with progress.stage(f"{name} (fast step {mode}, LR by {lr_by})", per_run) as on_step:
-                config = replace(base, stage=name, fast_step=mode, degradation=lr_by)
+        for name, mode, lr_by, precision in runs:
+            label = f"{name} (fast step {mode}, LR by {lr_by}{', amp ' + precision if len(amps) > 1 else ''})"
+            with progress.stage(label, per_run) as on_step:
+                config = replace(base, stage=name, fast_step=mode, degradation=lr_by, amp=precision)
                 config.validate()
                 results.append(
                     benchmark_train(
@@ -175,6 +202,12 @@ def train(
                 f"{degraded.crops_per_s / plain.crops_per_s:.2f}x crops/s "
                 f"({1 - degraded.crops_per_s / plain.crops_per_s:.0%} slower)"
             )
+    elif len(amps) > 1:
+        for full, mixed in zip(results[::2], results[1::2], strict=True):
+            print_result(
+                f"{full.stage} ({full.step_mode}): amp {mixed.amp} / {full.amp} = "
+                f"{mixed.crops_per_s / full.crops_per_s:.2f}x crops/s"
+            )
     elif fast_step == BenchStep.compare:
         for plain, fast in zip(results[::2], results[1::2], strict=True):
             print_result(
@@ -188,16 +221,18 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
     first = results[0]
     # the paper's D goes without saying; the other one is named (the gan rows share one D)
     unet = next((f", D {r.discriminator}" for r in results if r.discriminator.startswith("unet")), "")
+    mixed = len({r.amp for r in results}) > 1  # --amp compare: a column, not the title
     table = Table(
         show_edge=False,
         header_style="bold",
         title=f"training throughput: {first.model}, batch {first.batch_size} x {first.crop}px, "
-        f"{first.device}, amp {first.amp}{', compiled' if first.compile else ''}{unet}",
+        f"{first.device}{'' if mixed else ', amp ' + first.amp}{', compiled' if first.compile else ''}{unet}",
     )
     for col in (
         "stage",
         "step",
         "LR by",
+        *(["amp"] if mixed else []),
         "crops/s",
         "ms/step (min-max)",
         "GFLOP/crop",
@@ -205,13 +240,14 @@ def _print_train_table(results: list[TrainBenchmark]) -> None:
         "of 3x3 conv ref",
         "peak MB",
     ):
-        table.add_column(col, justify="right" if col not in ("stage", "step", "LR by") else "left")
+        table.add_column(col, justify="right" if col not in ("stage", "step", "LR by", "amp") else "left")
     for r in results:
         lo, hi = r.ms_per_step_spread
         table.add_row(
             r.stage,
             r.step_mode,
             escape(r.degradation),
+            *([r.amp] if mixed else []),
             f"{r.crops_per_s:,.1f}",
             f"{r.ms_per_step:.1f} ({lo:.1f}-{hi:.1f})",
             f"{r.gflop_per_crop:.2f}",

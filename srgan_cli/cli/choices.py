@@ -17,6 +17,7 @@ Stage = _choices("Stage", STAGES)
 Loss = _choices("Loss", LOSSES)
 Schedule = _choices("Schedule", SCHEDULES)
 Amp = _choices("Amp", AMPS)
+BenchAmp = _choices("BenchAmp", (*AMPS, "compare"))  # srgan benchmark train: compare = off, then bf16
 ContentLayer = _choices("ContentLayer", tuple(CONTENT_LAYERS))
 VggInput = _choices("VggInput", VGG_INPUTS)
 GanLoss = _choices("GanLoss", GAN_LOSSES)

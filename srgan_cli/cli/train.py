@@ -22,6 +22,7 @@ from ..sr.config import (
     read_checkpoint_config,
 )
 from ..sr.train import train as run_training
+from ..sr.trainer import cpu_bf16_native
 from .choices import Amp, ContentLayer, DArch, FastStep, GanLoss, Loss, Schedule, Stage, VggInput
 from .common import (
     TIME_LIMIT_HELP,
@@ -299,7 +300,14 @@ def train(
         str | None,
         _opt("--data-device", panel=_MACHINE, help="Where decoded photos live: auto, cpu or a device."),
     ] = None,
-    amp: Annotated[Amp | None, _opt("--amp", panel=_MACHINE, help="Mixed precision on CUDA.")] = None,
+    amp: Annotated[
+        Amp | None,
+        _opt(
+            "--amp",
+            panel=_MACHINE,
+            help="Mixed precision: auto (CUDA: bf16 or fp16; CPU: off), bf16, fp16 (CUDA only), off.",
+        ),
+    ] = None,
     fast_step: Annotated[
         FastStep | None,
         _opt(
@@ -412,6 +420,8 @@ def _estimate_lines(data: dict[str, Any], config: TrainConfig) -> list[str]:
             fit = int(float(f"{fit:.2g}"))  # two significant digits: 1,700 rather than 1,734
             hint.append(f"--steps {start + fit} fits in about 2 hours")
         hint.append("--time-limit stops cleanly and --resume continues")
+        if data["device"] == "cpu" and config.amp == "auto" and cpu_bf16_native():
+            hint.append("--amp bf16 trains 1.7-2x as fast on this CPU")
         if data["device"] == "cpu" and config.stage == "pretrain" and config.n_feats * config.n_blocks > 480:
             hint.append("--recipe srresnet_x4_fast is the shipped CPU-sized model (80 min on 2 cores)")
         lines.append("hint: " + "; ".join(hint))
