@@ -454,3 +454,14 @@ def test_unet_discriminator_trains_resumes_bit_exactly_and_restarts(
         train(replace(cfg, out=str(tmp_path / "d"), d_arch="srgan"))
     with pytest.raises(TrainingError, match="cannot resume with different settings .*d_arch"):
         train(replace(config(tmp_path / "b"), d_arch="srgan"), resume=True)
+
+    # in Python as on the command line, other start weights with resume are refused, not ignored
+    with pytest.raises(TrainingError, match="init_d='other.pt' starts a new run, but resume continues"):
+        train(replace(cfg, steps=2, init_d="other.pt"), resume=True)
+    with pytest.raises(TrainingError, match="init='other.safetensors' starts a new run") as caught:
+        train(replace(cfg, steps=2, init="other.safetensors"), resume=True)
+    assert "leave init unset" in (caught.value.hint or "")
+    resumed = train(replace(cfg, steps=2, init=None, init_d=None), resume=True)  # unset: the run's own
+    assert weights.read_info(resumed.weights).provenance["init_d"] == cfg.init_d  # still named
+    assert weights.read_info(resumed.weights).provenance["init"] == cfg.init
+    train(replace(cfg, steps=3), resume=True)  # the same start as saved

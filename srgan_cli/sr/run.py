@@ -9,6 +9,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,17 @@ class Run:
         if diff:
             detail = ", ".join(f"{f}: {getattr(saved, f)} -> {getattr(config, f)}" for f in diff)
             raise TrainingError(f"cannot resume with different settings ({detail})")
+        starts = ("init", "init_d")  # where a new run starts: unset (None) when resuming is fine
+        for key in starts:
+            given, started = getattr(config, key), getattr(saved, key)
+            if given is not None and given != started:
+                raise TrainingError(
+                    f"{key}={given!r} starts a new run, but resume continues {self.out} from its "
+                    f"checkpoint (started with {key}={started!r})",
+                    hint=f"leave {key} unset (or {started!r}) to continue, or start a new run in another out",
+                )
+        # unset ones are the run's own: the checkpoints and the weights' provenance keep naming them
+        self.config = config = replace(config, **{key: getattr(saved, key) for key in starts})
         if int(state.get("world_size", 1)) != world.size:
             raise TrainingError(
                 f"the run was trained by {state.get('world_size', 1)} process(es), now {world.size}",
