@@ -89,12 +89,16 @@ def test_fast_step_equals_the_plain_step(stage: str, vgg_file: Path) -> None:
 
 
 def test_compiled_fast_step_equals_the_plain_step(vgg_file: Path) -> None:
-    """torch.compile of the passes and losses (what CUDA runs as graphs), on the CPU's compiler."""
-    for config in (_pretrain(steps=4), _gan_config(vgg_file, steps=4)):
+    """torch.compile of the passes and losses (what CUDA runs as graphs), on the CPU's compiler; with
+    the U-Net D too, whose spectral norm updates its power-iteration vectors (compared with the
+    weights) in place on every training forward."""
+    unet = _gan_config(vgg_file, steps=4, d_arch="unet")  # spectral norm updates its vectors in place
+    for config in (_pretrain(steps=4), _gan_config(vgg_file, steps=4), unet):
         plain = _run(TrainConfig(**{**config.to_dict(), "fast_step": "off"}), 3)
         compiled = _run(TrainConfig(**{**config.to_dict(), "fast_step": "on", "compile": True}), 3)
         assert compiled[0].step_mode == "fast, compiled" and not compiled[0].notes, compiled[0].notes
         _assert_close_runs(plain, compiled)
+    assert plain[0].d is not None and any(k.endswith("._u") for k in plain[0].d.state_dict())  # compared
 
 
 def test_a_failing_compile_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
