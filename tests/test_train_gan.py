@@ -349,7 +349,22 @@ def test_amp_on_the_cpu() -> None:
     with pytest.raises(TrainingOptionError, match="--amp fp16 needs a CUDA device") as caught:
         amp_dtype("fp16", cpu)
     assert caught.value.exit_code == 2 and "--amp bf16" in (caught.value.hint or "")
-    assert isinstance(cpu_bf16_native(), bool)
+    assert cpu_bf16_native() in (True, False, None)  # None: not an x86 CPU
+
+
+def test_cpu_bf16_hardware_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVX512-BF16 or AMX count as bf16 hardware; plain AVX-512 does not (oneDNN emulates bf16 there)."""
+    import platform
+
+    from srgan_cli.sr.trainer import cpu_bf16_native
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert cpu_bf16_native() is expected
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert cpu_bf16_native() is None  # unknown: neither the hint nor the warning
 
 
 def test_emulated_cpu_bf16_gets_a_note(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -420,7 +420,7 @@ def _estimate_lines(data: dict[str, Any], config: TrainConfig) -> list[str]:
             fit = int(float(f"{fit:.2g}"))  # two significant digits: 1,700 rather than 1,734
             hint.append(f"--steps {start + fit} fits in about 2 hours")
         hint.append("--time-limit stops cleanly and --resume continues")
-        if data["device"] == "cpu" and config.amp == "auto" and cpu_bf16_native():
+        if data["device"] == "cpu" and config.amp == "auto" and cpu_bf16_native() is True:
             hint.append("--amp bf16 trains 1.7-2x as fast on this CPU")
         if data["device"] == "cpu" and config.stage == "pretrain" and config.n_feats * config.n_blocks > 480:
             hint.append("--recipe srresnet_x4_fast is the shipped CPU-sized model (80 min on 2 cores)")

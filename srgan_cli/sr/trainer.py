@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 from typing import Any
 
 import torch
@@ -64,13 +65,17 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def cpu_bf16_native() -> bool:
-    """Whether this CPU computes bf16 convolutions in hardware (AVX512-BF16 or AMX), where oneDNN
-    runs them about twice as fast as fp32; without it bf16 is emulated and slower than fp32."""
+def cpu_bf16_native() -> bool | None:
+    """Whether this CPU computes bf16 in hardware: True with AVX512-BF16 or AMX (where oneDNN runs
+    bf16 convolutions about twice as fast as fp32), False on an x86 CPU without them (bf16 is
+    emulated there, slower than fp32), None where it is not known (another architecture)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None
+    cpu: Any = torch.cpu
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # an older torch without the probes
+        return None
 
 
 def fast_step_on(mode: str, device: torch.device) -> bool:
@@ -121,7 +126,7 @@ class Trainer:
         self.fast = fast_step_on(config.fast_step, device)
         self.notes: list[str] = []  # one-line remarks for the user (e.g. a compile fallback)
         self.amp = amp_dtype(config.amp, device)
-        if device.type == "cpu" and config.amp == "bf16" and not cpu_bf16_native():
+        if device.type == "cpu" and config.amp == "bf16" and cpu_bf16_native() is False:
             self.notes.append(
                 "no bf16 hardware in this CPU (AVX512-BF16, AMX): --amp bf16 is emulated; off is faster"
             )
