@@ -92,7 +92,7 @@ def test_compiled_fast_step_equals_the_plain_step(vgg_file: Path) -> None:
     """torch.compile of the passes and losses (what CUDA runs as graphs), on the CPU's compiler; with
     the U-Net D too, whose spectral norm updates its power-iteration vectors (compared with the
     weights) in place on every training forward."""
-    unet = _gan_config(vgg_file, steps=4, d_arch="unet")  # spectral norm updates its vectors in place
+    unet = _gan_config(vgg_file, steps=4, d_arch="unet")
     for config in (_pretrain(steps=4), _gan_config(vgg_file, steps=4), unet):
         plain = _run(TrainConfig(**{**config.to_dict(), "fast_step": "off"}), 3)
         compiled = _run(TrainConfig(**{**config.to_dict(), "fast_step": "on", "compile": True}), 3)

@@ -132,14 +132,12 @@ def train(
     Pretrain and/or GAN step, with the machine's 3x3-conv GFLOP/s measured in the same process as
     the reference."""
     amps = ["off", "bf16"] if amp.value == "compare" else [amp.value]
+    modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
+    degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     compared = [
         name
-        for name, on in (
-            ("--amp", len(amps) > 1),
-            ("--fast-step", fast_step == BenchStep.compare),
-            ("--degradation", bool(degradation and degradation != "bicubic")),
-        )
-        if on
+        for name, runs in (("--amp", amps), ("--fast-step", modes), ("--degradation", degradations))
+        if len(runs) > 1
     ]
     base = TrainConfig(
         scale=scale,
@@ -156,8 +154,6 @@ def train(
         ema=0.999,
     )
     stages = ["pretrain", "gan"] if stage == BenchStage.all else [stage.value]
-    modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
-    degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     results = []
     runs = [
         (name, mode, lr_by, precision)
