@@ -453,12 +453,18 @@ def infer_srresnet_config(state: dict[str, torch.Tensor], path: Path) -> tuple[s
         raise ForeignWeights(
             f"{path}: tensor names do not match srgan-cli's SRResNet (e.g. 'head.0.weight' missing)"
         ) from exc
-    return "srresnet", {
+    config = {
         "scale": 2 ** len(ups),
         "n_blocks": len(blocks),
         "n_feats": n_feats,
         "in_channels": in_channels,
     }
+    if "restore.head.weight" in state:  # an LR restoration front-end (sr.models.Restorer)
+        config["restore_blocks"] = len(
+            {int(k.split(".")[2]) for k in state if k.startswith("restore.blocks.")}
+        )
+        config["restore_feats"] = int(state["restore.head.weight"].shape[0])
+    return "srresnet", config
 
 
 @dataclass

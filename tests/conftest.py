@@ -44,9 +44,20 @@ def make_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def tiny_model(scale: int = 4, seed: int = 0, global_skip: bool = False) -> SRResNet:
+def tiny_model(scale: int = 4, seed: int = 0, global_skip: bool = False, restore_blocks: int = 0) -> SRResNet:
     torch.manual_seed(seed)
-    model = SRResNet(SRResNetConfig(scale=scale, n_blocks=1, n_feats=8, global_skip=global_skip))
+    model = SRResNet(
+        SRResNetConfig(
+            scale=scale,
+            n_blocks=1,
+            n_feats=8,
+            global_skip=global_skip,
+            restore_blocks=restore_blocks,
+            restore_feats=8,
+        )
+    )
+    if restore_blocks:  # a trained front-end is not the identity its zero-initialised tail starts as
+        torch.nn.init.normal_(model.restore.tail.weight, std=0.05)
     # non-trivial BN statistics so eval mode is not an identity
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,26 @@ def test_clean_share_keeps_the_bicubic_lr() -> None:
     assert 0 < sum(clean) < 40
     for i in range(40):  # exactly the clean protocol's LR where drawn, damaged elsewhere
         assert torch.equal(out[i], lr[i]) == clean[i]
+
+
+def test_damage_from_the_clean_lr_is_noise_on_the_bicubic_lr() -> None:
+    """from_clean_lr: no first stage, the second works on the clean protocol's LR at its own size,
+    so what it adds is only its own damage (here: grey Gaussian noise of 6 levels, no JPEG)."""
+    pool = CropPool([make_photo(96, 96, seed=3)], scale=4, crop=64)
+    lr, hr = pool.batch(8, pool.generator(1))
+    quiet = Stage(
+        blur_prob=0.0, resize_probs=(0.0, 0.0, 1.0), noise_sigma=(6.0, 6.0), gaussian_noise_prob=1.0
+    )
+    config = DegradationConfig(
+        from_clean_lr=True,
+        first=None,
+        second=replace(quiet, jpeg_prob=0.0),
+        final_sinc_prob=0.0,
+        final_jpeg_prob=0.0,
+    )
+    out = Degrader(config, 4, seed=2)(hr)
+    residual = (out - lr) * 255
+    assert abs(float(residual.mean())) < 0.5
+    assert 5.0 < float(residual.std()) < 7.0  # 6 levels, less what clipping at 0 and 255 takes
+    with pytest.raises(DegradationError, match="from_clean_lr"):
+        DegradationConfig(from_clean_lr=True).check()

@@ -115,7 +115,7 @@ def train(
         Path | None,
         _opt(
             "--out",
-            default="runs/srresnet_x4 or runs/srgan_x4",
+            default="runs/srresnet_x4, runs/srgan_x4 or runs/restore_x4",
             panel=_RUN,
             metavar="DIR",
             help="Run folder.",
@@ -123,7 +123,12 @@ def train(
     ] = None,
     stage: Annotated[
         Stage | None,
-        _opt("--stage", panel=_RUN, help="pretrain: SRResNet, pixel loss. gan: SRGAN from SRResNet weights."),
+        _opt(
+            "--stage",
+            panel=_RUN,
+            help="pretrain: SRResNet, pixel loss. gan: SRGAN from SRResNet weights. restore: only an LR "
+            "front-end (--restore-blocks) that undoes --degradation's damage before --init's SR network.",
+        ),
     ] = None,
     recipe: Annotated[
         str | None,
@@ -160,7 +165,8 @@ def train(
             "--init",
             panel=_RUN,
             metavar="NAME|PATH",
-            help="Start G from these weights (gan stage: srresnet_x<scale> if not given).",
+            help="Start G from these weights (gan stage: srresnet_x<scale>, restore: srgan_x<scale> "
+            "if not given).",
         ),
     ] = None,
     init_d: Annotated[
@@ -184,6 +190,19 @@ def train(
             help="Learn a residual over bicubic upscaling (not in the paper; converges much faster).",
             show_default=False,
         ),
+    ] = None,
+    restore_blocks: Annotated[
+        int | None,
+        _opt(
+            "--restore-blocks",
+            panel=_MODEL,
+            min=0,
+            help="An LR restoration front-end of this many dilated residual blocks (0: none); "
+            "from --init when its weights have one.",
+        ),
+    ] = None,
+    restore_feats: Annotated[
+        int | None, _opt("--restore-feats", panel=_MODEL, min=1, help="Channels of the front-end.")
     ] = None,
     d_feats: Annotated[
         int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width.")
@@ -467,10 +486,14 @@ def _run_with(config: TrainConfig, resume: bool, time_limit: float | None, stop:
                 d_params = f" + D {data['d_params'] / 1e6:.2f}M" if data["d_params"] else ""
                 if data["d_params"] and config.init_d and not data["step"]:
                     d_params += f" (from {escape(config.init_d)})"
+                frozen = ""
+                if data.get("trained_params", data["params"]) != data["params"]:
+                    frozen = f" ({data['trained_params'] / 1e6:.2f}M trained: the front-end)"
                 procs = f" x {data['world_size']} processes" if data["world_size"] > 1 else ""
                 progress.console.print(
                     f"{data['stage']}: {data['images']} photos ({data['pool']}), "
-                    f"G {data['params'] / 1e6:.2f}M params{d_params}, device {data['device']}{procs}, "
+                    f"G {data['params'] / 1e6:.2f}M params{frozen}{d_params}, "
+                    f"device {data['device']}{procs}, "
                     f"amp {data['amp']}, step {data['step_mode']}, from step {data['step']}, "
                     f"LR by {escape(str(data.get('degradation', 'bicubic')))}"
                 )

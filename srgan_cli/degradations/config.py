@@ -103,6 +103,10 @@ class DegradationConfig:
     # chance that a crop skips the damage and gets the clean bicubic LR (as BSRGAN-style pipelines
     # keep some clean inputs), so the model still treats sharp, clean photos as they are
     clean_prob: float = 0.0
+    # start from the clean LR (antialiased bicubic, as `bicubic` gives it) instead of the HR crop:
+    # the first stage is skipped and the second damages the LR at its own size (its resize then
+    # only by its factor), so the damage is all at the LR size, as in `srgan eval --degrade`
+    from_clean_lr: bool = False
     first: Stage | None = field(default_factory=Stage)
     second: Stage | None = None
     final_sinc_prob: float = 0.8  # chance of a sinc filter with the final resize
@@ -120,6 +124,8 @@ class DegradationConfig:
         for name, stage in (("first", self.first), ("second", self.second)):
             if stage is not None:
                 stage.check(name)
+        if self.from_clean_lr and self.first is not None:
+            raise DegradationError("from_clean_lr starts at the LR size: leave out the [first] stage")
         for name in ("clean_prob", "final_sinc_prob", "final_jpeg_prob", "video_prob"):
             _probability(getattr(self, name), name)
         if not self.final_resize_modes or set(self.final_resize_modes) - set(RESIZE_MODES):

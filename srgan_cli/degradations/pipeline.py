@@ -70,6 +70,8 @@ class Degrader:
         if cfg.bicubic:
             return ops.bicubic_lr(x, out)
         clean = torch.rand(n, generator=self.rng) < cfg.clean_prob  # drawn first, always
+        if cfg.from_clean_lr:  # the damage starts from the clean protocol's LR
+            x = ops.bicubic_lr(x, out)
         if cfg.first is not None:
             x = self._stage(x, cfg.first, None, "first")
         if cfg.second is not None:

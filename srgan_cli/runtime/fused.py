@@ -119,6 +119,7 @@ class FusedSRResNet(nn.Module):
         super().__init__()
         model = copy.deepcopy(model).eval()  # never share modules (or a later .half()) with the caller
         self.config: SRResNetConfig = model.config
+        self.restore = model.restore if model.config.restore_blocks else None  # no batch norm to fold
         self.head = model.head
         self.body = nn.ModuleList(
             nn.Sequential(
@@ -147,6 +148,8 @@ class FusedSRResNet(nn.Module):
         return self.config.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.restore is not None:
+            x = self.restore(x)
         feat = self.head(x)  # (N, F, H, W)
         h = feat
         for block in self.body:

@@ -34,7 +34,7 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 SAMPLES = "samples"
 # the choices of TrainConfig's string fields (validate() checks them; the CLI builds its choices from them)
-STAGES = ("pretrain", "gan")
+STAGES = ("pretrain", "gan", "restore")
 LOSSES = ("mse", "l1")
 SCHEDULES = ("constant", "cosine", "step")
 AMPS = ("auto", "off", "bf16", "fp16")
@@ -52,6 +52,8 @@ RUN_FIELDS = (
     "n_blocks",
     "n_feats",
     "global_skip",
+    "restore_blocks",
+    "restore_feats",
     "d_feats",
     "d_arch",
     "crop",
@@ -65,6 +67,7 @@ RUN_FIELDS = (
     "degradation",
 )
 ARCH_FIELDS = ("scale", "n_blocks", "n_feats", "global_skip")  # the generator's, from --init
+RESTORE_FIELDS = ("restore_blocks", "restore_feats")  # its LR front-end: from --init when it has one
 RETIRED = ("cache_images", "workers")  # options of older versions, ignored in old checkpoints
 
 
@@ -79,8 +82,12 @@ class TrainConfig:
     data_lr: str | None = None
     val: str | None = None  # folder of HR validation photos; None skips validation
     out: str = ""  # run folder (checkpoint, log, samples, weights); "" = runs/<name>_x<scale>
-    stage: str = "pretrain"  # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights
-    init: str | None = None  # generator weights to start from (gan stage default: srresnet_x<scale>)
+    # pretrain: SRResNet with a pixel loss; gan: SRGAN from SRResNet weights; restore: only the LR
+    # restoration front-end (restore_blocks), in front of --init's frozen SR network, learns to make
+    # damaged LR inputs (--degradation) into the clean LR images that network was trained on
+    stage: str = "pretrain"
+    # generator weights to start from (default: gan stage srresnet_x<scale>, restore srgan_x<scale>)
+    init: str | None = None
     # gan stage: D's weights to start from (BasicSR's pretrain_network_d): a gan-stage run's
     # checkpoint.pt or a .safetensors of D's state; None = a fresh D. Adam starts fresh either way
     init_d: str | None = None
@@ -91,6 +98,11 @@ class TrainConfig:
     n_blocks: int = 16  # residual blocks (paper: 16)
     n_feats: int = 64  # channels per block (paper: 64)
     global_skip: bool = True  # learn a residual over bicubic upscaling (not in the paper: off)
+    # the LR restoration front-end (sr.models.Restorer, not in the paper): residual blocks of
+    # dilated convs at the LR size; 0 = none. Added to --init weights without one, it starts as
+    # the identity; the restore stage trains it alone, the other stages with the whole generator
+    restore_blocks: int = 0
+    restore_feats: int = 64  # its channels
     # --- discriminator --------------------------------------------------------------------------
     d_feats: int = 64  # channels of D's first conv (paper: 64)
     # srgan: the paper's 8 convs and one logit per crop; unet: Real-ESRGAN's U-Net with spectral
@@ -176,6 +188,8 @@ class TrainConfig:
 
     @property
     def name(self) -> str:
+        if self.stage == "restore":
+            return f"restore_x{self.scale}"
         return f"{'srgan' if self.stage == 'gan' else 'srresnet'}_x{self.scale}"
 
     @property
@@ -186,6 +200,8 @@ class TrainConfig:
     def init_weights(self) -> str | None:
         if self.init:
             return self.init
+        if self.stage == "restore":
+            return f"srgan_x{self.scale}"
         return f"srresnet_x{self.scale}" if self.stage == "gan" else None
 
     def validate_options(self) -> None:
@@ -215,10 +231,10 @@ class TrainConfig:
             )
         require_positive(
             self,
-            ("n_blocks", "n_feats", "d_feats", "crop", "batch_size", "steps")
+            ("n_blocks", "n_feats", "restore_feats", "d_feats", "crop", "batch_size", "steps")
             + ("val_every", "checkpoint_every", "log_every"),
         )
-        for name in ("val_limit", "samples"):
+        for name in ("val_limit", "samples", "restore_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainingOptionError(f"{option_name(name)} must be 0 or more, got {value}")
@@ -258,6 +274,17 @@ class TrainConfig:
             raise TrainingOptionError("--data-lr pairs with exactly one --data folder of HR photos")
         if self.stage == "gan" and self.batch_size < 2 and self.gan_loss == "ragan":
             raise TrainingOptionError("ragan compares a crop with the batch mean: use --batch-size 2 or more")
+        if self.stage == "restore":
+            if not self.restore_blocks:
+                raise TrainingOptionError(
+                    "the restore stage trains the LR front-end: give it --restore-blocks (e.g. 8), "
+                    "or --init weights that have one"
+                )
+            if load_degradation(self.degradation).bicubic and not self.data_lr:
+                raise TrainingOptionError(
+                    "the restore stage learns to undo damage: give a --degradation (e.g. photo) "
+                    "or real LR photos (--data-lr)"
+                )
         if self.init_d and self.stage != "gan":
             raise TrainingOptionError("--init-d starts the discriminator, which only the gan stage has")
         if self.crop % self.scale:
@@ -522,6 +549,8 @@ def apply_init_arch(config: TrainConfig, given: set[str]) -> TrainConfig:
     if info.arch != "srresnet":
         raise TrainingError(f"--init {init} is a {info.arch} model; training starts from srresnet weights")
     arch = {k: info.config[k] for k in ARCH_FIELDS if k in info.config}
+    if info.config.get("restore_blocks"):  # weights with a front-end bring theirs; others get this run's
+        arch.update({k: info.config[k] for k in RESTORE_FIELDS if k in info.config})
     clash = [
         f"{k}: {getattr(config, k)} (given) vs {v} (in {init})"
         for k, v in arch.items()

@@ -21,12 +21,19 @@ class SRResNetConfig:
     # only the residual. It starts training at bicubic quality instead of from a blank image, which
     # matters when the training budget is small (the shipped SRResNet weights use it).
     global_skip: bool = False
+    # Not in the paper: a restoration front-end that works at the LR size before the SR network
+    # (the `Restorer` below), for damaged inputs: it learns to turn a noisy, blurred or JPEG-saved
+    # LR image back into the clean LR image the SR network was trained on. 0 = none.
+    restore_blocks: int = 0
+    restore_feats: int = 64  # its channels
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 4, 8):
             raise ValueError(f"scale must be 2, 4 or 8, not {self.scale}")
         if self.n_blocks < 1 or self.n_feats < 1:
             raise ValueError("n_blocks and n_feats must be positive")
+        if self.restore_blocks < 0 or self.restore_feats < 1:
+            raise ValueError("restore_blocks must be 0 or more and restore_feats positive")
 
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
@@ -62,6 +69,46 @@ class UpsampleBlock(nn.Module):
         return self.act(self.shuffle(self.conv(x)))
 
 
+class Restorer(nn.Module):
+    """A residual restoration network at the LR size: (N, 3, H, W) -> (N, 3, H, W), the input plus
+    a learned correction. Residual blocks of conv3x3 (dilated) - ReLU - conv3x3, no batch norm
+    (a denoiser's output should not depend on the batch), dilations rising 1, 2, 4, 8 and falling
+    back, so 8 blocks see 40 px on each side (a JPEG block and strong noise need that much context)
+    while every conv still runs at the input's size: any input size works, and a tile padded by
+    `radius` gives exactly the whole image's result."""
+
+    def __init__(self, n_blocks: int, n_feats: int, channels: int = 3) -> None:
+        super().__init__()
+        self.dilations = self.dilation_schedule(n_blocks)
+        self.head = nn.Conv2d(channels, n_feats, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(n_feats, n_feats, 3, padding=d, dilation=d),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(n_feats, n_feats, 3, padding=1),
+            )
+            for d in self.dilations
+        )
+        self.tail = nn.Conv2d(n_feats, channels, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)  # an untrained restorer is the identity
+        nn.init.zeros_(self.tail.bias)
+
+    @staticmethod
+    def dilation_schedule(n_blocks: int) -> list[int]:
+        return [2 ** min(i, n_blocks - 1 - i, 3) for i in range(n_blocks)]
+
+    @staticmethod
+    def radius(n_blocks: int) -> int:
+        """LR pixels on each side that can influence one output pixel."""
+        return 2 + sum(d + 1 for d in Restorer.dilation_schedule(n_blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = F.relu(self.head(x))
+        for block in self.blocks:
+            feat = feat + block(feat)
+        return x + self.tail(feat)
+
+
 class SRResNet(nn.Module):
     """The SRGAN generator. Input (N, 3, H, W) in [0, 1] -> output (N, 3, sH, sW), about [0, 1].
 
@@ -80,6 +127,8 @@ class SRResNet(nn.Module):
             raise TypeError("pass either a config or keyword overrides, not both")
         self.config = config
         c, f = config.in_channels, config.n_feats
+        if config.restore_blocks:
+            self.restore = Restorer(config.restore_blocks, config.restore_feats, c)
         self.head = nn.Sequential(nn.Conv2d(c, f, 9, padding=4), nn.PReLU(f))
         self.body = nn.Sequential(*[ResidualBlock(f) for _ in range(config.n_blocks)])
         self.body_tail = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.BatchNorm2d(f))
@@ -100,9 +149,12 @@ class SRResNet(nn.Module):
             factor *= 2
             hr += 1 / factor
         hr += 4 / config.scale  # 9x9 tail at full resolution
-        return lr + math.ceil(hr)
+        front = Restorer.radius(config.restore_blocks) if config.restore_blocks else 0
+        return front + lr + math.ceil(hr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.restore_blocks:
+            x = self.restore(x)  # (N, 3, H, W): the damaged LR made clean first
         feat = self.head(x)  # (N, F, H, W)
         feat = feat + self.body_tail(self.body(feat))  # long skip over all residual blocks
         out = self.tail(self.upsample(feat))  # (N, 3, sH, sW), in the paper's [-1, 1] range

@@ -210,6 +210,8 @@ class Run:
                 "amp": precision_name(trainer.amp) if trainer.amp else "off",
                 "step_mode": trainer.step_mode,
                 "params": count_parameters(trainer.g),
+                # the restore stage trains only the front-end
+                "trained_params": count_parameters(trainer.g.restore if trainer.restoring else trainer.g),
                 "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
                 "images": len(self.pool.files),
                 "sources": self.shares,
@@ -246,7 +248,8 @@ class Run:
         else:
             hr_img = self.pool.crops(self.config.batch_size, self.data_rng).to(self.device, non_blocking=True)
             lr_img = self.degrader(hr_img)  # (N, 3, c/s, c/s), 8-bit like a real file
-            hr_img = self.degrader.target(hr_img)  # sharpened when the degradation asks
+            if self.config.stage != "restore":  # the restorer's target is the plain HR's clean LR
+                hr_img = self.degrader.target(hr_img)  # sharpened when the degradation asks
         self.lr_now = self.trainer.set_lr(self.step)
         self.means.add(self.trainer.step(lr_img, hr_img, self.step))  # summed on the device: no sync
         self.step += 1
@@ -398,7 +401,7 @@ class Run:
             "train_seconds": round(self.seconds(), 1),
             "device": str(self.device),
             "world_size": self.world.size,
-            "init": config.init_weights if config.stage == "gan" else config.init,
+            "init": config.init_weights if config.stage in ("gan", "restore") else config.init,
             "init_d": config.init_d,
             "train_config": config.to_dict(),
             "degradation": self.degradation.to_dict(),
@@ -451,7 +454,10 @@ def _new_trainer(config: TrainConfig, device: torch.device, world: World, resume
             expect_arch="srresnet",
             expect_scale=config.scale,
         )
-        weights_mod.load_state_dict(trainer.g, init.model.state_dict(), init.info.path)
+        state = init.model.state_dict()
+        if config.restore_blocks and not init.model.config.restore_blocks:  # a new front-end: the identity
+            state.update({k: v for k, v in trainer.g.state_dict().items() if k.startswith("restore.")})
+        weights_mod.load_state_dict(trainer.g, state, init.info.path)
         if trainer.ema is not None:
             trainer.ema.load_state_dict(trainer.g.state_dict())
     if not resume and config.init_d:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..degradations.ops import bicubic_lr
 from ..distributed import World, all_reduce_mean_
 from ..errors import TrainingOptionError
 from ..training import EmaUpdate
@@ -135,11 +136,22 @@ class Trainer:
         gan = config.stage == "gan"
 
         self.g = SRResNet(
-            SRResNetConfig(config.scale, config.n_blocks, config.n_feats, global_skip=config.global_skip)
+            SRResNetConfig(
+                config.scale,
+                config.n_blocks,
+                config.n_feats,
+                global_skip=config.global_skip,
+                restore_blocks=config.restore_blocks,
+                restore_feats=config.restore_feats,
+            )
         ).to(device, memory_format=fmt)
+        self.restoring = config.stage == "restore"  # only the LR front-end learns; the SR network is frozen
+        if self.restoring:
+            self.g.requires_grad_(False)
+            self.g.restore.requires_grad_(True)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False) if config.ema > 0 else None
         self._ema_update = EmaUpdate(self.ema, self.g) if self.ema is not None else None
-        self.g_opt = self._adam(self.g, config.lr)
+        self.g_opt = self._adam(self.g.restore if self.restoring else self.g, config.lr)
         self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.d: nn.Module | None = None
         self.content: ContentLoss | None = None
@@ -158,19 +170,22 @@ class Trainer:
         # averaged by hand instead: R1's double backward and RaGAN's coupled real/fake loss do not
         # fit DDP's one-forward-one-backward contract.
         self.g_run: nn.Module = self.g
+        self.restore_run: nn.Module | None = self.g.restore if self.restoring else None
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.g_run = DistributedDataParallel(
-                self.g, device_ids=[device.index] if device.type == "cuda" else None
-            )
+            ids = [device.index] if device.type == "cuda" else None
+            if self.restore_run is not None:  # the one network with gradients
+                self.restore_run = DistributedDataParallel(self.g.restore, device_ids=ids)
+            else:
+                self.g_run = DistributedDataParallel(self.g, device_ids=ids)
         self.d_run: nn.Module | None = self.d
         # the step's three differentiable pieces; the fast step compiles them whole (passes and losses)
         self._g_forward: Any = self._g_forward_eager
         self._d_losses: Any = self._d_losses_eager
         self._g_losses: Any = self._g_losses_eager
         self.graphs = False  # CUDA graphs (torch.compile "reduce-overhead") in use
-        if self.fast and (device.type == "cuda" or config.compile):
+        if self.fast and not self.restoring and (device.type == "cuda" or config.compile):
             self._compile_step()
         elif config.compile:
             self.g_run = torch.compile(self.g_run)  # type: ignore[assignment]
@@ -297,6 +312,23 @@ class Trainer:
         self._after_g_step(step)
         return {"loss": loss.detach()}
 
+    # --- the restore stage: the LR front-end alone, against the clean LR -----------------------
+    def restore_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """The damaged LR through the restorer, compared with the clean protocol's LR of the same HR
+        crop (antialiased bicubic, 8 bit): what the frozen SR network behind it was trained on."""
+        assert self.restore_run is not None
+        lr_img, hr_img = self._prepare(lr_img), self._prepare(hr_img)
+        clean = bicubic_lr(hr_img.float(), tuple(lr_img.shape[-2:]))  # (N, 3, h, w)
+        with self._autocast():
+            restored = self.restore_run(lr_img)
+        loss = self.pixel_loss(restored.float(), clean)
+        self.g_opt.zero_grad(set_to_none=True)
+        self.g_scaler.scale(loss).backward()
+        self.g_scaler.step(self.g_opt)
+        self.g_scaler.update()
+        self._after_g_step(step)
+        return {"loss": loss.detach()}
+
     # --- the gan stage: one D step, then one G step --------------------------------------------
     def gan_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         cfg, d = self.config, self.d
@@ -335,6 +367,8 @@ class Trainer:
     def step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         if self.config.stage == "gan":
             return self.gan_step(lr_img, hr_img, step)
+        if self.restoring:
+            return self.restore_step(lr_img, hr_img, step)
         return self.pretrain_step(lr_img, hr_img, step)
 
     # --- state ----------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The LR restoration front-end (sr.models.Restorer) and the `restore` training stage."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from srgan_cli import archs, weights
+from srgan_cli.runtime.fused import fuse
+from srgan_cli.sr.config import CHECKPOINT, TrainConfig, apply_init_arch
+from srgan_cli.sr.models import Restorer, SRResNet, SRResNetConfig
+from srgan_cli.sr.train import train
+from srgan_cli.training import TrainingOptionError
+
+from .conftest import tiny_model
+
+
+def test_an_untrained_restorer_is_the_identity_and_old_weights_keep_their_tensors() -> None:
+    net = Restorer(3, 8)
+    x = torch.rand(2, 3, 11, 17)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+    plain = SRResNet(SRResNetConfig(n_blocks=1, n_feats=8))
+    assert not any(k.startswith("restore.") for k in plain.state_dict())
+    assert (
+        SRResNetConfig(**{k: v for k, v in plain.config.to_dict().items() if "restore" not in k})
+        == plain.config
+    )
+
+
+@pytest.mark.parametrize("n_blocks", [1, 4, 8])
+def test_restorer_radius_is_exact(n_blocks: int) -> None:
+    """A pixel moves outputs up to `radius` away and no further (tiles rely on the bound)."""
+    torch.manual_seed(0)
+    net = Restorer(n_blocks, 4)
+    torch.nn.init.normal_(net.tail.weight, std=0.1)
+    r = Restorer.radius(n_blocks)
+    x = torch.rand(1, 3, 2 * r + 5, 2 * r + 5)
+    c = x.shape[-1] // 2
+    x2 = x.clone()
+    x2[..., c, c] += 1.0
+    with torch.no_grad():
+        diff = (net(x) - net(x2)).abs()[0].sum(0)
+    ys, xs = torch.nonzero(diff > 0, as_tuple=True)
+    assert max((ys - c).abs().max(), (xs - c).abs().max()) == r
+
+
+def test_front_end_counts_in_the_srresnet_radius_and_fuses_exactly() -> None:
+    model = tiny_model(4, seed=1, global_skip=True, restore_blocks=2)
+    base = SRResNet.receptive_radius(replace(model.config, restore_blocks=0))
+    assert SRResNet.receptive_radius(model.config) == base + Restorer.radius(2)
+    x = torch.rand(1, 3, 15, 12)
+    with torch.no_grad():
+        want, got = model(x), fuse(model)(x)
+        skipped = SRResNet(replace(model.config, restore_blocks=0)).eval()
+        skipped.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("restore.")})
+        without = skipped(x)
+    assert (got - want).abs().max().item() < 1e-5
+    assert (want - without).abs().max().item() > 1e-3  # the front-end is really in the path
+
+
+def test_weights_with_a_front_end_round_trip_and_are_recognised_without_metadata(tmp_path: Path) -> None:
+    model = tiny_model(2, restore_blocks=3)
+    path = weights.save(tmp_path / "r.safetensors", model)
+    loaded = archs.load(path).model
+    assert loaded.config.restore_blocks == 3 and loaded.config.restore_feats == 8
+    x = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    arch, config = weights.infer_srresnet_config(model.state_dict(), path)
+    assert arch == "srresnet" and config["restore_blocks"] == 3 and config["restore_feats"] == 8
+
+
+def _config(photo_dir: Path, out: Path, init: Path, steps: int, **kw: object) -> TrainConfig:
+    base = dict(
+        data=[str(photo_dir)],
+        out=str(out),
+        stage="restore",
+        init=str(init),
+        scale=2,
+        n_blocks=1,
+        n_feats=8,
+        restore_blocks=2,
+        restore_feats=8,
+        degradation="photo",
+        crop=32,
+        batch_size=2,
+        steps=steps,
+        val_every=100,
+        checkpoint_every=4,
+        log_every=4,
+        device="cpu",
+        seed=5,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_restore_stage_trains_only_the_front_end_and_resumes_exactly(photo_dir: Path, tmp_path: Path) -> None:
+    sr = tmp_path / "sr.safetensors"
+    weights.save(sr, tiny_model(2, seed=4))
+    cfg = apply_init_arch(_config(photo_dir, tmp_path / "a", sr, 8), set())
+    cfg.validate()
+    straight = train(cfg)
+    train(replace(cfg, out=str(tmp_path / "b"), steps=4))
+    train(replace(cfg, out=str(tmp_path / "b")), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for key in a["generator"]:
+        torch.testing.assert_close(a["generator"][key], b["generator"][key], rtol=0, atol=0)
+
+    loaded = archs.load(straight.weights)
+    assert loaded.info.config["restore_blocks"] == 2
+    assert loaded.info.provenance["stage"] == "restore" and loaded.info.provenance["init"] == str(sr)
+    assert Path(straight.weights).name == "restore_x2.safetensors"
+    state, before = loaded.model.state_dict(), archs.load(sr).model.state_dict()
+    for key, value in before.items():  # the SR network is frozen, batch-norm statistics included
+        assert torch.equal(state[key], value), key
+    assert state["restore.tail.weight"].abs().max() > 0  # the front-end learned
+
+    # its weights start the next run with their front-end; the gan stage then trains the whole
+    again = apply_init_arch(TrainConfig(stage="gan", init=str(straight.weights)), set())
+    assert (again.restore_blocks, again.restore_feats) == (2, 8)
+
+
+def test_restore_stage_refuses_what_it_cannot_learn_from(photo_dir: Path, tmp_path: Path) -> None:
+    sr = tmp_path / "sr.safetensors"
+    weights.save(sr, tiny_model(2))
+    with pytest.raises(TrainingOptionError, match="--restore-blocks"):
+        replace(_config(photo_dir, tmp_path / "a", sr, 4), restore_blocks=0).validate()
+    with pytest.raises(TrainingOptionError, match="--degradation"):
+        replace(_config(photo_dir, tmp_path / "a", sr, 4), degradation="bicubic").validate()
+    # weights without a front-end leave the run's own; given a size it disagrees with, a front-end is refused
+    kept = apply_init_arch(_config(photo_dir, tmp_path / "a", sr, 4), {"restore_blocks"})
+    assert kept.restore_blocks == 2
+    with_front = tmp_path / "front.safetensors"
+    weights.save(with_front, tiny_model(2, restore_blocks=3))
+    with pytest.raises(Exception, match="restore_blocks"):
+        apply_init_arch(replace(_config(photo_dir, tmp_path / "a", with_front, 4)), {"restore_blocks"})
