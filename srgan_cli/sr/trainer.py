@@ -304,7 +304,10 @@ class Trainer:
         lr_img, hr_img = self._prepare(lr_img), self._prepare(hr_img)
         self._begin_step()
         sr = self._g_forward(lr_img)  # (N, 3, sH, sW)
-        loss = self.pixel_loss(sr.float(), hr_img)
+        return self._pixel_update(self.pixel_loss(sr.float(), hr_img), step)
+
+    def _pixel_update(self, loss: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """The optimiser step of the pixel-loss stages (pretrain, restore)."""
         self.g_opt.zero_grad(set_to_none=True)
         self.g_scaler.scale(loss).backward()
         self.g_scaler.step(self.g_opt)
@@ -321,13 +324,7 @@ class Trainer:
         clean = bicubic_lr(hr_img.float(), tuple(lr_img.shape[-2:]))  # (N, 3, h, w)
         with self._autocast():
             restored = self.restore_run(lr_img)
-        loss = self.pixel_loss(restored.float(), clean)
-        self.g_opt.zero_grad(set_to_none=True)
-        self.g_scaler.scale(loss).backward()
-        self.g_scaler.step(self.g_opt)
-        self.g_scaler.update()
-        self._after_g_step(step)
-        return {"loss": loss.detach()}
+        return self._pixel_update(self.pixel_loss(restored.float(), clean), step)
 
     # --- the gan stage: one D step, then one G step --------------------------------------------
     def gan_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
