@@ -56,6 +56,8 @@ class Upscaler:
     blend: (other, alpha) blends `model` with weights `other` of its architecture at load time,
         (1 - alpha) * model + alpha * other, alpha in [0, 1] (torch backend; `srgan interpolate`
         writes the same blend to a file).
+    denoise: for a model with a restoration front-end (srgan_x4_denoise), how much of its
+        correction to apply, 0-1 (0: none, the SR network alone; None or 1: as trained; torch).
 
     The same image handling as `srgan upscale`: gray stays gray, alpha is upscaled without
     fringes, 16-bit sources keep 16 bits when written; a result above `max_output_megapixels` is
@@ -79,6 +81,7 @@ class Upscaler:
         lapgan_levels: int | None = None,
         onnx: str | os.PathLike[str] | None = None,
         blend: tuple[str | os.PathLike[str], float] | None = None,
+        denoise: float | None = None,
     ) -> None:
         if str(model) == AUTO_MODEL:
             raise UsageError(
@@ -102,6 +105,7 @@ class Upscaler:
             mode=mode,
             lapgan_levels=lapgan_levels,
             blend=None if blend is None else _blend(blend),
+            denoise=denoise,
         )
         self._ready = with_self_ensemble(ready, self_ensemble)
         self.outscale = outscale

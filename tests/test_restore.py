@@ -5,17 +5,23 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
 
 from srgan_cli import archs, weights
+from srgan_cli.api import Upscaler
+from srgan_cli.cli.app import app
+from srgan_cli.errors import ArgumentError, UsageError
 from srgan_cli.runtime.fused import fuse
 from srgan_cli.sr.config import CHECKPOINT, TrainConfig, apply_init_arch
-from srgan_cli.sr.models import Restorer, SRResNet, SRResNetConfig
+from srgan_cli.sr.models import Restorer, SRResNet, SRResNetConfig, with_restore_strength
 from srgan_cli.sr.train import train
 from srgan_cli.training import TrainingOptionError
 
-from .conftest import tiny_model
+from .conftest import make_photo, tiny_model
 
 
 def test_an_untrained_restorer_is_the_identity_and_old_weights_keep_their_tensors() -> None:
@@ -140,3 +146,48 @@ def test_restore_stage_refuses_what_it_cannot_learn_from(photo_dir: Path, tmp_pa
     weights.save(with_front, tiny_model(2, restore_blocks=3))
     with pytest.raises(Exception, match="restore_blocks"):
         apply_init_arch(replace(_config(photo_dir, tmp_path / "a", with_front, 4)), {"restore_blocks"})
+
+
+def test_denoise_strength_scales_the_front_ends_correction_exactly(tmp_path: Path) -> None:
+    model = tiny_model(2, seed=2, restore_blocks=2)
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        full = model.restore(x)
+        half = with_restore_strength(model, 0.5).restore(x)
+        none = with_restore_strength(model, 0.0)(x)
+        skipped = SRResNet(replace(model.config, restore_blocks=0)).eval()
+        skipped.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("restore.")})
+        torch.testing.assert_close(half, x + 0.5 * (full - x))
+        torch.testing.assert_close(none, skipped(x))
+        assert torch.equal(model.restore(x), full)  # the caller's model is untouched
+    with pytest.raises(ValueError, match="no restoration front-end"):
+        with_restore_strength(tiny_model(2), 0.5)
+
+    path = weights.save(tmp_path / "front.safetensors", model)
+    plain = weights.save(tmp_path / "plain.safetensors", tiny_model(2))
+    image = np.random.default_rng(0).random((10, 12, 3), dtype=np.float32)
+    with torch.no_grad():
+        want = with_restore_strength(model, 0.25)(torch.from_numpy(image).permute(2, 0, 1)[None])[0]
+    got = Upscaler(str(path), device="cpu", tile=0, denoise=0.25)(image)
+    np.testing.assert_allclose(got, want.clamp(0, 1).permute(1, 2, 0).numpy(), atol=0.6 / 255)  # 8-bit out
+    assert np.abs(Upscaler(str(path), device="cpu", tile=0)(image) - got).max() > 2 / 255
+    with pytest.raises(UsageError, match="has none"):
+        Upscaler(str(plain), device="cpu", denoise=0.5)
+    with pytest.raises(UsageError, match="ONNX"):
+        Upscaler(str(path), device="cpu", backend="onnx", denoise=0.5)
+    with pytest.raises(ArgumentError, match="between 0 and 1"):
+        Upscaler(str(path), device="cpu", denoise=1.5)
+
+
+def test_upscale_cli_denoise(tmp_path: Path) -> None:
+    model = weights.save(tmp_path / "front.safetensors", tiny_model(2, restore_blocks=2))
+    src = tmp_path / "in.png"
+    Image.fromarray(make_photo(12, 10, seed=1)).save(src)
+    runner = CliRunner()
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["upscale", str(src), "-m", str(model), "--denoise", "0.3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (20, 24)  # make_photo(h, w)
+    refused = runner.invoke(app, ["upscale", str(src), "--denoise", "0.3", "-o", str(tmp_path / "b.png")])
+    assert refused.exit_code != 0 and "--denoise needs -m" in " ".join(refused.output.split())
+    assert not (tmp_path / "b.png").exists()

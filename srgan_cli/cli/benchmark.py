@@ -121,7 +121,7 @@ def train(
         typer.Option(
             "--degradation",
             metavar="SPEC",
-            help="Also time the step with its LR made by this degradation (realesrgan, photo, video, "
+            help="Also time the step with its LR made by this degradation (realesrgan, photo, video, noisy, "
             "FILE.toml), next to the plain bicubic step, and their ratio.",
         ),
     ] = None,

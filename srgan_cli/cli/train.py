@@ -220,7 +220,7 @@ def train(
         str | None,
         _opt(
             "--degradation",
-            help="How LR inputs are made: bicubic, realesrgan, photo, video, or FILE.toml of ranges "
+            help="How LR inputs are made: bicubic, realesrgan, photo, video, noisy, or FILE.toml of ranges "
             "(docs/degradations.md).",
         ),
     ] = None,

@@ -132,6 +132,19 @@ def upscale(
             rich_help_panel="Model",
         ),
     ] = None,
+    denoise: Annotated[
+        float | None,
+        typer.Option(
+            "--denoise",
+            metavar="S",
+            min=0.0,
+            max=1.0,
+            help="A model with a restoration front-end (srgan_x4_denoise): apply S (0-1) of what it "
+            "removes; 1 as trained.",
+            show_default=False,
+            rich_help_panel="Model",
+        ),
+    ] = None,
     outscale: Annotated[
         float | None,
         typer.Option(
@@ -310,6 +323,11 @@ def upscale(
             raise UsageError(
                 "--blend needs the first model named with -m", hint="e.g. -m A.pth --blend B.pth:0.5"
             )
+        if auto and denoise is not None:
+            raise UsageError(
+                "--denoise needs -m naming a model with a restoration front-end",
+                hint="e.g. -m srgan_x4_denoise --denoise 0.5",
+            )
         if auto and (onnx is not None or mode != Mode.sr):
             raise UsageError(
                 "-m auto picks a shipped super-resolution model per input; with --onnx or --mode lapgan "
@@ -332,6 +350,7 @@ def upscale(
                     mode=mode.value,
                     lapgan_levels=lapgan_levels,
                     blend=None if blended is None else (blended.model, blended.alpha),
+                    denoise=denoise,
                     self_ensemble=int(self_ensemble.value),
                 )
                 if not quiet:

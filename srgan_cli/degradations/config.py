@@ -291,16 +291,42 @@ def _video() -> DegradationConfig:
     )
 
 
+def _noisy() -> DegradationConfig:
+    """Sensor noise and JPEG on the clean LR, at its own size (no blur, no resampling): the
+    damage a restoration front-end learns to remove (the restore stage). Gaussian noise 80% of the
+    time (0.5-15 grey levels, colour 65% of the time), else Poisson; then a JPEG save at quality
+    30-95 70% of the time; one crop in five left clean, so clean input is left alone."""
+    return DegradationConfig(
+        name="noisy",
+        from_clean_lr=True,
+        clean_prob=0.2,
+        first=None,
+        second=Stage(
+            blur_prob=0.0,
+            resize_probs=(0.0, 0.0, 1.0),
+            noise_sigma=(0.5, 15.0),
+            gaussian_noise_prob=0.8,
+            poisson_scale=(0.05, 1.5),
+            gray_noise_prob=0.35,
+            jpeg_prob=0.0,
+        ),
+        final_sinc_prob=0.0,
+        final_jpeg_prob=0.7,
+        final_jpeg_quality=(30, 95),
+    )
+
+
 PRESETS = {
     "bicubic": lambda: DegradationConfig(name="bicubic", bicubic=True, first=None),
     "realesrgan": _realesrgan,
     "photo": _photo,
     "video": _video,
+    "noisy": _noisy,
 }
 
 
 def load_degradation(spec: str | Path | None) -> DegradationConfig:
-    """A preset name (bicubic, realesrgan, photo, video) or a TOML file: top-level keys override a
+    """A preset name (bicubic, realesrgan, photo, video, noisy) or a TOML file: top-level keys override a
     base (`preset = "photo"`, default realesrgan), tables [first] and [second] override its stages
     (`second = false` drops the second order)."""
     if spec is None or str(spec) == "":
@@ -318,7 +344,8 @@ def load_degradation(spec: str | Path | None) -> DegradationConfig:
     raw = raw.get("degradation", raw)  # also accept the ranges under a [degradation] table
     base_name = raw.pop("preset", "realesrgan")
     if base_name not in PRESETS or base_name == "bicubic":
-        raise DegradationError(f"{path}: preset must be one of realesrgan, photo, video; got {base_name!r}")
+        bases = ", ".join(p for p in PRESETS if p != "bicubic")
+        raise DegradationError(f"{path}: preset must be one of {bases}; got {base_name!r}")
     base = PRESETS[base_name]().to_dict()
     for key in ("first", "second"):
         if key in raw:

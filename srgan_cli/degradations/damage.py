@@ -78,7 +78,7 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
         if not sep or key not in _KEYS:
             raise DegradationError(
                 f"--degrade {spec!r}: cannot read {part!r}",
-                hint="use light, moderate, heavy, a preset (realesrgan, photo, video), a .toml file, "
+                hint="use light, moderate, heavy, a preset (realesrgan, photo, video, noisy), a .toml file, "
                 f"or {_FORMS}",
             )
         try:

@@ -79,6 +79,7 @@ def build_upscaler(
     mode: str = "sr",
     lapgan_levels: int | None = None,
     blend: Blend | None = None,
+    denoise: float | None = None,
 ) -> ReadyUpscaler:
     """One upscaler for `srgan upscale`, `srgan eval` and `srgan benchmark upscale`.
 
@@ -91,6 +92,8 @@ def build_upscaler(
     mode sr: a super-resolution model; lapgan: a LAPGAN's conditional levels, x2 each
     (`lapgan_levels` of them, default all); auto: whichever the weights hold.
     blend: `model` blended with another of its architecture at load time (blend.py; torch only).
+    denoise: the share (0-1) of its correction that a model's restoration front-end applies
+    (sr.models.with_restore_strength; torch only); None: all of it, as trained.
     tile_pad None: from the model, so that tiles match the whole image: SRResNet's receptive radius,
     a community model's reach measured once (third_party.tile_pad_for); 32 for ONNX and LAPGAN.
     """
@@ -110,6 +113,8 @@ def build_upscaler(
             "--blend runs super-resolution weights on the torch backend",
             hint="for ONNX, write the blend with srgan interpolate and export that file",
         )
+    if denoise is not None:
+        _check_denoise(denoise, info, mode, backend, onnx is not None or is_onnx_path(model))
     if mode == "lapgan":
         pad = 32 if tile_pad is None else tile_pad  # LAPGAN: the pad it always had
         return _lapgan_upscaler(model, backend, onnx, device, precision, tile, pad, compile, lapgan_levels)
@@ -132,13 +137,31 @@ def build_upscaler(
 
     if backend == "torch":
         return _torch_upscaler(
-            model, expect_scale, device, precision, blend, compile=compile, fast=fast, **tiling
+            model, expect_scale, device, precision, blend, denoise, compile=compile, fast=fast, **tiling
         )
     if compile:
         raise UsageError("--compile applies to the torch backend only")
     if tile_pad is None:  # ONNX Runtime: the pad it always had (srresnet_x4 tiles: within 2e-7)
         tiling["tile_pad"] = 32
     return _onnx_upscaler(model, onnx_file, device, precision, expect_scale, **tiling)
+
+
+def _check_denoise(
+    denoise: float, info: weights.WeightsInfo | None, mode: str, backend: str, onnx: bool
+) -> None:
+    """--denoise needs this project's weights with a restoration front-end, on the torch backend."""
+    if not (isinstance(denoise, (int, float)) and not isinstance(denoise, bool) and 0.0 <= denoise <= 1.0):
+        raise ArgumentError(f"--denoise is a strength between 0 and 1, not {denoise!r}")
+    if onnx or backend == "onnx":
+        raise UsageError(
+            "--denoise changes the weights as they are loaded, which the ONNX backend cannot",
+            hint="use --backend torch",
+        )
+    if mode != "sr" or info is None or info.arch != "srresnet" or not info.config.get("restore_blocks"):
+        raise UsageError(
+            "--denoise sets how much a restoration front-end removes; this model has none",
+            hint="models with one: srgan models (e.g. srgan_x4_denoise)",
+        )
 
 
 def with_self_ensemble(ready: ReadyUpscaler, passes: int) -> ReadyUpscaler:
@@ -238,6 +261,7 @@ def _torch_upscaler(
     device: str,
     precision: str,
     blend: Blend | None = None,
+    denoise: float | None = None,
     **options: Any,
 ) -> ReadyUpscaler:
     """Weights on the torch backend; `options` are TorchUpscaler's (tiles, compile, fast)."""
@@ -245,6 +269,10 @@ def _torch_upscaler(
         loaded = archs.load(model, expect_arch="srresnet", expect_scale=expect_scale)
     else:
         loaded = load_ours(model, blend, expect_arch="srresnet", expect_scale=expect_scale)
+    if denoise is not None:
+        from ..sr.models import with_restore_strength
+
+        loaded.model = with_restore_strength(loaded.model, float(denoise))  # type: ignore[arg-type]
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     from .torch_backend import TorchUpscaler

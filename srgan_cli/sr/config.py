@@ -113,7 +113,7 @@ class TrainConfig:
     batch_size: int = 64  # crops per step and process (paper: 16)
     augment: bool = True  # random flips and 90-degree rotations of each crop
     # how LR inputs are made from HR crops: bicubic (the SR protocol), a preset of realistic damage
-    # (realesrgan, photo, video: degradations/config.py) or a TOML file of ranges
+    # (realesrgan, photo, video, noisy: degradations/config.py) or a TOML file of ranges
     degradation: str = "bicubic"
     data_device: str = "auto"  # where decoded photos live: auto (GPU if they fit), cpu, or the device
     # --- optimisation ---------------------------------------------------------------------------

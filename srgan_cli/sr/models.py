@@ -3,6 +3,7 @@ U-Net discriminator for real-world damage (Real-ESRGAN)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -162,6 +163,21 @@ class SRResNet(nn.Module):
             base = F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
             return base + out * 0.5
         return out * 0.5 + 0.5
+
+
+def with_restore_strength(model: SRResNet, strength: float) -> SRResNet:
+    """A copy of `model` whose front-end applies `strength` (0-1) of its correction: 0 passes the
+    input through untouched, 1 is the model as trained (Real-ESRGAN's denoise strength, done here
+    exactly: the correction is the last conv's output, so its weights and bias are scaled)."""
+    if not model.config.restore_blocks:
+        raise ValueError("this model has no restoration front-end (restore_blocks is 0)")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"the strength is between 0 and 1, not {strength:g}")
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.restore.tail.weight.mul_(strength)
+        out.restore.tail.bias.mul_(strength)
+    return out
 
 
 @dataclass(frozen=True)
