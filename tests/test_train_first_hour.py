@@ -140,6 +140,14 @@ def test_recipes_hold_config_fields_and_the_shipped_values() -> None:
         8,
         "constant",
     )
+    denoise = TrainConfig.from_recipe("srgan_x4_denoise")
+    assert (denoise.stage, denoise.init, denoise.restore_blocks, denoise.degradation) == (
+        "restore",
+        "srgan_x4",
+        8,
+        "noisy",
+    )
+    denoise.validate()
     fast = TrainConfig.from_recipe("srresnet_x4_fast")
     assert (fast.n_blocks, fast.n_feats, fast.batch_size, fast.crop) == (10, 48, 16, 96)
     assert TrainConfig.from_recipe("srresnet_x4", lr=5e-5).lr == 5e-5  # values on top
@@ -151,7 +159,7 @@ def test_shipped_recipes_match_the_shipped_weights_provenance() -> None:
     skip = {"steps", "val_every", "init"}  # how long and where from: the model card says why
     # where a chain's last run dropped its rate, or planned to, is that run's, not the chain's
     chain_skip = {"schedule", "lr_step_at", "lr_gamma"}
-    for name in ("srresnet_x4", "srresnet_x4_fast", "srgan_x4", "srgan_x4_real"):
+    for name in ("srresnet_x4", "srresnet_x4_fast", "srgan_x4", "srgan_x4_real", "srgan_x4_denoise"):
         provenance = weights.read_info(name).provenance
         recorded = provenance["train_config"]
         chained = "init_provenance" in provenance
