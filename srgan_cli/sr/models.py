@@ -1,5 +1,5 @@
-"""SRGAN networks (Ledig et al., 2017): the SRResNet generator, the 8-conv discriminator, and a
-U-Net discriminator for real-world damage (Real-ESRGAN)."""
+"""SRGAN networks (Ledig et al., 2017): the SRResNet generator, the 8-conv discriminator, and for
+real-world damage a U-Net discriminator (Real-ESRGAN) and an LR restoration front-end."""
 
 from __future__ import annotations
 
