@@ -98,8 +98,8 @@ SelfEnsembleOpt = Annotated[
     typer.Option(
         "--self-ensemble",
         metavar="N",
-        help="Upscale N mirrored/rotated copies of each image and average them (1, 2, 4 or 8): "
-        "N times the time for a little more PSNR on PSNR weights; it also smooths GAN texture.",
+        help="Average N mirrored/rotated passes (1, 2, 4 or 8): N times the time, a little more "
+        "PSNR; smooths GAN texture.",
         rich_help_panel="Model",
     ),
 ]

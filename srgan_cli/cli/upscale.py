@@ -127,7 +127,7 @@ def upscale(
         typer.Option(
             "--blend",
             metavar="MODEL:ALPHA",
-            help="Use (1 - ALPHA) x -m + ALPHA x MODEL, weight by weight (one architecture; ALPHA 0-1).",
+            help="Weight by weight: (1-ALPHA) x -m + ALPHA x MODEL.",
             show_default=False,
             rich_help_panel="Model",
         ),
@@ -139,8 +139,7 @@ def upscale(
             metavar="S",
             min=0.0,
             max=1.0,
-            help="A model with a restoration front-end (srgan_x4_denoise): apply S (0-1) of what it "
-            "removes; 1 as trained.",
+            help="How much srgan_x4_denoise removes (1: all).",
             show_default=False,
             rich_help_panel="Model",
         ),
