@@ -191,3 +191,18 @@ def test_upscale_cli_denoise(tmp_path: Path) -> None:
     refused = runner.invoke(app, ["upscale", str(src), "--denoise", "0.3", "-o", str(tmp_path / "b.png")])
     assert refused.exit_code != 0 and "--denoise needs -m" in " ".join(refused.output.split())
     assert not (tmp_path / "b.png").exists()
+
+
+def test_a_front_end_model_exports_to_onnx_and_runs_in_onnx_runtime(tmp_path: Path) -> None:
+    from srgan_cli.runtime.onnx_export import export_onnx
+
+    model = tiny_model(2, seed=3, global_skip=True, restore_blocks=2)
+    path = tmp_path / "front.onnx"
+    export_onnx(model, path)  # verified against PyTorch inside, on two shapes (raises above 1e-4)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 9, 14)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
