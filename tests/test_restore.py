@@ -24,6 +24,13 @@ from srgan_cli.training import TrainingOptionError
 from .conftest import make_photo, tiny_model
 
 
+def _without_front_end(model: SRResNet) -> SRResNet:
+    """The same SR network with no front-end: what a model gives when its front-end does nothing."""
+    plain = SRResNet(replace(model.config, restore_blocks=0)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("restore.")})
+    return plain
+
+
 def test_an_untrained_restorer_is_the_identity_and_old_weights_keep_their_tensors() -> None:
     net = Restorer(3, 8)
     x = torch.rand(2, 3, 11, 17)
@@ -61,8 +68,7 @@ def test_front_end_counts_in_the_srresnet_radius_and_fuses_exactly() -> None:
     x = torch.rand(1, 3, 15, 12)
     with torch.no_grad():
         want, got = model(x), fuse(model)(x)
-        skipped = SRResNet(replace(model.config, restore_blocks=0)).eval()
-        skipped.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("restore.")})
+        skipped = _without_front_end(model)
         without = skipped(x)
     assert (got - want).abs().max().item() < 1e-5
     assert (want - without).abs().max().item() > 1e-3  # the front-end is really in the path
@@ -155,8 +161,7 @@ def test_denoise_strength_scales_the_front_ends_correction_exactly(tmp_path: Pat
         full = model.restore(x)
         half = with_restore_strength(model, 0.5).restore(x)
         none = with_restore_strength(model, 0.0)(x)
-        skipped = SRResNet(replace(model.config, restore_blocks=0)).eval()
-        skipped.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("restore.")})
+        skipped = _without_front_end(model)
         torch.testing.assert_close(half, x + 0.5 * (full - x))
         torch.testing.assert_close(none, skipped(x))
         assert torch.equal(model.restore(x), full)  # the caller's model is untouched
