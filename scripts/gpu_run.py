@@ -69,6 +69,18 @@ then `srgan eval --degrade light/moderate/heavy` of the result next to `srgan_x4
           chunk real --minutes 9 -- --d-arch unet --content-weight 1 --adv-weight 0.1
   here    python scripts/gpu_run.py collect FILES_AT
 
+The restoration front-end (issue 38, `srgan train --stage restore`): only the front-end of a model
+such as srgan_x4_denoise trains (L1 against the clean LR; the SR network behind it is frozen and
+never runs, so a step is cheap), on LR damaged by --degradation (default noisy), in one call; then
+`srgan eval` of the result on the damage levels and on noise alone:
+
+  here    python scripts/gpu_run.py prepare --perceptual DIR     (--restore-init: srgan_x4_denoise)
+  here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
+  there   python3 scripts/gpu_run.py chunk restore --minutes 9 [--degradation FILE.toml]
+          (a new cosine cycle at 1e-4 when the start has a front-end, the recipe's 2e-4 when it
+          gets a new one; the weights, the last snapshots, restore_eval.json and the logs come back)
+  here    python scripts/gpu_run.py collect FILES_AT
+
 `prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
 each photo's longest side capped (--max-side) and re-encoded (--format, --quality), into
 .carry/train/train and .carry/train/extra; every chunk trains on both, the extra photos weighted
@@ -102,6 +114,8 @@ START_DIR = CARRY / "start"  # the weights `chunk continue` starts from (prepare
 START_FILE = START_DIR / "srresnet_x4.safetensors"
 REAL_START_DIR = CARRY / "real_start"  # the weights `chunk real` continues (prepare --real-init)
 REAL_START_FILE = REAL_START_DIR / "srgan_x4.safetensors"
+RESTORE_START_DIR = CARRY / "restore_start"  # the weights `chunk restore` continues (prepare --restore-init)
+RESTORE_START_FILE = RESTORE_START_DIR / "srgan_x4_denoise.safetensors"
 # models `chunk real` also scores, if put there by hand (Real-ESRGAN's general-x4v3 and WDN: 9.7 MB,
 # more than the real call's carry has room for; their numbers on the val photos are the same on the
 # CPU, docs/degradations.md)
@@ -110,6 +124,7 @@ RUNS = CARRY / "runs"
 PRETRAIN_RUN, GAN_RUN = RUNS / "srresnet_x4", RUNS / "srgan_x4"
 CONTINUE_RUN, CONTINUE_GAN_RUN = RUNS / "continue_srresnet_x4", RUNS / "continue_srgan_x4"
 REAL_RUN = RUNS / "srgan_x4_real"
+RESTORE_RUN = RUNS / "restore_x4"
 # the shared photo folders prepare packs, and the subfolder of .carry/train each goes to
 PHOTO_SETS = {"train": "train", "extra": "train_extra"}
 LIMIT = 64 * 2**20  # what may travel in one call
@@ -135,6 +150,10 @@ CONTINUE = dict(
 # the real-world GAN: the GAN recipe with its LR made by a degradation preset (issue 38)
 REAL = dict(batch=GAN["batch"], crop=GAN["crop"], degradation="photo", args=GAN["args"])
 DAMAGE = ["light", "moderate", "heavy"]  # `srgan eval --degrade` levels (docs/degradations.md)
+# the restoration front-end: the recipe srgan_x4_denoise (batch 16 of 192 px crops, L1 against the
+# clean LR), continued; its eval adds noise alone, the damage it was first trained for
+RESTORE = dict(batch=16, crop=192, degradation="noisy", args=["--recipe", "srgan_x4_denoise"])
+RESTORE_DAMAGE = [*DAMAGE, "noise=5", "noise=10"]
 # the training-step measurements of `chunk speed` (docs/benchmarks.md, issue 24's goals)
 SPEED = {
     "pretrain_b64": ["--stage", "pretrain", "--batch-size", "64", "--crop", "96"],
@@ -155,6 +174,7 @@ EXPECTED = {
     INIT_DIR: 6_250_000,
     START_DIR: 6_250_000,
     REAL_START_DIR: 6_250_000,
+    RESTORE_START_DIR: 8_630_000,
 }
 CALLS = {
     "pretrain (first call)": ("chunk pretrain --minutes 7.5", [TRAIN, VAL]),
@@ -169,6 +189,10 @@ CALLS = {
     "real (the real-world GAN, then its eval)": (
         "chunk real --minutes 9",
         [TRAIN, VAL, VGG_DIR, LPIPS_DIR, REAL_START_DIR],
+    ),
+    "restore (the denoising front-end, then its eval)": (
+        "chunk restore --minutes 9",
+        [TRAIN, VAL, LPIPS_DIR, RESTORE_START_DIR],
     ),
     "continue, without the extra photos (A/B)": (
         "chunk continue --minutes 4 --only train --skip-gan --steps N",
@@ -253,6 +277,15 @@ def prepare(args: argparse.Namespace) -> None:
     (ROOT / REAL_START_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(real, ROOT / REAL_START_FILE)
     say(f"chunk real continues {real}")
+    restore = weights.resolve(args.restore_init)
+    info = weights.read_info(restore)
+    if info.arch != "srresnet":
+        sys.exit(f"--restore-init {args.restore_init} is not srresnet weights")
+    (ROOT / RESTORE_START_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(restore, ROOT / RESTORE_START_FILE)
+    front = info.config.get("restore_blocks") or 0
+    what = f"its {front}-block front-end" if front else "a new front-end"
+    say(f"chunk restore continues {restore} ({what})")
     plan(args)
 
 
@@ -405,19 +438,21 @@ def collect(args: argparse.Namespace) -> None:
         (ROOT / INIT_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(back / manifest["weights"], ROOT / INIT_FILE)
         say(f"pretrain step {step}: checkpoint -> {PRETRAIN_RUN}/, weights -> {INIT_FILE} and {archive}/")
-    elif stage in ("continue", "real"):
+    elif stage in ("continue", "real", "restore"):
         with tarfile.open(back / "logs.tar.gz") as tar:
             tar.extractall(archive, filter="data")
-        if stage == "real":
-            say(f"real: gan step {step}: files -> {archive}/")
+        if stage in ("real", "restore"):
+            say(f"{stage}: {'gan ' if stage == 'real' else ''}step {step}: files -> {archive}/")
         else:
             gan = f", gan step {manifest['gan_step']}" if "gan_step" in manifest else ""
             say(f"continue (data: {manifest['data']}): pretrain step {step}{gan}: files -> {archive}/")
     else:
         say(f"gan step {step}: {len(manifest['files'])} files -> {archive}/")
-    logs = {"continue": ["pretrain_log.jsonl", "gan_log.jsonl"], "real": ["gan_log.jsonl"]}.get(
-        stage, ["log.jsonl"]
-    )
+    logs = {
+        "continue": ["pretrain_log.jsonl", "gan_log.jsonl"],
+        "real": ["gan_log.jsonl"],
+        "restore": ["restore_log.jsonl"],
+    }.get(stage, ["log.jsonl"])
     for log in (archive / name for name in logs if (archive / name).is_file()):
         say(f" {log.name}:")
         for line in log.read_text().splitlines():
@@ -492,6 +527,8 @@ def chunk(args: argparse.Namespace) -> None:
             continue_runs(args, console, deadline)
         elif args.stage == "real":
             real_run(args, out, console, deadline)
+        elif args.stage == "restore":
+            restore_run(args, out, console, deadline)
         else:
             run, cmd = stage_command(args, console, deadline)
             train_until(cmd, deadline, args, console)
@@ -503,8 +540,8 @@ def chunk(args: argparse.Namespace) -> None:
         write_manifest(out, {"stage": args.stage}, [n for n in names if (out / n).is_file()])
     elif args.stage == "continue":
         returned_continue(args, out)
-    elif args.stage == "real":
-        returned_real(out)
+    elif args.stage in ("real", "restore"):
+        returned_real(out, args.stage)
     else:
         returned(args.stage, run, out)
     say(f"chunk done in {time.monotonic() - start:.0f} s")
@@ -609,45 +646,92 @@ def real_run(args: argparse.Namespace, out: Path, console: Path, deadline: float
         sys.exit(
             f"{REAL_START_FILE} not found: `prepare --real-init WEIGHTS` puts the weights to continue there"
         )
-    recipe = {**REAL, "degradation": args.degradation}
+    degradation = args.degradation or REAL["degradation"]
+    recipe = {**REAL, "degradation": degradation}
     data_args = data_options(args.only, args.extra_share)
     machine = ["--device", args.device, "--amp", args.amp]
     rate = bench("gan", recipe, args, console)
     train_end = deadline - args.eval_minutes * 60
     left = train_end - time.monotonic() - 60  # data loading, VGG, four validations
     steps = args.gan_steps or args.steps or planned_steps(rate, left, REAL["batch"], 100)
-    say(f"real: {rate:.1f} crops/s with LR by {args.degradation} -> {steps} steps from {REAL_START_FILE}")
-    cmd = gan_command(REAL_START_FILE, REAL_RUN, steps, data_args, machine) + [
-        "--degradation",
-        args.degradation,
-    ]
+    say(f"real: {rate:.1f} crops/s with LR by {degradation} -> {steps} steps from {REAL_START_FILE}")
+    cmd = gan_command(REAL_START_FILE, REAL_RUN, steps, data_args, machine) + ["--degradation", degradation]
     train_until(cmd, train_end, args, console)
+    models = [str(REAL_START_FILE), str(REAL_RUN / "srgan_x4.safetensors")]
+    score(args, models, DAMAGE, out / "real_eval.json", console, deadline)
+
+
+def restore_run(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
+    """One call: the restore stage (the front-end alone) from RESTORE_START_FILE on LR made by
+    --degradation (default noisy), then the result scored on the damage levels and noise alone
+    (restore_eval.json), in the --eval-minutes kept for it."""
+    if not (ROOT / RESTORE_START_FILE).is_file():
+        sys.exit(f"{RESTORE_START_FILE} not found: `prepare --restore-init WEIGHTS` puts the weights there")
+    sys.path.insert(0, str(REPO))
+    from srgan_cli import weights
+
+    trained = bool(weights.read_info(ROOT / RESTORE_START_FILE).config.get("restore_blocks"))
+    degradation = args.degradation or RESTORE["degradation"]
+    recipe = {**RESTORE, "degradation": degradation}
+    rate = bench("restore", recipe, args, console)
+    train_end = deadline - args.eval_minutes * 60
+    left = train_end - time.monotonic() - 45  # data loading, four validations
+    steps = args.steps or planned_steps(rate, left, RESTORE["batch"], 500)
+    start = "its front-end" if trained else "a new front-end"
+    say(f"restore: {rate:.1f} crops/s, LR by {degradation} -> {steps} steps from {RESTORE_START_FILE}")
+    say(f"restore: training {start}")
+    lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
+    cmd = ["train", *RESTORE["args"], *data_options(args.only, args.extra_share), "--val", str(VAL)]
+    cmd += ["--out", str(RESTORE_RUN), "--init", str(RESTORE_START_FILE), "--degradation", degradation]
+    cmd += ["--lr", "1e-4"] if trained else []  # trained already: a new cycle from a lower rate
+    cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1)), "--checkpoint-every", str(steps)]
+    cmd += ["--snapshots", "--samples", "0", "--seed", "0", *lpips]
+    cmd += ["--device", args.device, "--amp", args.amp]
+    train_until(cmd, train_end, args, console)
+    models = [str(RESTORE_START_FILE), str(RESTORE_RUN / "restore_x4.safetensors")]
+    score(args, models, RESTORE_DAMAGE, out / "restore_eval.json", console, deadline)
+
+
+def score(
+    args: argparse.Namespace, models: list[str], damage: list[str], dest: Path, console: Path, deadline: float
+) -> None:
+    """`srgan eval --json` of `models` (and srgan_x4 and the models in .carry/peers, where they are
+    there: `slim` leaves the shipped weights behind) on the val photos, clean and at each level of
+    `damage`, into `dest`; if it fails or runs out of time, the weights come back without it."""
+    sys.path.insert(0, str(REPO))
+    from srgan_cli import weights
+
+    try:
+        models = [str(weights.resolve("srgan_x4")), *models]
+    except weights.WeightsNotFound:
+        say("srgan_x4 is not here (slimmed): the eval leaves it out")
     peers = sorted((ROOT / PEERS_DIR).glob("*.safetensors")) if (ROOT / PEERS_DIR).is_dir() else []
-    models = ["srgan_x4", str(REAL_START_FILE), str(REAL_RUN / "srgan_x4.safetensors")]
     models += [str(p.relative_to(ROOT)) for p in peers]
     cmd = ["eval", "--data", str(VAL), "--device", args.device, "--json"]
-    cmd += [a for m in models for a in ("-m", m)] + [a for d in DAMAGE for a in ("--degrade", d)]
+    cmd += [a for m in models for a in ("-m", m)] + [a for d in damage for a in ("--degrade", d)]
     cmd += ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
     try:
         text = srgan(*cmd, log=console, capture=True, timeout=max(deadline - time.monotonic(), 10))
-        (out / "real_eval.json").write_text(text[text.index("{") :])
+        dest.write_text(text[text.index("{") :])
     except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
-        say(f"real: the eval did not finish ({exc}); the weights come back without it")
+        say(f"{dest.stem}: the eval did not finish ({exc}); the weights come back without it")
 
 
-def returned_real(out: Path) -> None:
-    """What `chunk real` brings back: the weights, the eval, the logs, and snapshots in the room left."""
-    run = ROOT / REAL_RUN
+def returned_real(out: Path, stage: str = "real") -> None:
+    """What `chunk real` / `chunk restore` bring back: the weights, the eval, the logs, and
+    snapshots in the room left."""
+    run = ROOT / (REAL_RUN if stage == "real" else RESTORE_RUN)
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
-        tar.add(run / "log.jsonl", arcname="gan_log.jsonl")
+        tar.add(run / "log.jsonl", arcname="gan_log.jsonl" if stage == "real" else "restore_log.jsonl")
         for name in ("console.log", "gpu.csv"):
             if (out / name).is_file():
                 tar.add(out / name, arcname=name)
                 (out / name).unlink()
-    files = ["logs.tar.gz"] + (["real_eval.json"] if (out / "real_eval.json").is_file() else [])
+    files = ["logs.tar.gz"] + ([f"{stage}_eval.json"] if (out / f"{stage}_eval.json").is_file() else [])
     step = int(json.loads((run / "log.jsonl").read_text().splitlines()[-1]).get("step", 0))
-    manifest: dict = {"stage": "real", "step": step}
-    manifest["weights"] = return_gan_weights(run, out, files)
+    manifest: dict = {"stage": stage, "step": step}
+    name = "srgan_x4" if stage == "real" else "restore_x4"
+    manifest["weights"] = return_gan_weights(run, out, files, name)
     write_manifest(out, manifest, files)
 
 
@@ -826,15 +910,15 @@ def returned(stage: str, run: Path, out: Path) -> None:
     write_manifest(out, manifest, files)
 
 
-def return_gan_weights(run: Path, out: Path, files: list[str]) -> str:
-    """Into $OUT: the GAN weights where the run stopped (a time limit may stop it between
+def return_gan_weights(run: Path, out: Path, files: list[str], name: str = "srgan_x4") -> str:
+    """Into $OUT: the run's weights `name` where it stopped (a time limit may stop it between
     validations), and as many of the latest validations' snapshots as the file limit leaves room
     for; their names are added to `files`."""
-    weights = "srgan_x4.safetensors"
+    weights = f"{name}.safetensors"
     shutil.copyfile(run / weights, out / weights)
     files.append(weights)
     room = MAX_FILES - len(files) - 1  # the manifest is one file too
-    for snap in sorted(run.glob("srgan_x4_step*.safetensors"))[-room:]:
+    for snap in sorted(run.glob(f"{name}_step*.safetensors"))[-room:]:
         shutil.copyfile(snap, out / snap.name)
         files.append(snap.name)
     return weights
@@ -941,6 +1025,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quality", type=int, default=90, help="packed photos' quality (default 90)")
     p.add_argument("--init", default="srresnet_x4", help="weights `chunk continue` starts from")
     p.add_argument("--real-init", default="srgan_x4_real", help="weights `chunk real` continues")
+    p.add_argument(
+        "--restore-init", default="srgan_x4_denoise", help="weights whose front-end `chunk restore` trains"
+    )
     sub.add_parser("slim", help="leave shipped weights and doc images out of what travels (here)")
     sub.add_parser("unslim", help="undo slim (here)")
     sub.add_parser("plan", help="each call's command, carry list and size (here)")
@@ -948,7 +1035,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", help="the files_at folder of the chunk's call")
     p.add_argument("--archive", default=str(ROOT / "runs" / "gpu"), help="where to keep them")
     p = sub.add_parser("chunk", help="one call's training (there)")
-    p.add_argument("stage", choices=("pretrain", "gan", "continue", "real", "speed", "upscale"))
+    p.add_argument("stage", choices=("pretrain", "gan", "continue", "real", "restore", "speed", "upscale"))
     p.add_argument("--minutes", type=float, required=True, help="the whole command's time limit")
     p.add_argument("--reserve", type=float, default=30.0, help="seconds kept for the end (default 30)")
     p.add_argument(
@@ -957,7 +1044,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=0, help="steps of a new run (default: from the benchmark)")
     p.add_argument("--gan-steps", type=int, default=0, help="continue: GAN steps (default: the time left)")
     p.add_argument("--pretrain-share", type=float, default=0.4, help="continue: share of the time (0.4)")
-    p.add_argument("--only", choices=tuple(PHOTO_SETS), help="continue: train on one packed set only")
+    p.add_argument("--only", choices=tuple(PHOTO_SETS), help="continue, real, restore: one packed set only")
     p.add_argument(
         "--extra-share", type=float, default=0.5, help="share of crops from the extra photos (0.5)"
     )
@@ -968,8 +1055,12 @@ def main(argv: list[str] | None = None) -> None:
         "--cases", nargs="*", choices=(*SPEED, *UPSCALE), help="speed, upscale: which sizes (default: all)"
     )
     p.add_argument("--loop-seconds", type=float, default=60.0, help="speed: the srgan train loop's time")
-    p.add_argument("--degradation", default=REAL["degradation"], help="real: how LR inputs are made (photo)")
-    p.add_argument("--eval-minutes", type=float, default=1.5, help="real: minutes kept for the eval (1.5)")
+    p.add_argument(
+        "--degradation", default=None, help="real, restore: how LR inputs are made (photo; restore: noisy)"
+    )
+    p.add_argument(
+        "--eval-minutes", type=float, default=1.5, help="real, restore: minutes kept for the eval (1.5)"
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--amp", default="bf16")
     p.add_argument("--out", default="", help="where returned files go (default: $OUT)")

@@ -312,8 +312,10 @@ def benchmark_train(
     # FLOPs per crop: every pass that needs gradients costs ~3x its forward (forward + 2x backward)
     lr_probe, hr_probe = pool.batch(2, pool.generator(1))
     lr_probe, hr_probe = lr_probe.to(device), hr_probe.to(device)
-    f_g = conv_flops(trainer.g, lr_probe)
-    flops = 3 * f_g
+    if trainer.restoring:  # the restore step runs the LR front-end alone (the SR network is frozen)
+        flops = 3 * conv_flops(trainer.g.restore, lr_probe)
+    else:
+        flops = 3 * conv_flops(trainer.g, lr_probe)
     if config.stage == "gan" and trainer.d is not None:
         f_d = conv_flops(trainer.d, hr_probe)
         flops += 3 * f_d + 3 * f_d + 2 * f_d  # D step on real and fake, G step through D to its input
@@ -332,7 +334,8 @@ def benchmark_train(
         step_mode=trainer.step_mode,
         batch_size=config.batch_size,
         crop=config.crop,
-        model=f"srresnet {g_cfg.n_blocks}x{g_cfg.n_feats} x{g_cfg.scale}",
+        model=f"srresnet {g_cfg.n_blocks}x{g_cfg.n_feats} x{g_cfg.scale}"
+        + (f", front-end {g_cfg.restore_blocks}x{g_cfg.restore_feats}" if g_cfg.restore_blocks else ""),
         vgg=vgg_source,
         steps=steps,
         ms_per_step=round(median * 1000, 2),

@@ -65,6 +65,24 @@ def test_benchmark_train_compares_step_modes_and_profiles() -> None:
     )
 
 
+def test_benchmark_train_times_the_restore_step_on_damaged_lr() -> None:
+    """--stage restore: the front-end's step alone (its FLOPs, not the frozen SR network's), with
+    LR by --degradation (noisy unless told); a bicubic LR is refused as `srgan train` refuses it."""
+    args = ["benchmark", "train", "--stage", "restore", "--n-blocks", "2", "--n-feats", "8", "--crop", "32"]
+    args += ["--batch-size", "2", "--steps", "2", "--warmup", "1", "--device", "cpu", "--restore-blocks", "2"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["stage"], row["degradation"]) == ("restore", "noisy")
+    assert row["model"] == "srresnet 2x8 x4, front-end 2x64" and row["crops_per_s"] > 0
+    front = SRResNet(SRResNetConfig(n_blocks=2, n_feats=8, restore_blocks=2)).restore
+    lr = torch.zeros(2, 3, 8, 8)  # the probe's two LR crops (crop 32 / 4)
+    assert row["gflop_per_crop"] == round(3 * conv_flops(front, lr) / 1e9, 3)
+
+    refused = CliRunner().invoke(app, [*args, "--degradation", "bicubic"])
+    assert refused.exit_code == 2 and "learns to undo damage" in refused.output
+
+
 def test_benchmark_train_compares_precisions_in_one_process() -> None:
     """--amp compare: the fp32 step, then the bf16 one (on the CPU as on a GPU), and their ratio."""
     args = ["benchmark", "train", "--stage", "pretrain", "--n-blocks", "1", "--n-feats", "8", "--crop", "32"]

@@ -326,3 +326,69 @@ def test_the_real_chunk_trains_on_degraded_lr_then_scores_damaged_copies(
     gpu_run.main(["collect", str(back), "--archive", str(tmp_path / "archive")])
     assert (tmp_path / "archive" / "real_step0000006" / "gan_log.jsonl").is_file()
     assert "real: gan step 6" in capsys.readouterr().out
+
+
+def test_the_restore_chunk_trains_the_front_end_then_scores_noise_and_damage(
+    gpu_run,
+    tmp_path: Path,
+    lpips_dir: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`chunk restore` on the CPU: the front-end of the carried start trains alone on LR made by the
+    noisy preset (the recipe srgan_x4_denoise), continued at the lower rate; then the eval on the
+    damage levels and noise alone; the weights, the eval and the logs come back and `collect` them."""
+    root = _carry_for_the_gan(gpu_run, tmp_path, lpips_dir)
+    with pytest.raises(SystemExit, match="restore-init"):
+        gpu_run.main(["chunk", "restore", "--minutes", "5", "--out", str(tmp_path / "o"), *CPU])
+    start = tiny_model(4, global_skip=True, restore_blocks=2)
+    weights.save(root / gpu_run.RESTORE_START_FILE, start, trained_on="x")
+    gpu_run.main(["plan"])
+    assert "restore (the denoising front-end, then its eval)" in capsys.readouterr().out
+
+    back = _call(gpu_run, tmp_path, "d1", "restore", *CPU, "--steps", "4", "--", *TINY)
+    manifest = json.loads((back / "manifest.json").read_text())
+    assert (manifest["stage"], manifest["step"]) == ("restore", 4)
+    assert manifest["weights"] == "restore_x4.safetensors"
+    info = weights.read_info(back / "restore_x4.safetensors")
+    assert info.config["restore_blocks"] == 2 and info.provenance["stage"] == "restore"
+    assert info.provenance["degradation"]["name"] == "noisy" and info.provenance["steps"] == 4
+    assert info.provenance["train_config"]["lr"] == 1e-4  # a trained front-end: the lower rate
+    trained = load_file(str(back / "restore_x4.safetensors"))
+    for name, tensor in start.state_dict().items():  # the SR network behind it is frozen
+        if not name.startswith("restore.") and tensor.is_floating_point():
+            assert torch.equal(trained[name], tensor), name
+    assert not torch.equal(trained["restore.tail.weight"], start.state_dict()["restore.tail.weight"])
+    scores = json.loads((back / "restore_eval.json").read_text())
+    names = ["clean", "light", "moderate", "heavy", "noise=5", "noise=10"]
+    assert [s["name"] for s in scores["sets"]] == names
+    methods = [r["method"] for r in scores["sets"][-1]["results"]]
+    assert methods[0] == "bicubic" and "restore_x4" in methods
+    gpu_run.main(["collect", str(back), "--archive", str(tmp_path / "archive")])
+    assert (tmp_path / "archive" / "restore_step0000004" / "restore_log.jsonl").is_file()
+    assert "restore: step 4" in capsys.readouterr().out
+
+
+def test_the_eval_of_a_chunk_leaves_out_srgan_x4_where_slim_left_it_behind(
+    gpu_run,
+    tmp_path: Path,
+    lpips_dir: Path,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On the GPU machine the shipped weights are not carried (`slim`): the chunk's eval scores the
+    models it has instead of failing on the missing name."""
+    root = _carry_for_the_gan(gpu_run, tmp_path, lpips_dir)
+    model = weights.save(root / "m.safetensors", tiny_model(4), trained_on="x")
+
+    def missing(name: str) -> Path:
+        raise weights.WeightsNotFound(f"no weights named {name!r}")
+
+    monkeypatch.setattr(weights, "resolve", missing)
+    out = tmp_path / "o"
+    out.mkdir()
+    args = gpu_run.argparse.Namespace(device="cpu")
+    deadline = gpu_run.time.monotonic() + 120
+    gpu_run.score(args, [str(model)], ["noise=5"], out / "e.json", out / "console.log", deadline)
+    scores = json.loads((out / "e.json").read_text())
+    assert [r["method"] for r in scores["sets"][1]["results"]] == ["bicubic", "m"]
+    assert "srgan_x4 is not here (slimmed)" in capsys.readouterr().out

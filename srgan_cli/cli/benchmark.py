@@ -54,6 +54,7 @@ class BenchBackend(str, Enum):
 class BenchStage(str, Enum):
     pretrain = "pretrain"
     gan = "gan"
+    restore = "restore"
     all = "all"
 
 
@@ -67,13 +68,21 @@ class BenchStep(str, Enum):
 @app.command("train")
 def train(
     stage: Annotated[
-        BenchStage, typer.Option("--stage", help="Which training step to time.")
+        BenchStage,
+        typer.Option(
+            "--stage",
+            help="Which training step to time (all = pretrain and gan; restore: the front-end alone, "
+            "--restore-blocks of it, its LR made by --degradation, default noisy).",
+        ),
     ] = BenchStage.all,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per step.")] = 16,
     crop: Annotated[int, typer.Option("--crop", min=8, help="HR crop side.")] = 96,
     scale: Annotated[int, typer.Option("--scale")] = 4,
     n_blocks: Annotated[int, typer.Option("--n-blocks", min=1)] = 16,
     n_feats: Annotated[int, typer.Option("--n-feats", min=1)] = 64,
+    restore_blocks: Annotated[
+        int, typer.Option("--restore-blocks", min=1, help="restore: blocks of the front-end.")
+    ] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps.")] = 10,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed steps first.")] = 3,
     device: DeviceOpt = "auto",
@@ -133,7 +142,10 @@ def train(
     the reference."""
     amps = ["off", "bf16"] if amp.value == "compare" else [amp.value]
     modes = ["off", "on"] if fast_step == BenchStep.compare else [fast_step.value]
-    degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
+    if stage == BenchStage.restore:  # a front-end learns only from damaged LR: no bicubic row
+        degradations = [degradation or "noisy"]
+    else:
+        degradations = ["bicubic"] + ([degradation] if degradation and degradation != "bicubic" else [])
     compared = [
         name
         for name, runs in (("--amp", amps), ("--fast-step", modes), ("--degradation", degradations))
@@ -152,6 +164,7 @@ def train(
         d_arch=d_arch.value,
         vgg_weights=vgg_weights,
         ema=0.999,
+        restore_blocks=restore_blocks if stage == BenchStage.restore else 0,
     )
     stages = ["pretrain", "gan"] if stage == BenchStage.all else [stage.value]
     results = []
@@ -166,7 +179,7 @@ def train(
     with guard(as_json), StageProgress(console, per_run * len(runs), "steps") as progress:
         if len(compared) > 1:
             raise UsageError(f"{' and '.join(compared)} each compare two runs; give one of them at a time")
-        base.validate()
+        replace(base, stage=stages[0], degradation=degradations[-1]).validate()
         for name, mode, lr_by, precision in runs:
             label = f"{name} (fast step {mode}, LR by {lr_by}{', amp ' + precision if len(amps) > 1 else ''})"
             with progress.stage(label, per_run) as on_step:
