@@ -211,3 +211,38 @@ def test_a_front_end_model_exports_to_onnx_and_runs_in_onnx_runtime(tmp_path: Pa
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+
+
+def test_export_onnx_denoise_bakes_the_strength_into_the_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`srgan export-onnx --denoise S`: the ONNX file computes what `upscale --denoise S` does,
+    says so in its metadata and its default name; a model without a front-end is refused."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    model = tiny_model(2, seed=4, global_skip=True, restore_blocks=2)
+    src = weights.save(tmp_path / "front_x2.safetensors", model)
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)  # the default output name lands here
+    done = runner.invoke(app, ["export-onnx", "-m", str(src), "--denoise", "0.5"])
+    assert done.exit_code == 0, done.output
+    path = tmp_path / "front_x2_denoise0.5.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["srgan_cli.source"])["denoise"] == 0.5
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 10, 12)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        half, full = with_restore_strength(model, 0.5)(x), model(x)
+    np.testing.assert_allclose(got, half.numpy(), atol=1e-4)
+    assert not np.allclose(got, full.numpy(), atol=1e-3)  # the strength is in the graph
+
+    plain = weights.save(tmp_path / "plain_x2.safetensors", tiny_model(2))
+    refused = runner.invoke(
+        app, ["export-onnx", "-m", str(plain), "--denoise", "0.5", "-o", str(tmp_path / "p.onnx")]
+    )
+    assert refused.exit_code == 2 and "has none" in " ".join(refused.output.split())
+    assert not (tmp_path / "p.onnx").exists()

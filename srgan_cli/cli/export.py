@@ -13,12 +13,16 @@ from rich.markup import escape
 from .. import archs, weights
 from ..errors import ForeignWeights, UsageError
 from ..runtime.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx, parse_static
+from ..sr.models import with_restore_strength
 from .common import JsonOpt, console, guard, stdout
 from .results import print_result
 
 
-def _default_output(name: str, fp16: bool, int8: bool, static: tuple[int, int] | None) -> Path:
-    tag = "_int8" if int8 else "_fp16" if fp16 else ""
+def _default_output(
+    name: str, fp16: bool, int8: bool, static: tuple[int, int] | None, denoise: float | None = None
+) -> Path:
+    tag = f"_denoise{denoise:g}" if denoise is not None else ""
+    tag += "_int8" if int8 else "_fp16" if fp16 else ""
     if static:
         tag += f"_{static[0]}x{static[1]}"
     return Path(f"{name}{tag}.onnx")
@@ -52,7 +56,9 @@ def export_onnx_cmd(
     ] = weights.DEFAULT_MODEL,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="The .onnx file. Default: MODEL[_fp16|_int8][_HxW].onnx here."),
+        typer.Option(
+            "-o", "--output", help="The .onnx file. Default: MODEL[_denoiseS][_fp16|_int8][_HxW].onnx here."
+        ),
     ] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = DEFAULT_OPSET,
     fp16: Annotated[
@@ -78,6 +84,17 @@ def export_onnx_cmd(
     calibrate_limit: Annotated[
         int, typer.Option("--calibrate-limit", min=1, help="Use at most this many calibration photos.")
     ] = 32,
+    denoise: Annotated[
+        float | None,
+        typer.Option(
+            "--denoise",
+            min=0.0,
+            max=1.0,
+            metavar="S",
+            help="For a model with a restoration front-end (srgan_x4_denoise): export it applying S (0-1) "
+            "of its correction, as `srgan upscale --denoise S` does.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -93,8 +110,8 @@ def export_onnx_cmd(
         if calibrate is not None and not int8:
             raise UsageError("--calibrate is only used with --int8")
         shape = parse_static(static) if static else None
-        net, name, source = _model_to_export(model)
-        path = output or _default_output(name, fp16, int8, shape)
+        net, name, source = _model_to_export(model, denoise)
+        path = output or _default_output(name, fp16, int8, shape, denoise)
         if int8:
             from ..runtime.onnx_export import quantize_int8
 
@@ -123,11 +140,14 @@ def export_onnx_cmd(
     _print_report(report)
 
 
-def _model_to_export(model: str) -> tuple[Any, str, dict[str, Any]]:
-    """(network, name, source facts) of our weights, or of a community model (spandrel)."""
+def _model_to_export(model: str, denoise: float | None = None) -> tuple[Any, str, dict[str, Any]]:
+    """(network, name, source facts) of our weights, or of a community model (spandrel); with
+    `denoise`, our model's restoration front-end scaled to that strength."""
     try:
         loaded = archs.load(model, expect_arch="srresnet")
     except ForeignWeights:
+        if denoise is not None:
+            raise UsageError("--denoise needs this project's weights with a restoration front-end") from None
         from ..runtime.third_party import ExportableModel, describe
 
         path = weights.resolve(model)
@@ -138,7 +158,14 @@ def _model_to_export(model: str) -> tuple[Any, str, dict[str, Any]]:
         "trained_on": loaded.info.trained_on,
         "metrics": loaded.info.metrics,
     }
-    return loaded.model, loaded.info.name, source
+    if denoise is None:
+        return loaded.model, loaded.info.name, source
+    if not loaded.info.config.get("restore_blocks"):
+        raise UsageError(
+            f"--denoise sets how much a restoration front-end removes; {loaded.info.name} has none",
+            hint="models with one: srgan models (e.g. srgan_x4_denoise)",
+        )
+    return with_restore_strength(loaded.model, denoise), loaded.info.name, {**source, "denoise": denoise}
 
 
 def _print_report(r: ExportReport) -> None:

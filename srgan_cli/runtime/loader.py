@@ -155,7 +155,7 @@ def _check_denoise(
     if onnx or backend == "onnx":
         raise UsageError(
             "--denoise changes the weights as they are loaded, which the ONNX backend cannot",
-            hint="use --backend torch",
+            hint="use --backend torch, or export that strength: srgan export-onnx -m MODEL --denoise S",
         )
     if mode != "sr" or info is None or info.arch != "srresnet" or not info.config.get("restore_blocks"):
         raise UsageError(
