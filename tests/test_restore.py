@@ -138,6 +138,33 @@ def test_restore_stage_trains_only_the_front_end_and_resumes_exactly(photo_dir: 
     assert (again.restore_blocks, again.restore_feats) == (2, 8)
 
 
+def test_front_end_only_gan_trains_the_front_end_through_the_frozen_sr_network(
+    photo_dir: Path, tmp_path: Path
+) -> None:
+    """--front-end-only in the gan stage: the adversarial and pixel losses on the output reach the
+    front-end through the SR network, which stays exactly as it was (batch-norm statistics too,
+    though it runs in every step); refused without a front-end."""
+    start = tmp_path / "start.safetensors"
+    weights.save(start, tiny_model(2, seed=6, restore_blocks=2))
+    cfg = _config(photo_dir, tmp_path / "g", start, 3, stage="gan", front_end_only=True, content_weight=0.0)
+    cfg = apply_init_arch(cfg, set())
+    cfg.validate()
+    done = train(cfg)
+    loaded = archs.load(done.weights)
+    assert loaded.info.provenance["train_config"]["front_end_only"] is True
+    state, before = loaded.model.state_dict(), archs.load(start).model.state_dict()
+    for key, value in before.items():
+        if not key.startswith("restore."):
+            assert torch.equal(state[key], value), key
+    assert not torch.equal(state["restore.tail.weight"], before["restore.tail.weight"])
+
+    plain = tmp_path / "plain.safetensors"
+    weights.save(plain, tiny_model(2))
+    no_front = apply_init_arch(replace(cfg, init=str(plain), restore_blocks=0), set())
+    with pytest.raises(TrainingOptionError, match="--front-end-only"):
+        no_front.validate()
+
+
 def test_restore_stage_refuses_what_it_cannot_learn_from(photo_dir: Path, tmp_path: Path) -> None:
     sr = tmp_path / "sr.safetensors"
     weights.save(sr, tiny_model(2))

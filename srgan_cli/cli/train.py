@@ -204,6 +204,16 @@ def train(
     restore_feats: Annotated[
         int | None, _opt("--restore-feats", panel=_MODEL, min=1, help="Channels of the front-end.")
     ] = None,
+    front_end_only: Annotated[
+        bool | None,
+        _opt(
+            "--front-end-only",
+            panel=_MODEL,
+            help="pretrain/gan: train only the front-end, with the stage's losses on the output through "
+            "the frozen SR network.",
+            show_default=False,
+        ),
+    ] = None,
     d_feats: Annotated[
         int | None, _opt("--d-feats", panel=_MODEL, min=1, help="Discriminator base width.")
     ] = None,

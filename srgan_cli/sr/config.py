@@ -54,6 +54,7 @@ RUN_FIELDS = (
     "global_skip",
     "restore_blocks",
     "restore_feats",
+    "front_end_only",
     "d_feats",
     "d_arch",
     "crop",
@@ -103,6 +104,9 @@ class TrainConfig:
     # the identity; the restore stage trains it alone, the other stages with the whole generator
     restore_blocks: int = 0
     restore_feats: int = 64  # its channels
+    # pretrain/gan: train only the front-end, through the frozen SR network (batch-norm statistics
+    # included), with the stage's losses on the whole model's output; the restore stage always does
+    front_end_only: bool = False
     # --- discriminator --------------------------------------------------------------------------
     d_feats: int = 64  # channels of D's first conv (paper: 64)
     # srgan: the paper's 8 convs and one logit per crop; unet: Real-ESRGAN's U-Net with spectral
@@ -285,6 +289,11 @@ class TrainConfig:
                     "the restore stage learns to undo damage: give a --degradation (e.g. noisy) "
                     "or real LR photos (--data-lr)"
                 )
+        if self.front_end_only and not self.restore_blocks:
+            raise TrainingOptionError(
+                "--front-end-only trains the LR front-end: give it --restore-blocks (e.g. 8), "
+                "or --init weights that have one"
+            )
         if self.init_d and self.stage != "gan":
             raise TrainingOptionError("--init-d starts the discriminator, which only the gan stage has")
         if self.crop % self.scale:

@@ -211,7 +211,7 @@ class Run:
                 "step_mode": trainer.step_mode,
                 "params": count_parameters(trainer.g),
                 # the restore stage trains only the front-end
-                "trained_params": count_parameters(trainer.g.restore if trainer.restoring else trainer.g),
+                "trained_params": count_parameters(trainer.trained),
                 "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
                 "images": len(self.pool.files),
                 "sources": self.shares,
@@ -233,7 +233,7 @@ class Run:
         self.timed = (self.step + warmup, self.step + warmup + (10 if self.device.type == "cuda" else 2))
         self.timed_from = (0.0, 0.0)  # (clock, overheads) at the first timed step
         self.t_log = time.perf_counter()
-        trainer.g.train()
+        trainer.train_mode()
         if trainer.d is not None:
             trainer.d.train()
 
@@ -328,7 +328,7 @@ class Run:
             save_png(self.out / SAMPLES / f"step_{self.step:07d}.png", grid)
             if self.tb is not None:
                 self.tb.image(self.step, grid)
-        self.trainer.g.train()
+        self.trainer.train_mode()
         return report
 
     def save_checkpoint(self) -> None:

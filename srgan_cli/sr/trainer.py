@@ -145,13 +145,17 @@ class Trainer:
                 restore_feats=config.restore_feats,
             )
         ).to(device, memory_format=fmt)
-        self.restoring = config.stage == "restore"  # only the LR front-end learns; the SR network is frozen
-        if self.restoring:
+        self.restoring = config.stage == "restore"  # the front-end's own step, against the clean LR
+        # only the LR front-end learns; the SR network is frozen (the restore stage, or
+        # --front-end-only: the stage's losses on the output, through the frozen SR network)
+        self.front_end_only = self.restoring or config.front_end_only
+        if self.front_end_only:
             self.g.requires_grad_(False)
             self.g.restore.requires_grad_(True)
         self.ema = copy.deepcopy(self.g).eval().requires_grad_(False) if config.ema > 0 else None
         self._ema_update = EmaUpdate(self.ema, self.g) if self.ema is not None else None
-        self.g_opt = self._adam(self.g.restore if self.restoring else self.g, config.lr)
+        self.trained: nn.Module = self.g.restore if self.front_end_only else self.g  # what has gradients
+        self.g_opt = self._adam(self.trained, config.lr)
         self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.d: nn.Module | None = None
         self.content: ContentLoss | None = None
@@ -193,6 +197,15 @@ class Trainer:
                 self.d_run = torch.compile(self.d)  # type: ignore[assignment]
             if self.content is not None:
                 self.content.vgg = torch.compile(self.content.vgg)  # type: ignore[assignment]
+
+    def train_mode(self) -> None:
+        """G in training mode for the steps; with the SR network frozen (front-end only), all of it
+        but the front-end stays in eval mode: its batch-norm statistics are part of what is frozen."""
+        self.g.train()
+        if self.front_end_only:
+            for name, part in self.g.named_children():
+                if name != "restore":
+                    part.eval()
 
     @property
     def step_mode(self) -> str:
