@@ -210,7 +210,7 @@ class Run:
                 "amp": precision_name(trainer.amp) if trainer.amp else "off",
                 "step_mode": trainer.step_mode,
                 "params": count_parameters(trainer.g),
-                # the restore stage trains only the front-end
+                # the front-end alone in the restore stage and with --front-end-only
                 "trained_params": count_parameters(trainer.trained),
                 "d_params": count_parameters(trainer.d) if trainer.d is not None else 0,
                 "images": len(self.pool.files),
