@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from .. import archs, weights
 from ..errors import ForeignWeights, UsageError
+from ..runtime.loader import check_denoise
 from ..runtime.onnx_export import DEFAULT_OPSET, ExportReport, export_onnx, parse_static
 from ..sr.models import with_restore_strength
 from .common import JsonOpt, console, guard, stdout
@@ -160,11 +161,7 @@ def _model_to_export(model: str, denoise: float | None = None) -> tuple[Any, str
     }
     if denoise is None:
         return loaded.model, loaded.info.name, source
-    if not loaded.info.config.get("restore_blocks"):
-        raise UsageError(
-            f"--denoise sets how much a restoration front-end removes; {loaded.info.name} has none",
-            hint="models with one: srgan models (e.g. srgan_x4_denoise)",
-        )
+    check_denoise(denoise, loaded.info, "sr", "torch", onnx=False)  # upscale --denoise's own checks
     return with_restore_strength(loaded.model, denoise), loaded.info.name, {**source, "denoise": denoise}
 
 

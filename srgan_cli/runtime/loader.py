@@ -114,7 +114,7 @@ def build_upscaler(
             hint="for ONNX, write the blend with srgan interpolate and export that file",
         )
     if denoise is not None:
-        _check_denoise(denoise, info, mode, backend, onnx is not None or is_onnx_path(model))
+        check_denoise(denoise, info, mode, backend, onnx is not None or is_onnx_path(model))
     if mode == "lapgan":
         pad = 32 if tile_pad is None else tile_pad  # LAPGAN: the pad it always had
         return _lapgan_upscaler(model, backend, onnx, device, precision, tile, pad, compile, lapgan_levels)
@@ -146,7 +146,7 @@ def build_upscaler(
     return _onnx_upscaler(model, onnx_file, device, precision, expect_scale, **tiling)
 
 
-def _check_denoise(
+def check_denoise(
     denoise: float, info: weights.WeightsInfo | None, mode: str, backend: str, onnx: bool
 ) -> None:
     """--denoise needs this project's weights with a restoration front-end, on the torch backend."""
