@@ -165,6 +165,35 @@ def test_front_end_only_gan_trains_the_front_end_through_the_frozen_sr_network(
         no_front.validate()
 
 
+def test_restore_stage_learns_towards_sharpened_targets_but_not_for_clean_crops(
+    photo_dir: Path, tmp_path: Path
+) -> None:
+    """`sharpen_target` reaches the restore stage's target (the clean LR of the sharpened HR), and
+    crops that kept the clean LR keep the plain target: with every crop clean, sharpening changes
+    nothing."""
+    sr = tmp_path / "sr.safetensors"
+    weights.save(sr, tiny_model(2, seed=4))
+    tails = {}
+    for name, sharpen, clean in (
+        ("plain", 0.0, 0.0),
+        ("sharp", 1.0, 0.0),
+        ("allclean", 1.0, 1.0),
+        ("clean", 0.0, 1.0),
+    ):
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(
+            f'preset = "noisy"\nclean_prob = {clean}\nsharpen_target = {sharpen}\nsharpen_sigma = 2.0\n'
+        )
+        cfg = apply_init_arch(_config(photo_dir, tmp_path / name, sr, 3, degradation=str(toml)), set())
+        cfg.validate()
+        train(cfg)
+        tails[name] = torch.load(tmp_path / name / CHECKPOINT, weights_only=True)["generator"][
+            "restore.tail.weight"
+        ]
+    assert not torch.equal(tails["plain"], tails["sharp"])
+    assert torch.equal(tails["allclean"], tails["clean"])
+
+
 def test_restore_stage_refuses_what_it_cannot_learn_from(photo_dir: Path, tmp_path: Path) -> None:
     sr = tmp_path / "sr.safetensors"
     weights.save(sr, tiny_model(2))

@@ -117,6 +117,9 @@ class DegradationConfig:
     video_codecs: tuple[str, ...] = ("libx264",)
     video_crf: Range = (18, 35)  # constant rate factor (x264/x265: 0 lossless, 23 default, 51 worst)
     sharpen_target: float = 0.0  # unsharp-mask weight of the training targets (Real-ESRGAN: 0.5); 0 = off
+    # its Gaussian's std. dev. in HR px (Real-ESRGAN: 8, a 51 px kernel); a small one (2-3) sharpens
+    # edges, not local contrast: what a restoration front-end's target needs (docs/degradations.md)
+    sharpen_sigma: float = 8.0
 
     def check(self) -> DegradationConfig:
         if self.bicubic:
@@ -137,6 +140,8 @@ class DegradationConfig:
             _range(self.video_crf, "video_crf", 0, 51)
         if not 0.0 <= self.sharpen_target <= 4.0:
             raise DegradationError(f"sharpen_target must be in [0, 4], got {self.sharpen_target}")
+        if not 0.3 <= self.sharpen_sigma <= 16.0:
+            raise DegradationError(f"sharpen_sigma must be in [0.3, 16] HR px, got {self.sharpen_sigma}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

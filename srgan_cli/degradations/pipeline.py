@@ -24,8 +24,9 @@ def _delta(n: int) -> torch.Tensor:
 
 class Degrader:
     """`degrader(hr)`: (N, 3, H, W) float HR in [0, 1] -> (N, 3, H/s, W/s) float LR in [0, 1],
-    8-bit quantised like a real file. `target(hr)`: the training target (sharpened if the config
-    asks). With `record=True`, `last` describes what each sample of the last call went through."""
+    8-bit quantised like a real file. `target(hr)`: the training target of the last call's batch
+    (sharpened if the config asks, except for the crops that kept the clean LR). With
+    `record=True`, `last` describes what each sample of the last call went through."""
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class Degrader:
         self.noise_rng = torch.Generator(device=self.device).manual_seed(seed + 1)  # noise fields
         self.record = record
         self.last: list[dict[str, Any]] = []
+        self.clean: torch.Tensor | None = None  # (N,) bool: the last call's crops that kept the clean LR
 
     # --- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -54,9 +56,16 @@ class Degrader:
 
     # --- the pipeline ---------------------------------------------------------------------------
     def target(self, hr: torch.Tensor) -> torch.Tensor:
-        if self.config.sharpen_target > 0:
-            return ops.unsharp_mask(hr, self.config.sharpen_target)
-        return hr
+        """The target of `hr`, the batch of the last call: unsharp-masked with `sharpen_target`, but
+        the crops that kept the clean LR keep their HR as it is (a clean photo is to stay as it is)."""
+        cfg = self.config
+        if cfg.sharpen_target <= 0:
+            return hr
+        sharp = ops.unsharp_mask(hr, cfg.sharpen_target, sigma=cfg.sharpen_sigma)
+        clean = self.clean
+        if clean is not None and clean.shape[0] == hr.shape[0] and bool(clean.any()):
+            sharp = torch.where(clean.to(hr.device).view(-1, 1, 1, 1), hr, sharp)
+        return sharp
 
     @torch.no_grad()
     def __call__(self, hr: torch.Tensor) -> torch.Tensor:
@@ -68,8 +77,10 @@ class Degrader:
         cfg = self.config
         self.last = [{} for _ in range(n)] if self.record else []
         if cfg.bicubic:
+            self.clean = None
             return ops.bicubic_lr(x, out)
         clean = torch.rand(n, generator=self.rng) < cfg.clean_prob  # drawn first, always
+        self.clean = clean
         if cfg.from_clean_lr:  # the damage starts from the clean protocol's LR
             x = ops.bicubic_lr(x, out)
         if cfg.first is not None:

@@ -248,8 +248,8 @@ class Run:
         else:
             hr_img = self.pool.crops(self.config.batch_size, self.data_rng).to(self.device, non_blocking=True)
             lr_img = self.degrader(hr_img)  # (N, 3, c/s, c/s), 8-bit like a real file
-            if self.config.stage != "restore":  # the restorer's target is the plain HR's clean LR
-                hr_img = self.degrader.target(hr_img)  # sharpened when the degradation asks
+            # sharpened when the degradation asks (the restore stage's target is this HR's clean LR)
+            hr_img = self.degrader.target(hr_img)
         self.lr_now = self.trainer.set_lr(self.step)
         self.means.add(self.trainer.step(lr_img, hr_img, self.step))  # summed on the device: no sync
         self.step += 1

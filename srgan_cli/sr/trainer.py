@@ -331,7 +331,10 @@ class Trainer:
     # --- the restore stage: the LR front-end alone, against the clean LR -----------------------
     def restore_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """The damaged LR through the restorer, compared with the clean protocol's LR of the same HR
-        crop (antialiased bicubic, 8 bit): what the frozen SR network behind it was trained on."""
+        crop (antialiased bicubic, 8 bit): what the frozen SR network behind it was trained on. With
+        the degradation's `sharpen_target`, `hr_img` comes unsharp-masked (but for the crops that
+        kept the clean LR), so the target is a little sharper than the clean LR: an L1 average of
+        what a damaged LR could have been is softer than any of them, and this pays it back."""
         assert self.restore_run is not None
         lr_img, hr_img = self._prepare(lr_img), self._prepare(hr_img)
         clean = bicubic_lr(hr_img.float(), tuple(lr_img.shape[-2:]))  # (N, 3, h, w)
