@@ -203,8 +203,17 @@ def test_sharpened_targets_spare_the_crops_that_kept_the_clean_lr() -> None:
     wide(hr)
     assert not torch.allclose(wide.target(hr), target)
     assert torch.equal(Degrader(replace(config, sharpen_target=0.0), 4).target(hr), hr)
+    # sharpen_threshold 0 sharpens faint detail too, which the default threshold leaves alone
+    faint = torch.full((1, 3, 48, 48), 0.5)
+    faint[..., ::2, :] += 2 / 255
+    plain, every = (
+        Degrader(replace(config, clean_prob=0.0, sharpen_threshold=t), 4).target(faint) for t in (10.0, 0.0)
+    )
+    assert torch.allclose(plain, faint) and (every - faint).abs().max() > 0.5 / 255
     with pytest.raises(DegradationError, match="sharpen_sigma"):
         replace(config, sharpen_sigma=0.1).check()
+    with pytest.raises(DegradationError, match="sharpen_threshold"):
+        replace(config, sharpen_threshold=-1.0).check()
 
 
 def test_toml_overrides_ranges_and_rejects_mistakes(tmp_path: Path) -> None:

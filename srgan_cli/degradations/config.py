@@ -120,6 +120,9 @@ class DegradationConfig:
     # its Gaussian's std. dev. in HR px (Real-ESRGAN: 8, a 51 px kernel); a small one (2-3) sharpens
     # edges, not local contrast: what a restoration front-end's target needs (docs/degradations.md)
     sharpen_sigma: float = 8.0
+    # the detail (grey levels of 255) below which the mask leaves pixels unsharpened (Real-ESRGAN:
+    # 10, so flat areas keep their noise-free look); 0 sharpens texture too
+    sharpen_threshold: float = 10.0
 
     def check(self) -> DegradationConfig:
         if self.bicubic:
@@ -142,6 +145,10 @@ class DegradationConfig:
             raise DegradationError(f"sharpen_target must be in [0, 4], got {self.sharpen_target}")
         if not 0.3 <= self.sharpen_sigma <= 16.0:
             raise DegradationError(f"sharpen_sigma must be in [0.3, 16] HR px, got {self.sharpen_sigma}")
+        if not 0.0 <= self.sharpen_threshold <= 255.0:
+            raise DegradationError(
+                f"sharpen_threshold must be in [0, 255] grey levels, got {self.sharpen_threshold}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

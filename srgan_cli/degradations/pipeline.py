@@ -61,7 +61,9 @@ class Degrader:
         cfg = self.config
         if cfg.sharpen_target <= 0:
             return hr
-        sharp = ops.unsharp_mask(hr, cfg.sharpen_target, sigma=cfg.sharpen_sigma)
+        sharp = ops.unsharp_mask(
+            hr, cfg.sharpen_target, sigma=cfg.sharpen_sigma, threshold=cfg.sharpen_threshold / 255.0
+        )
         clean = self.clean
         if clean is not None and clean.shape[0] == hr.shape[0] and bool(clean.any()):
             sharp = torch.where(clean.to(hr.device).view(-1, 1, 1, 1), hr, sharp)
