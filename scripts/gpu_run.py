@@ -71,13 +71,13 @@ then `srgan eval --degrade light/moderate/heavy` of the result next to `srgan_x4
 
 The restoration front-end (issue 38, `srgan train --stage restore`): only the front-end of a model
 such as srgan_x4_denoise trains (L1 against the clean LR; the SR network behind it is frozen and
-never runs, so a step is cheap), on LR damaged by --degradation (default noisy), in one call; then
+never runs, so a step is cheap), on LR damaged by --degradation (default repair), in one call; then
 `srgan eval` of the result on the damage levels and on noise alone:
 
   here    python scripts/gpu_run.py prepare --perceptual DIR     (--restore-init: srgan_x4_denoise)
   here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
   there   python3 scripts/gpu_run.py chunk restore --minutes 9 [--degradation FILE.toml]
-          (a new cosine cycle at 1e-4 when the start has a front-end, the recipe's 2e-4 when it
+          (a new cosine cycle at 1e-4 when the start has a front-end, 2e-4 (the earlier recipe's) when it
           gets a new one; the weights, the last snapshots, restore_eval.json and the logs come back)
   here    python scripts/gpu_run.py collect FILES_AT
 
@@ -152,7 +152,7 @@ REAL = dict(batch=GAN["batch"], crop=GAN["crop"], degradation="photo", args=GAN[
 DAMAGE = ["light", "moderate", "heavy"]  # `srgan eval --degrade` levels (docs/degradations.md)
 # the restoration front-end: the recipe srgan_x4_denoise (batch 16 of 192 px crops, L1 against the
 # clean LR), continued; its eval adds noise alone, the damage it was first trained for
-RESTORE = dict(batch=16, crop=192, degradation="noisy", args=["--recipe", "srgan_x4_denoise"])
+RESTORE = dict(batch=16, crop=192, degradation="repair", args=["--recipe", "srgan_x4_denoise"])
 RESTORE_DAMAGE = [*DAMAGE, "noise=5", "noise=10"]
 # the training-step measurements of `chunk speed` (docs/benchmarks.md, issue 24's goals)
 SPEED = {
@@ -663,7 +663,7 @@ def real_run(args: argparse.Namespace, out: Path, console: Path, deadline: float
 
 def restore_run(args: argparse.Namespace, out: Path, console: Path, deadline: float) -> None:
     """One call: the restore stage (the front-end alone) from RESTORE_START_FILE on LR made by
-    --degradation (default noisy), then the result scored on the damage levels and noise alone
+    --degradation (default repair), then the result scored on the damage levels and noise alone
     (restore_eval.json), in the --eval-minutes kept for it."""
     if not (ROOT / RESTORE_START_FILE).is_file():
         sys.exit(f"{RESTORE_START_FILE} not found: `prepare --restore-init WEIGHTS` puts the weights there")
@@ -683,7 +683,7 @@ def restore_run(args: argparse.Namespace, out: Path, console: Path, deadline: fl
     lpips = ["--lpips-weights", str(LPIPS_DIR)] if (ROOT / LPIPS_DIR).is_dir() else []
     cmd = ["train", *RESTORE["args"], *data_options(args.only, args.extra_share), "--val", str(VAL)]
     cmd += ["--out", str(RESTORE_RUN), "--init", str(RESTORE_START_FILE), "--degradation", degradation]
-    cmd += ["--lr", "1e-4"] if trained else []  # trained already: a new cycle from a lower rate
+    cmd += ["--lr", "1e-4" if trained else "2e-4"]  # trained already: a new cycle from a lower rate
     cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1)), "--checkpoint-every", str(steps)]
     cmd += ["--snapshots", "--samples", "0", "--seed", "0", *lpips]
     cmd += ["--device", args.device, "--amp", args.amp]
@@ -1056,7 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--loop-seconds", type=float, default=60.0, help="speed: the srgan train loop's time")
     p.add_argument(
-        "--degradation", default=None, help="real, restore: how LR inputs are made (photo; restore: noisy)"
+        "--degradation", default=None, help="real, restore: how LR inputs are made (photo; restore: repair)"
     )
     p.add_argument(
         "--eval-minutes", type=float, default=1.5, help="real, restore: minutes kept for the eval (1.5)"

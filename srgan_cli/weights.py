@@ -68,7 +68,7 @@ SHIPPED_USES = {
     "srresnet_x4_fast": "CPU: half the time, a bit softer",
     "srgan_x4": "sharper texture (GAN: invented detail)",
     "srgan_x4_real": "low-quality JPEGs, video: removes blocks (-m auto)",
-    "srgan_x4_denoise": "noisy photos: removes sensor noise (--denoise S)",
+    "srgan_x4_denoise": "noisy or soft photos: repairs the LR first (--denoise S)",
     "lapgan_photos64": "srgan lapgan sample",
     "text2img_shapes": "srgan text2img generate",
     "shapes_checker": "srgan text2img eval --checker",

@@ -216,6 +216,17 @@ def test_sharpened_targets_spare_the_crops_that_kept_the_clean_lr() -> None:
         replace(config, sharpen_threshold=-1.0).check()
 
 
+def test_repair_preset_blurs_at_the_lr_size_and_sharpens_only_damaged_targets() -> None:
+    degrader = Degrader(load_degradation("repair"), 4, seed=1, record=True)
+    hr = _batch(16, 48)
+    degrader(hr)
+    blurred = [row.get("second_blur") is not None for row in degrader.last]
+    assert any(blurred) and not all(blurred)
+    assert degrader.clean is not None and bool(degrader.clean.any())
+    changed = (degrader.target(hr) - hr).abs().flatten(1).amax(dim=1) > 0
+    assert torch.equal(changed, ~degrader.clean)
+
+
 def test_toml_overrides_ranges_and_rejects_mistakes(tmp_path: Path) -> None:
     good = tmp_path / "mine.toml"
     good.write_text(

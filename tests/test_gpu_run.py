@@ -335,7 +335,7 @@ def test_the_restore_chunk_trains_the_front_end_then_scores_noise_and_damage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`chunk restore` on the CPU: the front-end of the carried start trains alone on LR made by the
-    noisy preset (the recipe srgan_x4_denoise), continued at the lower rate; then the eval on the
+    repair preset (the recipe srgan_x4_denoise), continued at the lower rate; then the eval on the
     damage levels and noise alone; the weights, the eval and the logs come back and `collect` them."""
     root = _carry_for_the_gan(gpu_run, tmp_path, lpips_dir)
     with pytest.raises(SystemExit, match="restore-init"):
@@ -351,7 +351,7 @@ def test_the_restore_chunk_trains_the_front_end_then_scores_noise_and_damage(
     assert manifest["weights"] == "restore_x4.safetensors"
     info = weights.read_info(back / "restore_x4.safetensors")
     assert info.config["restore_blocks"] == 2 and info.provenance["stage"] == "restore"
-    assert info.provenance["degradation"]["name"] == "noisy" and info.provenance["steps"] == 4
+    assert info.provenance["degradation"]["name"] == "repair" and info.provenance["steps"] == 4
     assert info.provenance["train_config"]["lr"] == 1e-4  # a trained front-end: the lower rate
     trained = load_file(str(back / "restore_x4.safetensors"))
     for name, tensor in start.state_dict().items():  # the SR network behind it is frozen

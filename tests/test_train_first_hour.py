@@ -145,7 +145,7 @@ def test_recipes_hold_config_fields_and_the_shipped_values() -> None:
         "restore",
         "srgan_x4",
         8,
-        "noisy",
+        "repair",
     )
     denoise.validate()
     fast = TrainConfig.from_recipe("srresnet_x4_fast")

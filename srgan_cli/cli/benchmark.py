@@ -131,7 +131,7 @@ def train(
             "--degradation",
             metavar="SPEC",
             help="Also time the step with its LR made by this degradation (realesrgan, photo, video, noisy, "
-            "FILE.toml), next to the plain bicubic step, and their ratio.",
+            "repair, FILE.toml), next to the plain bicubic step, and their ratio.",
         ),
     ] = None,
     as_json: JsonOpt = False,

@@ -43,8 +43,8 @@ def degrade(
             "--preset",
             "-p",
             metavar="SPEC",
-            help="realesrgan, photo, video, noisy or FILE.toml (random, seeded per image); or the fixed eval "
-            "levels light, moderate, heavy, or blur=S,noise=S,jpeg=Q,h264=CRF (or h265=CRF).",
+            help="realesrgan, photo, video, noisy, repair or FILE.toml (random, seeded per image); or the "
+            "fixed eval levels light, moderate, heavy, or blur=S,noise=S,jpeg=Q,h264=CRF (or h265=CRF).",
         ),
     ] = "realesrgan",
     seed: Annotated[

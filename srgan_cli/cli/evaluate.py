@@ -157,7 +157,7 @@ def evaluate(
             metavar="SPEC",
             help="Also score on damaged copies of the LR: light, moderate, heavy, "
             "blur=S,noise=S,jpeg=Q,h264=CRF (any of them; or h265=CRF: one video frame), a training "
-            "preset (realesrgan, photo, video, noisy) or a .toml; repeat for several. "
+            "preset (realesrgan, photo, video, noisy, repair) or a .toml; repeat for several. "
             "Adds the JPEG block column: the LR's 8x8 grid left in the output, 1.00 = as in the original.",
             show_default=False,
             rich_help_panel="Data",

@@ -230,8 +230,8 @@ def train(
         str | None,
         _opt(
             "--degradation",
-            help="How LR inputs are made: bicubic, realesrgan, photo, video, noisy, or FILE.toml of ranges "
-            "(docs/degradations.md).",
+            help="How LR inputs are made: bicubic, realesrgan, photo, video, noisy, repair, or FILE.toml of "
+            "ranges (docs/degradations.md).",
         ),
     ] = None,
     crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side.")] = None,

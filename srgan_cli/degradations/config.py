@@ -328,19 +328,50 @@ def _noisy() -> DegradationConfig:
     )
 
 
+def _repair() -> DegradationConfig:
+    """`noisy` with blur: what the shipped front-end (`srgan_x4_denoise`) learns to repair at the
+    LR size. A Gaussian, anisotropic, generalized or plateau blur of 0.2-1.3 LR px 60% of the time,
+    then the noise of `noisy`, then a JPEG save at quality 25-95 80% of the time; 15% of crops
+    clean. The targets of damaged crops are sharpened (weight 1.5, sigma 2.4 HR px, every detail
+    however faint): an L1 front-end's output is an average of the clean LRs a damaged one could
+    have come from, softer than any of them, and the SR network behind it makes less texture from
+    a soft LR (docs/degradations.md)."""
+    noisy = _noisy()
+    assert noisy.second is not None
+    return replace(
+        noisy,
+        name="repair",
+        clean_prob=0.15,
+        second=replace(
+            noisy.second,
+            blur_prob=0.6,
+            kernel_size=(7, 13),
+            kernel_kinds={"iso": 0.6, "aniso": 0.25, "generalized_iso": 0.1, "plateau_iso": 0.05},
+            blur_sigma=(0.2, 1.3),
+            sinc_prob=0.0,
+        ),
+        final_jpeg_prob=0.8,
+        final_jpeg_quality=(25, 95),
+        sharpen_target=1.5,
+        sharpen_sigma=2.4,
+        sharpen_threshold=0.0,
+    )
+
+
 PRESETS = {
     "bicubic": lambda: DegradationConfig(name="bicubic", bicubic=True, first=None),
     "realesrgan": _realesrgan,
     "photo": _photo,
     "video": _video,
     "noisy": _noisy,
+    "repair": _repair,
 }
 
 
 def load_degradation(spec: str | Path | None) -> DegradationConfig:
-    """A preset name (bicubic, realesrgan, photo, video, noisy) or a TOML file: top-level keys override a
-    base (`preset = "photo"`, default realesrgan), tables [first] and [second] override its stages
-    (`second = false` drops the second order)."""
+    """A preset name (bicubic, realesrgan, photo, video, noisy, repair) or a TOML file: top-level keys
+    override a base (`preset = "photo"`, default realesrgan), tables [first] and [second] override its
+    stages (`second = false` drops the second order)."""
     if spec is None or str(spec) == "":
         spec = "bicubic"
     text = str(spec)

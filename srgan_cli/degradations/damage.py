@@ -78,8 +78,8 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
         if not sep or key not in _KEYS:
             raise DegradationError(
                 f"--degrade {spec!r}: cannot read {part!r}",
-                hint="use light, moderate, heavy, a preset (realesrgan, photo, video, noisy), a .toml file, "
-                f"or {_FORMS}",
+                hint="use light, moderate, heavy, a preset (realesrgan, photo, video, noisy, repair), a "
+                f".toml file, or {_FORMS}",
             )
         try:
             values[key] = float(value)
