@@ -77,7 +77,7 @@ never runs, so a step is cheap), on LR damaged by --degradation (default repair)
   here    python scripts/gpu_run.py prepare --perceptual DIR     (--restore-init: srgan_x4_denoise)
   here    python scripts/gpu_run.py slim && python scripts/gpu_run.py plan
   there   python3 scripts/gpu_run.py chunk restore --minutes 9 [--degradation FILE.toml]
-          (a new cosine cycle at 1e-4 when the start has a front-end, 2e-4 (the earlier recipe's) when it
+          (a new cosine cycle at 1e-4 when the start has a front-end, at 2e-4 when it
           gets a new one; the weights, the last snapshots, restore_eval.json and the logs come back)
   here    python scripts/gpu_run.py collect FILES_AT
 
