@@ -433,7 +433,7 @@ RECIPES: dict[str, Recipe] = {
         "restore",
         "as shipped: srgan_x4 frozen behind an 8x64 restoration front-end trained alone on "
         "--degradation repair, L1 against the clean LR of the sharpened HR, 16 crops of 192 px, lr 1e-4 "
-        "cosine (shipped as a chain: 6,000 steps on noisy at 2e-4, then 12,000 with blur and sharpened "
+        "cosine (shipped as a chain: 6,000 steps on noisy at 2e-4, then 17,000 with blur and sharpened "
         "targets: weights/README.md)",
         dict(
             scale=4,
