@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,18 +112,26 @@ def _config(photo_dir: Path, out: Path, init: Path, steps: int, **kw: object) ->
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
+def _kill_and_resume_matches(cfg: TrainConfig, tmp_path: Path, parts: tuple[str, ...]) -> None:
+    """`cfg`'s run (already trained into tmp_path/a) again in tmp_path/b, stopped halfway and
+    resumed: each network in `parts` ends bit for bit as the straight run's."""
+    train(replace(cfg, out=str(tmp_path / "b"), steps=cfg.steps // 2))
+    train(replace(cfg, out=str(tmp_path / "b")), resume=True)
+    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    for part in parts:
+        assert a[part]
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0)
+
+
 def test_restore_stage_trains_only_the_front_end_and_resumes_exactly(photo_dir: Path, tmp_path: Path) -> None:
     sr = tmp_path / "sr.safetensors"
     weights.save(sr, tiny_model(2, seed=4))
     cfg = apply_init_arch(_config(photo_dir, tmp_path / "a", sr, 8), set())
     cfg.validate()
     straight = train(cfg)
-    train(replace(cfg, out=str(tmp_path / "b"), steps=4))
-    train(replace(cfg, out=str(tmp_path / "b")), resume=True)
-    a = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
-    b = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
-    for key in a["generator"]:
-        torch.testing.assert_close(a["generator"][key], b["generator"][key], rtol=0, atol=0)
+    _kill_and_resume_matches(cfg, tmp_path, ("generator",))
 
     loaded = archs.load(straight.weights)
     assert loaded.info.config["restore_blocks"] == 2
@@ -136,6 +145,13 @@ def test_restore_stage_trains_only_the_front_end_and_resumes_exactly(photo_dir: 
     # its weights start the next run with their front-end; the gan stage then trains the whole
     again = apply_init_arch(TrainConfig(stage="gan", init=str(straight.weights)), set())
     assert (again.restore_blocks, again.restore_feats) == (2, 8)
+
+    # a run from those weights nests their provenance: a chain of runs keeps its whole history
+    chained = train(replace(cfg, out=str(tmp_path / "c"), init=str(straight.weights), steps=2))
+    history = archs.load(chained.weights).info.provenance
+    assert history["init"] == str(straight.weights) and history["steps"] == 2
+    assert history["init_provenance"] == loaded.info.provenance
+    assert "init_provenance" not in loaded.info.provenance  # tiny_model's file carries none
 
 
 def test_front_end_only_gan_trains_the_front_end_through_the_frozen_sr_network(
@@ -302,3 +318,56 @@ def test_export_onnx_denoise_bakes_the_strength_into_the_graph(
     )
     assert refused.exit_code == 2 and "has none" in " ".join(refused.output.split())
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
+    photo_dir: Path, tmp_path: Path, vgg_file: Path
+) -> None:
+    """--restore-content-weight and --restore-adv-weight: a VGG loss and a discriminator on the
+    restored LR beside the pixel loss. Both terms are logged, they change what the front-end learns,
+    the SR network stays frozen, and a killed run resumes bit for bit (D and its Adam included)."""
+    sr = tmp_path / "sr.safetensors"
+    weights.save(sr, tiny_model(2, seed=4))
+    extra = dict(
+        restore_content_weight=0.5,
+        restore_adv_weight=0.05,
+        content_layer="vgg22",
+        vgg_weights=str(vgg_file),
+        d_feats=4,
+    )
+    cfg = apply_init_arch(_config(photo_dir, tmp_path / "a", sr, 8, **extra), set())
+    cfg.validate()
+    straight = train(cfg)
+    _kill_and_resume_matches(cfg, tmp_path, ("generator", "discriminator"))  # D is in the checkpoint
+
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    steps = [e for e in logs if e["event"] == "log"]
+    assert steps and all(e["content"] > 0 and e["adversarial"] > 0 and 0 < e["D(x)"] < 1 for e in steps)
+    assert all(e["loss"] > e["pixel"] for e in steps)
+
+    state, before = archs.load(straight.weights).model.state_dict(), archs.load(sr).model.state_dict()
+    for key, value in before.items():  # only the front-end learns
+        assert torch.equal(state[key], value), key
+    plain = train(apply_init_arch(_config(photo_dir, tmp_path / "p", sr, 8), set()))
+    plain_state = archs.load(plain.weights).model.state_dict()
+    assert not torch.equal(state["restore.tail.weight"], plain_state["restore.tail.weight"])
+
+
+def test_restore_perceptual_weights_are_refused_where_they_do_nothing(
+    photo_dir: Path, tmp_path: Path
+) -> None:
+    sr = tmp_path / "sr.safetensors"
+    weights.save(sr, tiny_model(2, seed=4))
+    gan = _config(photo_dir, tmp_path / "g", sr, 2, stage="gan", restore_adv_weight=0.1)
+    gan = apply_init_arch(gan, set())
+    with pytest.raises(TrainingOptionError, match="--restore-adv-weight.*--stage restore"):
+        gan.validate()
+    small = apply_init_arch(
+        _config(photo_dir, tmp_path / "s", sr, 2, restore_content_weight=1.0, content_layer="vgg54", crop=16),
+        set(),
+    )
+    with pytest.raises(TrainingOptionError, match="--crop 32 or more"):
+        small.validate()
+    negative = _config(photo_dir, tmp_path / "n", sr, 2, restore_content_weight=-1.0)
+    with pytest.raises(TrainingOptionError, match="--restore-content-weight"):
+        negative.validate_options()

@@ -293,6 +293,24 @@ def train(
         float | None,
         _opt("--grid-weight", panel=_GAN, help="Anti-checkerboard (phase) loss, 0 = off."),
     ] = None,
+    restore_content_weight: Annotated[
+        float | None,
+        _opt(
+            "--restore-content-weight",
+            panel=_GAN,
+            help="restore stage: weight of the VGG loss (--content-layer) on the restored LR, beside its "
+            "pixel loss; 0 = off.",
+        ),
+    ] = None,
+    restore_adv_weight: Annotated[
+        float | None,
+        _opt(
+            "--restore-adv-weight",
+            panel=_GAN,
+            help="restore stage: weight of an adversarial loss on the restored LR (a --d-arch "
+            "discriminator on LR crops); 0 = off.",
+        ),
+    ] = None,
     val_every: Annotated[
         int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save.")
     ] = None,

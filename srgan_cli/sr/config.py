@@ -145,6 +145,10 @@ class TrainConfig:
     r1_gamma: float = 0.0  # R1 penalty on D's gradient at real images; 0 = off
     tv_weight: float = 2e-8  # total-variation regulariser (paper: 2e-8)
     grid_weight: float = 0.0  # phase-consistency (anti-checkerboard) loss, not in the paper; 0 = off
+    # restore stage: perceptual terms on the restored LR beside its pixel loss (0 = off): the VGG
+    # content loss (--content-layer) and an adversarial loss with a discriminator (--d-arch) on LR crops
+    restore_content_weight: float = 0.0
+    restore_adv_weight: float = 0.0
     # --- averaging, validation, logging --------------------------------------------------------
     ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
     val_every: int = 500  # steps between validations (and interim weights, and sample grids)
@@ -257,6 +261,8 @@ class TrainConfig:
                 "r1_gamma",
                 "tv_weight",
                 "grid_weight",
+                "restore_content_weight",
+                "restore_adv_weight",
             ),
         )
         require_unit(self, ("beta1", "beta2", "ema"))
@@ -288,6 +294,20 @@ class TrainConfig:
                 raise TrainingOptionError(
                     "the restore stage learns to undo damage: give a --degradation (e.g. noisy) "
                     "or real LR photos (--data-lr)"
+                )
+        for name in ("restore_content_weight", "restore_adv_weight"):
+            if getattr(self, name) > 0 and self.stage != "restore":
+                raise TrainingOptionError(
+                    f"{option_name(name)} weighs a term of the restore stage's loss: use it with "
+                    "--stage restore (the gan stage has --content-weight and --adv-weight)"
+                )
+        if self.stage == "restore" and self.restore_content_weight > 0:
+            # the content layer sees the restored LR crop, `scale` times smaller than the HR crop
+            need = _vgg_min_side(CONTENT_LAYERS[self.content_layer]) * self.scale
+            if self.crop < need:
+                raise TrainingOptionError(
+                    f"--content-layer {self.content_layer} pools the LR crop "
+                    f"{need // self.scale} times smaller: use --crop {need} or more, got {self.crop}"
                 )
         if self.front_end_only and not self.restore_blocks:
             raise TrainingOptionError(

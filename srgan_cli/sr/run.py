@@ -407,6 +407,12 @@ class Run:
             "degradation": self.degradation.to_dict(),
             "data_lr": self.config.data_lr,
         }
+        start = provenance["init"]
+        if start:  # a chain of runs keeps its whole history: the --init weights' own provenance
+            with contextlib.suppress(Exception):  # weights of other tools carry none
+                earlier = weights_mod.read_info(start).provenance
+                if earlier:
+                    provenance["init_provenance"] = earlier
         if self._val_overlap(left_out=True):  # photos of --data that are also --val photos
             provenance["left_out_as_val"] = [str(p) for p in self._val_overlap(left_out=True)]
         if self._val_overlap(left_out=False):  # the validation numbers are on training photos

@@ -159,14 +159,17 @@ class Trainer:
         self.g_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
         self.d: nn.Module | None = None
         self.content: ContentLoss | None = None
-        if gan:
+        # the restore stage's optional perceptual terms, on the restored LR against the clean LR
+        restore_adv = self.restoring and config.restore_adv_weight > 0
+        restore_content = self.restoring and config.restore_content_weight > 0
+        if gan or restore_adv:
             self.d = make_discriminator(config.d_arch, config.d_feats).to(device, memory_format=fmt)
             self.d_opt = self._adam(self.d, config.d_lr or config.lr)
             self.d_scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-            if config.content_weight > 0:
-                if vgg is None:
-                    vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
-                self.content = ContentLoss(vgg.to(device, memory_format=fmt), config.content_scale)
+        if (gan and config.content_weight > 0) or restore_content:
+            if vgg is None:
+                vgg = load_vgg(config.content_layer, config.vgg_weights, convention=config.vgg_input)
+            self.content = ContentLoss(vgg.to(device, memory_format=fmt), config.content_scale)
         self.pixel_loss = F.mse_loss if config.loss == "mse" else F.l1_loss
         self._zero = torch.zeros((), device=device)  # the value of a loss term that is off
 
@@ -277,18 +280,22 @@ class Trainer:
             fake_logits = d_run(fake).float()
         return discriminator_loss(real_logits, fake_logits, self.config.gan_loss), real_logits, fake_logits
 
+    def _g_adversarial(self, d_run: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """G's adversarial loss: D's logits of `fake` (and for RaGAN of `real`, without gradient)."""
+        with self._autocast():
+            fake_logits = d_run(fake).float()
+            real_logits = None
+            if self.config.gan_loss == "ragan":
+                with torch.no_grad():
+                    real_logits = d_run(real).float()
+        return generator_adv_loss(fake_logits, real_logits, self.config.gan_loss)
+
     def _g_losses_eager(self, sr: torch.Tensor, hr_img: torch.Tensor) -> dict[str, torch.Tensor]:
         """G's loss in the GAN stage (content + adversarial + TV + pixel + grid, weighted) and its
         terms; a term whose weight is 0 is not computed."""
         cfg, d_run, zero = self.config, self.d_run, self._zero
         assert d_run is not None
-        with self._autocast():
-            fake_for_g = d_run(sr).float()
-            real_for_g = None
-            if cfg.gan_loss == "ragan":
-                with torch.no_grad():
-                    real_for_g = d_run(hr_img).float()
-        adversarial = generator_adv_loss(fake_for_g, real_for_g, cfg.gan_loss)
+        adversarial = self._g_adversarial(d_run, sr, hr_img)
         content = zero
         if self.content is not None:
             with self._autocast():
@@ -340,7 +347,64 @@ class Trainer:
         clean = bicubic_lr(hr_img.float(), tuple(lr_img.shape[-2:]))  # (N, 3, h, w)
         with self._autocast():
             restored = self.restore_run(lr_img)
-        return self._pixel_update(self.pixel_loss(restored.float(), clean), step)
+        pixel = self.pixel_loss(restored.float(), clean)
+        if self.d is None and self.content is None:
+            return self._pixel_update(pixel, step)
+        return self._restore_perceptual_update(restored, clean, pixel, step)
+
+    def _restore_perceptual_update(
+        self, restored: torch.Tensor, clean: torch.Tensor, pixel: torch.Tensor, step: int
+    ) -> dict[str, torch.Tensor]:
+        """The restore stage with --restore-content-weight / --restore-adv-weight: an L1 average of
+        every clean LR a damaged one could have been is softer than any of them, and the SR network
+        behind the front-end enlarges that softness. A VGG loss and a discriminator on LR crops
+        (clean LR: real; restored: fake) pull the front-end towards a plausible clean LR instead.
+        One D step, then one step of the front-end, as in the gan stage."""
+        cfg, zero = self.config, self._zero
+        out: dict[str, torch.Tensor] = {}
+        adversarial = zero
+        if self.d is not None:
+            d_loss, _, real_logits, fake_logits = self._d_update(clean, restored, 0.0)
+            self.d.requires_grad_(False)
+            adversarial = self._g_adversarial(self.d, restored, clean)
+            out.update(
+                d_loss=d_loss.detach(),
+                **{
+                    "D(x)": torch.sigmoid(real_logits.detach()).mean(),
+                    "D(G(z))": torch.sigmoid(fake_logits.detach()).mean(),
+                },
+            )
+        content = zero
+        if self.content is not None:
+            with self._autocast():
+                content = self.content(restored, clean)
+        loss = pixel + cfg.restore_content_weight * content + cfg.restore_adv_weight * adversarial
+        self._pixel_update(loss, step)
+        return {
+            "loss": loss.detach(),
+            "pixel": pixel.detach(),
+            "content": content.detach(),
+            "adversarial": adversarial.detach(),
+            **out,
+        }
+
+    def _d_update(
+        self, real: torch.Tensor, fake: torch.Tensor, r1_gamma: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """D's step: push D(x) up and D(G(z)) down (BCE with logits, or RaGAN), plus R1 when
+        `r1_gamma` > 0. Returns D's loss, R1 and D's logits of `real` and `fake`."""
+        d = self.d
+        assert d is not None
+        d.requires_grad_(True)
+        real_in = real.detach().requires_grad_(True) if r1_gamma > 0 else real
+        d_loss, real_logits, fake_logits = self._d_losses(real_in, fake.detach())
+        r1 = r1_penalty(real_logits, real_in) if r1_gamma > 0 else self._zero
+        self.d_opt.zero_grad(set_to_none=True)
+        self.d_scaler.scale(d_loss + 0.5 * r1_gamma * r1).backward()
+        all_reduce_mean_([p.grad for p in d.parameters() if p.grad is not None], self.world)
+        self.d_scaler.step(self.d_opt)
+        self.d_scaler.update()
+        return d_loss, r1, real_logits, fake_logits
 
     # --- the gan stage: one D step, then one G step --------------------------------------------
     def gan_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
@@ -350,16 +414,7 @@ class Trainer:
         self._begin_step()
         sr = self._g_forward(lr_img)  # G(z): (N, 3, sH, sW)
 
-        # D step: push D(x) up and D(G(z)) down (BCE with logits, or RaGAN), plus optional R1.
-        d.requires_grad_(True)
-        real_in = hr_img.detach().requires_grad_(True) if cfg.r1_gamma > 0 else hr_img
-        d_loss, real_logits, fake_logits = self._d_losses(real_in, sr.detach())
-        r1 = r1_penalty(real_logits, real_in) if cfg.r1_gamma > 0 else self._zero
-        self.d_opt.zero_grad(set_to_none=True)
-        self.d_scaler.scale(d_loss + 0.5 * cfg.r1_gamma * r1).backward()
-        all_reduce_mean_([p.grad for p in d.parameters() if p.grad is not None], self.world)
-        self.d_scaler.step(self.d_opt)
-        self.d_scaler.update()
+        d_loss, r1, real_logits, fake_logits = self._d_update(hr_img, sr, cfg.r1_gamma)
 
         # G step: content (VGG) + adversarial + TV (+ pixel, + grid), with D frozen.
         d.requires_grad_(False)
