@@ -15,6 +15,7 @@ from srgan_cli.sr.losses import (
     CONTENT_LAYERS,
     ContentLoss,
     VGGFeatures,
+    block_step_loss,
     discriminator_loss,
     generator_adv_loss,
     grid_loss,
@@ -232,3 +233,29 @@ def test_grid_loss_pushes_along_the_subpixel_checkerboard_only() -> None:
     with torch.no_grad():
         step = 0.5 * pattern.expand_as(hr).norm() * sr.grad / sr.grad.norm()  # half the pattern's size
         assert grid_loss(sr - step, hr, 4) < 0.7 * checker
+
+
+def test_block_step_loss_weighs_only_the_steps_across_jpeg_block_edges() -> None:
+    """The restore stage's anti-block term: zero for a perfect restoration and for any error that
+    stays inside the 8x8 blocks; a block left raised by d costs d at each of its two edges, averaged
+    over every edge line; its gradient reaches only the pixels on either side of an edge."""
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 48, 48)
+    assert block_step_loss(clean, clean) == 0
+    inside = clean.clone()
+    inside[..., 9:15, 9:15] += 0.2  # an error that does not touch an edge
+    assert block_step_loss(inside, clean) < 1e-6
+    raised = clean.clone()
+    raised[..., :, 8:16] += 0.1  # one column of blocks: steps at x = 8 and x = 16, of 5 lines
+    torch.testing.assert_close(
+        block_step_loss(raised, clean), torch.tensor(2 / 5 * 0.1), rtol=1e-4, atol=1e-6
+    )
+    restored = (clean + 0.05 * torch.randn_like(clean)).requires_grad_(True)
+    block_step_loss(restored, clean).backward()
+    assert restored.grad is not None
+    touched = restored.grad.abs().sum(dim=(0, 1)) > 0  # (48, 48)
+    edge = torch.zeros(48, dtype=torch.bool)
+    edge[7::8] = True
+    edge[8::8] = True
+    assert not touched[~edge][:, ~edge].any()  # no pixel away from every edge line moves
+    assert touched[edge].any() and touched[:, edge].any()

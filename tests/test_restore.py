@@ -323,14 +323,16 @@ def test_export_onnx_denoise_bakes_the_strength_into_the_graph(
 def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
     photo_dir: Path, tmp_path: Path, vgg_file: Path
 ) -> None:
-    """--restore-content-weight and --restore-adv-weight: a VGG loss and a discriminator on the
-    restored LR beside the pixel loss. Both terms are logged, they change what the front-end learns,
-    the SR network stays frozen, and a killed run resumes bit for bit (D and its Adam included)."""
+    """--restore-content-weight, --restore-adv-weight and --restore-block-weight: a VGG loss, a
+    discriminator and the block-edge term on the restored LR beside the pixel loss. Each is logged,
+    they change what the front-end learns, the SR network stays frozen, and a killed run resumes
+    bit for bit (D and its Adam included)."""
     sr = tmp_path / "sr.safetensors"
     weights.save(sr, tiny_model(2, seed=4))
     extra = dict(
         restore_content_weight=0.5,
         restore_adv_weight=0.05,
+        restore_block_weight=1.0,
         content_layer="vgg22",
         vgg_weights=str(vgg_file),
         d_feats=4,
@@ -343,6 +345,7 @@ def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
     logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     steps = [e for e in logs if e["event"] == "log"]
     assert steps and all(e["content"] > 0 and e["adversarial"] > 0 and 0 < e["D(x)"] < 1 for e in steps)
+    assert all(e["block"] > 0 for e in steps)
     assert all(e["loss"] > e["pixel"] for e in steps)
 
     state, before = archs.load(straight.weights).model.state_dict(), archs.load(sr).model.state_dict()
@@ -368,6 +371,9 @@ def test_restore_perceptual_weights_are_refused_where_they_do_nothing(
     )
     with pytest.raises(TrainingOptionError, match="--crop 32 or more"):
         small.validate()
+    pretrain = _config(photo_dir, tmp_path / "p", sr, 2, stage="pretrain", restore_block_weight=1.0)
+    with pytest.raises(TrainingOptionError, match="--restore-block-weight"):
+        apply_init_arch(pretrain, set()).validate()
     negative = _config(photo_dir, tmp_path / "n", sr, 2, restore_content_weight=-1.0)
     with pytest.raises(TrainingOptionError, match="--restore-content-weight"):
         negative.validate_options()

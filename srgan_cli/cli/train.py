@@ -311,6 +311,15 @@ def train(
             "discriminator on LR crops); 0 = off.",
         ),
     ] = None,
+    restore_block_weight: Annotated[
+        float | None,
+        _opt(
+            "--restore-block-weight",
+            panel=_GAN,
+            help="restore stage: weight of a loss on the restored LR's steps across JPEG's 8x8 block "
+            "edges; 0 = off.",
+        ),
+    ] = None,
     val_every: Annotated[
         int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save.")
     ] = None,

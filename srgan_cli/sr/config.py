@@ -149,6 +149,8 @@ class TrainConfig:
     # content loss (--content-layer) and an adversarial loss with a discriminator (--d-arch) on LR crops
     restore_content_weight: float = 0.0
     restore_adv_weight: float = 0.0
+    # restore stage: a loss on the restored LR's error steps across the lines of JPEG's 8x8 blocks
+    restore_block_weight: float = 0.0
     # --- averaging, validation, logging --------------------------------------------------------
     ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
     val_every: int = 500  # steps between validations (and interim weights, and sample grids)
@@ -263,6 +265,7 @@ class TrainConfig:
                 "grid_weight",
                 "restore_content_weight",
                 "restore_adv_weight",
+                "restore_block_weight",
             ),
         )
         require_unit(self, ("beta1", "beta2", "ema"))
@@ -295,11 +298,11 @@ class TrainConfig:
                     "the restore stage learns to undo damage: give a --degradation (e.g. noisy) "
                     "or real LR photos (--data-lr)"
                 )
-        for name in ("restore_content_weight", "restore_adv_weight"):
+        for name in ("restore_content_weight", "restore_adv_weight", "restore_block_weight"):
             if getattr(self, name) > 0 and self.stage != "restore":
                 raise TrainingOptionError(
                     f"{option_name(name)} weighs a term of the restore stage's loss: use it with "
-                    "--stage restore (the gan stage has --content-weight and --adv-weight)"
+                    "--stage restore (the gan stage has --content-weight, --adv-weight, --grid-weight)"
                 )
         if self.stage == "restore" and self.restore_content_weight > 0:
             # the content layer sees the restored LR crop, `scale` times smaller than the HR crop

@@ -342,6 +342,28 @@ def grid_loss(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
     return phase_spread(sr.float() - hr.float(), scale, block=8 * scale, eps=1e-12)
 
 
+JPEG_BLOCK = 8  # side of JPEG's DCT blocks (luma; 4:2:0 chroma blocks are 16, on the same lines)
+
+
+def block_step_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = JPEG_BLOCK) -> torch.Tensor:
+    """The restore stage's anti-block term: the mean absolute error of the steps between
+    neighbouring pixels across the lines of a `period`-px grid from the top-left corner (JPEG's
+    block edges, where the damaged LR was saved), on (N, C, h, w) images in [0, 1].
+
+    A pixel loss spreads its pull over each block; a block edge is one step in the error, a small
+    share of it, and an L1 front-end leaves part of it, which the SR network then enlarges into the
+    grid that `srgan eval --grid` measures (its `block` figure). This term weighs only those steps:
+    the restored image should step across a block edge as the clean one does."""
+    err = restored.float() - clean.float()
+    total = torch.zeros((), device=err.device)
+    for dim in (-1, -2):  # across the vertical lines, then the horizontal ones
+        n = err.shape[dim]
+        lines = torch.arange(period, n, period, device=err.device)  # the first pixel after each edge
+        if lines.numel():
+            total = total + (err.index_select(dim, lines) - err.index_select(dim, lines - 1)).abs().mean()
+    return total
+
+
 def generator_adv_loss(fake: torch.Tensor, real: torch.Tensor | None, kind: str) -> torch.Tensor:
     """G's adversarial loss from D's logits. standard: -log D(G(z)) (the paper's non-saturating
     form); ragan: relativistic average, which also needs the logits of real images."""

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .losses import (
     ContentLoss,
     VGGFeatures,
+    block_step_loss,
     discriminator_loss,
     generator_adv_loss,
     grid_loss,
@@ -348,7 +349,7 @@ class Trainer:
         with self._autocast():
             restored = self.restore_run(lr_img)
         pixel = self.pixel_loss(restored.float(), clean)
-        if self.d is None and self.content is None:
+        if self.d is None and self.content is None and self.config.restore_block_weight == 0:
             return self._pixel_update(pixel, step)
         return self._restore_perceptual_update(restored, clean, pixel, step)
 
@@ -358,8 +359,9 @@ class Trainer:
         """The restore stage with --restore-content-weight / --restore-adv-weight: an L1 average of
         every clean LR a damaged one could have been is softer than any of them, and the SR network
         behind the front-end enlarges that softness. A VGG loss and a discriminator on LR crops
-        (clean LR: real; restored: fake) pull the front-end towards a plausible clean LR instead.
-        One D step, then one step of the front-end, as in the gan stage."""
+        (clean LR: real; restored: fake) pull the front-end towards a plausible clean LR instead,
+        and --restore-block-weight weighs the steps across JPEG's block edges (`block_step_loss`).
+        With a discriminator: one D step, then one step of the front-end, as in the gan stage."""
         cfg, zero = self.config, self._zero
         out: dict[str, torch.Tensor] = {}
         adversarial = zero
@@ -378,13 +380,20 @@ class Trainer:
         if self.content is not None:
             with self._autocast():
                 content = self.content(restored, clean)
-        loss = pixel + cfg.restore_content_weight * content + cfg.restore_adv_weight * adversarial
+        block = block_step_loss(restored, clean) if cfg.restore_block_weight > 0 else zero
+        loss = (
+            pixel
+            + cfg.restore_content_weight * content
+            + cfg.restore_adv_weight * adversarial
+            + cfg.restore_block_weight * block
+        )
         self._pixel_update(loss, step)
         return {
             "loss": loss.detach(),
             "pixel": pixel.detach(),
             "content": content.detach(),
             "adversarial": adversarial.detach(),
+            "block": block.detach(),
             **out,
         }
 
