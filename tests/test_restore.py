@@ -377,3 +377,31 @@ def test_restore_perceptual_weights_are_refused_where_they_do_nothing(
     negative = _config(photo_dir, tmp_path / "n", sr, 2, restore_content_weight=-1.0)
     with pytest.raises(TrainingOptionError, match="--restore-content-weight"):
         negative.validate_options()
+
+
+def test_eval_cli_denoise_scores_each_strength_of_front_end_models(photo_dir: Path, tmp_path: Path) -> None:
+    """`srgan eval --denoise S` (repeatable): each model with a front-end once per strength, labelled
+    with it, and the numbers are those of that strength's model; other models once as they are;
+    refused when no model has a front-end."""
+    front = tiny_model(2, seed=3, restore_blocks=2)
+    torch.nn.init.normal_(front.restore.tail.weight, std=0.2)  # a front-end that corrects something
+    model = weights.save(tmp_path / "front.safetensors", front)
+    plain = weights.save(tmp_path / "plain.safetensors", tiny_model(2, seed=1))
+    half = weights.save(tmp_path / "half.safetensors", with_restore_strength(front, 0.5))
+    runner = CliRunner()
+    args = ["eval", "--data", str(photo_dir), "--json", "--device", "cpu", "-m", str(model), "-m", str(plain)]
+    done = runner.invoke(app, [*args, "-m", str(half), "--denoise", "0.5", "--denoise", "1"])
+    assert done.exit_code == 0, done.output
+    rows = {r["method"]: r for r in json.loads(done.stdout)["results"]}
+    assert list(rows) == [
+        "bicubic",
+        "front --denoise 0.5",
+        "front --denoise 1",
+        "plain",
+        "half --denoise 0.5",
+        "half --denoise 1",
+    ]
+    assert rows["front --denoise 0.5"]["images"] == rows["half --denoise 1"]["images"]
+    assert rows["front --denoise 0.5"]["psnr"] != rows["front --denoise 1"]["psnr"]
+    refused = runner.invoke(app, ["eval", "--data", str(photo_dir), "-m", str(plain), "--denoise", "0.5"])
+    assert refused.exit_code != 0 and "none of the models has one" in " ".join(refused.output.split())

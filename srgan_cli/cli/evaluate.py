@@ -18,7 +18,13 @@ from ..devices import resolve_device
 from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
 from ..metrics.lpips import lpips_if_available
-from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path, with_self_ensemble
+from ..runtime.loader import (
+    ReadyUpscaler,
+    build_upscaler,
+    has_front_end,
+    is_onnx_path,
+    with_self_ensemble,
+)
 from ..runtime.upscaler import Rescaled
 from ..sr.data import damage_pairs, load_eval_set
 from ..sr.evaluate import EvalReport
@@ -66,6 +72,22 @@ def _labels(requested: list[str], loaded: list[ReadyUpscaler]) -> list[str]:
         for i, tail in zip(idx, tails, strict=True):
             labels[i] = tail
     return labels
+
+
+def _with_strengths(requested: list[str], strengths: list[float]) -> list[tuple[int, str, float | None]]:
+    """What to score, as (index in `requested`, model, --denoise strength): each model with a
+    restoration front-end once per strength, every other model once as it is (None)."""
+    if not strengths:
+        return [(i, m, None) for i, m in enumerate(requested)]
+    entries: list[tuple[int, str, float | None]] = []
+    for i, m in enumerate(requested):
+        entries += [(i, m, s) for s in strengths] if has_front_end(m) else [(i, m, None)]
+    if all(strength is None for _, _, strength in entries):
+        raise UsageError(
+            "--denoise sets how much a restoration front-end removes; none of the models has one",
+            hint="e.g. -m srgan_x4_denoise --denoise 0.5 --denoise 1",
+        )
+    return entries
 
 
 def _kind(ready: ReadyUpscaler) -> str:
@@ -150,6 +172,20 @@ def evaluate(
             rich_help_panel="Metrics",
         ),
     ] = False,
+    denoise: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--denoise",
+            metavar="S",
+            min=0.0,
+            max=1.0,
+            help="Score each model with a restoration front-end (srgan_x4_denoise) at this strength "
+            "(`srgan upscale --denoise`; 1: as trained); repeat to compare strengths. Other models "
+            "are scored as they are.",
+            show_default=False,
+            rich_help_panel="Model",
+        ),
+    ] = None,
     degrade: Annotated[
         list[str] | None,
         typer.Option(
@@ -189,6 +225,7 @@ def evaluate(
     # weights, which would break --json (the guard's JSON error is printed after the redirect ends)
     with guard(as_json), contextlib.redirect_stdout(sys.stderr):
         dev = resolve_device(device)
+        entries = _with_strengths(requested, denoise or [])
         loaded = [
             with_self_ensemble(
                 build_upscaler(
@@ -198,10 +235,11 @@ def evaluate(
                     tile=tile_size,
                     mode="auto",
                     lapgan_levels=lapgan_levels,
+                    denoise=strength,
                 ),
                 int(self_ensemble.value),
             )
-            for m in requested
+            for _, m, strength in entries
         ]
         for ready in loaded:
             for note in ready.notes:
@@ -220,7 +258,13 @@ def evaluate(
                 hint="run `srgan eval` once per scale, or score them all at one with --scale N",
             )
         scale = scales.pop()
-        labels = _labels(requested, loaded)
+        # labelled as the models given (one per -m), then each strength of a front-end's model
+        first = {i: loaded[k] for k, (i, _, _) in reversed(list(enumerate(entries)))}
+        given = _labels(requested, [first[i] for i in range(len(requested))])
+        labels = [
+            given[i] if strength is None else f"{given[i]} --denoise {strength:g}"
+            for i, _, strength in entries
+        ]
         lpips, why = lpips_if_available(lpips_weights, device=dev)
         if why is not None:
             hint = f" To enable it: {why.hint}." if why.hint else ""

@@ -184,6 +184,15 @@ def _info_or_foreign(model: str) -> weights.WeightsInfo | None:
         return None
 
 
+def has_front_end(model: str) -> bool:
+    """Whether `model` names this project's SR weights with a restoration front-end (the models
+    `--denoise` applies to)."""
+    if is_onnx_path(model):
+        return False
+    info = _info_or_foreign(model)
+    return info is not None and info.arch == "srresnet" and bool(info.config.get("restore_blocks"))
+
+
 def is_foreign(model: str) -> bool:
     """Whether `model` names a model file that is not srgan-cli's (tried with spandrel)."""
     return not is_onnx_path(model) and _info_or_foreign(model) is None
