@@ -686,6 +686,8 @@ def restore_run(args: argparse.Namespace, out: Path, console: Path, deadline: fl
     cmd += ["--lr", "1e-4" if trained else "2e-4"]  # trained already: a new cycle from a lower rate
     cmd += ["--steps", str(steps), "--val-every", str(max(steps // 4, 1)), "--checkpoint-every", str(steps)]
     cmd += ["--snapshots", "--samples", "0", "--seed", "0", *lpips]
+    if (ROOT / VGG_FILE).is_file():  # for `-- --restore-content-weight W` (unread without it)
+        cmd += ["--vgg-weights", str(VGG_FILE)]
     cmd += ["--device", args.device, "--amp", args.amp]
     train_until(cmd, train_end, args, console)
     models = [str(RESTORE_START_FILE), str(RESTORE_RUN / "restore_x4.safetensors")]

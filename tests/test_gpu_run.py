@@ -367,6 +367,16 @@ def test_the_restore_chunk_trains_the_front_end_then_scores_noise_and_damage(
     assert (tmp_path / "archive" / "restore_step0000004" / "restore_log.jsonl").is_file()
     assert "restore: step 4" in capsys.readouterr().out
 
+    # the perceptual terms on the restored LR, passed on after `--` (the carried VGG is given), on
+    # a fresh machine
+    shutil.rmtree(root / gpu_run.RESTORE_RUN)
+    perceptual = ["--restore-content-weight", "0.1", "--restore-adv-weight", "0.01"]
+    perceptual += ["--content-layer", "vgg22"]
+    back = _call(gpu_run, tmp_path, "d2", "restore", *CPU, "--steps", "2", "--", *TINY, *perceptual)
+    config = weights.read_info(back / "restore_x4.safetensors").provenance["train_config"]
+    assert (config["restore_content_weight"], config["restore_adv_weight"]) == (0.1, 0.01)
+    assert config["vgg_weights"] == str(gpu_run.VGG_FILE)
+
 
 def test_the_eval_of_a_chunk_leaves_out_srgan_x4_where_slim_left_it_behind(
     gpu_run,
