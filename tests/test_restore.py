@@ -333,6 +333,7 @@ def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
         restore_content_weight=0.5,
         restore_adv_weight=0.05,
         restore_block_weight=1.0,
+        r1_gamma=0.5,
         content_layer="vgg22",
         vgg_weights=str(vgg_file),
         d_feats=4,
@@ -345,7 +346,7 @@ def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
     logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     steps = [e for e in logs if e["event"] == "log"]
     assert steps and all(e["content"] > 0 and e["adversarial"] > 0 and 0 < e["D(x)"] < 1 for e in steps)
-    assert all(e["block"] > 0 for e in steps)
+    assert all(e["block"] > 0 and e["r1"] > 0 for e in steps)
     assert all(e["loss"] > e["pixel"] for e in steps)
 
     state, before = archs.load(straight.weights).model.state_dict(), archs.load(sr).model.state_dict()

@@ -366,11 +366,12 @@ class Trainer:
         out: dict[str, torch.Tensor] = {}
         adversarial = zero
         if self.d is not None:
-            d_loss, _, real_logits, fake_logits = self._d_update(clean, restored, 0.0)
+            d_loss, r1, real_logits, fake_logits = self._d_update(clean, restored, cfg.r1_gamma)
             self.d.requires_grad_(False)
             adversarial = self._g_adversarial(self.d, restored, clean)
             out.update(
                 d_loss=d_loss.detach(),
+                r1=r1.detach(),
                 **{
                     "D(x)": torch.sigmoid(real_logits.detach()).mean(),
                     "D(G(z))": torch.sigmoid(fake_logits.detach()).mean(),
