@@ -22,7 +22,7 @@ from ..atomic import remove_stale_temps
 from ..degradations import Degrader, load_degradation
 from ..devices import free_memory_bytes, precision_name, resolve_device
 from ..distributed import World, any_flag, gather_objects
-from ..errors import TrainingError
+from ..errors import TrainingError, WeightsError
 from ..runtime.torch_backend import TorchUpscaler
 from ..training import Event, RunningMeans, StopClock, TensorBoard, count_parameters, save_png
 from .config import CHECKPOINT, LOG, RUN_FIELDS, SAMPLES, TrainConfig
@@ -409,7 +409,7 @@ class Run:
         }
         start = provenance["init"]
         if start:  # a chain of runs keeps its whole history: the --init weights' own provenance
-            with contextlib.suppress(Exception):  # weights of other tools carry none
+            with contextlib.suppress(WeightsError, OSError):  # weights of other tools carry none
                 earlier = weights_mod.read_info(start).provenance
                 if earlier:
                     provenance["init_provenance"] = earlier
