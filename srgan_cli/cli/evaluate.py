@@ -259,7 +259,9 @@ def evaluate(
             )
         scale = scales.pop()
         # labelled as the models given (one per -m), then each strength of a front-end's model
-        first = {i: loaded[k] for k, (i, _, _) in reversed(list(enumerate(entries)))}
+        first: dict[int, ReadyUpscaler] = {}
+        for (i, _, _), ready in zip(entries, loaded, strict=True):
+            first.setdefault(i, ready)
         given = _labels(requested, [first[i] for i in range(len(requested))])
         labels = [
             given[i] if strength is None else f"{given[i]} --denoise {strength:g}"

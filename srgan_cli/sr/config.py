@@ -304,14 +304,6 @@ class TrainConfig:
                     f"{option_name(name)} weighs a term of the restore stage's loss: use it with "
                     "--stage restore (the gan stage has --content-weight, --adv-weight, --grid-weight)"
                 )
-        if self.stage == "restore" and self.restore_content_weight > 0:
-            # the content layer sees the restored LR crop, `scale` times smaller than the HR crop
-            need = _vgg_min_side(CONTENT_LAYERS[self.content_layer]) * self.scale
-            if self.crop < need:
-                raise TrainingOptionError(
-                    f"--content-layer {self.content_layer} pools the LR crop "
-                    f"{need // self.scale} times smaller: use --crop {need} or more, got {self.crop}"
-                )
         if self.front_end_only and not self.restore_blocks:
             raise TrainingOptionError(
                 "--front-end-only trains the LR front-end: give it --restore-blocks (e.g. 8), "
@@ -323,12 +315,14 @@ class TrainConfig:
             raise TrainingOptionError(f"--crop {self.crop} must be a multiple of the scale {self.scale}")
         if self.crop < MIN_CROP:
             raise TrainingOptionError(f"--crop must be at least {MIN_CROP} pixels, got {self.crop}")
-        if self.stage == "gan":
-            # the content layer's feature map must keep at least one pixel of the crop
-            need = _vgg_min_side(CONTENT_LAYERS[self.content_layer])
+        if self.stage == "gan" or (self.stage == "restore" and self.restore_content_weight > 0):
+            # the content layer's feature map must keep at least one pixel of the crop it sees: the
+            # HR crop, or in the restore stage the restored LR crop, `scale` times smaller
+            pools = _vgg_min_side(CONTENT_LAYERS[self.content_layer])
+            need = pools * (self.scale if self.stage == "restore" else 1)
             if self.crop < need:
                 raise TrainingOptionError(
-                    f"--content-layer {self.content_layer} pools a crop {need} times smaller: "
+                    f"--content-layer {self.content_layer} pools a crop {pools} times smaller: "
                     f"use --crop {need} or more, got {self.crop}"
                 )
         if self.grid_weight > 0 and self.crop < 8 * self.scale:

@@ -86,6 +86,13 @@ class Run:
             lr_files = lr_files[world.rank :: world.size] if lr_files is not None else None
 
         self.trainer = _new_trainer(config, device, world, resume)
+        # a chain of runs keeps its whole history: the --init weights' own provenance, read once
+        # here (before this run's weights could stand in the same place)
+        self.init_provenance: dict[str, Any] = {}
+        start = config.init_weights if config.stage in ("gan", "restore") else config.init
+        if start:
+            with contextlib.suppress(WeightsError, OSError):  # weights of other tools carry none
+                self.init_provenance = weights_mod.read_info(start).provenance
         self.pool = CropPool.from_files(
             files,
             scale=config.scale,
@@ -407,12 +414,8 @@ class Run:
             "degradation": self.degradation.to_dict(),
             "data_lr": self.config.data_lr,
         }
-        start = provenance["init"]
-        if start:  # a chain of runs keeps its whole history: the --init weights' own provenance
-            with contextlib.suppress(WeightsError, OSError):  # weights of other tools carry none
-                earlier = weights_mod.read_info(start).provenance
-                if earlier:
-                    provenance["init_provenance"] = earlier
+        if self.init_provenance:
+            provenance["init_provenance"] = self.init_provenance
         if self._val_overlap(left_out=True):  # photos of --data that are also --val photos
             provenance["left_out_as_val"] = [str(p) for p in self._val_overlap(left_out=True)]
         if self._val_overlap(left_out=False):  # the validation numbers are on training photos
