@@ -15,6 +15,7 @@ from srgan_cli.sr.losses import (
     CONTENT_LAYERS,
     ContentLoss,
     VGGFeatures,
+    block_excess_loss,
     block_step_loss,
     discriminator_loss,
     generator_adv_loss,
@@ -233,6 +234,41 @@ def test_grid_loss_pushes_along_the_subpixel_checkerboard_only() -> None:
     with torch.no_grad():
         step = 0.5 * pattern.expand_as(hr).norm() * sr.grad / sr.grad.norm()  # half the pattern's size
         assert grid_loss(sr - step, hr, 4) < 0.7 * checker
+
+
+def test_block_excess_loss_weighs_only_steps_sharper_than_the_clean_ones_on_the_block_lines() -> None:
+    """The one-sided anti-block term: zero for a perfect restoration, for an error inside the
+    blocks, for a block edge softened below the clean step, and for roughness between the lines
+    (what a ratio of steps would reward); a block left raised by d on a flat image costs d at each
+    of its two edges, averaged over every edge line; its gradient pulls those steps down."""
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 48, 48)
+    assert block_excess_loss(clean, clean) == 0
+    inside = clean.clone()
+    inside[..., 9:15, 9:15] += 0.2
+    assert block_excess_loss(inside, clean) < 1e-6
+    soft = clean.clone()
+    soft[..., 1:7, 7:9] = soft[..., 1:7, 7:9].mean(dim=-1, keepdim=True)  # an edge at x = 8 smoothed away
+    assert block_excess_loss(soft, clean) == 0
+    assert block_step_loss(soft, clean) > 0  # the two-sided term asks for the clean step back
+    flat = torch.full((1, 3, 48, 48), 0.5)
+    raised = flat.clone()
+    raised[..., :, 8:16] += 0.1  # one column of blocks: steps at x = 8 and x = 16, of 5 lines
+    torch.testing.assert_close(
+        block_excess_loss(raised, flat), torch.tensor(2 / 5 * 0.1), rtol=1e-4, atol=1e-6
+    )
+    rough = flat + 0.05 * torch.randn_like(flat)
+    rough[..., :, 7::8] = 0.5  # pixels on both sides of each line left flat
+    rough[..., :, 8::8] = 0.5
+    rough[..., 7::8, :] = 0.5
+    rough[..., 8::8, :] = 0.5
+    assert block_excess_loss(rough, flat) == 0
+    restored = raised.clone().requires_grad_(True)
+    block_excess_loss(restored, flat).backward()
+    assert restored.grad is not None
+    with torch.no_grad():
+        after = restored - 0.01 * restored.grad / restored.grad.abs().max()
+    assert block_excess_loss(after, flat) < block_excess_loss(raised, flat)
 
 
 def test_block_step_loss_weighs_only_the_steps_across_jpeg_block_edges() -> None:

@@ -333,6 +333,7 @@ def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
         restore_content_weight=0.5,
         restore_adv_weight=0.05,
         restore_block_weight=1.0,
+        restore_block_excess_weight=1.0,
         r1_gamma=0.5,
         content_layer="vgg22",
         vgg_weights=str(vgg_file),
@@ -346,7 +347,7 @@ def test_restore_stage_perceptual_terms_train_the_front_end_and_resume_exactly(
     logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     steps = [e for e in logs if e["event"] == "log"]
     assert steps and all(e["content"] > 0 and e["adversarial"] > 0 and 0 < e["D(x)"] < 1 for e in steps)
-    assert all(e["block"] > 0 and e["r1"] > 0 for e in steps)
+    assert all(e["block"] > 0 and e["block_excess"] > 0 and e["r1"] > 0 for e in steps)
     assert all(e["loss"] > e["pixel"] for e in steps)
 
     state, before = archs.load(straight.weights).model.state_dict(), archs.load(sr).model.state_dict()
@@ -375,6 +376,9 @@ def test_restore_perceptual_weights_are_refused_where_they_do_nothing(
     pretrain = _config(photo_dir, tmp_path / "p", sr, 2, stage="pretrain", restore_block_weight=1.0)
     with pytest.raises(TrainingOptionError, match="--restore-block-weight"):
         apply_init_arch(pretrain, set()).validate()
+    gan_excess = _config(photo_dir, tmp_path / "e", sr, 2, stage="gan", restore_block_excess_weight=1.0)
+    with pytest.raises(TrainingOptionError, match="--restore-block-excess-weight"):
+        apply_init_arch(gan_excess, set()).validate()
     negative = _config(photo_dir, tmp_path / "n", sr, 2, restore_content_weight=-1.0)
     with pytest.raises(TrainingOptionError, match="--restore-content-weight"):
         negative.validate_options()

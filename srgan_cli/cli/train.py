@@ -320,6 +320,15 @@ def train(
             "edges; 0 = off.",
         ),
     ] = None,
+    restore_block_excess_weight: Annotated[
+        float | None,
+        _opt(
+            "--restore-block-excess-weight",
+            panel=_GAN,
+            help="restore stage: weight of a one-sided loss on the restored LR's steps across JPEG's "
+            "8x8 block edges beyond the clean LR's (a softened edge is free); 0 = off.",
+        ),
+    ] = None,
     val_every: Annotated[
         int | None, _opt("--val-every", panel=_RUN, min=1, help="Validate, sample, save.")
     ] = None,

@@ -151,6 +151,8 @@ class TrainConfig:
     restore_adv_weight: float = 0.0
     # restore stage: a loss on the restored LR's error steps across the lines of JPEG's 8x8 blocks
     restore_block_weight: float = 0.0
+    # restore stage: a one-sided loss on the restored LR's steps across those lines beyond the clean LR's
+    restore_block_excess_weight: float = 0.0
     # --- averaging, validation, logging --------------------------------------------------------
     ema: float = 0.999  # decay of an exponential moving average of G's weights; 0 turns it off
     val_every: int = 500  # steps between validations (and interim weights, and sample grids)
@@ -266,6 +268,7 @@ class TrainConfig:
                 "restore_content_weight",
                 "restore_adv_weight",
                 "restore_block_weight",
+                "restore_block_excess_weight",
             ),
         )
         require_unit(self, ("beta1", "beta2", "ema"))
@@ -298,7 +301,12 @@ class TrainConfig:
                     "the restore stage learns to undo damage: give a --degradation (e.g. noisy) "
                     "or real LR photos (--data-lr)"
                 )
-        for name in ("restore_content_weight", "restore_adv_weight", "restore_block_weight"):
+        for name in (
+            "restore_content_weight",
+            "restore_adv_weight",
+            "restore_block_weight",
+            "restore_block_excess_weight",
+        ):
             if getattr(self, name) > 0 and self.stage != "restore":
                 raise TrainingOptionError(
                     f"{option_name(name)} weighs a term of the restore stage's loss: use it with "

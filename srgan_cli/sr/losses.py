@@ -364,6 +364,31 @@ def block_step_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = J
     return total
 
 
+def block_excess_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = JPEG_BLOCK) -> torch.Tensor:
+    """A one-sided anti-block term: how far the restored image steps across the lines of a
+    `period`-px grid from the top-left corner (JPEG's block edges) by more than the clean image
+    steps there, mean of max(|restored step| - |clean step|, 0) over those steps, on (N, C, h, w)
+    images in [0, 1].
+
+    `block_step_loss` asks for the clean step itself, and most of that error is texture the damage
+    took, which no front-end can give back, so it pulls against the sharpening the other terms ask
+    for. This term asks only that an edge be no sharper than the clean image's: a block edge the
+    front-end leaves (or a discriminator's sharpening brings back) costs, a softened one is free
+    here (the pixel loss still sees it). Unlike a ratio of steps on and off the lines, it cannot be
+    met by roughening the pixels between the lines."""
+    total = torch.zeros((), device=restored.device)
+    for dim in (-1, -2):  # across the vertical lines, then the horizontal ones
+        n = restored.shape[dim]
+        lines = torch.arange(period, n, period, device=restored.device)  # the first pixel after each edge
+        if lines.numel():
+            steps = [
+                (img.float().index_select(dim, lines) - img.float().index_select(dim, lines - 1)).abs()
+                for img in (restored, clean)
+            ]
+            total = total + F.relu(steps[0] - steps[1]).mean()
+    return total
+
+
 def generator_adv_loss(fake: torch.Tensor, real: torch.Tensor | None, kind: str) -> torch.Tensor:
     """G's adversarial loss from D's logits. standard: -log D(G(z)) (the paper's non-saturating
     form); ragan: relativistic average, which also needs the logits of real images."""

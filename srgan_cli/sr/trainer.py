@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .losses import (
     ContentLoss,
     VGGFeatures,
+    block_excess_loss,
     block_step_loss,
     discriminator_loss,
     generator_adv_loss,
@@ -349,7 +350,12 @@ class Trainer:
         with self._autocast():
             restored = self.restore_run(lr_img)
         pixel = self.pixel_loss(restored.float(), clean)
-        if self.d is None and self.content is None and self.config.restore_block_weight == 0:
+        cfg = self.config
+        if (
+            self.d is None
+            and self.content is None
+            and cfg.restore_block_weight == cfg.restore_block_excess_weight == 0
+        ):
             return self._pixel_update(pixel, step)
         return self._restore_perceptual_update(restored, clean, pixel, step)
 
@@ -382,11 +388,13 @@ class Trainer:
             with self._autocast():
                 content = self.content(restored, clean)
         block = block_step_loss(restored, clean) if cfg.restore_block_weight > 0 else zero
+        excess = block_excess_loss(restored, clean) if cfg.restore_block_excess_weight > 0 else zero
         loss = (
             pixel
             + cfg.restore_content_weight * content
             + cfg.restore_adv_weight * adversarial
             + cfg.restore_block_weight * block
+            + cfg.restore_block_excess_weight * excess
         )
         self._pixel_update(loss, step)
         return {
@@ -395,6 +403,7 @@ class Trainer:
             "content": content.detach(),
             "adversarial": adversarial.detach(),
             "block": block.detach(),
+            "block_excess": excess.detach(),
             **out,
         }
 
