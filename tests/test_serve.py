@@ -607,3 +607,48 @@ def test_auto_picks_the_real_world_model_for_low_quality_jpegs(weights_dir: Path
         assert [m["name"] for m in c.get("/api/models").json()["models"]] == ["auto"]
         r = c.post("/api/upscale", files=_files(jpeg(40)))
         assert r.status_code == 200 and r.headers["x-srgan-model"] == "srgan_x4_real"
+
+
+def test_denoise_sets_the_front_ends_strength_as_upscale_does(weights_dir: Path, tmp_path: Path) -> None:
+    """A model with a restoration front-end is listed with "denoise": true, and a request may set
+    its strength (query or form field), as `srgan upscale --denoise S` does: the result is the
+    library's at that strength, named in the header and the job document. A strength outside 0-1,
+    or one for a model without a front-end, auto or an ONNX file, is refused with 422 and says why."""
+    import numpy as np
+
+    from srgan_cli import Upscaler, weights
+
+    from .conftest import tiny_model
+
+    weights.save(
+        weights_dir / "tiny_fe_x2.safetensors", tiny_model(2, seed=5, restore_blocks=2), trained_on="x"
+    )
+    (weights_dir / "tiny_x2.onnx").write_bytes(b"not read before the denoise check")
+    weights.save(weights_dir / "srresnet_x4.safetensors", tiny_model(4, seed=3), trained_on="x")
+    weights.save(weights_dir / "srgan_x4_real.safetensors", tiny_model(4, seed=4), trained_on="x")
+    photo = make_photo(12, 16)
+    expected = {s: np.asarray(Upscaler("tiny_fe_x2", device="cpu", denoise=s)(photo)) for s in (0.0, 1.0)}
+    assert not np.array_equal(expected[0.0], expected[1.0])  # the strength changes the output
+    with _client(weights_dir, models=(), temp_dir=tmp_path) as c:
+        listed = {m["name"]: m for m in c.get("/api/models").json()["models"]}
+        assert listed["tiny_fe_x2"]["denoise"] is True
+        assert "denoise" not in listed["tiny_x2"] and "denoise" not in listed["auto"]
+        r = c.post("/api/upscale", params={"model": "tiny_fe_x2", "denoise": 0}, files=_files())
+        assert r.status_code == 200, r.text
+        assert r.headers["x-srgan-denoise"] == "0"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected[0.0])
+        plain = c.post("/api/upscale", data={"model": "tiny_fe_x2"}, files=_files())
+        assert "x-srgan-denoise" not in plain.headers
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain.content))), expected[1.0])
+        job = c.post("/api/jobs", data={"model": "tiny_fe_x2", "denoise": "0.5"}, files=_files()).json()
+        assert _done(c, job)["denoise"] == 0.5
+        loaded = c.get("/api/health").json()["loaded"]
+        assert {(m["model"], m.get("denoise")) for m in loaded} >= {("tiny_fe_x2", 0.0), ("tiny_fe_x2", 0.5)}
+        for params, says in [
+            ({"model": "tiny_fe_x2", "denoise": 1.5}, "between 0 and 1"),
+            ({"model": "tiny_x2", "denoise": 0.5}, "this model has none"),
+            ({"model": "auto", "denoise": 0.5}, "auto picks a model per image"),
+            ({"model": "tiny_x2.onnx", "denoise": 0.5}, "ONNX"),
+        ]:
+            r = c.post("/api/upscale", params=params, files=_files())
+            assert r.status_code == 422 and says in r.json()["error"], (params, r.text)

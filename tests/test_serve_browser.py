@@ -297,6 +297,47 @@ def test_phone_screen_errors_and_zip_names(page_of: Any, weights_dir: Path, tmp_
         assert page.js_errors == []
 
 
+def test_noise_removal_slider_for_a_model_with_a_front_end(
+    page_of: Any, weights_dir: Path, tmp_path: Path
+) -> None:
+    """The strength slider shows only for a model with a restoration front-end, and a file added at
+    a strength below 100% is upscaled at that strength (`srgan upscale --denoise S`'s result)."""
+    import numpy as np
+    from playwright.sync_api import expect
+
+    from srgan_cli import Upscaler, weights
+
+    from .conftest import tiny_model
+
+    weights.save(
+        weights_dir / "tiny_fe_x2.safetensors", tiny_model(2, seed=5, restore_blocks=2), trained_on="x"
+    )
+    photo = _png(tmp_path / "noisy.png", 16, 12, seed=6)
+    expected = np.asarray(Upscaler("tiny_fe_x2", device="cpu", denoise=0.25)(np.asarray(Image.open(photo))))
+    with _serving(_app(tmp_path, models=("tiny_x2", "tiny_fe_x2"))) as url:
+        page = page_of(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/")
+        model = page.get_by_label("Model", exact=True)
+        expect(model).to_be_enabled(timeout=TIMEOUT_MS)
+        expect(page.locator("#denoise-field")).to_be_hidden()  # tiny_x2 has no front-end
+        model.select_option("tiny_fe_x2")
+        slider = page.get_by_label(re.compile("^Noise removal"))
+        expect(slider).to_be_visible()
+        expect(page.locator("#denoise-value")).to_have_text("100%")
+        slider.fill("0.25")
+        expect(page.locator("#denoise-value")).to_have_text("25%")
+        page.locator("input[type=file]").set_input_files([str(photo)])
+        card = page.locator("li.job").first
+        expect(card).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+        expect(card.locator(".job-opts")).to_contain_text("noise removal 25%")
+        with page.expect_download() as info:
+            card.get_by_role("link", name=re.compile("^Download")).click()
+        assert np.array_equal(np.asarray(Image.open(info.value.path())), expected)
+        model.select_option("tiny_x2")
+        expect(page.locator("#denoise-field")).to_be_hidden()
+        assert page.js_errors == []
+
+
 def test_token_needed(page_of: Any, weights_dir: Path, tmp_path: Path) -> None:
     """A server with a token: without it, the page says where to find it; with `?token=`, it works."""
     from playwright.sync_api import expect

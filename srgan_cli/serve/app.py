@@ -32,6 +32,7 @@ from ..errors import (
     WeightsNotFound,
 )
 from ..imageio import DEFAULT_MAX_PIXELS, ImageData
+from ..runtime.loader import check_denoise
 from ..runtime.progress import PassCancelled, on_tiles
 from ..runtime.upscaler import (
     DEFAULT_MAX_OUTPUT_PIXELS,
@@ -169,7 +170,10 @@ def _read_listing() -> dict[str, Any]:
     found: list[dict[str, Any]] = []
     for info in weights.list_models():
         if info.arch in RUNNABLE_ARCHS:
-            found.append({"name": info.name, "scale": info.scale, "arch": info.arch, "kind": "srgan-cli"})
+            entry = {"name": info.name, "scale": info.scale, "arch": info.arch, "kind": "srgan-cli"}
+            if info.arch == "srresnet" and info.config.get("restore_blocks"):
+                entry["denoise"] = True  # a restoration front-end: a request may set its strength
+            found.append(entry)
     names = {m["name"] for m in found}
     for path in weights.list_foreign():
         name = path.name.rsplit(".", 1)[0]
@@ -215,6 +219,23 @@ def check_model(name: str, options: ServeOptions) -> str:
             f"no model named {name!r} on this server (available: {', '.join(names) or 'none'})"
         )
     return stem
+
+
+def check_denoise_for(name: str, denoise: float | None, options: ServeOptions) -> float | None:
+    """A request's denoise strength, checked as `srgan upscale --denoise` checks it: 0-1, and only
+    for a model with a restoration front-end (listed with "denoise": true); else 422."""
+    if denoise is None:
+        return None
+    if name == AUTO_MODEL:
+        raise UsageError(
+            "denoise sets how much a restoration front-end removes; auto picks a model per image, "
+            "and neither of the models it picks from has one",
+            hint='name a model listed with "denoise": true (GET /api/models), e.g. srgan_x4_denoise',
+        )
+    listed = next((m for m in available_models(options) if m["name"] == name), {})
+    info = weights.read_info(name) if listed.get("kind") == "srgan-cli" else None
+    check_denoise(denoise, info, "sr", "torch", onnx=listed.get("kind") == "onnx")
+    return float(denoise)
 
 
 def model_source(name: str) -> str | Path:
@@ -410,7 +431,9 @@ class _Work:
 
     def one(self, job: Job) -> dict[str, Any]:
         image = self._decode(job)
-        up, lock = self.pool.get(job.meta["model"], self.options.device, self.options.precision)
+        up, lock = self.pool.get(
+            job.meta["model"], self.options.device, self.options.precision, job.meta["denoise"]
+        )
         with lock, on_tiles(job.report):  # the same runtime path as Upscaler.__call__
             out = upscale_image(
                 up.runtime.upscaler, image, job.meta["outscale"], max_pixels=self.options.max_output_pixels
@@ -427,7 +450,10 @@ class _Work:
                 images[i] = self._decode(job)
             except Exception as exc:  # noqa: BLE001 - this job fails, the others go on
                 outcomes[i] = (None, exc)
-        up, lock = self.pool.get(jobs[0].meta["model"], self.options.device, self.options.precision)
+        first = jobs[0].meta
+        up, lock = self.pool.get(
+            first["model"], self.options.device, self.options.precision, first["denoise"]
+        )
         inner = up.runtime.upscaler
         outscale = jobs[0].meta["outscale"]
 
@@ -481,6 +507,7 @@ class _Work:
             "width": out.width,
             "height": out.height,
             "model": meta["model"],
+            "denoise": meta["denoise"],
             "name": codec.download_name(meta["client_name"], scale, meta["format"]),
         }
 
@@ -603,23 +630,26 @@ def create_app(options: ServeOptions | None = None) -> Any:
         outscale: float | None,
         fmt: str,
         quality: int,
+        denoise: float | None = None,
     ) -> Job:
         """Check the options (before queueing), then queue decode -> upscale -> write."""
         fmt = codec.check_format(fmt)
         codec.check_quality(quality)
         scale = check_outscale(outscale)
         name = check_model(model, options) if model is not None else default_model(options)
+        denoise = check_denoise_for(name, denoise, options)
         if name == AUTO_MODEL:
             name = weights.auto_model(io.BytesIO(data))
         key = None
         if batch > 1:
             size = codec.probe(data)
             if size is not None and size[0] * size[1] <= BATCH_MAX_PIXELS:
-                key = (name, size, scale)
+                key = (name, size, scale, denoise)
         meta = {
             "data": data,
             "client_name": client_name,
             "model": name,
+            "denoise": denoise,
             "outscale": scale,
             "format": fmt,
             "quality": quality,
@@ -631,6 +661,7 @@ def create_app(options: ServeOptions | None = None) -> Any:
         headers = {
             "X-Srgan-Model": result["model"],
             "X-Srgan-Size": f"{result['width']}x{result['height']}",
+            **({"X-Srgan-Denoise": f"{result['denoise']:g}"} if result["denoise"] is not None else {}),
             "Content-Disposition": f'inline; filename="{result["name"]}"',
             "Cache-Control": "no-store",
         }
@@ -689,10 +720,16 @@ def create_app(options: ServeOptions | None = None) -> Any:
         outscale: float | None = Query(None, description="A final scale other than the model's."),
         format: str = Query("png", description="png, jpg or webp."),
         quality: int = Query(95, description="JPEG/WebP quality, 1-100."),
+        denoise: float | None = Query(
+            None,
+            description="For a model with a restoration front-end (listed with denoise: true): the "
+            "share (0-1) of its correction to apply; default 1, the model as trained.",
+        ),
         model_f: str | None = Form(None, alias="model"),
         outscale_f: float | None = Form(None, alias="outscale"),
         format_f: str | None = Form(None, alias="format"),
         quality_f: int | None = Form(None, alias="quality"),
+        denoise_f: float | None = Form(None, alias="denoise"),
     ) -> Job:
         """The queued job of one request (its options as query or form fields), for both endpoints."""
         return submit(
@@ -702,6 +739,7 @@ def create_app(options: ServeOptions | None = None) -> Any:
             pick(outscale_f, outscale),
             pick(format_f, format),
             pick(quality_f, quality),
+            pick(denoise_f, denoise),
         )
 
     @app.post("/api/upscale", responses={200: {"content": {f: {} for f in codec.OUTPUT_FORMATS.values()}}})
@@ -784,6 +822,8 @@ def _job_document(job: Job, jobs: JobQueue) -> dict[str, Any]:
         doc["size"] = f"{job.result['width']}x{job.result['height']}"
         doc["name"] = job.result["name"]
         doc["model"] = job.result["model"]
+        if job.result["denoise"] is not None:
+            doc["denoise"] = job.result["denoise"]
     if job.status == "failed" and job.error is not None:
         doc.update(error_body(job.error), status_code=status_for(job.error))
     return doc

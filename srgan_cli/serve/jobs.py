@@ -257,27 +257,31 @@ class JobQueue:
 
 
 class UpscalerPool:
-    """One warm `srgan_cli.Upscaler` per (model, device, precision), built on first use. Each has a
+    """One warm `srgan_cli.Upscaler` per (model, device, precision, denoise), built on first use. Each has a
     lock: a backend keeps per-run state (its tile after an out-of-memory retry), so one model runs
     one pass at a time while the other workers decode and encode."""
 
     def __init__(self, *, max_output_pixels: int) -> None:
         self.max_output_pixels = max_output_pixels
         self._lock = threading.Lock()
-        self._upscalers: dict[tuple[str, str, str], tuple[Any, threading.Lock]] = {}
+        self._upscalers: dict[tuple[str, str, str, float | None], tuple[Any, threading.Lock]] = {}
 
-    def get(self, model: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
-        """The warm upscaler of a model the server checked (app.check_model) and its lock."""
+    def get(
+        self, model: str, device: str, precision: str, denoise: float | None = None
+    ) -> tuple[Any, threading.Lock]:
+        """The warm upscaler of a model the server checked (app.check_model) and its lock; with
+        `denoise` (checked by app.check_denoise_for), its front-end at that strength."""
         from ..api import Upscaler
         from .app import model_source
 
-        key = (model, device, precision)
+        key = (model, device, precision, denoise)
         with self._lock:  # one build per key, even when two requests ask at once
             if key not in self._upscalers:
                 up = Upscaler(
                     model_source(model),
                     device=device,
                     precision=precision,
+                    denoise=denoise,
                     max_output_megapixels=self.max_output_pixels / 1e6,
                 )
                 self._upscalers[key] = (up, threading.Lock())
@@ -287,5 +291,6 @@ class UpscalerPool:
         with self._lock:
             return [
                 {"model": key[0], "scale": up.scale, "device": up.device, "precision": up.precision}
+                | ({"denoise": key[3]} if key[3] is not None else {})
                 for key, (up, _) in self._upscalers.items()
             ]

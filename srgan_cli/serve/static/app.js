@@ -22,6 +22,9 @@
     quality: $("quality"),
     qualityField: $("quality-field"),
     qualityValue: $("quality-value"),
+    denoise: $("denoise"),
+    denoiseField: $("denoise-field"),
+    denoiseValue: $("denoise-value"),
     files: $("files"),
     limits: $("limits"),
     downloadAll: $("download-all"),
@@ -253,9 +256,20 @@
     return m && m.scale ? Number(m.scale) : null;
   }
 
+  /** Whether a model has a restoration front-end whose strength a request may set. */
+  function modelDenoises(name) {
+    const m = state.models.find((x) => x.name === name);
+    return Boolean(m && m.denoise);
+  }
+
   function modelChanged() {
     const scale = modelScale(el.model.value);
     el.outscale.options[0].textContent = scale ? `Model's own (×${scale})` : "Model's own";
+    el.denoiseField.hidden = !modelDenoises(el.model.value);
+  }
+
+  function denoiseChanged() {
+    el.denoiseValue.textContent = `${Math.round(Number(el.denoise.value) * 100)}%`;
   }
 
   function formatChanged() {
@@ -269,13 +283,16 @@
       outscale: el.outscale.value ? Number(el.outscale.value) : null,
       format: el.format.value,
       quality: Number(el.quality.value),
+      // the model as trained (1) is sent as no strength at all: the server's warm model serves it
+      denoise: modelDenoises(el.model.value) && Number(el.denoise.value) < 1 ? Number(el.denoise.value) : null,
     };
   }
 
   function describeOptions(o) {
     const scale = o.outscale ? `×${num(o.outscale)}` : o.modelScale ? `×${o.modelScale}` : "model's scale";
     const fmt = o.format === "png" ? "PNG" : `${o.format === "jpg" ? "JPEG" : "WebP"} ${o.quality}`;
-    return `${o.model} · ${scale} · ${fmt}`;
+    const denoise = o.denoise !== null ? ` · noise removal ${Math.round(o.denoise * 100)}%` : "";
+    return `${o.model} · ${scale}${denoise} · ${fmt}`;
   }
 
   // --- the files -----------------------------------------------------------------------------
@@ -478,6 +495,7 @@
       if (o.outscale) form.append("outscale", String(o.outscale));
       form.append("format", o.format);
       if (o.format !== "png") form.append("quality", String(o.quality));
+      if (o.denoise !== null) form.append("denoise", String(o.denoise));
       const xhr = new XMLHttpRequest();
       job.xhr = xhr;
       xhr.open("POST", "/api/jobs");
@@ -850,6 +868,8 @@
       el.qualityValue.textContent = el.quality.value;
     });
     formatChanged();
+    el.denoise.addEventListener("input", denoiseChanged);
+    denoiseChanged();
 
     el.files.addEventListener("change", () => {
       addFiles(el.files.files);
