@@ -36,6 +36,7 @@ from .common import (
 from .signals import StopOnSignal
 
 _GAN = "GAN stage"
+_RESTORE = "Restore stage"
 _RUN = "Run"
 _MODEL = "Model"
 _OPT = "Optimisation"
@@ -297,8 +298,8 @@ def train(
         float | None,
         _opt(
             "--restore-content-weight",
-            panel=_GAN,
-            help="restore stage: weight of the VGG loss (--content-layer) on the restored LR, beside its "
+            panel=_RESTORE,
+            help="Weight of the VGG loss (--content-layer) on the restored LR, beside its "
             "pixel loss; 0 = off.",
         ),
     ] = None,
@@ -306,8 +307,8 @@ def train(
         float | None,
         _opt(
             "--restore-adv-weight",
-            panel=_GAN,
-            help="restore stage: weight of an adversarial loss on the restored LR (a --d-arch "
+            panel=_RESTORE,
+            help="Weight of an adversarial loss on the restored LR (a --d-arch "
             "discriminator on LR crops); 0 = off.",
         ),
     ] = None,
@@ -315,17 +316,16 @@ def train(
         float | None,
         _opt(
             "--restore-block-weight",
-            panel=_GAN,
-            help="restore stage: weight of a loss on the restored LR's steps across JPEG's 8x8 block "
-            "edges; 0 = off.",
+            panel=_RESTORE,
+            help="Weight of a loss on the restored LR's steps across JPEG's 8x8 block edges; 0 = off.",
         ),
     ] = None,
     restore_block_excess_weight: Annotated[
         float | None,
         _opt(
             "--restore-block-excess-weight",
-            panel=_GAN,
-            help="restore stage: weight of a one-sided loss on the restored LR's steps across JPEG's "
+            panel=_RESTORE,
+            help="Weight of a one-sided loss on the restored LR's steps across JPEG's "
             "8x8 block edges beyond the clean LR's (a softened edge is free); 0 = off.",
         ),
     ] = None,
