@@ -22,6 +22,7 @@ from ..benchmark import (
     benchmark_upscale,
     model_gflop_per_output_mp,
 )
+from ..degradations.config import DAMAGE_PRESET_NAMES
 from ..errors import UsageError
 from ..runtime.loader import ReadyUpscaler, build_upscaler, is_onnx_path
 from ..serve.load import TINY_MODEL, ServeLoadBenchmark, benchmark_serve
@@ -130,8 +131,8 @@ def train(
         typer.Option(
             "--degradation",
             metavar="SPEC",
-            help="Also time the step with its LR made by this degradation (realesrgan, photo, video, noisy, "
-            "repair, FILE.toml), next to the plain bicubic step, and their ratio.",
+            help=f"Also time the step with its LR made by this degradation ({DAMAGE_PRESET_NAMES}, "
+            "FILE.toml), next to the plain bicubic step, and their ratio.",
         ),
     ] = None,
     as_json: JsonOpt = False,

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from ..atomic import atomic_open
-from ..degradations import damage_image, load_degradation, parse_damage
+from ..degradations import DAMAGE_PRESET_NAMES, damage_image, load_degradation, parse_damage
 from ..errors import ImageError, UsageError
 from ..imageio.formats import ImageData
 from ..imageio.write import write_image
@@ -43,7 +43,7 @@ def degrade(
             "--preset",
             "-p",
             metavar="SPEC",
-            help="realesrgan, photo, video, noisy, repair or FILE.toml (random, seeded per image); or the "
+            help=f"{DAMAGE_PRESET_NAMES} or FILE.toml (random, seeded per image); or the "
             "fixed eval levels light, moderate, heavy, or blur=S,noise=S,jpeg=Q,h264=CRF (or h265=CRF).",
         ),
     ] = "realesrgan",

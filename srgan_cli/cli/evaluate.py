@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import weights
-from ..degradations import parse_damage
+from ..degradations import DAMAGE_PRESET_NAMES, parse_damage
 from ..devices import resolve_device
 from ..errors import UsageError
 from ..metrics.lpips import ENV_VAR as LPIPS_ENV
@@ -193,7 +193,7 @@ def evaluate(
             metavar="SPEC",
             help="Also score on damaged copies of the LR: light, moderate, heavy, "
             "blur=S,noise=S,jpeg=Q,h264=CRF (any of them; or h265=CRF: one video frame), a training "
-            "preset (realesrgan, photo, video, noisy, repair) or a .toml; repeat for several. "
+            f"preset ({DAMAGE_PRESET_NAMES}) or a .toml; repeat for several. "
             "Adds the JPEG block column: the LR's 8x8 grid left in the output, 1.00 = as in the original.",
             show_default=False,
             rich_help_panel="Data",

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from ..degradations.config import PRESET_NAMES
 from ..distributed import world_from_env
 from ..errors import TrainingOptionError
 from ..sr.config import (
@@ -231,8 +232,7 @@ def train(
         str | None,
         _opt(
             "--degradation",
-            help="How LR inputs are made: bicubic, realesrgan, photo, video, noisy, repair, or FILE.toml of "
-            "ranges (docs/degradations.md).",
+            help=f"How LR inputs are made: {PRESET_NAMES}, or FILE.toml of ranges (docs/degradations.md).",
         ),
     ] = None,
     crop: Annotated[int | None, _opt("--crop", min=8, help="HR crop side.")] = None,

@@ -366,6 +366,9 @@ PRESETS = {
     "noisy": _noisy,
     "repair": _repair,
 }
+# the presets as help strings name them: every one, and those that damage (all but bicubic)
+PRESET_NAMES = ", ".join(PRESETS)
+DAMAGE_PRESET_NAMES = ", ".join(name for name in PRESETS if name != "bicubic")
 
 
 def load_degradation(spec: str | Path | None) -> DegradationConfig:

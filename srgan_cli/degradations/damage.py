@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import PRESETS, DegradationError
+from .config import DAMAGE_PRESET_NAMES, PRESETS, DegradationError
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def parse_damage(spec: str, *, seed: int = 0) -> Damage:
         if not sep or key not in _KEYS:
             raise DegradationError(
                 f"--degrade {spec!r}: cannot read {part!r}",
-                hint="use light, moderate, heavy, a preset (realesrgan, photo, video, noisy, repair), a "
+                hint=f"use light, moderate, heavy, a preset ({DAMAGE_PRESET_NAMES}), a "
                 f".toml file, or {_FORMS}",
             )
         try:
