@@ -80,7 +80,8 @@ never runs, so a step is cheap), on LR damaged by --degradation (default repair)
           (a new cosine cycle at 1e-4 when the start has a front-end, at 2e-4 when it
           gets a new one; the weights, the last snapshots, restore_eval.json and the logs come back;
           the lead of docs/degradations.md: `-- --restore-content-weight 0.05
-          --restore-adv-weight 0.005`, a VGG loss and a discriminator on the restored LR)
+          --restore-adv-weight 0.005 --restore-block-excess-weight 2`, a VGG loss, a
+          discriminator and the one-sided block term on the restored LR)
   here    python scripts/gpu_run.py collect FILES_AT
 
 `prepare` packs the photos small enough to travel: train/ and train_extra/ of the shared photos,
