@@ -652,3 +652,31 @@ def test_denoise_sets_the_front_ends_strength_as_upscale_does(weights_dir: Path,
         ]:
             r = c.post("/api/upscale", params=params, files=_files())
             assert r.status_code == 422 and says in r.json()["error"], (params, r.text)
+
+
+def test_the_pool_keeps_only_the_last_few_chosen_strengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each denoise strength a request names is a model copy: the pool keeps the last
+    MAX_STRENGTHS of them (the least recently used goes first) and every model as trained."""
+    import srgan_cli.api
+    from srgan_cli.serve.jobs import UpscalerPool
+
+    built: list[float | None] = []
+
+    class Fake:
+        def __init__(self, source: object, *, denoise: float | None = None, **_: object) -> None:
+            built.append(denoise)
+            self.scale, self.device, self.precision = 2, "cpu", "fp32"
+
+    monkeypatch.setattr(srgan_cli.api, "Upscaler", Fake)
+    pool = UpscalerPool(max_output_pixels=10**6)
+    plain = pool.get("m", "cpu", "auto")
+    for s in (0.1, 0.2, 0.3, 0.4):
+        pool.get("m", "cpu", "auto", s)
+    pool.get("m", "cpu", "auto", 0.1)  # used again: now the most recent
+    pool.get("m", "cpu", "auto", 0.5)  # a fifth strength: 0.2, the least recently used, goes
+    kept = {m.get("denoise") for m in pool.loaded()}
+    assert kept == {None, 0.1, 0.3, 0.4, 0.5}
+    assert pool.get("m", "cpu", "auto") is plain and built.count(None) == 1
+    pool.get("m", "cpu", "auto", 0.2)
+    assert built.count(0.2) == 2  # built again when asked again
+    assert len([m for m in pool.loaded() if m.get("denoise") is not None]) == UpscalerPool.MAX_STRENGTHS

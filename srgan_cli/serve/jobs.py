@@ -257,9 +257,13 @@ class JobQueue:
 
 
 class UpscalerPool:
-    """One warm `srgan_cli.Upscaler` per (model, device, precision, denoise), built on first use. Each has a
-    lock: a backend keeps per-run state (its tile after an out-of-memory retry), so one model runs
-    one pass at a time while the other workers decode and encode."""
+    """One warm `srgan_cli.Upscaler` per (model, device, precision, denoise), built on first use.
+    Each has a lock: a backend keeps per-run state (its tile after an out-of-memory retry), so one
+    model runs one pass at a time while the other workers decode and encode. Upscalers at a denoise
+    strength of a request's choosing are kept for the last `MAX_STRENGTHS` strengths used, so
+    requests cannot fill the memory with one model copy per strength; models as trained stay."""
+
+    MAX_STRENGTHS = 4
 
     def __init__(self, *, max_output_pixels: int) -> None:
         self.max_output_pixels = max_output_pixels
@@ -276,6 +280,8 @@ class UpscalerPool:
 
         key = (model, device, precision, denoise)
         with self._lock:  # one build per key, even when two requests ask at once
+            if key in self._upscalers and denoise is not None:
+                self._upscalers[key] = self._upscalers.pop(key)  # the most recently used goes last
             if key not in self._upscalers:
                 up = Upscaler(
                     model_source(model),
@@ -285,6 +291,9 @@ class UpscalerPool:
                     max_output_megapixels=self.max_output_pixels / 1e6,
                 )
                 self._upscalers[key] = (up, threading.Lock())
+                chosen = [k for k in self._upscalers if k[3] is not None]
+                for old in chosen[: max(0, len(chosen) - self.MAX_STRENGTHS)]:
+                    del self._upscalers[old]  # a job running on it keeps it until it ends
             return self._upscalers[key]
 
     def loaded(self) -> list[dict[str, Any]]:
