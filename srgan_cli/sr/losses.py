@@ -345,6 +345,18 @@ def grid_loss(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
 JPEG_BLOCK = 8  # side of JPEG's DCT blocks (luma; 4:2:0 chroma blocks are 16, on the same lines)
 
 
+def _line_steps(img: torch.Tensor, period: int) -> list[torch.Tensor]:
+    """The steps between neighbouring pixels of (N, C, h, w) `img` across the lines of a
+    `period`-px grid from the top-left corner: across the vertical lines, then the horizontal ones
+    (a side too short for a line gives none)."""
+    steps = []
+    for dim in (-1, -2):
+        lines = torch.arange(period, img.shape[dim], period, device=img.device)  # first pixel after each edge
+        if lines.numel():
+            steps.append(img.index_select(dim, lines) - img.index_select(dim, lines - 1))
+    return steps
+
+
 def block_step_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = JPEG_BLOCK) -> torch.Tensor:
     """The restore stage's anti-block term: the mean absolute error of the steps between
     neighbouring pixels across the lines of a `period`-px grid from the top-left corner (JPEG's
@@ -354,14 +366,8 @@ def block_step_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = J
     share of it, and an L1 front-end leaves part of it, which the SR network then enlarges into the
     grid that `srgan eval --grid` measures (its `block` figure). This term weighs only those steps:
     the restored image should step across a block edge as the clean one does."""
-    err = restored.float() - clean.float()
-    total = torch.zeros((), device=err.device)
-    for dim in (-1, -2):  # across the vertical lines, then the horizontal ones
-        n = err.shape[dim]
-        lines = torch.arange(period, n, period, device=err.device)  # the first pixel after each edge
-        if lines.numel():
-            total = total + (err.index_select(dim, lines) - err.index_select(dim, lines - 1)).abs().mean()
-    return total
+    steps = _line_steps(restored.float() - clean.float(), period)
+    return sum((step.abs().mean() for step in steps), torch.zeros((), device=restored.device))
 
 
 def block_excess_loss(restored: torch.Tensor, clean: torch.Tensor, period: int = JPEG_BLOCK) -> torch.Tensor:
@@ -376,17 +382,8 @@ def block_excess_loss(restored: torch.Tensor, clean: torch.Tensor, period: int =
     front-end leaves (or a discriminator's sharpening brings back) costs, a softened one is free
     here (the pixel loss still sees it). Unlike a ratio of steps on and off the lines, it cannot be
     met by roughening the pixels between the lines."""
-    total = torch.zeros((), device=restored.device)
-    for dim in (-1, -2):  # across the vertical lines, then the horizontal ones
-        n = restored.shape[dim]
-        lines = torch.arange(period, n, period, device=restored.device)  # the first pixel after each edge
-        if lines.numel():
-            steps = [
-                (img.float().index_select(dim, lines) - img.float().index_select(dim, lines - 1)).abs()
-                for img in (restored, clean)
-            ]
-            total = total + F.relu(steps[0] - steps[1]).mean()
-    return total
+    pairs = zip(_line_steps(restored.float(), period), _line_steps(clean.float(), period), strict=True)
+    return sum((F.relu(r.abs() - c.abs()).mean() for r, c in pairs), torch.zeros((), device=restored.device))
 
 
 def generator_adv_loss(fake: torch.Tensor, real: torch.Tensor | None, kind: str) -> torch.Tensor:
